@@ -1,0 +1,82 @@
+//! Stable error codes. They are part of the public contract of the host API (the
+//! `error.code` field) and of the host↔enclave protocol, so a variant, once published,
+//! keeps its name. New variants go at the end: the wire encoding is the variant index.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed (bad JSON, missing field, bad value).
+    BadRequest,
+    /// No such route or resource.
+    NotFound,
+    /// The request body exceeds the configured limit.
+    PayloadTooLarge,
+    /// The host has no working connection to the enclave, or lost it mid-request.
+    EnclaveUnavailable,
+    /// The enclave did not answer within the request timeout.
+    EnclaveTimeout,
+    /// Host and enclave speak different protocol versions.
+    ProtocolMismatch,
+    /// The process is shutting down and takes no new work.
+    ShuttingDown,
+    /// A bug or an unexpected condition; the message says which.
+    Internal,
+    /// The HTTP method is not allowed on this route.
+    MethodNotAllowed,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::EnclaveUnavailable => "enclave_unavailable",
+            ErrorCode::EnclaveTimeout => "enclave_timeout",
+            ErrorCode::ProtocolMismatch => "protocol_mismatch",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// The HTTP status the host API answers with for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Internal => 500,
+            ErrorCode::ProtocolMismatch => 502,
+            ErrorCode::EnclaveUnavailable | ErrorCode::ShuttingDown => 503,
+            ErrorCode::EnclaveTimeout => 504,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as it crosses the vsock boundary and the host API: a stable code and a
+/// human-readable message. Messages never carry secret material (DESIGN.md §2, inv. 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Code shared by `signer-host` and `signer-enclave`: the wire protocol, its framing,
+//! the transports (vsock, or Unix sockets in mock-vsock mode) and stable error codes.
+
+pub mod error;
+pub mod frame;
+pub mod logging;
+pub mod protocol;
+pub mod signal;
+pub mod transport;
+
+pub use error::{ErrorCode, WireError};

@@ -1,0 +1,20 @@
+//! One logging setup for both binaries: `SIGNER_LOG` filters (default `info`), output
+//! on stderr as text or JSON lines.
+
+#[derive(Debug, thiserror::Error)]
+#[error("log format {0:?}: expected text or json")]
+pub struct UnknownLogFormat(pub String);
+
+pub fn init(format: &str) -> Result<(), UnknownLogFormat> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => return Err(UnknownLogFormat(other.to_string())),
+    }
+    Ok(())
+}

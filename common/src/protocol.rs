@@ -1,0 +1,152 @@
+//! The host↔enclave protocol.
+//!
+//! A connection opens with a version exchange: the host sends [`HostMessage::Hello`],
+//! the enclave answers [`EnclaveMessage::Hello`] or, if the versions differ,
+//! [`EnclaveMessage::VersionMismatch`] naming both, and closes. After that, each
+//! [`HostMessage::Request`] carries an id chosen by the host, and the enclave answers
+//! with a [`EnclaveMessage::Response`] carrying the same id, in whatever order the
+//! requests finish, so many requests share one connection and a slow one (a KMS call)
+//! never holds up a fast one.
+//!
+//! Messages are `postcard`-encoded inside length-prefixed frames (see [`crate::frame`]).
+//! Compatibility rule: `Hello` stays variant 0 of both message enums and
+//! `protocol_version` stays its first field, so two builds of any version can always
+//! read each other's version number (see [`peek_hello_version`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+
+/// Bump on any change to the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Which enclave build answered: the host refuses nothing on this basis by itself, but
+/// operators and the dev tooling need to know when a mock build is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildFlavor {
+    Production,
+    Mock,
+}
+
+impl std::fmt::Display for BuildFlavor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BuildFlavor::Production => "production",
+            BuildFlavor::Mock => "mock",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must stay the first field: see the module documentation.
+    pub protocol_version: u32,
+    /// The crate version of the sender, for logs.
+    pub software_version: String,
+    pub build: BuildFlavor,
+}
+
+impl Hello {
+    pub fn current(build: BuildFlavor) -> Self {
+        Self {
+            protocol_version: PROTOCOL_VERSION,
+            software_version: env!("CARGO_PKG_VERSION").to_string(),
+            build,
+        }
+    }
+}
+
+/// Host → enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMessage {
+    Hello(Hello),
+    Request { id: u64, request: Request },
+}
+
+/// Enclave → host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnclaveMessage {
+    Hello(Hello),
+    /// Sent instead of `Hello` when the versions differ; the enclave then closes.
+    VersionMismatch {
+        enclave: u32,
+        host: u32,
+    },
+    Response {
+        id: u64,
+        response: Result<Response, WireError>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A no-op round trip, used by readiness checks and benchmarks. `delay_ms` is
+    /// honoured only by mock builds (tests use it to stand in for a slow KMS call);
+    /// production enclaves answer at once.
+    Ping { delay_ms: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Pong { build: BuildFlavor },
+}
+
+/// Reads the protocol version out of an encoded `Hello` of any protocol version.
+/// Returns `None` when the frame is not a `Hello` at all.
+pub fn peek_hello_version(frame: &[u8]) -> Option<u32> {
+    // postcard: enum variant index as varint, then the struct's first field (varint u32).
+    let (variant, rest) = postcard::take_from_bytes::<u32>(frame).ok()?;
+    if variant != 0 {
+        return None;
+    }
+    let (version, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    Some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_version_is_readable_from_a_future_hello_with_more_fields() {
+        #[derive(Serialize)]
+        struct FutureHello {
+            protocol_version: u32,
+            software_version: String,
+            build: BuildFlavor,
+            something_new: Vec<u64>,
+        }
+        #[derive(Serialize)]
+        enum FutureHostMessage {
+            Hello(FutureHello),
+        }
+        let bytes = postcard::to_allocvec(&FutureHostMessage::Hello(FutureHello {
+            protocol_version: 77,
+            software_version: "9.0.0".into(),
+            build: BuildFlavor::Production,
+            something_new: vec![1, 2, 3],
+        }))
+        .unwrap();
+        assert_eq!(peek_hello_version(&bytes), Some(77));
+    }
+
+    #[test]
+    fn peek_rejects_non_hello_frames() {
+        let request = HostMessage::Request {
+            id: 5,
+            request: Request::Ping { delay_ms: 0 },
+        };
+        let bytes = postcard::to_allocvec(&request).unwrap();
+        assert_eq!(peek_hello_version(&bytes), None);
+        assert_eq!(peek_hello_version(&[]), None);
+    }
+
+    #[test]
+    fn current_hello_round_trips() {
+        let hello = HostMessage::Hello(Hello::current(BuildFlavor::Mock));
+        let bytes = postcard::to_allocvec(&hello).unwrap();
+        assert_eq!(peek_hello_version(&bytes), Some(PROTOCOL_VERSION));
+        assert_eq!(postcard::from_bytes::<HostMessage>(&bytes).unwrap(), hello);
+    }
+}

@@ -1,0 +1,257 @@
+//! `signer-host bench`: throughput and latency of a no-op request through the host
+//! API to the enclave and back, next to a bare Unix-socket round trip measured in the
+//! same run. It prints figures; it never fails on them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hyper::{Method, StatusCode};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::client::{ApiConnection, request_once};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// An already running host; without it the benchmark starts `signer-host dev`.
+    pub socket: Option<PathBuf>,
+    pub requests_per_level: usize,
+    pub clients: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub requests: usize,
+    pub throughput: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// The size of a ping request on the wire is about this; the baseline echoes as much.
+const BASELINE_MESSAGE: usize = 96;
+
+pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let mut dev_stack = None;
+    let socket = match &options.socket {
+        Some(socket) => socket.clone(),
+        None => {
+            let (child, socket) = start_dev_stack(scratch.path()).await?;
+            dev_stack = Some(child);
+            socket
+        }
+    };
+    let result = run_levels(&options, &socket, scratch.path()).await;
+    if let Some(mut child) = dev_stack {
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    }
+    result
+}
+
+async fn run_levels(options: &BenchOptions, socket: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let (status, body) = request_once(socket, Method::GET, "/v1/ping", None)
+        .await
+        .context("pinging the host")?;
+    if status != StatusCode::OK {
+        bail!("the host is not answering pings ({status}): {body}");
+    }
+    let echo_path = scratch.join("echo.sock");
+    let echo = UnixListener::bind(&echo_path).context("binding the baseline echo socket")?;
+    tokio::spawn(serve_echo(echo));
+
+    println!(
+        "signer-host bench: {} requests per level; host {} (enclave build: {})",
+        options.requests_per_level,
+        socket.display(),
+        body["enclave_build"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:>7}  {:>36}  {:>36}  {:>22}",
+        "clients",
+        "bare Unix-socket round trip",
+        "GET /v1/ping (host -> enclave)",
+        "ratio (ping / bare)"
+    );
+    println!(
+        "{:>7}  {:>12}{:>12}{:>12}  {:>12}{:>12}{:>12}  {:>11}{:>11}",
+        "", "req/s", "p50", "p99", "req/s", "p50", "p99", "req/s", "p50"
+    );
+    for &clients in &options.clients {
+        let bare = measure(clients, options.requests_per_level, || {
+            let path = echo_path.clone();
+            async move { BareClient::connect(&path).await }
+        })
+        .await?;
+        let ping = measure(clients, options.requests_per_level, || {
+            let path = socket.to_path_buf();
+            async move { PingClient::connect(&path).await }
+        })
+        .await?;
+        println!(
+            "{:>7}  {:>12.0}{:>12}{:>12}  {:>12.0}{:>12}{:>12}  {:>10.2}x{:>10.1}x",
+            clients,
+            bare.throughput,
+            micros(bare.p50),
+            micros(bare.p99),
+            ping.throughput,
+            micros(ping.p50),
+            micros(ping.p99),
+            ping.throughput / bare.throughput,
+            ping.p50.as_secs_f64() / bare.p50.as_secs_f64().max(1e-9),
+        );
+    }
+    Ok(())
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// One client's unit of work; each client runs its requests one after another.
+trait RoundTrip: Send + 'static {
+    fn once(&mut self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+async fn measure<C, F, Fut>(clients: usize, requests: usize, connect: F) -> anyhow::Result<Stats>
+where
+    C: RoundTrip,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<C>>,
+{
+    let clients = clients.max(1);
+    let per_client = requests.div_ceil(clients);
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let mut client = connect().await?;
+        for _ in 0..20 {
+            client.once().await?; // warm-up
+        }
+        connections.push(client);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    client.once().await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(per_client * clients);
+    for task in tasks {
+        latencies.extend(task.await.context("benchmark client")??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok(Stats {
+        requests: latencies.len(),
+        throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    })
+}
+
+struct PingClient {
+    connection: ApiConnection,
+}
+
+impl PingClient {
+    async fn connect(path: &Path) -> anyhow::Result<PingClient> {
+        Ok(PingClient {
+            connection: ApiConnection::connect(path).await?,
+        })
+    }
+}
+
+impl RoundTrip for PingClient {
+    async fn once(&mut self) -> anyhow::Result<()> {
+        let (status, body) = self
+            .connection
+            .request_raw(Method::GET, "/v1/ping", None)
+            .await?;
+        if status != StatusCode::OK {
+            bail!(
+                "ping failed with {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    }
+}
+
+struct BareClient {
+    stream: UnixStream,
+    buf: [u8; BASELINE_MESSAGE],
+}
+
+impl BareClient {
+    async fn connect(path: &Path) -> anyhow::Result<BareClient> {
+        Ok(BareClient {
+            stream: UnixStream::connect(path).await?,
+            buf: [7; BASELINE_MESSAGE],
+        })
+    }
+}
+
+impl RoundTrip for BareClient {
+    async fn once(&mut self) -> anyhow::Result<()> {
+        self.stream.write_all(&self.buf).await?;
+        self.stream.read_exact(&mut self.buf).await?;
+        Ok(())
+    }
+}
+
+async fn serve_echo(listener: UnixListener) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = [0u8; BASELINE_MESSAGE];
+            while stream.read_exact(&mut buf).await.is_ok() {
+                if stream.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn start_dev_stack(scratch: &Path) -> anyhow::Result<(tokio::process::Child, PathBuf)> {
+    let me = std::env::current_exe().context("locating this executable")?;
+    let dir = scratch.join("dev");
+    let log = std::fs::File::create(scratch.join("dev.log")).context("creating dev.log")?;
+    let child = tokio::process::Command::new(me)
+        .arg("dev")
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .env("SIGNER_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting signer-host dev")?;
+    let socket = dir.join("host.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok((StatusCode::OK, _)) = request_once(&socket, Method::GET, "/readyz", None).await {
+            return Ok((child, socket));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "signer-host dev did not become ready; its log: {}",
+        std::fs::read_to_string(scratch.join("dev.log")).unwrap_or_default()
+    )
+}

@@ -1,0 +1,206 @@
+//! All of `signer-host`'s configuration, in one place. Loaded from a TOML file
+//! (`signer-host serve --config FILE`); every field has a default, unknown fields are
+//! an error so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::transport::Endpoint;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub enclave: EnclaveConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The Unix socket host services connect to.
+    pub socket: PathBuf,
+    /// Permission bits of the socket file, as an octal string. Connecting needs write
+    /// permission, so this decides who may call the signer.
+    pub socket_mode: SocketMode,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace_ms: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/signer-host/host.sock"),
+            socket_mode: SocketMode(0o660),
+            shutdown_grace_ms: 10_000,
+            max_body_bytes: 512 * 1024,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnclaveConfig {
+    /// vsock://CID:PORT of the enclave (mock-vsock mode: unix://PATH).
+    pub endpoint: Endpoint,
+    /// A request the enclave has not answered by then fails with `enclave_timeout`.
+    pub request_timeout_ms: u64,
+    /// Reconnection backoff grows from 50 ms up to this.
+    pub reconnect_max_backoff_ms: u64,
+}
+
+impl Default for EnclaveConfig {
+    fn default() -> Self {
+        Self {
+            // nitro-cli gives the first enclave CID 16 unless told otherwise.
+            endpoint: Endpoint::Vsock {
+                cid: 16,
+                port: 5000,
+            },
+            request_timeout_ms: 30_000,
+            reconnect_max_backoff_ms: 2_000,
+        }
+    }
+}
+
+impl EnclaveConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn reconnect_max_backoff(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_backoff_ms)
+    }
+}
+
+/// File permission bits written as an octal string in TOML (`"0660"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl Serialize for SocketMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => Ok(SocketMode(mode)),
+            _ => Err(serde::de::Error::custom(format!(
+                "socket_mode {text:?}: expected octal permission bits such as \"0660\""
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if self.enclave.request_timeout_ms == 0 {
+            return invalid("enclave.request_timeout_ms", "must be greater than 0");
+        }
+        if self.api.max_body_bytes < 1024 {
+            return invalid("api.max_body_bytes", "must be at least 1024");
+        }
+        if self.api.socket.as_os_str().is_empty() {
+            return invalid("api.socket", "must not be empty");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses_and_defaults_fill_the_rest() {
+        let config: Config = toml::from_str(
+            r#"
+            [api]
+            socket = "/tmp/x.sock"
+            socket_mode = "0600"
+            [enclave]
+            endpoint = "vsock://7:5005"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.api.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(config.api.socket_mode, SocketMode(0o600));
+        assert_eq!(config.api.shutdown_grace_ms, 10_000);
+        assert_eq!(
+            config.enclave.endpoint,
+            Endpoint::Vsock { cid: 7, port: 5005 }
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(toml::from_str::<Config>("[api]\nsokcet = \"/x\"").is_err());
+        assert!(toml::from_str::<Config>("[api]\nsocket_mode = \"0999\"").is_err());
+        assert!(toml::from_str::<Config>("[api]\nsocket_mode = \"01777\"").is_err());
+        assert!(toml::from_str::<Config>("[enclave]\nendpoint = \"tcp://x\"").is_err());
+        let zero: Config = toml::from_str("[enclave]\nrequest_timeout_ms = 0").unwrap();
+        assert!(matches!(
+            zero.validate(),
+            Err(ConfigError::Invalid {
+                field: "enclave.request_timeout_ms",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn default_config_serializes_to_toml_that_loads_back() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,11 @@
+//! `signer-host`: the untrusted half of the signer. It serves host services over a
+//! Unix socket and relays their requests to the enclave over vsock. It never sees a
+//! plaintext key (DESIGN.md §2).
+
+pub mod api;
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod enclave_client;
+pub mod server;

@@ -1,0 +1,121 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use common::transport::Endpoint;
+use host::bench::BenchOptions;
+use host::config::Config;
+use host::dev::DevOptions;
+use host::server::BoundHost;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(name = "signer-host", version, about = "Stellar signer: the host side")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "SIGNER_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the host API and relay to the enclave.
+    Serve {
+        /// TOML configuration file (see README); defaults apply without one.
+        #[arg(long, env = "SIGNER_HOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Overrides api.socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Overrides enclave.endpoint (vsock://CID:PORT or unix://PATH).
+        #[arg(long)]
+        enclave: Option<Endpoint>,
+    },
+    /// Run the whole stack locally in mock-vsock mode (development only).
+    Dev {
+        /// State directory; the host API listens at DIR/host.sock.
+        #[arg(long, default_value = ".signer-dev")]
+        dir: PathBuf,
+        /// The mock enclave binary (default: signer-enclave next to this binary).
+        #[arg(long)]
+        enclave_bin: Option<PathBuf>,
+    },
+    /// Measure request throughput and latency through the host and the enclave.
+    Bench {
+        /// Host API socket of a running stack; without it a local stack is started.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Requests per concurrency level.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::logging::init(&cli.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            config,
+            socket,
+            enclave,
+        } => {
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            if let Some(socket) = socket {
+                config.api.socket = socket;
+            }
+            if let Some(enclave) = enclave {
+                config.enclave.endpoint = enclave;
+            }
+            let host = BoundHost::bind(config)?;
+            host.run(shutdown_on_signal()).await
+        }
+        Command::Dev { dir, enclave_bin } => {
+            host::dev::run(DevOptions { dir, enclave_bin }, shutdown_on_signal()).await
+        }
+        Command::Bench {
+            socket,
+            requests,
+            clients,
+        } => {
+            host::bench::run(BenchOptions {
+                socket,
+                requests_per_level: requests,
+                clients,
+            })
+            .await
+        }
+    }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        match common::signal::shutdown_signal().await {
+            Ok(signal) => info!(signal, "shutting down"),
+            Err(e) => tracing::error!(error = %e, "cannot listen for signals; shutting down"),
+        }
+        trigger.cancel();
+    });
+    token
+}

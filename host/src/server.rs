@@ -1,0 +1,97 @@
+//! Runs the host API until shutdown: bind the socket, connect to the enclave, serve,
+//! and on a signal stop accepting, let in-flight requests finish within the grace
+//! period, remove the socket file.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use common::transport::{UnixSocketListener, bind_unix};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{AppState, router};
+use crate::config::Config;
+use crate::enclave_client::EnclaveClient;
+
+/// A host whose socket is bound (callers can connect from now on) but not yet serving.
+#[derive(Debug)]
+pub struct BoundHost {
+    config: Config,
+    socket: UnixSocketListener,
+}
+
+impl BoundHost {
+    pub fn bind(config: Config) -> anyhow::Result<BoundHost> {
+        config.validate()?;
+        if let Some(parent) = config.api.socket.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let socket = bind_unix(&config.api.socket, config.api.socket_mode.0)
+            .with_context(|| format!("binding the API socket {}", config.api.socket.display()))?;
+        Ok(BoundHost { config, socket })
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.config.api.socket.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let BoundHost { config, socket } = self;
+        let UnixSocketListener { listener, cleanup } = socket;
+        // The enclave connection outlives the drain so in-flight requests can finish.
+        let enclave_stop = CancellationToken::new();
+        let enclave = EnclaveClient::start(
+            config.enclave.endpoint.clone(),
+            config.enclave.request_timeout(),
+            config.enclave.reconnect_max_backoff(),
+            enclave_stop.clone(),
+        );
+        let app = router(AppState { enclave }, config.api.max_body_bytes);
+        info!(
+            socket = %config.api.socket.display(),
+            mode = format!("{:04o}", config.api.socket_mode.0),
+            enclave = %config.enclave.endpoint,
+            version = env!("CARGO_PKG_VERSION"),
+            "signer-host listening"
+        );
+        let stop_accepting = shutdown.clone();
+        let mut serving = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+                .into_future(),
+        );
+        let early_exit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            finished = &mut serving => Some(finished),
+        };
+        if let Some(finished) = early_exit {
+            enclave_stop.cancel();
+            return match finished {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e).context("serving the host API"),
+                Err(e) => Err(e).context("host API task"),
+            };
+        }
+        // Nobody new can reach us from here on.
+        drop(cleanup);
+        let grace = config.api.shutdown_grace();
+        info!(?grace, "shutting down: finishing in-flight requests");
+        match tokio::time::timeout(grace, &mut serving).await {
+            Ok(_) => info!("all requests finished"),
+            Err(_) => {
+                warn!(
+                    ?grace,
+                    "requests still running after the grace period; abandoning them"
+                );
+                serving.abort();
+            }
+        }
+        enclave_stop.cancel();
+        Ok(())
+    }
+}
