@@ -2,12 +2,12 @@
 //! `postcard`. The length is checked against [`MAX_FRAME_LEN`] before any buffer for
 //! the body is reserved, so a hostile length prefix costs the reader nothing.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
-use tokio_util::codec::{Decoder, Encoder, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, FramedWrite};
 
 /// The largest frame either side accepts or sends. A Stellar transaction envelope is at
 /// most a few hundred KiB (Soroban's limit is far below this), so 1 MiB is ample.
@@ -28,9 +28,8 @@ pub enum FrameError {
 }
 
 /// A codec for raw frames; pair it with [`encode_message`] / [`decode_message`].
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
     max: usize,
 }
 
@@ -40,12 +39,7 @@ impl FrameCodec {
     }
 
     pub fn with_max(max: usize) -> Self {
-        let inner = LengthDelimitedCodec::builder()
-            .length_field_length(PREFIX_LEN)
-            .big_endian()
-            .max_frame_length(max)
-            .new_codec();
-        Self { inner, max }
+        Self { max }
     }
 }
 
@@ -60,17 +54,24 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        // Check the prefix ourselves so the error names the offending length.
-        if src.len() >= PREFIX_LEN {
-            let announced = (&src[..PREFIX_LEN]).get_u32() as usize;
-            if announced > self.max {
-                return Err(FrameError::Oversized {
-                    actual: announced,
-                    max: self.max,
-                });
-            }
+        if src.len() < PREFIX_LEN {
+            return Ok(None);
         }
-        Ok(self.inner.decode(src)?)
+        let announced = (&src[..PREFIX_LEN]).get_u32() as usize;
+        if announced > self.max {
+            return Err(FrameError::Oversized {
+                actual: announced,
+                max: self.max,
+            });
+        }
+        let needed = PREFIX_LEN + announced;
+        if src.len() < needed {
+            // Bounded by `max` thanks to the check above.
+            src.reserve(needed - src.len());
+            return Ok(None);
+        }
+        src.advance(PREFIX_LEN);
+        Ok(Some(src.split_to(announced)))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
@@ -94,7 +95,11 @@ impl Encoder<Bytes> for FrameCodec {
                 max: self.max,
             });
         }
-        Ok(self.inner.encode(item, dst)?)
+        dst.reserve(PREFIX_LEN + item.len());
+        // Fits in u32: `max` is at most MAX_FRAME_LEN in practice, and checked above.
+        dst.put_u32(item.len() as u32);
+        dst.extend_from_slice(&item);
+        Ok(())
     }
 }
 
@@ -175,6 +180,29 @@ mod tests {
                 max: 16
             })
         ));
+    }
+
+    #[test]
+    fn frames_arriving_byte_by_byte_decode_intact() {
+        let mut codec = FrameCodec::new();
+        let mut wire = BytesMut::new();
+        codec
+            .encode(Bytes::from(vec![1u8; 300]), &mut wire)
+            .unwrap();
+        codec
+            .encode(Bytes::from_static(b"second"), &mut wire)
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for byte in wire {
+            buf.extend_from_slice(&[byte]);
+            if let Some(frame) = codec.decode(&mut buf).unwrap() {
+                frames.push(frame);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(&frames[0][..], &[1u8; 300][..]);
+        assert_eq!(&frames[1][..], b"second");
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! Runs the real binaries for integration tests: `signer-enclave` (mock build) and
+//! `signer-host`, each with its log in a temporary directory.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use host::client::request_once;
+use hyper::{Method, StatusCode};
+
+pub fn host_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_signer-host"))
+}
+
+/// `cargo test --workspace` builds both binaries into the same directory.
+pub fn enclave_bin() -> PathBuf {
+    let path = host_bin().with_file_name("signer-enclave");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace --features enclave/mock`",
+        path.display()
+    );
+    path
+}
+
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(command: &mut Command, log: PathBuf) -> Proc {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "process did not exit within {limit:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An enclave and a host, wired over mock-vsock in a temporary directory.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub enclave: Option<Proc>,
+    pub host: Proc,
+    pub host_socket: PathBuf,
+    pub enclave_socket: PathBuf,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let enclave_socket = dir.path().join("enclave.sock");
+        let host_socket = dir.path().join("host.sock");
+        let enclave = start_enclave(dir.path(), &enclave_socket, 0);
+        let host = Proc::spawn(
+            Command::new(host_bin())
+                .arg("serve")
+                .arg("--socket")
+                .arg(&host_socket)
+                .arg("--enclave")
+                .arg(format!("unix://{}", enclave_socket.display())),
+            dir.path().join("host.log"),
+        );
+        let stack = Stack {
+            dir,
+            enclave: Some(enclave),
+            host,
+            host_socket,
+            enclave_socket,
+        };
+        stack.wait_ready(true).await;
+        stack
+    }
+
+    pub fn restart_enclave(&mut self, generation: u32) {
+        self.enclave = Some(start_enclave(
+            self.dir.path(),
+            &self.enclave_socket,
+            generation,
+        ));
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        request_once(&self.host_socket, Method::GET, path, None)
+            .await
+            .unwrap()
+    }
+
+    /// Polls `/readyz` until it reports `ready` (or not), for at most 20 s.
+    pub async fn wait_ready(&self, ready: bool) -> serde_json::Value {
+        let want = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let mut last = None;
+        for _ in 0..400 {
+            if let Ok((status, body)) =
+                request_once(&self.host_socket, Method::GET, "/readyz", None).await
+            {
+                if status == want {
+                    return body;
+                }
+                last = Some((status, body));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "readyz never became {want}; last {last:?}\nhost log:\n{}",
+            self.host.log_text()
+        );
+    }
+}
+
+pub fn start_enclave(dir: &Path, socket: &Path, generation: u32) -> Proc {
+    let proc = Proc::spawn(
+        Command::new(enclave_bin())
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display())),
+        dir.join(format!("enclave-{generation}.log")),
+    );
+    for _ in 0..500 {
+        if socket.exists() {
+            return proc;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("enclave did not bind; log:\n{}", proc.log_text());
+}
