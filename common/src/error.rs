@@ -25,6 +25,19 @@ pub enum ErrorCode {
     Internal,
     /// The HTTP method is not allowed on this route.
     MethodNotAllowed,
+    /// The channel pool is empty: provision channel accounts.
+    NoChannelAccountsConfigured,
+    /// Every channel account is locked: add accounts or lower concurrency.
+    NoIdleChannelAccount,
+    /// The account named is not in the channel pool.
+    UnknownChannelAccount,
+    /// The lock token does not hold the lock (it expired and was re-acquired, or was
+    /// released already).
+    LockTokenMismatch,
+    /// A key with this public key is already stored.
+    KeyExists,
+    /// The host's database failed; the message says how.
+    StoreError,
 }
 
 impl ErrorCode {
@@ -39,6 +52,12 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::NoChannelAccountsConfigured => "no_channel_accounts_configured",
+            ErrorCode::NoIdleChannelAccount => "no_idle_channel_account",
+            ErrorCode::UnknownChannelAccount => "unknown_channel_account",
+            ErrorCode::LockTokenMismatch => "lock_token_mismatch",
+            ErrorCode::KeyExists => "key_exists",
+            ErrorCode::StoreError => "store_error",
         }
     }
 
@@ -46,7 +65,13 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
-            ErrorCode::NotFound => 404,
+            ErrorCode::NotFound | ErrorCode::UnknownChannelAccount => 404,
+            ErrorCode::LockTokenMismatch | ErrorCode::KeyExists => 409,
+            // Retryable: locks expire and get released; back off and try again.
+            ErrorCode::NoIdleChannelAccount => 429,
+            ErrorCode::StoreError => 500,
+            // Not retryable until an operator provisions accounts.
+            ErrorCode::NoChannelAccountsConfigured => 503,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Internal => 500,

@@ -9,3 +9,4 @@ pub mod config;
 pub mod dev;
 pub mod enclave_client;
 pub mod server;
+pub mod store;
