@@ -15,20 +15,88 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::enclave_client::EnclaveClient;
+use crate::store::{ChannelLocks, Store, StoreError};
 
 /// How long `/readyz` waits for the enclave before calling it not ready.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     pub enclave: EnclaveClient,
+    pub store: Store,
+    /// The channel pool; SQLite today, the same store as `store`.
+    pub locks: std::sync::Arc<dyn ChannelLocks>,
+}
+
+impl AppState {
+    pub fn new(enclave: EnclaveClient, store: Store) -> AppState {
+        let locks = std::sync::Arc::new(store.clone());
+        AppState {
+            enclave,
+            store,
+            locks,
+        }
+    }
+}
+
+/// Who is calling, from the Unix socket's peer credentials (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Caller
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        match stream.io().peer_cred() {
+            Ok(cred) => Caller {
+                uid: Some(cred.uid()),
+                pid: cred.pid(),
+            },
+            Err(_) => Caller::default(),
+        }
+    }
+}
+
+/// Runs a blocking store call off the async workers.
+pub async fn blocking<T, F>(call: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(|e| ApiError(e.to_wire())),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("store task failed: {e}"),
+        )),
+    }
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    use axum::routing::post;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/ping", get(ping))
+        .route(
+            "/v1/keys",
+            get(crate::routes::keys::list).post(crate::routes::keys::register),
+        )
+        .route("/v1/channels", get(crate::routes::channels::summary))
+        .route(
+            "/v1/channels/acquire",
+            post(crate::routes::channels::acquire),
+        )
+        .route(
+            "/v1/channels/release",
+            post(crate::routes::channels::release),
+        )
+        .route("/v1/channels/unlock", post(crate::routes::channels::unlock))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
@@ -112,6 +180,16 @@ struct Check {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let mut checks = Vec::new();
+    let store = state.store.clone();
+    let store_check = blocking(move || store.check()).await;
+    checks.push(Check {
+        name: "store",
+        ok: store_check.is_ok(),
+        detail: match store_check {
+            Ok(()) => format!("{} answers", state.store.path().display()),
+            Err(e) => e.0.message,
+        },
+    });
     let started = Instant::now();
     let probe = state
         .enclave

@@ -8,11 +8,16 @@ use std::time::Duration;
 use common::transport::Endpoint;
 use serde::{Deserialize, Serialize};
 
+/// Where host services find the API unless configured otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/signer-host/host.sock";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub api: ApiConfig,
     pub enclave: EnclaveConfig,
+    pub store: StoreConfig,
+    pub channels: ChannelsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +37,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from("/run/signer-host/host.sock"),
+            socket: PathBuf::from(DEFAULT_API_SOCKET),
             socket_mode: SocketMode(0o660),
             shutdown_grace_ms: 10_000,
             max_body_bytes: 512 * 1024,
@@ -78,6 +83,56 @@ impl EnclaveConfig {
 
     pub fn reconnect_max_backoff(&self) -> Duration {
         Duration::from_millis(self.reconnect_max_backoff_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite database: key ciphertexts, channel locks, audit log. Several host
+    /// processes may share it (e.g. during a rolling restart); keep it on a local disk.
+    pub path: PathBuf,
+    /// How long a statement waits for another writer before failing.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/signer-host/signer.db"),
+            busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// Lock lifetime when an acquire names none.
+    pub default_lock_seconds: u64,
+    /// The longest lock an acquire may ask for.
+    pub max_lock_seconds: u64,
+    /// Added to a signed transaction's maxTime when its channel's lock is extended.
+    pub max_time_margin_seconds: u64,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        Self {
+            default_lock_seconds: 30,
+            max_lock_seconds: 300,
+            max_time_margin_seconds: 30,
+        }
+    }
+}
+
+impl ChannelsConfig {
+    pub fn lock_policy(&self) -> crate::store::LockPolicy {
+        crate::store::LockPolicy {
+            default_lock: Duration::from_secs(self.default_lock_seconds),
+            max_lock: Duration::from_secs(self.max_lock_seconds),
+            max_time_margin: Duration::from_secs(self.max_time_margin_seconds),
+        }
     }
 }
 
@@ -152,6 +207,19 @@ impl Config {
         if self.api.socket.as_os_str().is_empty() {
             return invalid("api.socket", "must not be empty");
         }
+        if self.store.path.as_os_str().is_empty() {
+            return invalid("store.path", "must not be empty");
+        }
+        let channels = &self.channels;
+        if channels.default_lock_seconds == 0 {
+            return invalid("channels.default_lock_seconds", "must be greater than 0");
+        }
+        if channels.default_lock_seconds > channels.max_lock_seconds {
+            return invalid(
+                "channels.default_lock_seconds",
+                "must not exceed channels.max_lock_seconds",
+            );
+        }
         Ok(())
     }
 }
@@ -188,6 +256,15 @@ mod tests {
         assert!(toml::from_str::<Config>("[api]\nsocket_mode = \"0999\"").is_err());
         assert!(toml::from_str::<Config>("[api]\nsocket_mode = \"01777\"").is_err());
         assert!(toml::from_str::<Config>("[enclave]\nendpoint = \"tcp://x\"").is_err());
+        let inverted: Config =
+            toml::from_str("[channels]\ndefault_lock_seconds = 60\nmax_lock_seconds = 30").unwrap();
+        assert!(matches!(
+            inverted.validate(),
+            Err(ConfigError::Invalid {
+                field: "channels.default_lock_seconds",
+                ..
+            })
+        ));
         let zero: Config = toml::from_str("[enclave]\nrequest_timeout_ms = 0").unwrap();
         assert!(matches!(
             zero.validate(),

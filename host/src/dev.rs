@@ -64,6 +64,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
 
     let mut config = Config::default();
     config.api.socket = host_socket.clone();
+    config.store.path = dir.join("signer.db");
     config.enclave.endpoint = enclave_endpoint;
     let host = BoundHost::bind(config)?;
     let serving = tokio::spawn(host.run(shutdown.clone()));

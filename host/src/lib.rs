@@ -4,9 +4,11 @@
 
 pub mod api;
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
 pub mod enclave_client;
+pub mod routes;
 pub mod server;
 pub mod store;

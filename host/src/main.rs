@@ -4,7 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::transport::Endpoint;
 use host::bench::BenchOptions;
-use host::config::Config;
+use host::cli::{ChannelsCommand, KeysCommand};
+use host::config::{Config, DEFAULT_API_SOCKET};
 use host::dev::DevOptions;
 use host::server::BoundHost;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,25 @@ enum Command {
         /// Overrides enclave.endpoint (vsock://CID:PORT or unix://PATH).
         #[arg(long)]
         enclave: Option<Endpoint>,
+        /// Overrides store.path (the SQLite database).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Stored keys (calls a running host).
+    Keys {
+        /// The host API socket.
+        #[arg(long, env = "SIGNER_HOST_SOCKET", default_value = DEFAULT_API_SOCKET)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The channel-account pool (calls a running host).
+    Channels {
+        /// The host API socket.
+        #[arg(long, env = "SIGNER_HOST_SOCKET", default_value = DEFAULT_API_SOCKET)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        command: ChannelsCommand,
     },
     /// Run the whole stack locally in mock-vsock mode (development only).
     Dev {
@@ -70,10 +90,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Keys { socket, command } => host::cli::keys(&socket, command).await,
+        Command::Channels { socket, command } => host::cli::channels(&socket, command).await,
         Command::Serve {
             config,
             socket,
             enclave,
+            store,
         } => {
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
@@ -84,6 +107,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if let Some(enclave) = enclave {
                 config.enclave.endpoint = enclave;
+            }
+            if let Some(store) = store {
+                config.store.path = store;
             }
             let host = BoundHost::bind(config)?;
             host.run(shutdown_on_signal()).await

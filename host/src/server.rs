@@ -3,26 +3,42 @@
 //! period, remove the socket file.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use common::transport::{UnixSocketListener, bind_unix};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{AppState, router};
+use crate::api::{AppState, Caller, router};
 use crate::config::Config;
 use crate::enclave_client::EnclaveClient;
+use crate::store::Store;
 
 /// A host whose socket is bound (callers can connect from now on) but not yet serving.
 #[derive(Debug)]
 pub struct BoundHost {
     config: Config,
     socket: UnixSocketListener,
+    store: Store,
 }
 
 impl BoundHost {
     pub fn bind(config: Config) -> anyhow::Result<BoundHost> {
         config.validate()?;
+        // Open the store first: a bad database (e.g. a newer schema) must stop start-up
+        // before callers can connect.
+        if let Some(parent) = config.store.path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let store = Store::open(
+            &config.store.path,
+            config.channels.lock_policy(),
+            Duration::from_millis(config.store.busy_timeout_ms),
+        )?;
         if let Some(parent) = config.api.socket.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -31,7 +47,11 @@ impl BoundHost {
         }
         let socket = bind_unix(&config.api.socket, config.api.socket_mode.0)
             .with_context(|| format!("binding the API socket {}", config.api.socket.display()))?;
-        Ok(BoundHost { config, socket })
+        Ok(BoundHost {
+            config,
+            socket,
+            store,
+        })
     }
 
     pub fn socket_path(&self) -> PathBuf {
@@ -40,7 +60,11 @@ impl BoundHost {
 
     /// Serves until `shutdown` is cancelled, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let BoundHost { config, socket } = self;
+        let BoundHost {
+            config,
+            socket,
+            store,
+        } = self;
         let UnixSocketListener { listener, cleanup } = socket;
         // The enclave connection outlives the drain so in-flight requests can finish.
         let enclave_stop = CancellationToken::new();
@@ -50,11 +74,13 @@ impl BoundHost {
             config.enclave.reconnect_max_backoff(),
             enclave_stop.clone(),
         );
-        let app = router(AppState { enclave }, config.api.max_body_bytes);
+        let app = router(AppState::new(enclave, store), config.api.max_body_bytes)
+            .into_make_service_with_connect_info::<Caller>();
         info!(
             socket = %config.api.socket.display(),
             mode = format!("{:04o}", config.api.socket_mode.0),
             enclave = %config.enclave.endpoint,
+            store = %config.store.path.display(),
             version = env!("CARGO_PKG_VERSION"),
             "signer-host listening"
         );

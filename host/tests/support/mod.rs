@@ -85,14 +85,12 @@ impl Stack {
         let enclave_socket = dir.path().join("enclave.sock");
         let host_socket = dir.path().join("host.sock");
         let enclave = start_enclave(dir.path(), &enclave_socket, 0);
-        let host = Proc::spawn(
-            Command::new(host_bin())
-                .arg("serve")
-                .arg("--socket")
-                .arg(&host_socket)
-                .arg("--enclave")
-                .arg(format!("unix://{}", enclave_socket.display())),
-            dir.path().join("host.log"),
+        let host = spawn_host(
+            dir.path(),
+            "host",
+            &host_socket,
+            &enclave_socket,
+            &dir.path().join("signer.db"),
         );
         let stack = Stack {
             dir,
@@ -105,6 +103,10 @@ impl Stack {
         stack
     }
 
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("signer.db")
+    }
+
     pub fn restart_enclave(&mut self, generation: u32) {
         self.enclave = Some(start_enclave(
             self.dir.path(),
@@ -113,36 +115,102 @@ impl Stack {
         ));
     }
 
+    /// Starts another host process on the same enclave and database.
+    pub async fn second_host(&self, name: &str) -> (Proc, PathBuf) {
+        let socket = self.dir.path().join(format!("{name}.sock"));
+        let proc = spawn_host(
+            self.dir.path(),
+            name,
+            &socket,
+            &self.enclave_socket,
+            &self.db_path(),
+        );
+        wait_ready_at(&socket, true, &proc).await;
+        (proc, socket)
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
         request_once(&self.host_socket, Method::GET, path, None)
             .await
             .unwrap()
     }
 
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        request_once(&self.host_socket, Method::POST, path, Some(&body))
+            .await
+            .unwrap()
+    }
+
     /// Polls `/readyz` until it reports `ready` (or not), for at most 20 s.
     pub async fn wait_ready(&self, ready: bool) -> serde_json::Value {
-        let want = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        let mut last = None;
-        for _ in 0..400 {
-            if let Ok((status, body)) =
-                request_once(&self.host_socket, Method::GET, "/readyz", None).await
-            {
-                if status == want {
-                    return body;
-                }
-                last = Some((status, body));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "readyz never became {want}; last {last:?}\nhost log:\n{}",
-            self.host.log_text()
-        );
+        wait_ready_at(&self.host_socket, ready, &self.host).await
     }
+}
+
+pub fn spawn_host(dir: &Path, name: &str, socket: &Path, enclave_socket: &Path, db: &Path) -> Proc {
+    Proc::spawn(
+        Command::new(host_bin())
+            .arg("serve")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--enclave")
+            .arg(format!("unix://{}", enclave_socket.display()))
+            .arg("--store")
+            .arg(db),
+        dir.join(format!("{name}.log")),
+    )
+}
+
+pub async fn wait_ready_at(socket: &Path, ready: bool, host: &Proc) -> serde_json::Value {
+    let want = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut last = None;
+    for _ in 0..400 {
+        if let Ok((status, body)) = request_once(socket, Method::GET, "/readyz", None).await {
+            if status == want {
+                return body;
+            }
+            last = Some((status, body));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "readyz never became {want}; last {last:?}\nhost log:\n{}",
+        host.log_text()
+    );
+}
+
+/// A valid account public key, different for each `i`.
+pub fn test_account(i: u32) -> String {
+    let mut raw = [0u8; 32];
+    raw[..4].copy_from_slice(&i.to_be_bytes());
+    raw[31] = 0xa5;
+    format!("{}", stellar_strkey::ed25519::PublicKey(raw))
+}
+
+/// Registers channel key `i` with a recognisable fake ciphertext (the host never opens
+/// ciphertexts, so any bytes do for store tests).
+pub fn register_body(i: u32, role: &str) -> serde_json::Value {
+    use base64::Engine;
+    serde_json::json!({
+        "public_key": test_account(i),
+        "role": role,
+        "kms_key_id": "alias/test",
+        "ciphertext": base64::engine::general_purpose::STANDARD.encode(fake_ciphertext(i)),
+    })
+}
+
+pub fn fake_ciphertext(i: u32) -> Vec<u8> {
+    (0..200u32)
+        .map(|j| (i.wrapping_mul(31).wrapping_add(j)) as u8)
+        .collect()
 }
 
 pub fn start_enclave(dir: &Path, socket: &Path, generation: u32) -> Proc {
