@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod dev;
 pub mod enclave_client;
+pub mod relay;
 pub mod routes;
 pub mod server;
 pub mod store;
