@@ -135,7 +135,9 @@ mod tests {
             let (mut s, _) = upstream.accept().await.unwrap();
             let mut buf = [0u8; 5];
             s.read_exact(&mut buf).await.unwrap();
-            s.write_all(&buf.map(|b| b.to_ascii_uppercase())).await.unwrap();
+            s.write_all(&buf.map(|b| b.to_ascii_uppercase()))
+                .await
+                .unwrap();
         });
         let dir = tempfile::tempdir().unwrap();
         let endpoint = Endpoint::Unix(dir.path().join("relay.sock"));

@@ -1,0 +1,6 @@
+//! A local stand-in for AWS KMS, for development and tests only. It speaks the KMS
+//! JSON 1.1 protocol over HTTPS so the unmodified `aws-sdk-kms` client talks to it,
+//! verifies attestation documents against a configured root, and evaluates the same
+//! key-policy JSON that ships in `kms-policy/`.
+
+pub mod policy;
