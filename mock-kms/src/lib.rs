@@ -3,4 +3,5 @@
 //! verifies attestation documents against a configured root, and evaluates the same
 //! key-policy JSON that ships in `kms-policy/`.
 
+pub mod keystore;
 pub mod policy;
