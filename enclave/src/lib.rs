@@ -4,6 +4,7 @@
 //! never part of a production image.
 
 pub mod handler;
+pub mod kms;
 pub mod server;
 
 use common::protocol::BuildFlavor;

@@ -1,0 +1,3 @@
+//! Everything the enclave needs to get a key out of KMS.
+
+pub mod recipient;
