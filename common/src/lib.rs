@@ -1,6 +1,7 @@
 //! Code shared by `signer-host` and `signer-enclave`: the wire protocol, its framing,
 //! the transports (vsock, or Unix sockets in mock-vsock mode) and stable error codes.
 
+pub mod attestation;
 pub mod ber;
 pub mod cms;
 pub mod error;
