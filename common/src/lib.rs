@@ -7,6 +7,8 @@ pub mod cms;
 pub mod error;
 pub mod frame;
 pub mod logging;
+#[cfg(feature = "mock")]
+pub mod mock_nsm;
 pub mod protocol;
 pub mod signal;
 pub mod transport;

@@ -1,0 +1,230 @@
+//! A mock NSM for local development and tests (cargo feature `mock`, never in a
+//! production enclave): it issues attestation documents in the real format (untagged
+//! COSE_Sign1, ES384, the NSM's CBOR payload with `cabundle` root first) from a
+//! locally generated P-384 CA chain, with PCR values chosen by the caller so tests can
+//! present "another build".
+
+use std::collections::BTreeMap;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+use ciborium::value::Value;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P384_SHA384,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::attestation::{PROTECTED_ES384, sig_structure};
+
+/// Marks mock builds; a test greps the production enclave binary for it.
+pub const MOCK_NSM_MARKER: &str = "MOCK-NSM-NOT-FOR-PRODUCTION";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MockNsmError {
+    #[error("certificate generation: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("CBOR encoding: {0}")]
+    Cbor(String),
+}
+
+/// The mock CA: its root certificate is what a mock KMS trusts.
+pub struct MockCa {
+    root_der: Vec<u8>,
+    root_pem: String,
+    intermediate_der: Vec<u8>,
+    intermediate: Issuer<'static, KeyPair>,
+}
+
+fn params(
+    cn: &str,
+    ca: IsCa,
+    usages: Vec<KeyUsagePurpose>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, rcgen::Error> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = ca;
+    p.key_usages = usages;
+    p.not_before = not_before;
+    p.not_after = not_after;
+    Ok(p)
+}
+
+impl MockCa {
+    /// A fresh root (10 years) and intermediate (1 year).
+    pub fn generate() -> Result<MockCa, MockNsmError> {
+        use KeyUsagePurpose::{CrlSign, DigitalSignature, KeyCertSign};
+        let now = OffsetDateTime::now_utc();
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
+        let root_params = params(
+            "mock.nitro-enclaves",
+            IsCa::Ca(BasicConstraints::Unconstrained),
+            vec![KeyCertSign, CrlSign, DigitalSignature],
+            now - Duration::days(1),
+            now + Duration::days(3650),
+        )?;
+        let root_cert = root_params.self_signed(&root_key)?;
+        let root = Issuer::new(root_params, root_key);
+        let int_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
+        let int_params = params(
+            "mock-intermediate.nitro-enclaves",
+            IsCa::Ca(BasicConstraints::Constrained(0)),
+            vec![KeyCertSign, CrlSign, DigitalSignature],
+            now - Duration::days(1),
+            now + Duration::days(365),
+        )?;
+        let int_cert = int_params.signed_by(&int_key, &root)?;
+        Ok(MockCa {
+            root_der: root_cert.der().to_vec(),
+            root_pem: root_cert.pem(),
+            intermediate_der: int_cert.der().to_vec(),
+            intermediate: Issuer::new(int_params, int_key),
+        })
+    }
+
+    pub fn root_der(&self) -> &[u8] {
+        &self.root_der
+    }
+
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// A mock NSM whose documents carry `pcrs` (index → 48 bytes; unnamed indices of
+    /// 0..16 are zero, as on real hardware).
+    pub fn nsm(&self, pcrs: &BTreeMap<u8, [u8; 48]>) -> Result<MockNsm, MockNsmError> {
+        let now = OffsetDateTime::now_utc();
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
+        let leaf_params = params(
+            "i-00000000000000000-enc0000000000000000.mock",
+            IsCa::ExplicitNoCa,
+            vec![KeyUsagePurpose::DigitalSignature],
+            now - Duration::minutes(5),
+            now + Duration::days(30),
+        )?;
+        let leaf_cert = leaf_params.signed_by(&leaf_key, &self.intermediate)?;
+        let signer =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &leaf_key.serialize_der())
+                .map_err(|e| MockNsmError::Key(e.to_string()))?;
+        let mut all = BTreeMap::new();
+        for index in 0..16u8 {
+            all.insert(index, pcrs.get(&index).copied().unwrap_or([0u8; 48]));
+        }
+        Ok(MockNsm {
+            cabundle: vec![self.root_der.clone(), self.intermediate_der.clone()],
+            leaf_der: leaf_cert.der().to_vec(),
+            signer,
+            pcrs: all,
+        })
+    }
+}
+
+pub struct MockNsm {
+    cabundle: Vec<Vec<u8>>,
+    leaf_der: Vec<u8>,
+    signer: EcdsaKeyPair,
+    pcrs: BTreeMap<u8, [u8; 48]>,
+}
+
+impl std::fmt::Debug for MockNsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MOCK_NSM_MARKER)
+    }
+}
+
+impl MockNsm {
+    /// An attestation document, like the NSM's answer to `Request::Attestation`.
+    pub fn attest(
+        &self,
+        public_key: Option<&[u8]>,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+    ) -> Result<Vec<u8>, MockNsmError> {
+        let text = |s: &str| Value::Text(s.into());
+        let optional = |b: Option<&[u8]>| b.map_or(Value::Null, |b| Value::Bytes(b.to_vec()));
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let payload = Value::Map(vec![
+            (
+                text("module_id"),
+                text("i-00000000000000000-enc0000000000000000"),
+            ),
+            (text("digest"), text("SHA384")),
+            (text("timestamp"), Value::Integer(timestamp.into())),
+            (
+                text("pcrs"),
+                Value::Map(
+                    self.pcrs
+                        .iter()
+                        .map(|(i, v)| (Value::Integer((*i).into()), Value::Bytes(v.to_vec())))
+                        .collect(),
+                ),
+            ),
+            (text("certificate"), Value::Bytes(self.leaf_der.clone())),
+            (
+                text("cabundle"),
+                Value::Array(self.cabundle.iter().cloned().map(Value::Bytes).collect()),
+            ),
+            (text("public_key"), optional(public_key)),
+            (text("user_data"), optional(user_data)),
+            (text("nonce"), optional(nonce)),
+        ]);
+        let mut payload_bytes = Vec::new();
+        ciborium::into_writer(&payload, &mut payload_bytes)
+            .map_err(|e| MockNsmError::Cbor(e.to_string()))?;
+        let signature = self
+            .signer
+            .sign(
+                &SystemRandom::new(),
+                &sig_structure(&PROTECTED_ES384, &payload_bytes),
+            )
+            .map_err(|e| MockNsmError::Key(e.to_string()))?;
+        let cose = Value::Array(vec![
+            Value::Bytes(PROTECTED_ES384.to_vec()),
+            Value::Map(vec![]),
+            Value::Bytes(payload_bytes),
+            Value::Bytes(signature.as_ref().to_vec()),
+        ]);
+        let mut out = Vec::new();
+        ciborium::into_writer(&cose, &mut out).map_err(|e| MockNsmError::Cbor(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attestation::{AttestationError, verify};
+
+    #[test]
+    fn mock_documents_verify_against_the_mock_root_only() {
+        let ca = MockCa::generate().unwrap();
+        let pcrs = BTreeMap::from([(0u8, [0xaa; 48]), (1, [0xbb; 48]), (2, [0xcc; 48])]);
+        let nsm = ca.nsm(&pcrs).unwrap();
+        let document = nsm.attest(Some(b"spki"), None, Some(b"n")).unwrap();
+        assert_eq!(document[0], 0x84, "untagged COSE_Sign1");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let verified = verify(&document, ca.root_der(), now).unwrap();
+        assert_eq!(verified.pcr_hex(0).unwrap(), "aa".repeat(48));
+        assert_eq!(verified.pcr_hex(2).unwrap(), "cc".repeat(48));
+        assert_eq!(verified.pcr_hex(3).unwrap(), "00".repeat(48));
+        assert_eq!(verified.public_key.as_deref(), Some(&b"spki"[..]));
+        assert_eq!(verified.user_data, None);
+
+        let other = MockCa::generate().unwrap();
+        assert!(matches!(
+            verify(&document, other.root_der(), now),
+            Err(AttestationError::Chain(_))
+        ));
+    }
+}
