@@ -280,7 +280,7 @@ fn parse_pcrs(entries: Vec<(Value, Value)>) -> Result<BTreeMap<u8, Vec<u8>>, Att
 
 fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, AttestationError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         _ => Err(Chain("unparseable certificate")),
     }
 }
