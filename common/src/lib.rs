@@ -11,6 +11,7 @@ pub mod logging;
 pub mod mock_nsm;
 pub mod protocol;
 pub mod signal;
+pub mod stellar;
 pub mod transport;
 
 pub use error::{ErrorCode, WireError};

@@ -58,6 +58,11 @@ fn params(
 impl MockCa {
     /// A fresh root (10 years) and intermediate (1 year).
     pub fn generate() -> Result<MockCa, MockNsmError> {
+        Ok(Self::generate_with_keys()?.0)
+    }
+
+    /// The CA, the root key PEM, the intermediate key PEM and the intermediate PEM.
+    fn generate_with_keys() -> Result<(MockCa, String, String, String), MockNsmError> {
         use KeyUsagePurpose::{CrlSign, DigitalSignature, KeyCertSign};
         let now = OffsetDateTime::now_utc();
         let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
@@ -79,12 +84,59 @@ impl MockCa {
             now + Duration::days(365),
         )?;
         let int_cert = int_params.signed_by(&int_key, &root)?;
-        Ok(MockCa {
+        let root_key_pem = root.key().serialize_pem();
+        let int_key_pem = int_key.serialize_pem();
+        let ca = MockCa {
             root_der: root_cert.der().to_vec(),
             root_pem: root_cert.pem(),
             intermediate_der: int_cert.der().to_vec(),
             intermediate: Issuer::new(int_params, int_key),
-        })
+        };
+        Ok((ca, root_key_pem, int_key_pem, int_cert.pem()))
+    }
+
+    /// Loads the CA kept in `dir`, or creates it there (keys mode 0600). The files are
+    /// `root.pem`, `root.key.pem`, `intermediate.pem` and `intermediate.key.pem`.
+    pub fn load_or_generate(dir: &std::path::Path) -> Result<MockCa, MockNsmError> {
+        let io = |e: std::io::Error| MockNsmError::Key(format!("{}: {e}", dir.display()));
+        let path = |name: &str| dir.join(name);
+        if path("intermediate.key.pem").exists() {
+            let read = |name: &str| std::fs::read_to_string(path(name)).map_err(io);
+            let root_pem = read("root.pem")?;
+            let intermediate_pem = read("intermediate.pem")?;
+            let int_key = KeyPair::from_pem(&read("intermediate.key.pem")?)?;
+            let intermediate = Issuer::from_ca_cert_pem(&intermediate_pem, int_key)?;
+            let der = |pem: &str| {
+                crate::attestation::certificate_der_from_pem(pem.as_bytes())
+                    .map_err(|e| MockNsmError::Key(e.to_string()))
+            };
+            return Ok(MockCa {
+                root_der: der(&root_pem)?,
+                root_pem,
+                intermediate_der: der(&intermediate_pem)?,
+                intermediate,
+            });
+        }
+        let (ca, root_key_pem, int_key_pem, int_pem) = Self::generate_with_keys()?;
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let write = |name: &str, text: &str, secret: bool| -> Result<(), MockNsmError> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(if secret { 0o600 } else { 0o644 })
+                .open(path(name))
+                .map_err(io)?;
+            file.write_all(text.as_bytes()).map_err(io)
+        };
+        write("root.pem", &ca.root_pem, false)?;
+        write("root.key.pem", &root_key_pem, true)?;
+        write("intermediate.pem", &int_pem, false)?;
+        // Last: its presence marks a complete CA.
+        write("intermediate.key.pem", &int_key_pem, true)?;
+        Ok(ca)
     }
 
     pub fn root_der(&self) -> &[u8] {
@@ -220,6 +272,17 @@ mod tests {
         assert_eq!(verified.pcr_hex(3).unwrap(), "00".repeat(48));
         assert_eq!(verified.public_key.as_deref(), Some(&b"spki"[..]));
         assert_eq!(verified.user_data, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let kept = MockCa::load_or_generate(dir.path()).unwrap();
+        let reloaded = MockCa::load_or_generate(dir.path()).unwrap();
+        assert_eq!(kept.root_der(), reloaded.root_der());
+        let later = reloaded
+            .nsm(&pcrs)
+            .unwrap()
+            .attest(None, None, None)
+            .unwrap();
+        verify(&later, kept.root_der(), now).unwrap();
 
         let other = MockCa::generate().unwrap();
         assert!(matches!(

@@ -3,8 +3,10 @@
 //! the request handling; the `mock` feature adds what local development needs and is
 //! never part of a production image.
 
+pub mod attestor;
 pub mod handler;
 pub mod kms;
+pub mod nsm;
 pub mod server;
 
 use common::protocol::BuildFlavor;

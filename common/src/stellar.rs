@@ -1,0 +1,171 @@
+//! Stellar transaction envelopes: decoding untrusted XDR with bounds, the signature
+//! payload hash (DESIGN.md §6), and decorated signatures.
+
+use sha2::{Digest, Sha256};
+use stellar_xdr::{
+    DecoratedSignature, Limits, ReadXdr, Signature, SignatureHint, TransactionEnvelope, WriteXdr,
+};
+
+/// Largest envelope accepted. Stellar's own transaction size limit is far below this.
+pub const MAX_ENVELOPE_LEN: usize = 256 * 1024;
+/// XDR nesting depth limit: generous for real transactions (Soroban invocations nest),
+/// small enough that hostile input cannot exhaust the stack.
+pub const MAX_XDR_DEPTH: u32 = 200;
+/// Protocol limit on signatures per envelope.
+pub const MAX_SIGNATURES: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StellarError {
+    #[error("transaction envelope of {actual} bytes exceeds the maximum of {max}")]
+    TooLarge { actual: usize, max: usize },
+    #[error("malformed transaction envelope XDR: {0}")]
+    Malformed(String),
+    #[error("the envelope already carries {count} signatures; the maximum is {max}")]
+    TooManySignatures { count: usize, max: usize },
+}
+
+/// SHA-256 of the network passphrase.
+pub fn network_id(passphrase: &str) -> [u8; 32] {
+    Sha256::digest(passphrase.as_bytes()).into()
+}
+
+pub fn decode_envelope(xdr: &[u8]) -> Result<TransactionEnvelope, StellarError> {
+    if xdr.len() > MAX_ENVELOPE_LEN {
+        return Err(StellarError::TooLarge {
+            actual: xdr.len(),
+            max: MAX_ENVELOPE_LEN,
+        });
+    }
+    let limits = Limits {
+        depth: MAX_XDR_DEPTH,
+        len: xdr.len(),
+    };
+    TransactionEnvelope::from_xdr(xdr, limits).map_err(|e| StellarError::Malformed(e.to_string()))
+}
+
+pub fn encode_envelope(envelope: &TransactionEnvelope) -> Result<Vec<u8>, StellarError> {
+    envelope
+        .to_xdr(Limits::none())
+        .map_err(|e| StellarError::Malformed(e.to_string()))
+}
+
+/// The hash that signatures sign: SHA-256 of the TransactionSignaturePayload for this
+/// network. v0 envelopes hash as v1 (`ENVELOPE_TYPE_TX`); fee-bumps as
+/// `ENVELOPE_TYPE_TX_FEE_BUMP`.
+pub fn transaction_hash(
+    envelope: &TransactionEnvelope,
+    network_id: [u8; 32],
+) -> Result<[u8; 32], StellarError> {
+    envelope
+        .hash(network_id)
+        .map_err(|e| StellarError::Malformed(e.to_string()))
+}
+
+/// The hint for a public key: its last four bytes.
+pub fn signature_hint(public_key: &[u8; 32]) -> [u8; 4] {
+    [
+        public_key[28],
+        public_key[29],
+        public_key[30],
+        public_key[31],
+    ]
+}
+
+fn signatures_mut(
+    envelope: &mut TransactionEnvelope,
+) -> &mut stellar_xdr::VecM<DecoratedSignature, 20> {
+    match envelope {
+        TransactionEnvelope::TxV0(e) => &mut e.signatures,
+        TransactionEnvelope::Tx(e) => &mut e.signatures,
+        TransactionEnvelope::TxFeeBump(e) => &mut e.signatures,
+    }
+}
+
+pub fn signatures(envelope: &TransactionEnvelope) -> &[DecoratedSignature] {
+    match envelope {
+        TransactionEnvelope::TxV0(e) => &e.signatures,
+        TransactionEnvelope::Tx(e) => &e.signatures,
+        TransactionEnvelope::TxFeeBump(e) => &e.signatures,
+    }
+}
+
+/// Appends a signature unless the same one is already there. Returns whether it was
+/// added.
+pub fn add_signature(
+    envelope: &mut TransactionEnvelope,
+    public_key: &[u8; 32],
+    signature: &[u8; 64],
+) -> Result<bool, StellarError> {
+    let decorated = DecoratedSignature {
+        hint: SignatureHint(signature_hint(public_key)),
+        signature: Signature(
+            signature
+                .to_vec()
+                .try_into()
+                .map_err(|_| StellarError::Malformed("signature length".into()))?,
+        ),
+    };
+    let existing = signatures_mut(envelope);
+    if existing.iter().any(|s| *s == decorated) {
+        return Ok(false);
+    }
+    if existing.len() >= MAX_SIGNATURES {
+        return Err(StellarError::TooManySignatures {
+            count: existing.len(),
+            max: MAX_SIGNATURES,
+        });
+    }
+    let mut list = existing.to_vec();
+    list.push(decorated);
+    *existing = list
+        .try_into()
+        .map_err(|_| StellarError::TooManySignatures {
+            count: MAX_SIGNATURES + 1,
+            max: MAX_SIGNATURES,
+        })?;
+    Ok(true)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Published vector: the network id of the public network.
+    #[test]
+    fn network_ids() {
+        assert_eq!(
+            hex(&network_id(
+                "Public Global Stellar Network ; September 2015"
+            )),
+            "7ac33997544e3175d266bd022439b22cdb16508c01163f26e5cb2a3e1045a979"
+        );
+        assert_eq!(
+            hex(&network_id("Test SDF Network ; September 2015")),
+            "cee0302d59844d32bdca915c8203dd44b33fbb7edc19051ea37abedf28ecd472"
+        );
+    }
+
+    #[test]
+    fn hostile_xdr_is_rejected_without_panicking() {
+        assert!(matches!(
+            decode_envelope(&[]),
+            Err(StellarError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_envelope(&[0, 0, 0, 9]),
+            Err(StellarError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_envelope(&vec![0u8; MAX_ENVELOPE_LEN + 1]),
+            Err(StellarError::TooLarge { .. })
+        ));
+        // A v1 envelope whose operation count claims 2^32-1 entries.
+        let mut huge = vec![0, 0, 0, 2];
+        huge.extend_from_slice(&[0xff; 64]);
+        assert!(decode_envelope(&huge).is_err());
+    }
+}

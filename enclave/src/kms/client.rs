@@ -1,0 +1,215 @@
+//! KMS calls from inside the enclave: `aws-sdk-kms` over [`RelayHttpClient`], with
+//! credentials the host pushes in (the enclave has no instance metadata service).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, future};
+use aws_sdk_kms::config::retry::RetryConfig;
+use aws_sdk_kms::config::timeout::TimeoutConfig;
+use aws_sdk_kms::config::{BehaviorVersion, IdentityCache, Region};
+use aws_sdk_kms::error::ProvideErrorMetadata;
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{KeyEncryptionMechanism, RecipientInfo};
+use common::transport::Endpoint;
+
+use super::connector::RelayHttpClient;
+
+/// Where and how to reach KMS.
+#[derive(Debug, Clone)]
+pub struct KmsSettings {
+    pub region: String,
+    /// `https://kms.<region>.amazonaws.com`, or the mock's `https://localhost:PORT`.
+    pub endpoint_url: String,
+    /// The host's relay: vsock://3:PORT on Nitro, unix://PATH in mock-vsock mode.
+    pub relay: Endpoint,
+    /// Root certificates for the KMS endpoint's TLS. Production: the public web roots.
+    pub roots: rustls::RootCertStore,
+    /// Attempts per call, including the first.
+    pub max_attempts: u32,
+    pub attempt_timeout: Duration,
+}
+
+/// Credentials as the host last pushed them. Swapped atomically; readers never block.
+#[derive(Debug, Clone, Default)]
+pub struct PushedCredentials(Arc<ArcSwapOption<Credentials>>);
+
+impl PushedCredentials {
+    pub fn set(
+        &self,
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+        expires: Option<SystemTime>,
+    ) {
+        self.0.store(Some(Arc::new(Credentials::new(
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expires,
+            "signer-host",
+        ))));
+    }
+
+    pub fn expiry(&self) -> Option<Option<SystemTime>> {
+        self.0.load().as_ref().map(|c| c.expiry())
+    }
+}
+
+impl ProvideCredentials for PushedCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::ready(self.0.load_full().map(|c| (*c).clone()).ok_or_else(
+            || CredentialsError::not_loaded("the host has not sent AWS credentials yet"),
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    #[error("KMS denied access: {0}")]
+    AccessDenied(String),
+    #[error(
+        "KMS refused the ciphertext (tampered, another key, or a different encryption context): {0}"
+    )]
+    InvalidCiphertext(String),
+    #[error("KMS key not found: {0}")]
+    NotFound(String),
+    #[error("KMS is throttling requests: {0}")]
+    Throttled(String),
+    #[error("KMS did not answer: {0}")]
+    Unavailable(String),
+    #[error("no AWS credentials: {0}")]
+    NoCredentials(String),
+    #[error("KMS error {code}: {message}")]
+    Other { code: String, message: String },
+    #[error("KMS answered without a CiphertextForRecipient")]
+    MissingCiphertextForRecipient,
+    #[error("bad KMS settings: {0}")]
+    Settings(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct KmsClient {
+    client: aws_sdk_kms::Client,
+    credentials: PushedCredentials,
+}
+
+impl KmsClient {
+    pub fn new(
+        settings: KmsSettings,
+        credentials: PushedCredentials,
+    ) -> Result<KmsClient, KmsError> {
+        let host = settings
+            .endpoint_url
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                KmsError::Settings(format!("{} is not an https:// URL", settings.endpoint_url))
+            })?
+            .to_string();
+        let http = RelayHttpClient::new(settings.relay, &host, settings.roots)
+            .map_err(|e| KmsError::Settings(format!("TLS: {e}")))?;
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region))
+            .endpoint_url(settings.endpoint_url)
+            .http_client(http)
+            .credentials_provider(credentials.clone())
+            // Pushed credentials change under us; the provider is already a cheap load.
+            .identity_cache(IdentityCache::no_cache())
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(settings.attempt_timeout)
+                    .build(),
+            )
+            .build();
+        Ok(KmsClient {
+            client: aws_sdk_kms::Client::from_conf(config),
+            credentials,
+        })
+    }
+
+    pub fn credentials(&self) -> &PushedCredentials {
+        &self.credentials
+    }
+
+    /// `Decrypt` with a `Recipient`: KMS checks the attestation against the key policy
+    /// and answers with the plaintext encrypted to our RSA key (never in the clear).
+    pub async fn decrypt_for_recipient(
+        &self,
+        ciphertext_blob: &[u8],
+        key_id: Option<&str>,
+        encryption_context: &[(&str, &str)],
+        attestation_document: &[u8],
+    ) -> Result<Vec<u8>, KmsError> {
+        let recipient = RecipientInfo::builder()
+            .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
+            .attestation_document(Blob::new(attestation_document))
+            .build();
+        let mut request = self
+            .client
+            .decrypt()
+            .ciphertext_blob(Blob::new(ciphertext_blob))
+            .recipient(recipient);
+        if let Some(key_id) = key_id {
+            request = request.key_id(key_id);
+        }
+        for (k, v) in encryption_context {
+            request = request.encryption_context(*k, *v);
+        }
+        let output = request.send().await.map_err(classify_sdk_error)?;
+        output
+            .ciphertext_for_recipient()
+            .map(|b| b.as_ref().to_vec())
+            .ok_or(KmsError::MissingCiphertextForRecipient)
+    }
+}
+
+fn classify_sdk_error<E, R>(error: aws_sdk_kms::error::SdkError<E, R>) -> KmsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_kms::error::SdkError;
+    match &error {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            let code = err.code().unwrap_or("Unknown").to_string();
+            let message = err.message().unwrap_or_default().to_string();
+            match code.as_str() {
+                "AccessDeniedException" => KmsError::AccessDenied(message),
+                "InvalidCiphertextException" | "IncorrectKeyException" => {
+                    KmsError::InvalidCiphertext(message)
+                }
+                "NotFoundException" => KmsError::NotFound(message),
+                "ThrottlingException" | "LimitExceededException" => KmsError::Throttled(message),
+                _ => KmsError::Other { code, message },
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            KmsError::Unavailable(format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(&error)
+            ))
+        }
+        _ => {
+            let text = format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(&error)
+            );
+            if text.contains("credentials") {
+                KmsError::NoCredentials(text)
+            } else {
+                KmsError::Unavailable(text)
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The Nitro Secure Module: the source of attestation documents. Real hardware in
+//! production (`/dev/nsm`); a mock with a local CA in mock builds only.
+
+#[cfg(feature = "mock")]
+pub mod mock;
+pub mod nitro;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NsmError {
+    #[error("cannot open /dev/nsm (is this running inside a Nitro Enclave?)")]
+    Unavailable,
+    #[error("the NSM refused the request: {0}")]
+    Refused(String),
+}
+
+/// Something that can attest to this enclave's measurements.
+pub trait Nsm: Send + Sync + 'static {
+    /// An attestation document binding `public_key` (DER SubjectPublicKeyInfo).
+    fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError>;
+}
