@@ -38,6 +38,26 @@ pub enum ErrorCode {
     KeyExists,
     /// The host's database failed; the message says how.
     StoreError,
+    /// The transaction envelope is not valid XDR, or too large.
+    MalformedTransaction,
+    /// The request names another network than the enclave is configured for.
+    WrongNetwork,
+    /// A signer the host does not store.
+    UnknownKey,
+    /// KMS refused: the key policy does not admit this enclave (PCRs), or no attestation.
+    KmsAccessDenied,
+    /// KMS refused the ciphertext: tampered, another key, or another encryption context.
+    KmsInvalidCiphertext,
+    /// KMS did not answer, or throttled us.
+    KmsUnavailable,
+    /// The decrypted key is not the public key the request named.
+    PublicKeyMismatch,
+    /// The decrypted secret is not a usable Stellar seed.
+    UnusableKey,
+    /// The envelope would exceed 20 signatures.
+    TooManySignatures,
+    /// The enclave has no AWS credentials yet.
+    NoCredentials,
 }
 
 impl ErrorCode {
@@ -58,13 +78,32 @@ impl ErrorCode {
             ErrorCode::LockTokenMismatch => "lock_token_mismatch",
             ErrorCode::KeyExists => "key_exists",
             ErrorCode::StoreError => "store_error",
+            ErrorCode::MalformedTransaction => "malformed_transaction",
+            ErrorCode::WrongNetwork => "wrong_network",
+            ErrorCode::UnknownKey => "unknown_key",
+            ErrorCode::KmsAccessDenied => "kms_access_denied",
+            ErrorCode::KmsInvalidCiphertext => "kms_invalid_ciphertext",
+            ErrorCode::KmsUnavailable => "kms_unavailable",
+            ErrorCode::PublicKeyMismatch => "public_key_mismatch",
+            ErrorCode::UnusableKey => "unusable_key",
+            ErrorCode::TooManySignatures => "too_many_signatures",
+            ErrorCode::NoCredentials => "no_credentials",
         }
     }
 
     /// The HTTP status the host API answers with for this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::BadRequest => 400,
+            ErrorCode::BadRequest
+            | ErrorCode::MalformedTransaction
+            | ErrorCode::WrongNetwork
+            | ErrorCode::TooManySignatures => 400,
+            ErrorCode::KmsAccessDenied => 403,
+            ErrorCode::UnknownKey => 404,
+            ErrorCode::PublicKeyMismatch
+            | ErrorCode::UnusableKey
+            | ErrorCode::KmsInvalidCiphertext => 422,
+            ErrorCode::KmsUnavailable | ErrorCode::NoCredentials => 503,
             ErrorCode::NotFound | ErrorCode::UnknownChannelAccount => 404,
             ErrorCode::LockTokenMismatch | ErrorCode::KeyExists => 409,
             // Retryable: locks expire and get released; back off and try again.

@@ -85,11 +85,80 @@ pub enum Request {
     /// honoured only by mock builds (tests use it to stand in for a slow KMS call);
     /// production enclaves answer at once.
     Ping { delay_ms: u32 },
+    /// Short-lived AWS credentials for the enclave's own KMS calls, pushed by the host
+    /// (which resolves them from the instance role) and refreshed before expiry.
+    SetCredentials(AwsCredentials),
+    /// Sign a transaction envelope with each of `signers`. The enclave computes the
+    /// hash itself, for its own network; `network_passphrase` is what the caller
+    /// believes, and a mismatch is refused.
+    Sign {
+        network_passphrase: String,
+        /// Raw XDR of a TransactionEnvelope.
+        transaction: Vec<u8>,
+        signers: Vec<KeyMaterial>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Pong { build: BuildFlavor },
+    Pong {
+        build: BuildFlavor,
+    },
+    CredentialsStored,
+    Signed {
+        /// Raw XDR of the envelope with the new signatures appended.
+        transaction: Vec<u8>,
+        /// The signature payload hash, computed by the enclave.
+        hash: [u8; 32],
+        signatures: Vec<SignatureInfo>,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    pub expires_unix: Option<u64>,
+}
+
+// Credentials are not key material, but they are secrets: keep them out of logs.
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[REDACTED]")
+            .field("session_token", &self.session_token.as_ref().map(|_| "[REDACTED]"))
+            .field("expires_unix", &self.expires_unix)
+            .finish()
+    }
+}
+
+/// A stored key as the host holds it: public key and ciphertexts only. Opening it takes
+/// KMS and an attestation document, i.e. the enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMaterial {
+    /// `G...`
+    pub public_key: String,
+    pub format: KeyFormat,
+    pub kms_key_id: String,
+    /// KMS CiphertextBlob: of the secret (`kms-direct`) or of the data key (`envelope`).
+    pub ciphertext: Vec<u8>,
+    /// `envelope` only.
+    pub sealed_seed: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyFormat {
+    KmsDirect,
+    Envelope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureInfo {
+    pub public_key: String,
+    pub hint: [u8; 4],
+    pub signature: Vec<u8>,
 }
 
 /// Reads the protocol version out of an encoded `Hello` of any protocol version.

@@ -24,6 +24,18 @@ pub enum StellarError {
     TooManySignatures { count: usize, max: usize },
 }
 
+impl From<StellarError> for crate::WireError {
+    fn from(e: StellarError) -> crate::WireError {
+        let code = match &e {
+            StellarError::TooManySignatures { .. } => crate::ErrorCode::TooManySignatures,
+            StellarError::TooLarge { .. } | StellarError::Malformed(_) => {
+                crate::ErrorCode::MalformedTransaction
+            }
+        };
+        crate::WireError::new(code, e.to_string())
+    }
+}
+
 /// SHA-256 of the network passphrase.
 pub fn network_id(passphrase: &str) -> [u8; 32] {
     Sha256::digest(passphrase.as_bytes()).into()

@@ -5,6 +5,7 @@
 
 pub mod attestor;
 pub mod handler;
+pub mod keys;
 pub mod kms;
 pub mod nsm;
 pub mod server;

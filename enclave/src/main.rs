@@ -1,28 +1,62 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use common::transport::{Endpoint, Listener};
 use enclave::BUILD_FLAVOR;
-use enclave::handler::Handler;
+use enclave::attestor::Attestor;
+use enclave::handler::{Handler, Signing};
+use enclave::kms::client::{KmsClient, KmsSettings, PushedCredentials};
+use enclave::nsm::Nsm;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "signer-enclave",
-    version,
-    about = "Stellar signer: the enclave side"
-)]
+#[command(name = "signer-enclave", version, about = "Stellar signer: the enclave side")]
 struct Args {
     /// Where to listen for the host: vsock://CID:PORT (CID 4294967295 = any), or, in
     /// mock builds only, unix://PATH.
-    #[arg(
-        long,
-        env = "SIGNER_ENCLAVE_LISTEN",
-        default_value = "vsock://4294967295:5000"
-    )]
+    #[arg(long, env = "SIGNER_ENCLAVE_LISTEN", default_value = "vsock://4294967295:5000")]
     listen: Endpoint,
+
+    /// The Stellar network this enclave signs for, e.g. "Public Global Stellar Network ;
+    /// September 2015". Part of the measured image: requests for any other network are
+    /// refused.
+    #[arg(long, env = "SIGNER_NETWORK_PASSPHRASE")]
+    network_passphrase: Option<String>,
+
+    /// AWS region of the KMS key.
+    #[arg(long, env = "SIGNER_KMS_REGION")]
+    kms_region: Option<String>,
+
+    /// KMS endpoint (default https://kms.REGION.amazonaws.com).
+    #[arg(long, env = "SIGNER_KMS_ENDPOINT")]
+    kms_endpoint: Option<String>,
+
+    /// The host's KMS relay: vsock://3:8000 (the parent instance is CID 3), or unix://PATH
+    /// in mock builds.
+    #[arg(long, env = "SIGNER_KMS_RELAY", default_value = "vsock://3:8000")]
+    kms_relay: Endpoint,
+
+    /// Rotate the KMS recipient key and attestation document this often.
+    #[arg(long, default_value_t = 120)]
+    attestation_rotation_secs: u64,
+
+    /// Mock builds only: trust this CA (PEM) for the KMS endpoint instead of the web roots.
+    #[cfg(feature = "mock")]
+    #[arg(long)]
+    kms_ca_pem: Option<std::path::PathBuf>,
+
+    /// Mock builds only: directory of the mock NSM's CA (created if missing).
+    #[cfg(feature = "mock")]
+    #[arg(long)]
+    mock_nsm_ca_dir: Option<std::path::PathBuf>,
+
+    /// Mock builds only: PCR values of the mock NSM, as INDEX=HEX[,INDEX=HEX...].
+    #[cfg(feature = "mock")]
+    #[arg(long, default_value = "")]
+    mock_pcrs: String,
 
     /// Log format: text or json.
     #[arg(long, env = "SIGNER_LOG_FORMAT", default_value = "text")]
@@ -32,12 +66,13 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     common::logging::init(&args.log_format)?;
-    if matches!(args.listen, Endpoint::Unix(_)) && !cfg!(feature = "mock") {
-        bail!(
-            "{} is a Unix socket: mock-vsock mode exists only in mock builds \
-             (cargo build --features enclave/mock); a production enclave listens on vsock",
-            args.listen
-        );
+    for endpoint in [&args.listen, &args.kms_relay] {
+        if matches!(endpoint, Endpoint::Unix(_)) && !cfg!(feature = "mock") {
+            bail!(
+                "{endpoint} is a Unix socket: mock-vsock mode exists only in mock builds \
+                 (cargo build --features enclave/mock); a production enclave uses vsock"
+            );
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -46,21 +81,100 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
+#[cfg(feature = "mock")]
+fn open_nsm(args: &Args) -> anyhow::Result<Arc<dyn Nsm>> {
+    let mut pcrs = std::collections::BTreeMap::new();
+    for item in args.mock_pcrs.split(',').filter(|s| !s.is_empty()) {
+        let (index, value) = item
+            .split_once('=')
+            .with_context(|| format!("--mock-pcrs item {item:?}: expected INDEX=HEX"))?;
+        let bytes: Vec<u8> = (0..value.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(value.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--mock-pcrs {index}: not hex"))?;
+        let pcr: [u8; 48] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--mock-pcrs {index}: expected 96 hex characters"))?;
+        pcrs.insert(index.parse::<u8>().context("--mock-pcrs index")?, pcr);
+    }
+    let dir = args
+        .mock_nsm_ca_dir
+        .clone()
+        .context("a mock enclave needs --mock-nsm-ca-dir to sign")?;
+    Ok(Arc::new(enclave::nsm::mock::MockNsmDevice::new(&dir, &pcrs)?))
+}
+
+#[cfg(not(feature = "mock"))]
+fn open_nsm(_: &Args) -> anyhow::Result<Arc<dyn Nsm>> {
+    Ok(Arc::new(enclave::nsm::nitro::NitroNsm::open()?))
+}
+
+fn kms_roots(args: &Args) -> anyhow::Result<rustls::RootCertStore> {
+    #[cfg(feature = "mock")]
+    if let Some(path) = &args.kms_ca_pem {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let der = common::attestation::certificate_der_from_pem(&pem)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der))
+            .context("the mock KMS CA")?;
+        return Ok(roots);
+    }
+    let _ = args;
+    Ok(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
+}
+
+/// Signing needs a network and a KMS region. Production builds refuse to start without
+/// them; mock builds may run as a bare transport endpoint (protocol tests).
+fn signing(args: &Args, shutdown: &CancellationToken) -> anyhow::Result<Option<Signing>> {
+    let (Some(network), Some(region)) = (&args.network_passphrase, &args.kms_region) else {
+        if cfg!(feature = "mock") {
+            info!("no --network-passphrase/--kms-region: signing disabled");
+            return Ok(None);
+        }
+        bail!("--network-passphrase and --kms-region are required");
+    };
+    let endpoint_url = args
+        .kms_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
+    let settings = KmsSettings {
+        region: region.clone(),
+        endpoint_url,
+        relay: args.kms_relay.clone(),
+        roots: kms_roots(args)?,
+        max_attempts: 3,
+        attempt_timeout: Duration::from_secs(10),
+    };
+    let kms = KmsClient::new(settings, PushedCredentials::default())?;
+    let attestor = Attestor::new(open_nsm(args)?)?;
+    attestor.spawn_rotation(
+        Duration::from_secs(args.attestation_rotation_secs.max(10)),
+        shutdown.clone(),
+    );
+    Ok(Some(Signing::new(network.clone(), kms, attestor)))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signing = signing(&args, &shutdown)?;
     // The socket is only reachable by the host: vsock by construction, the mock's Unix
     // socket by its 0600 mode.
-    let listener =
-        Listener::bind(&args.listen, 0o600).with_context(|| format!("binding {}", args.listen))?;
+    let listener = Listener::bind(&args.listen, 0o600)
+        .with_context(|| format!("binding {}", args.listen))?;
     info!(
         listen = %args.listen,
         build = %BUILD_FLAVOR,
+        network = args.network_passphrase.as_deref().unwrap_or("-"),
         version = env!("CARGO_PKG_VERSION"),
         "signer-enclave listening"
     );
-    let shutdown = CancellationToken::new();
     let server = tokio::spawn(enclave::server::serve(
         listener,
-        Arc::new(Handler::new()),
+        Arc::new(Handler::new(signing)),
         shutdown.clone(),
     ));
     let signal = common::signal::shutdown_signal()

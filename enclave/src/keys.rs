@@ -1,0 +1,178 @@
+//! Key formats (DESIGN.md §3), opened only here. Every secret lives in a `Zeroizing`
+//! buffer or a `ZeroizeOnDrop` type and is dropped as soon as the signature exists.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use ed25519_dalek::{Signer, SigningKey};
+use zeroize::Zeroizing;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "the decrypted secret is neither 32 raw bytes nor an S... seed ({len} bytes); \
+         encrypt the raw seed or its strkey"
+    )]
+    UnrecognisedSecret { len: usize },
+    #[error("the data key is {len} bytes, expected 32")]
+    DataKeyLength { len: usize },
+    #[error("the sealed seed does not open with this data key and public key")]
+    SealBroken,
+    #[error("the decrypted key belongs to {derived}, not the requested {expected}")]
+    PublicKeyMismatch { expected: String, derived: String },
+    #[error("{0:?} is not a Stellar account public key")]
+    BadPublicKey(String),
+}
+
+/// The seed of a `kms-direct` secret: `aws kms encrypt` of the raw 32 bytes or of the
+/// `S...` strkey (surrounding whitespace tolerated, as a file with a newline).
+pub fn seed_from_kms_direct(plaintext: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    if let Ok(raw) = <[u8; 32]>::try_from(plaintext) {
+        return Ok(Zeroizing::new(raw));
+    }
+    let text = std::str::from_utf8(plaintext)
+        .map(str::trim)
+        .map_err(|_| KeyError::UnrecognisedSecret {
+            len: plaintext.len(),
+        })?;
+    match stellar_strkey::ed25519::PrivateKey::from_string(text) {
+        Ok(key) => Ok(Zeroizing::new(key.0)),
+        Err(_) => Err(KeyError::UnrecognisedSecret {
+            len: plaintext.len(),
+        }),
+    }
+}
+
+/// The seed of an `envelope` key: `nonce(12) ‖ AES-256-GCM(seed) ‖ tag(16)`, AAD = the
+/// public key's strkey, under the data key KMS returned.
+pub fn open_sealed_seed(
+    data_key: &[u8],
+    sealed: &[u8],
+    public_key: &str,
+) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    if data_key.len() != 32 {
+        return Err(KeyError::DataKeyLength {
+            len: data_key.len(),
+        });
+    }
+    if sealed.len() != 12 + 32 + 16 {
+        return Err(KeyError::SealBroken);
+    }
+    let cipher = Aes256Gcm::new_from_slice(data_key).map_err(|_| KeyError::SealBroken)?;
+    let (nonce, ciphertext) = sealed.split_at(12);
+    let opened = Zeroizing::new(
+        cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: public_key.as_bytes(),
+                },
+            )
+            .map_err(|_| KeyError::SealBroken)?,
+    );
+    let mut seed = Zeroizing::new([0u8; 32]);
+    seed.copy_from_slice(&opened);
+    Ok(seed)
+}
+
+/// Seals a seed under a data key (used when the enclave generates keys, and by tests).
+pub fn seal_seed(data_key: &[u8; 32], seed: &[u8; 32], public_key: &str, nonce: [u8; 12]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(data_key.into());
+    let mut out = nonce.to_vec();
+    // Encryption with a valid 32-byte key cannot fail.
+    if let Ok(sealed) = cipher.encrypt(
+        Nonce::from_slice(&nonce),
+        Payload {
+            msg: seed,
+            aad: public_key.as_bytes(),
+        },
+    ) {
+        out.extend(sealed);
+    }
+    out
+}
+
+/// The public key of `seed` as a strkey.
+pub fn public_key_of(seed: &[u8; 32]) -> String {
+    let signing = SigningKey::from_bytes(seed);
+    format!(
+        "{}",
+        stellar_strkey::ed25519::PublicKey(signing.verifying_key().to_bytes())
+    )
+}
+
+/// Signs `hash` with `seed` after checking it belongs to `expected_public_key`
+/// (DESIGN.md §2 invariant 4). Returns the raw public key and the signature.
+pub fn sign_checked(
+    seed: &[u8; 32],
+    expected_public_key: &str,
+    hash: &[u8; 32],
+) -> Result<([u8; 32], [u8; 64]), KeyError> {
+    let expected = stellar_strkey::ed25519::PublicKey::from_string(expected_public_key)
+        .map_err(|_| KeyError::BadPublicKey(expected_public_key.to_string()))?;
+    // SigningKey zeroizes itself on drop (ed25519-dalek's `zeroize` feature).
+    let signing = SigningKey::from_bytes(seed);
+    let derived = signing.verifying_key().to_bytes();
+    if derived != expected.0 {
+        return Err(KeyError::PublicKeyMismatch {
+            expected: expected_public_key.to_string(),
+            derived: format!("{}", stellar_strkey::ed25519::PublicKey(derived)),
+        });
+    }
+    Ok((derived, signing.sign(hash).to_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Verifier, VerifyingKey};
+
+    const SEED: [u8; 32] = [7u8; 32];
+
+    #[test]
+    fn kms_direct_accepts_raw_and_strkey_seeds() {
+        let strkey = format!("{}", stellar_strkey::ed25519::PrivateKey(SEED).as_unredacted());
+        assert_eq!(*seed_from_kms_direct(&SEED).unwrap(), SEED);
+        assert_eq!(*seed_from_kms_direct(strkey.as_bytes()).unwrap(), SEED);
+        assert_eq!(*seed_from_kms_direct(format!("{strkey}\n").as_bytes()).unwrap(), SEED);
+        assert_eq!(
+            seed_from_kms_direct(b"not a key").unwrap_err(),
+            KeyError::UnrecognisedSecret { len: 9 }
+        );
+        // The error never echoes the secret.
+        let near = &strkey.as_bytes()[..55];
+        let message = seed_from_kms_direct(near).unwrap_err().to_string();
+        assert!(!message.contains(&strkey[..20]));
+    }
+
+    #[test]
+    fn sealed_seeds_open_only_with_their_key_and_public_key() {
+        let data_key = [9u8; 32];
+        let public_key = public_key_of(&SEED);
+        let sealed = seal_seed(&data_key, &SEED, &public_key, [1; 12]);
+        assert_eq!(*open_sealed_seed(&data_key, &sealed, &public_key).unwrap(), SEED);
+        let other = public_key_of(&[8u8; 32]);
+        assert_eq!(open_sealed_seed(&data_key, &sealed, &other).unwrap_err(), KeyError::SealBroken);
+        assert_eq!(open_sealed_seed(&[1u8; 32], &sealed, &public_key).unwrap_err(), KeyError::SealBroken);
+        assert!(matches!(
+            open_sealed_seed(&[1u8; 16], &sealed, &public_key),
+            Err(KeyError::DataKeyLength { len: 16 })
+        ));
+    }
+
+    #[test]
+    fn signs_only_for_the_matching_public_key() {
+        let public_key = public_key_of(&SEED);
+        let hash = [3u8; 32];
+        let (raw, signature) = sign_checked(&SEED, &public_key, &hash).unwrap();
+        VerifyingKey::from_bytes(&raw)
+            .unwrap()
+            .verify(&hash, &ed25519_dalek::Signature::from_bytes(&signature))
+            .unwrap();
+        let other = public_key_of(&[8u8; 32]);
+        assert!(matches!(
+            sign_checked(&SEED, &other, &hash),
+            Err(KeyError::PublicKeyMismatch { .. })
+        ));
+    }
+}
