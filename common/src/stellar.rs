@@ -118,7 +118,7 @@ pub fn add_signature(
         ),
     };
     let existing = signatures_mut(envelope);
-    if existing.iter().any(|s| *s == decorated) {
+    if existing.contains(&decorated) {
         return Ok(false);
     }
     if existing.len() >= MAX_SIGNATURES {
@@ -136,6 +136,63 @@ pub fn add_signature(
             max: MAX_SIGNATURES,
         })?;
     Ok(true)
+}
+
+/// Who a transaction's sequence number belongs to, and until when it can land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceOwner {
+    /// The source account (a muxed source resolves to its G account).
+    pub account: [u8; 32],
+    /// `maxTime`, when bounded.
+    pub max_time: Option<u64>,
+    /// The hash that shows up in ledger history for it (the inner hash of a fee-bump).
+    pub hash: [u8; 32],
+}
+
+/// The transaction whose sequence number a channel lock protects: the inner one of a
+/// fee-bump. Returns its source account (muxed accounts resolve to their G account),
+/// its `maxTime` if bounded, and its hash (the inner hash for a fee-bump, which is what
+/// appears in ledger history as the inner transaction).
+pub fn sequence_owner(
+    envelope: &TransactionEnvelope,
+    network_id: [u8; 32],
+) -> Result<SequenceOwner, StellarError> {
+    use stellar_xdr::{FeeBumpTransactionInnerTx, MuxedAccount, Preconditions};
+    let account = |m: &MuxedAccount| match m {
+        MuxedAccount::Ed25519(k) => k.0,
+        MuxedAccount::MuxedEd25519(m) => m.ed25519.0,
+    };
+    let max_time = |cond: &Preconditions| match cond {
+        Preconditions::None => None,
+        Preconditions::Time(t) => Some(t.max_time.0),
+        Preconditions::V2(v2) => v2.time_bounds.as_ref().map(|t| t.max_time.0),
+    };
+    let bounded = |t: u64| (t != 0).then_some(t);
+    match envelope {
+        TransactionEnvelope::TxV0(e) => Ok(SequenceOwner {
+            account: e.tx.source_account_ed25519.0,
+            max_time: e
+                .tx
+                .time_bounds
+                .as_ref()
+                .and_then(|t| bounded(t.max_time.0)),
+            hash: transaction_hash(envelope, network_id)?,
+        }),
+        TransactionEnvelope::Tx(e) => Ok(SequenceOwner {
+            account: account(&e.tx.source_account),
+            max_time: max_time(&e.tx.cond).and_then(bounded),
+            hash: transaction_hash(envelope, network_id)?,
+        }),
+        TransactionEnvelope::TxFeeBump(e) => {
+            let FeeBumpTransactionInnerTx::Tx(inner) = &e.tx.inner_tx;
+            let inner_envelope = TransactionEnvelope::Tx(inner.clone());
+            Ok(SequenceOwner {
+                account: account(&inner.tx.source_account),
+                max_time: max_time(&inner.tx.cond).and_then(bounded),
+                hash: transaction_hash(&inner_envelope, network_id)?,
+            })
+        }
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {

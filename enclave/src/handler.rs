@@ -6,8 +6,8 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use common::protocol::{AwsCredentials, KeyFormat, KeyMaterial, Request, Response, SignatureInfo};
 use common::stellar::{
-    add_signature, decode_envelope, encode_envelope, hex, network_id,
-    signature_hint, transaction_hash,
+    add_signature, decode_envelope, encode_envelope, hex, network_id, signature_hint,
+    transaction_hash,
 };
 use common::{ErrorCode, WireError};
 use futures_util::future::join_all;
@@ -60,7 +60,9 @@ impl From<KmsError> for WireError {
     fn from(e: KmsError) -> WireError {
         let code = match &e {
             KmsError::AccessDenied(_) => ErrorCode::KmsAccessDenied,
-            KmsError::InvalidCiphertext(_) | KmsError::NotFound(_) => ErrorCode::KmsInvalidCiphertext,
+            KmsError::InvalidCiphertext(_) | KmsError::NotFound(_) => {
+                ErrorCode::KmsInvalidCiphertext
+            }
             KmsError::NoCredentials(_) => ErrorCode::NoCredentials,
             KmsError::Settings(_) => ErrorCode::Internal,
             KmsError::Throttled(_)
@@ -77,9 +79,9 @@ impl From<KeyError> for WireError {
         let code = match &e {
             KeyError::PublicKeyMismatch { .. } => ErrorCode::PublicKeyMismatch,
             KeyError::BadPublicKey(_) => ErrorCode::BadRequest,
-            KeyError::UnrecognisedSecret { .. } | KeyError::DataKeyLength { .. } | KeyError::SealBroken => {
-                ErrorCode::UnusableKey
-            }
+            KeyError::UnrecognisedSecret { .. }
+            | KeyError::DataKeyLength { .. }
+            | KeyError::SealBroken => ErrorCode::UnusableKey,
         };
         wire(code, e.to_string())
     }
@@ -87,7 +89,10 @@ impl From<KeyError> for WireError {
 
 impl From<RecipientError> for WireError {
     fn from(e: RecipientError) -> WireError {
-        wire(ErrorCode::KmsUnavailable, format!("cannot open KMS's answer: {e}"))
+        wire(
+            ErrorCode::KmsUnavailable,
+            format!("cannot open KMS's answer: {e}"),
+        )
     }
 }
 
@@ -211,7 +216,10 @@ async fn sign_one(
             KeyFormat::KmsDirect => seed_from_kms_direct(&plaintext)?,
             KeyFormat::Envelope => {
                 let sealed = key.sealed_seed.as_deref().ok_or_else(|| {
-                    wire(ErrorCode::BadRequest, "an envelope key needs its sealed seed")
+                    wire(
+                        ErrorCode::BadRequest,
+                        "an envelope key needs its sealed seed",
+                    )
                 })?;
                 open_sealed_seed(&plaintext, sealed, &key.public_key)?
             }
@@ -224,7 +232,9 @@ async fn sign_one(
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match &result {
         Ok(_) => info!(public_key = %key.public_key, hash = %hex(hash), elapsed_ms, "signed"),
-        Err(e) => warn!(public_key = %key.public_key, hash = %hex(hash), elapsed_ms, code = %e.code, error = %e.message, "signing refused"),
+        Err(e) => {
+            warn!(public_key = %key.public_key, hash = %hex(hash), elapsed_ms, code = %e.code, error = %e.message, "signing refused")
+        }
     }
     result
 }

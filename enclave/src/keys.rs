@@ -29,11 +29,11 @@ pub fn seed_from_kms_direct(plaintext: &[u8]) -> Result<Zeroizing<[u8; 32]>, Key
     if let Ok(raw) = <[u8; 32]>::try_from(plaintext) {
         return Ok(Zeroizing::new(raw));
     }
-    let text = std::str::from_utf8(plaintext)
-        .map(str::trim)
-        .map_err(|_| KeyError::UnrecognisedSecret {
+    let text = std::str::from_utf8(plaintext).map(str::trim).map_err(|_| {
+        KeyError::UnrecognisedSecret {
             len: plaintext.len(),
-        })?;
+        }
+    })?;
     match stellar_strkey::ed25519::PrivateKey::from_string(text) {
         Ok(key) => Ok(Zeroizing::new(key.0)),
         Err(_) => Err(KeyError::UnrecognisedSecret {
@@ -76,7 +76,12 @@ pub fn open_sealed_seed(
 }
 
 /// Seals a seed under a data key (used when the enclave generates keys, and by tests).
-pub fn seal_seed(data_key: &[u8; 32], seed: &[u8; 32], public_key: &str, nonce: [u8; 12]) -> Vec<u8> {
+pub fn seal_seed(
+    data_key: &[u8; 32],
+    seed: &[u8; 32],
+    public_key: &str,
+    nonce: [u8; 12],
+) -> Vec<u8> {
     let cipher = Aes256Gcm::new(data_key.into());
     let mut out = nonce.to_vec();
     // Encryption with a valid 32-byte key cannot fail.
@@ -131,10 +136,16 @@ mod tests {
 
     #[test]
     fn kms_direct_accepts_raw_and_strkey_seeds() {
-        let strkey = format!("{}", stellar_strkey::ed25519::PrivateKey(SEED).as_unredacted());
+        let strkey = format!(
+            "{}",
+            stellar_strkey::ed25519::PrivateKey(SEED).as_unredacted()
+        );
         assert_eq!(*seed_from_kms_direct(&SEED).unwrap(), SEED);
         assert_eq!(*seed_from_kms_direct(strkey.as_bytes()).unwrap(), SEED);
-        assert_eq!(*seed_from_kms_direct(format!("{strkey}\n").as_bytes()).unwrap(), SEED);
+        assert_eq!(
+            *seed_from_kms_direct(format!("{strkey}\n").as_bytes()).unwrap(),
+            SEED
+        );
         assert_eq!(
             seed_from_kms_direct(b"not a key").unwrap_err(),
             KeyError::UnrecognisedSecret { len: 9 }
@@ -150,10 +161,19 @@ mod tests {
         let data_key = [9u8; 32];
         let public_key = public_key_of(&SEED);
         let sealed = seal_seed(&data_key, &SEED, &public_key, [1; 12]);
-        assert_eq!(*open_sealed_seed(&data_key, &sealed, &public_key).unwrap(), SEED);
+        assert_eq!(
+            *open_sealed_seed(&data_key, &sealed, &public_key).unwrap(),
+            SEED
+        );
         let other = public_key_of(&[8u8; 32]);
-        assert_eq!(open_sealed_seed(&data_key, &sealed, &other).unwrap_err(), KeyError::SealBroken);
-        assert_eq!(open_sealed_seed(&[1u8; 32], &sealed, &public_key).unwrap_err(), KeyError::SealBroken);
+        assert_eq!(
+            open_sealed_seed(&data_key, &sealed, &other).unwrap_err(),
+            KeyError::SealBroken
+        );
+        assert_eq!(
+            open_sealed_seed(&[1u8; 32], &sealed, &public_key).unwrap_err(),
+            KeyError::SealBroken
+        );
         assert!(matches!(
             open_sealed_seed(&[1u8; 16], &sealed, &public_key),
             Err(KeyError::DataKeyLength { len: 16 })

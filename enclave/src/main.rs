@@ -13,11 +13,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(name = "signer-enclave", version, about = "Stellar signer: the enclave side")]
+#[command(
+    name = "signer-enclave",
+    version,
+    about = "Stellar signer: the enclave side"
+)]
 struct Args {
     /// Where to listen for the host: vsock://CID:PORT (CID 4294967295 = any), or, in
     /// mock builds only, unix://PATH.
-    #[arg(long, env = "SIGNER_ENCLAVE_LISTEN", default_value = "vsock://4294967295:5000")]
+    #[arg(
+        long,
+        env = "SIGNER_ENCLAVE_LISTEN",
+        default_value = "vsock://4294967295:5000"
+    )]
     listen: Endpoint,
 
     /// The Stellar network this enclave signs for, e.g. "Public Global Stellar Network ;
@@ -102,7 +110,9 @@ fn open_nsm(args: &Args) -> anyhow::Result<Arc<dyn Nsm>> {
         .mock_nsm_ca_dir
         .clone()
         .context("a mock enclave needs --mock-nsm-ca-dir to sign")?;
-    Ok(Arc::new(enclave::nsm::mock::MockNsmDevice::new(&dir, &pcrs)?))
+    Ok(Arc::new(enclave::nsm::mock::MockNsmDevice::new(
+        &dir, &pcrs,
+    )?))
 }
 
 #[cfg(not(feature = "mock"))]
@@ -163,8 +173,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let signing = signing(&args, &shutdown)?;
     // The socket is only reachable by the host: vsock by construction, the mock's Unix
     // socket by its 0600 mode.
-    let listener = Listener::bind(&args.listen, 0o600)
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        Listener::bind(&args.listen, 0o600).with_context(|| format!("binding {}", args.listen))?;
     info!(
         listen = %args.listen,
         build = %BUILD_FLAVOR,

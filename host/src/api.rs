@@ -26,6 +26,8 @@ pub struct AppState {
     pub store: Store,
     /// The channel pool; SQLite today, the same store as `store`.
     pub locks: std::sync::Arc<dyn ChannelLocks>,
+    /// `stellar.network_passphrase`, for sign requests that name no network.
+    pub network_passphrase: Option<String>,
 }
 
 impl AppState {
@@ -35,6 +37,7 @@ impl AppState {
             enclave,
             store,
             locks,
+            network_passphrase: None,
         }
     }
 }
@@ -83,6 +86,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/ping", get(ping))
+        .route("/v1/sign", axum::routing::post(crate::routes::sign::sign))
         .route(
             "/v1/keys",
             get(crate::routes::keys::list).post(crate::routes::keys::register),
@@ -264,5 +268,9 @@ async fn ping(
             enclave_build: build,
             round_trip_us: started.elapsed().as_micros(),
         })),
+        other => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("unexpected enclave answer to a ping: {other:?}"),
+        )),
     }
 }

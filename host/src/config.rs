@@ -18,6 +18,71 @@ pub struct Config {
     pub enclave: EnclaveConfig,
     pub store: StoreConfig,
     pub channels: ChannelsConfig,
+    pub stellar: StellarConfig,
+    pub kms: KmsConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StellarConfig {
+    /// Sent with every sign request that names no network. The enclave signs only for
+    /// the network in its own measured configuration and refuses any other.
+    pub network_passphrase: Option<String>,
+}
+
+/// Where the enclave's KMS calls go and with which credentials. The relay runs only
+/// when `region` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsConfig {
+    pub region: Option<String>,
+    /// Default `https://kms.REGION.amazonaws.com`; the relay forwards to this host only.
+    pub endpoint: Option<String>,
+    /// Where the enclave reaches the relay (the enclave dials vsock://3:PORT).
+    pub relay_listen: Endpoint,
+    pub credentials: CredentialsSource,
+    /// Push fresh credentials to the enclave this often (and on every reconnection).
+    pub credentials_refresh_secs: u64,
+    /// `credentials = "static"` only: for local development against the mock KMS.
+    pub static_access_key_id: Option<String>,
+    pub static_secret_access_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialsSource {
+    /// aws-config's default chain: environment, profile, instance role (IMDSv2), ...
+    DefaultChain,
+    /// `static_access_key_id` / `static_secret_access_key` (development only).
+    Static,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint: None,
+            relay_listen: Endpoint::Vsock {
+                cid: common::transport::VSOCK_CID_ANY,
+                port: 8000,
+            },
+            credentials: CredentialsSource::DefaultChain,
+            credentials_refresh_secs: 300,
+            static_access_key_id: None,
+            static_secret_access_key: None,
+        }
+    }
+}
+
+impl KmsConfig {
+    pub fn endpoint_url(&self) -> Option<String> {
+        let region = self.region.as_ref()?;
+        Some(
+            self.endpoint
+                .clone()
+                .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com")),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +274,21 @@ impl Config {
         }
         if self.store.path.as_os_str().is_empty() {
             return invalid("store.path", "must not be empty");
+        }
+        if let Some(url) = self.kms.endpoint_url() {
+            crate::relay::RelayTarget::from_url(&url).map_err(|problem| ConfigError::Invalid {
+                field: "kms.endpoint",
+                problem,
+            })?;
+        }
+        if self.kms.credentials == CredentialsSource::Static
+            && (self.kms.static_access_key_id.is_none()
+                || self.kms.static_secret_access_key.is_none())
+        {
+            return invalid(
+                "kms.credentials",
+                "\"static\" needs static_access_key_id and static_secret_access_key",
+            );
         }
         let channels = &self.channels;
         if channels.default_lock_seconds == 0 {

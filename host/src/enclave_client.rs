@@ -131,6 +131,8 @@ struct Inner {
     current: RwLock<Option<Arc<Connection>>>,
     last_error: Mutex<String>,
     next_id: AtomicU64,
+    /// Counts successful connections; watchers learn of every (re)connection.
+    connections: tokio::sync::watch::Sender<u64>,
 }
 
 /// A cheap-to-clone handle to the enclave connection.
@@ -161,6 +163,7 @@ impl EnclaveClient {
             current: RwLock::new(None),
             last_error: Mutex::new("not connected yet".to_string()),
             next_id: AtomicU64::new(1),
+            connections: tokio::sync::watch::Sender::new(0),
         });
         tokio::spawn(supervise(
             inner.clone(),
@@ -168,6 +171,12 @@ impl EnclaveClient {
             shutdown,
         ));
         EnclaveClient { inner }
+    }
+
+    /// Changes after every successful (re)connection: per-connection setup (pushing
+    /// credentials) waits on it.
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.connections.subscribe()
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -281,6 +290,7 @@ async fn supervise(inner: Arc<Inner>, max_backoff: Duration, shutdown: Cancellat
                 });
                 *inner.current.write().unwrap_or_else(|p| p.into_inner()) =
                     Some(connection.clone());
+                inner.connections.send_modify(|n| *n += 1);
                 let reason = run_connection(&connection, reader, writer, queue, &shutdown).await;
                 *inner.current.write().unwrap_or_else(|p| p.into_inner()) = None;
                 let failed = connection.close();

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod credentials;
 pub mod dev;
 pub mod enclave_client;
 pub mod relay;

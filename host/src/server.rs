@@ -74,7 +74,16 @@ impl BoundHost {
             config.enclave.reconnect_max_backoff(),
             enclave_stop.clone(),
         );
-        let app = router(AppState::new(enclave, store), config.api.max_body_bytes)
+        if let Some(url) = config.kms.endpoint_url() {
+            let target = crate::relay::RelayTarget::from_url(&url).map_err(anyhow::Error::msg)?;
+            let relay = common::transport::Listener::bind(&config.kms.relay_listen, 0o600)
+                .with_context(|| format!("binding the KMS relay {}", config.kms.relay_listen))?;
+            tokio::spawn(crate::relay::run(relay, target, enclave_stop.clone()));
+            crate::credentials::spawn(&config.kms, enclave.clone(), enclave_stop.clone()).await?;
+        }
+        let mut state = AppState::new(enclave, store);
+        state.network_passphrase = config.stellar.network_passphrase.clone();
+        let app = router(state, config.api.max_body_bytes)
             .into_make_service_with_connect_info::<Caller>();
         info!(
             socket = %config.api.socket.display(),

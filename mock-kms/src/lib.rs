@@ -5,3 +5,7 @@
 
 pub mod keystore;
 pub mod policy;
+pub mod recipient;
+pub mod server;
+
+pub use server::{FaultState, Faults, MockKms, MockKmsConfig, MockKmsError};

@@ -2,3 +2,4 @@
 
 pub mod channels;
 pub mod keys;
+pub mod sign;

@@ -1,0 +1,106 @@
+//! Hands the enclave short-lived AWS credentials for its own KMS calls: resolved here
+//! with aws-config's default chain (the instance role on Nitro), pushed over vsock on
+//! every (re)connection and on a timer well inside their lifetime.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use aws_credential_types::provider::ProvideCredentials;
+use common::protocol::{AwsCredentials, Request};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{CredentialsSource, KmsConfig};
+use crate::enclave_client::EnclaveClient;
+
+enum Source {
+    Chain(aws_credential_types::provider::SharedCredentialsProvider),
+    Static(AwsCredentials),
+}
+
+impl Source {
+    async fn resolve(&self) -> Result<AwsCredentials, String> {
+        match self {
+            Source::Static(c) => Ok(c.clone()),
+            Source::Chain(provider) => {
+                let c = provider
+                    .provide_credentials()
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                Ok(AwsCredentials {
+                    access_key_id: c.access_key_id().to_string(),
+                    secret_access_key: c.secret_access_key().to_string(),
+                    session_token: c.session_token().map(str::to_string),
+                    expires_unix: c
+                        .expiry()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                })
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Starts the pusher; returns at once.
+pub async fn spawn(
+    config: &KmsConfig,
+    enclave: EnclaveClient,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let source = match config.credentials {
+        CredentialsSource::Static => Source::Static(AwsCredentials {
+            access_key_id: config.static_access_key_id.clone().unwrap_or_default(),
+            secret_access_key: config.static_secret_access_key.clone().unwrap_or_default(),
+            session_token: None,
+            expires_unix: None,
+        }),
+        CredentialsSource::DefaultChain => {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            if let Some(region) = &config.region {
+                loader = loader.region(aws_config::Region::new(region.clone()));
+            }
+            let sdk = loader.load().await;
+            let provider = sdk
+                .credentials_provider()
+                .ok_or_else(|| anyhow::anyhow!("aws-config found no credentials provider"))?;
+            Source::Chain(provider)
+        }
+    };
+    let refresh = Duration::from_secs(config.credentials_refresh_secs.max(10));
+    tokio::spawn(async move {
+        let mut connections = enclave.connections();
+        loop {
+            match source.resolve().await {
+                Ok(credentials) => {
+                    let key = credentials.access_key_id.clone();
+                    match enclave.call(Request::SetCredentials(credentials)).await {
+                        Ok(_) => {
+                            debug!(access_key_id = %key, "pushed AWS credentials to the enclave")
+                        }
+                        Err(e) => debug!(error = %e, "could not push credentials yet"),
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot resolve AWS credentials for the enclave"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(refresh) => {}
+                changed = connections.changed() => {
+                    if changed.is_err() { return; }
+                    info!("enclave (re)connected; pushing credentials");
+                }
+            }
+        }
+    });
+    Ok(())
+}

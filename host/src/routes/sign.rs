@@ -1,0 +1,171 @@
+//! `POST /v1/sign`: sign a transaction envelope with keys this signer holds.
+
+use axum::extract::{ConnectInfo, State};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::ErrorCode;
+use common::protocol::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response};
+use common::stellar::{MAX_SIGNATURES, decode_envelope, hex, network_id, sequence_owner};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, ApiJson, AppState, Caller, blocking};
+use crate::store::{AuditEntry, KeyFormat, KeyState, StoreError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// Base64 XDR of a TransactionEnvelope (v0, v1 or fee-bump).
+    transaction: String,
+    /// Public keys (`G...`) to sign with.
+    signers: Vec<String>,
+    /// Defaults to `stellar.network_passphrase`; the enclave refuses any network but its own.
+    network_passphrase: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignatureOut {
+    public_key: String,
+    /// Hex of the 4-byte signature hint.
+    hint: String,
+    /// Base64 of the 64-byte ed25519 signature.
+    signature: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignAnswer {
+    /// Base64 XDR of the envelope with the new signatures appended.
+    transaction: String,
+    /// Hex of the signature payload hash, computed by the enclave.
+    hash: String,
+    signatures: Vec<SignatureOut>,
+}
+
+pub async fn sign(
+    State(state): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    ApiJson(request): ApiJson<SignRequest>,
+) -> Result<axum::Json<SignAnswer>, ApiError> {
+    let network = request
+        .network_passphrase
+        .or_else(|| state.network_passphrase.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "no network_passphrase in the request and none configured in [stellar]",
+            )
+        })?;
+    let xdr = B64.decode(request.transaction.trim()).map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedTransaction,
+            format!("transaction is not base64: {e}"),
+        )
+    })?;
+    // Decoded here too, untrusted as on the enclave side, to fail early and for lock
+    // bookkeeping; the enclave decodes and hashes independently.
+    let envelope = decode_envelope(&xdr).map_err(|e| ApiError(e.into()))?;
+    let mut signers = request.signers;
+    signers.dedup();
+    if signers.is_empty() || signers.len() > MAX_SIGNATURES {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("name 1 to {MAX_SIGNATURES} signers, not {}", signers.len()),
+        ));
+    }
+    let store = state.store.clone();
+    let lookup = signers.clone();
+    let keys = blocking(move || {
+        lookup
+            .iter()
+            .map(|pk| store.key(pk).map(|k| (pk.clone(), k)))
+            .collect::<Result<Vec<_>, StoreError>>()
+    })
+    .await?;
+    let mut material = Vec::with_capacity(keys.len());
+    for (public_key, key) in keys {
+        let key = key.filter(|k| k.state == KeyState::Active).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnknownKey,
+                format!("{public_key} is not an active key of this signer"),
+            )
+        })?;
+        material.push(KeyMaterial {
+            public_key: key.public_key,
+            format: match key.format {
+                KeyFormat::KmsDirect => WireKeyFormat::KmsDirect,
+                KeyFormat::Envelope => WireKeyFormat::Envelope,
+            },
+            kms_key_id: key.kms_key_id,
+            ciphertext: key.kms_ciphertext,
+            sealed_seed: key.sealed_seed,
+        });
+    }
+    let outcome = state
+        .enclave
+        .call(Request::Sign {
+            network_passphrase: network.clone(),
+            transaction: xdr,
+            signers: material,
+        })
+        .await
+        .map_err(|e| e.to_wire());
+    let (transaction, hash, signatures) = match &outcome {
+        Ok(Response::Signed {
+            transaction,
+            hash,
+            signatures,
+        }) => (transaction.clone(), *hash, signatures.clone()),
+        Ok(other) => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("unexpected enclave answer {other:?}"),
+            ));
+        }
+        Err(_) => (Vec::new(), [0u8; 32], Vec::new()),
+    };
+    let audit_outcome = match &outcome {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.code.to_string(),
+    };
+    let tx_hash = outcome.as_ref().ok().map(|_| hex(&hash));
+    // Channel bookkeeping: the account whose sequence this transaction consumes stays
+    // locked until the transaction can no longer land.
+    let owner = sequence_owner(&envelope, network_id(&network)).ok();
+    let store = state.store.clone();
+    let locks = state.locks.clone();
+    let audited = signers.clone();
+    let signed = outcome.is_ok();
+    blocking(move || {
+        for public_key in &audited {
+            store.append_audit(&AuditEntry {
+                caller_uid: caller.uid,
+                public_key: Some(public_key.clone()),
+                tx_hash: tx_hash.clone(),
+                kind: "sign".into(),
+                outcome: audit_outcome.clone(),
+                detail: None,
+            })?;
+        }
+        if signed && let Some(owner) = owner {
+            let account = format!("{}", stellar_strkey::ed25519::PublicKey(owner.account));
+            match locks.record_signed(&account, &hex(&owner.hash), owner.max_time) {
+                Ok(_) | Err(StoreError::UnknownChannelAccount(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    outcome.map_err(ApiError)?;
+    Ok(axum::Json(SignAnswer {
+        transaction: B64.encode(&transaction),
+        hash: hex(&hash),
+        signatures: signatures
+            .into_iter()
+            .map(|s| SignatureOut {
+                public_key: s.public_key,
+                hint: hex(&s.hint),
+                signature: B64.encode(&s.signature),
+            })
+            .collect(),
+    }))
+}
