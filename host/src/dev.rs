@@ -1,7 +1,7 @@
-//! `signer-host dev`: the whole stack on one machine, in mock-vsock mode. The enclave
-//! runs as a child process listening on a Unix socket; the host API listens at
-//! `DIR/host.sock`. For local development only: the mock enclave build is not the
-//! production enclave.
+//! `signer-host dev`: the whole stack on one machine, in mock-vsock mode: a mock KMS
+//! enforcing the shipped key-policy template, the mock enclave as a child process on a
+//! Unix socket (mock NSM with development PCRs), and the host API at `DIR/host.sock`,
+//! with a development key pool. For local development only.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,98 +12,288 @@ use common::transport::Endpoint;
 use hyper::{Method, StatusCode};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::request_once;
-use crate::config::Config;
+use crate::config::{Config, CredentialsSource};
 use crate::server::BoundHost;
+use crate::store::{KeyFormat, KeyRole, KeyState, LockPolicy, NewKey, Store};
 
-const READY_WAIT: Duration = Duration::from_secs(20);
+const READY_WAIT: Duration = Duration::from_secs(30);
 const CHILD_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// The network the development enclave signs for.
+pub const DEV_NETWORK: &str = "Test SDF Network ; September 2015";
+/// The mock enclave's measurements, and the ones the development key policy admits.
+pub const DEV_PCRS: [(u8, &str); 3] = [
+    (
+        0,
+        "d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0",
+    ),
+    (
+        1,
+        "d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1",
+    ),
+    (
+        2,
+        "d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2",
+    ),
+];
+const DEV_ACCOUNT: &str = "111122223333";
+const DEV_ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
+const DEV_CHANNELS: u32 = 8;
+/// The shipped key-policy template, rendered for the development PCRs.
+const POLICY_TEMPLATE: &str = include_str!("../../kms-policy/key-policy.json.tmpl");
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
     pub dir: PathBuf,
-    /// Defaults to `signer-enclave` next to this executable.
-    pub enclave_bin: Option<PathBuf>,
+    /// Defaults to the binaries next to this executable.
+    pub bin_dir: Option<PathBuf>,
+    /// PCRs the mock enclave reports, when they should differ from what the policy
+    /// admits (to see an attestation denial): INDEX=HEX[,INDEX=HEX...].
+    pub enclave_pcrs: Option<String>,
 }
 
-pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locating this executable")?;
-    Ok(me.with_file_name(name))
+pub fn render_policy(account: &str, role: &str, pcrs: &[(u8, &str)]) -> String {
+    let mut text = POLICY_TEMPLATE
+        .replace("${ACCOUNT_ID}", account)
+        .replace("${HOST_ROLE_ARN}", role);
+    for (index, value) in pcrs {
+        text = text.replace(&format!("${{PCR{index}}}"), value);
+    }
+    text
+}
+
+fn binary(options: &DevOptions, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match &options.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build the local stack first: cargo build --workspace --features enclave/mock",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+struct Children(Vec<Child>);
+
+impl Children {
+    async fn stop(&mut self) {
+        // Reverse start order: the enclave before the KMS it calls.
+        while let Some(mut child) = self.0.pop() {
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            if tokio::time::timeout(CHILD_STOP_WAIT, child.wait())
+                .await
+                .is_err()
+            {
+                warn!("a child did not stop within {CHILD_STOP_WAIT:?}; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
 }
 
 pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let dir = &options.dir;
-    create_private_dir(dir)?;
-    let enclave_socket = dir.join("enclave.sock");
+    let dir = options.dir.clone();
+    create_private_dir(&dir)?;
+    let mut children = Children(Vec::new());
+    let result = run_stack(&options, &dir, &mut children, shutdown).await;
+    children.stop().await;
+    info!("local stack stopped");
+    result
+}
+
+async fn run_stack(
+    options: &DevOptions,
+    dir: &Path,
+    children: &mut Children,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kms_bin = binary(options, "signer-mock-kms")?;
+    let enclave_bin = binary(options, "signer-enclave")?;
+    let db = dir.join("signer.db");
+    let kms_state = dir.join("mock-kms-state.json");
+    let nsm_ca = dir.join("mock-nsm-ca");
+    let kms_ca = dir.join("mock-kms-ca.pem");
+    let policy = dir.join("kms-key-policy.json");
+    let relay = Endpoint::Unix(dir.join("kms-relay.sock"));
+    let enclave_endpoint = Endpoint::Unix(dir.join("enclave.sock"));
     let host_socket = dir.join("host.sock");
 
-    let enclave_bin = match &options.enclave_bin {
-        Some(path) => path.clone(),
-        None => sibling_binary("signer-enclave")?,
-    };
-    if !enclave_bin.exists() {
-        bail!(
-            "{} not found; build the mock enclave first: cargo build --workspace --features enclave/mock",
-            enclave_bin.display()
-        );
-    }
-    let enclave_endpoint = Endpoint::Unix(enclave_socket.clone());
-    let mut enclave = spawn_enclave(&enclave_bin, &enclave_endpoint)?;
+    std::fs::write(&policy, render_policy(DEV_ACCOUNT, DEV_ROLE, &DEV_PCRS))
+        .with_context(|| format!("writing {}", policy.display()))?;
+    provision_dev_keys(&kms_bin, &kms_state, &db).await?;
+
+    // The mock KMS: prints its address once bound.
+    let mut kms = Command::new(&kms_bin)
+        .arg("--state")
+        .arg(&kms_state)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--nsm-ca-dir")
+        .arg(&nsm_ca)
+        .arg("--ca-out")
+        .arg(&kms_ca)
+        .arg("--caller-arn")
+        .arg(DEV_ROLE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", kms_bin.display()))?;
+    let kms_stdout = kms.stdout.take().context("mock KMS stdout")?;
+    children.0.push(kms);
+    let mut line = String::new();
+    tokio::time::timeout(
+        READY_WAIT,
+        tokio::io::BufReader::new(kms_stdout).read_line(&mut line),
+    )
+    .await
+    .context("the mock KMS did not start in time")??;
+    let kms_url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("unexpected first line from the mock KMS")?
+        .replace("127.0.0.1", "localhost");
+
+    let pcrs = options.enclave_pcrs.clone().unwrap_or_else(|| {
+        DEV_PCRS
+            .iter()
+            .map(|(i, v)| format!("{i}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let enclave = Command::new(&enclave_bin)
+        .arg("--listen")
+        .arg(enclave_endpoint.to_string())
+        .arg("--network-passphrase")
+        .arg(DEV_NETWORK)
+        .arg("--kms-region")
+        .arg("us-east-1")
+        .arg("--kms-endpoint")
+        .arg(&kms_url)
+        .arg("--kms-relay")
+        .arg(relay.to_string())
+        .arg("--kms-ca-pem")
+        .arg(&kms_ca)
+        .arg("--mock-nsm-ca-dir")
+        .arg(&nsm_ca)
+        .arg("--mock-pcrs")
+        .arg(&pcrs)
+        .stdin(Stdio::null())
+        // Its own process group: Ctrl-C reaches only us, and we stop the enclave after
+        // the host has drained.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", enclave_bin.display()))?;
+    children.0.push(enclave);
     // Let the enclave bind before the host dials, so start-up logs no needless retry.
+    let enclave_socket = dir.join("enclave.sock");
     let deadline = tokio::time::Instant::now() + READY_WAIT;
     while !enclave_socket.exists() && tokio::time::Instant::now() < deadline {
-        if let Some(status) = enclave.try_wait().context("checking the enclave process")? {
-            bail!("the enclave exited during start-up ({status})");
+        for child in &mut children.0 {
+            if let Some(status) = child.try_wait().context("checking a child process")? {
+                bail!("a child process exited during start-up ({status})");
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let mut config = Config::default();
     config.api.socket = host_socket.clone();
-    config.store.path = dir.join("signer.db");
+    config.store.path = db;
     config.enclave.endpoint = enclave_endpoint;
+    config.stellar.network_passphrase = Some(DEV_NETWORK.to_string());
+    config.kms.region = Some("us-east-1".to_string());
+    config.kms.endpoint = Some(kms_url.clone());
+    config.kms.relay_listen = relay;
+    config.kms.credentials = CredentialsSource::Static;
+    config.kms.static_access_key_id = Some("AKIDSIGNERDEV".to_string());
+    config.kms.static_secret_access_key = Some("signer-dev-secret".to_string());
     let host = BoundHost::bind(config)?;
     let serving = tokio::spawn(host.run(shutdown.clone()));
 
-    let ready = wait_until_ready(&host_socket, &mut enclave).await;
-    if let Err(e) = ready {
+    if let Err(e) = wait_until_ready(&host_socket, children).await {
         shutdown.cancel();
         let _ = serving.await;
-        stop_child(&mut enclave).await;
         return Err(e);
     }
-    print_banner(dir, &host_socket);
+    print_banner(dir, &host_socket, &kms_url).await;
+    shutdown.cancelled().await;
+    // The host drains first, so in-flight requests can still reach the enclave.
+    serving.await.context("host task")?
+}
 
-    let enclave_pid = enclave.id();
-    let mut enclave_exit = tokio::spawn(async move { enclave.wait().await });
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        status = &mut enclave_exit => {
-            warn!(?status, "the enclave process exited; the host keeps serving and reports not ready");
-            shutdown.cancelled().await;
-        }
+/// Fills an empty store with one distribution and some channel keys, encrypted by the
+/// mock KMS in the kms-direct format. A development shortcut: production keys are
+/// generated inside the enclave or imported by the operator.
+async fn provision_dev_keys(kms_bin: &Path, kms_state: &Path, db: &Path) -> anyhow::Result<()> {
+    let store = Store::open(db, LockPolicy::default(), Duration::from_secs(5))?;
+    if !store.list_keys(None)?.is_empty() {
+        return Ok(());
     }
-    // Stop the host first so in-flight requests can still reach the enclave.
-    let served = serving.await.context("host task")?;
-    if !enclave_exit.is_finished() {
-        if let Some(pid) = enclave_pid {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-        if tokio::time::timeout(CHILD_STOP_WAIT, &mut enclave_exit)
-            .await
-            .is_err()
-        {
-            warn!("the enclave did not stop within {CHILD_STOP_WAIT:?}; killing it");
-            // Dropping the child (kill_on_drop) sends SIGKILL.
-            enclave_exit.abort();
-        }
+    let output = Command::new(kms_bin)
+        .arg("--state")
+        .arg(kms_state)
+        .arg("--provision-dev-keys")
+        .arg(DEV_CHANNELS.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running signer-mock-kms --provision-dev-keys")?;
+    if !output.status.success() {
+        bail!(
+            "provisioning development keys failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    info!("local stack stopped");
-    served
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
+    let mut keys = Vec::new();
+    for record in records {
+        use base64::Engine;
+        let text = |field: &str| {
+            record[field]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("dev key record lacks {field}"))
+        };
+        keys.push(NewKey {
+            public_key: text("public_key")?,
+            role: if text("role")? == "distribution" {
+                KeyRole::Distribution
+            } else {
+                KeyRole::Channel
+            },
+            format: KeyFormat::KmsDirect,
+            kms_key_id: text("kms_key_id")?,
+            kms_ciphertext: base64::engine::general_purpose::STANDARD
+                .decode(text("ciphertext")?)?,
+            sealed_seed: None,
+            state: KeyState::Active,
+        });
+    }
+    store.insert_keys(&keys)?;
+    info!(
+        keys = keys.len(),
+        "provisioned development keys (mock KMS, kms-direct)"
+    );
+    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -114,26 +304,14 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_enclave(bin: &Path, endpoint: &Endpoint) -> anyhow::Result<Child> {
-    let child = Command::new(bin)
-        .arg("--listen")
-        .arg(endpoint.to_string())
-        .stdin(Stdio::null())
-        // Its own process group: Ctrl-C reaches only us, and we stop the enclave after
-        // the host has drained.
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    Ok(child)
-}
-
-async fn wait_until_ready(host_socket: &Path, enclave: &mut Child) -> anyhow::Result<()> {
+async fn wait_until_ready(host_socket: &Path, children: &mut Children) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + READY_WAIT;
     let mut last = String::from("no answer yet");
     while tokio::time::Instant::now() < deadline {
-        if let Some(status) = enclave.try_wait().context("checking the enclave process")? {
-            bail!("the enclave exited during start-up ({status})");
+        for child in &mut children.0 {
+            if let Some(status) = child.try_wait().context("checking a child process")? {
+                bail!("a child process exited during start-up ({status})");
+            }
         }
         match request_once(host_socket, Method::GET, "/v1/ping", None).await {
             Ok((StatusCode::OK, body)) => {
@@ -154,25 +332,31 @@ async fn wait_until_ready(host_socket: &Path, enclave: &mut Child) -> anyhow::Re
     bail!("the local stack did not become ready within {READY_WAIT:?}: {last}")
 }
 
-async fn stop_child(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    }
-    if tokio::time::timeout(CHILD_STOP_WAIT, child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
-}
-
-fn print_banner(dir: &Path, host_socket: &Path) {
+async fn print_banner(dir: &Path, host_socket: &Path, kms_url: &str) {
     let socket = host_socket.display();
+    let keys = request_once(host_socket, Method::GET, "/v1/keys", None)
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let mut distribution = String::from("?");
+    let mut channels = 0;
+    for key in keys["keys"].as_array().into_iter().flatten() {
+        match key["role"].as_str() {
+            Some("distribution") => {
+                distribution = key["public_key"].as_str().unwrap_or("?").to_string()
+            }
+            Some("channel") => channels += 1,
+            _ => {}
+        }
+    }
     println!(
-        "\nsigner-host dev: local stack is up (mock enclave over Unix sockets; NOT for production)\n\
-         \n  state dir   {dir}\n  host API    {socket}\n\
+        "\nsigner-host dev: local stack is up (mock enclave, mock KMS; NOT for production)\n\
+         \n  state dir      {dir}\n  host API       {socket}\n  mock KMS       {kms_url}\
+         \n  network        {DEV_NETWORK}\n  distribution   {distribution}\
+         \n  channels       {channels} accounts (development keys, kms-direct via the mock KMS)\n\
          \n  try it:\n    curl --unix-socket {socket} http://localhost/readyz\n    \
-         curl --unix-socket {socket} http://localhost/v1/ping\n\
+         curl --unix-socket {socket} http://localhost/v1/keys\n    \
+         curl --unix-socket {socket} -XPOST http://localhost/v1/channels/acquire\n\
          \n  Ctrl-C stops everything.\n",
         dir = dir.display(),
     );

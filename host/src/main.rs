@@ -60,9 +60,13 @@ enum Command {
         /// State directory; the host API listens at DIR/host.sock.
         #[arg(long, default_value = ".signer-dev")]
         dir: PathBuf,
-        /// The mock enclave binary (default: signer-enclave next to this binary).
+        /// Where signer-enclave and signer-mock-kms are (default: next to this binary).
         #[arg(long)]
-        enclave_bin: Option<PathBuf>,
+        bin_dir: Option<PathBuf>,
+        /// Make the mock enclave report other PCRs than the key policy admits
+        /// (INDEX=HEX,...), to see an attestation denial.
+        #[arg(long)]
+        enclave_pcrs: Option<String>,
     },
     /// Measure request throughput and latency through the host and the enclave.
     Bench {
@@ -114,8 +118,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let host = BoundHost::bind(config)?;
             host.run(shutdown_on_signal()).await
         }
-        Command::Dev { dir, enclave_bin } => {
-            host::dev::run(DevOptions { dir, enclave_bin }, shutdown_on_signal()).await
+        Command::Dev {
+            dir,
+            bin_dir,
+            enclave_pcrs,
+        } => {
+            host::dev::run(
+                DevOptions {
+                    dir,
+                    bin_dir,
+                    enclave_pcrs,
+                },
+                shutdown_on_signal(),
+            )
+            .await
         }
         Command::Bench {
             socket,

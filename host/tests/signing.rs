@@ -1,0 +1,441 @@
+//! Attested signing over the whole local stack: `signer-host dev` with the mock KMS
+//! (enforcing the shipped key-policy template), the mock enclave and its mock NSM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use host::client::request_once;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use stellar_xdr::{
+    Asset, Limits, Memo, MuxedAccount, Operation, OperationBody, PaymentOp, Preconditions, ReadXdr,
+    SequenceNumber, TimeBounds, TimePoint, Transaction, TransactionEnvelope, TransactionExt,
+    TransactionV1Envelope, Uint256, WriteXdr,
+};
+use support::host_bin;
+
+const NETWORK: &str = "Test SDF Network ; September 2015";
+
+struct Dev {
+    child: Child,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Dev {
+    fn start(extra: &[&str]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dev.log");
+        let mut child = Command::new(host_bin())
+            .arg("dev")
+            .arg("--dir")
+            .arg(dir.path().join("state"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let ready = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Ctrl-C stops everything"));
+        assert!(
+            ready,
+            "dev stack did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Dev { child, dir, log }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.state().join("host.sock")
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        request_once(&self.socket(), method, path, body.as_ref())
+            .await
+            .unwrap()
+    }
+
+    async fn keys(&self, role: &str) -> Vec<String> {
+        let (_, body) = self
+            .call(Method::GET, &format!("/v1/keys?role={role}"), None)
+            .await;
+        body["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["public_key"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The development seeds, read back through the mock KMS's key store: what must never
+    /// appear in any log.
+    fn seeds(&self) -> Vec<[u8; 32]> {
+        let store = mock_kms::keystore::KeyStore::open(
+            &self.state().join("mock-kms-state.json"),
+            "us-east-1",
+            "111122223333",
+        )
+        .unwrap();
+        let db = host::store::Store::open(
+            &self.state().join("signer.db"),
+            host::store::LockPolicy::default(),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+        db.list_keys(None)
+            .unwrap()
+            .into_iter()
+            .filter_map(|k| {
+                let context = BTreeMap::from([("pubkey".to_string(), k.public_key.clone())]);
+                store
+                    .decrypt(&k.kms_ciphertext, None, &context)
+                    .ok()
+                    .map(|(_, plain)| <[u8; 32]>::try_from(plain.as_slice()).unwrap())
+            })
+            .collect()
+    }
+
+    fn stop(mut self) -> String {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "dev exited with {status}");
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+fn raw(public_key: &str) -> [u8; 32] {
+    stellar_strkey::ed25519::PublicKey::from_string(public_key)
+        .unwrap()
+        .0
+}
+
+fn payment(source: &str, destination: &str) -> TransactionEnvelope {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let operation = Operation {
+        source_account: None,
+        body: OperationBody::Payment(PaymentOp {
+            destination: MuxedAccount::Ed25519(Uint256(raw(destination))),
+            asset: Asset::Native,
+            amount: 10_000_000,
+        }),
+    };
+    TransactionEnvelope::Tx(TransactionV1Envelope {
+        tx: Transaction {
+            source_account: MuxedAccount::Ed25519(Uint256(raw(source))),
+            fee: 100,
+            seq_num: SequenceNumber(4_294_967_297),
+            cond: Preconditions::Time(TimeBounds {
+                min_time: TimePoint(0),
+                max_time: TimePoint(now + 120),
+            }),
+            memo: Memo::None,
+            operations: vec![operation].try_into().unwrap(),
+            ext: TransactionExt::V0,
+        },
+        signatures: Default::default(),
+    })
+}
+
+fn b64(envelope: &TransactionEnvelope) -> String {
+    B64.encode(envelope.to_xdr(Limits::none()).unwrap())
+}
+
+fn network_id() -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(NETWORK.as_bytes()).into()
+}
+
+async fn register(dev: &Dev, public_key: &str, kms_key_id: &str, ciphertext: &[u8]) {
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({
+                "public_key": public_key,
+                "role": "channel",
+                "kms_key_id": kms_key_id,
+                "ciphertext": B64.encode(ciphertext),
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+fn random_account() -> (String, [u8; 32]) {
+    let mut seed = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut seed).unwrap();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
+    (
+        format!("{}", stellar_strkey::ed25519::PublicKey(public)),
+        seed,
+    )
+}
+
+fn stored_key(dev: &Dev, public_key: &str) -> host::store::KeyRecord {
+    host::store::Store::open(
+        &dev.state().join("signer.db"),
+        host::store::LockPolicy::default(),
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap()
+    .key(public_key)
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn attested_signing_end_to_end_and_every_refusal() {
+    let dev = Dev::start(&[]);
+    let distribution = dev.keys("distribution").await.remove(0);
+    let channels = dev.keys("channel").await;
+    assert_eq!(channels.len(), 8);
+
+    // A channel-sourced payment, signed through KMS + enclave.
+    let envelope = payment(&channels[0], &distribution);
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&envelope), "signers": [channels[0]]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let expected_hash = envelope.hash(network_id()).unwrap();
+    assert_eq!(body["hash"], common::stellar::hex(&expected_hash));
+    let signed = TransactionEnvelope::from_xdr(
+        B64.decode(body["transaction"].as_str().unwrap()).unwrap(),
+        Limits::none(),
+    )
+    .unwrap();
+    let TransactionEnvelope::Tx(signed) = signed else {
+        panic!("not a v1 envelope")
+    };
+    assert_eq!(signed.signatures.len(), 1);
+    let decorated = &signed.signatures[0];
+    let public = raw(&channels[0]);
+    assert_eq!(decorated.hint.0, public[28..]);
+    let signature = Signature::from_slice(&decorated.signature.0).unwrap();
+    VerifyingKey::from_bytes(&public)
+        .unwrap()
+        .verify(&expected_hash, &signature)
+        .expect("signature verifies over the independently computed hash");
+    // The channel stays locked by the signed transaction's hash.
+    let (_, pool) = dev
+        .call(Method::GET, "/v1/channels?accounts=true", None)
+        .await;
+    let row = pool["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["account"] == channels[0].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["status"], "locked");
+    assert_eq!(row["tx_hash"], body["hash"]);
+
+    // Another network: refused by the enclave's own configuration.
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(
+                json!({"transaction": b64(&envelope), "signers": [channels[1]],
+                        "network_passphrase": "Public Global Stellar Network ; September 2015"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("wrong_network")),
+        "{body}"
+    );
+
+    // A key this signer does not hold.
+    let (stranger, _) = random_account();
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&envelope), "signers": [stranger]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_key")),
+        "{body}"
+    );
+
+    // Malformed XDR.
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": B64.encode(b"garbage"), "signers": [channels[1]]})),
+        )
+        .await;
+    assert_eq!(
+        body["error"]["code"], "malformed_transaction",
+        "{status} {body}"
+    );
+
+    let template = stored_key(&dev, &channels[1]);
+
+    // A tampered ciphertext: KMS refuses it.
+    let (tampered_key, _) = random_account();
+    let mut tampered = template.kms_ciphertext.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    register(&dev, &tampered_key, &template.kms_key_id, &tampered).await;
+    let (status, body) = dev
+        .call(Method::POST, "/v1/sign", Some(json!({"transaction": b64(&payment(&tampered_key, &distribution)), "signers": [tampered_key]})))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("kms_invalid_ciphertext")
+        ),
+        "{body}"
+    );
+
+    // A genuine ciphertext registered under another public key: the encryption context
+    // {"pubkey": ...} no longer matches, so KMS refuses it.
+    let (wrong_context_key, _) = random_account();
+    register(
+        &dev,
+        &wrong_context_key,
+        &template.kms_key_id,
+        &template.kms_ciphertext,
+    )
+    .await;
+    let (status, body) = dev
+        .call(Method::POST, "/v1/sign", Some(json!({"transaction": b64(&payment(&wrong_context_key, &distribution)), "signers": [wrong_context_key]})))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("kms_invalid_ciphertext")
+        ),
+        "{body}"
+    );
+
+    // A ciphertext whose context names key A but which holds the seed of key B: KMS
+    // decrypts it, and the enclave refuses because B's public key is not A.
+    let (claimed, _) = random_account();
+    let (_, other_seed) = random_account();
+    let kms_store = mock_kms::keystore::KeyStore::open(
+        &dev.state().join("mock-kms-state.json"),
+        "us-east-1",
+        "111122223333",
+    )
+    .unwrap();
+    let key_id = kms_store.resolve(&template.kms_key_id).unwrap();
+    let context = BTreeMap::from([("pubkey".to_string(), claimed.clone())]);
+    let mismatched = kms_store.encrypt(&key_id, &other_seed, &context).unwrap();
+    register(&dev, &claimed, &template.kms_key_id, &mismatched).await;
+    let (status, body) = dev
+        .call(Method::POST, "/v1/sign", Some(json!({"transaction": b64(&payment(&claimed, &distribution)), "signers": [claimed]})))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("public_key_mismatch")
+        ),
+        "{body}"
+    );
+
+    // Every outcome is in the audit log... and no seed is in any log line.
+    let mut seeds = dev.seeds();
+    seeds.push(other_seed);
+    let logs = dev.stop();
+    assert!(
+        logs.contains("signed"),
+        "the enclave logs one line per signature"
+    );
+    assert_no_secret_in(&logs, &seeds);
+}
+
+#[tokio::test]
+async fn an_enclave_with_other_measurements_is_denied_by_the_key_policy() {
+    let other_pcrs = format!(
+        "0={},1={},2={}",
+        "ee".repeat(48),
+        "d1".repeat(48),
+        "d2".repeat(48)
+    );
+    let dev = Dev::start(&["--enclave-pcrs", &other_pcrs]);
+    let distribution = dev.keys("distribution").await.remove(0);
+    let channel = dev.keys("channel").await.remove(0);
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&payment(&channel, &distribution)), "signers": [channel]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("kms_access_denied")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no statement allows"),
+        "{body}"
+    );
+    let seeds = dev.seeds();
+    let logs = dev.stop();
+    assert_no_secret_in(&logs, &seeds);
+}
+
+fn assert_no_secret_in(logs: &str, seeds: &[[u8; 32]]) {
+    assert!(!seeds.is_empty());
+    let lower = logs.to_ascii_lowercase();
+    for seed in seeds {
+        let strkey = format!(
+            "{}",
+            stellar_strkey::ed25519::PrivateKey(*seed).as_unredacted()
+        );
+        for form in [
+            common::stellar::hex(seed),
+            strkey,
+            B64.encode(seed),
+            format!("{:?}", seed),
+        ] {
+            assert!(
+                !lower.contains(&form.to_ascii_lowercase()),
+                "a seed leaked into the logs as {form}"
+            );
+        }
+    }
+}
