@@ -218,6 +218,82 @@ mod tests {
         );
     }
 
+    fn v1(source: [u8; 32], max_time: u64) -> stellar_xdr::TransactionV1Envelope {
+        use stellar_xdr::*;
+        TransactionV1Envelope {
+            tx: Transaction {
+                source_account: MuxedAccount::MuxedEd25519(MuxedAccountMed25519 {
+                    id: 7,
+                    ed25519: Uint256(source),
+                }),
+                fee: 100,
+                seq_num: SequenceNumber(1),
+                cond: Preconditions::Time(TimeBounds {
+                    min_time: TimePoint(0),
+                    max_time: TimePoint(max_time),
+                }),
+                memo: Memo::None,
+                operations: vec![Operation {
+                    source_account: None,
+                    body: OperationBody::BumpSequence(BumpSequenceOp {
+                        bump_to: SequenceNumber(2),
+                    }),
+                }]
+                .try_into()
+                .unwrap(),
+                ext: TransactionExt::V0,
+            },
+            signatures: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_sequence_owner_of_a_fee_bump_is_its_inner_transaction() {
+        use stellar_xdr::*;
+        let net = network_id("Test SDF Network ; September 2015");
+        let inner = v1([1; 32], 1_700_000_300);
+        let inner_hash = transaction_hash(&TransactionEnvelope::Tx(inner.clone()), net).unwrap();
+        let bump = TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
+            tx: FeeBumpTransaction {
+                fee_source: MuxedAccount::Ed25519(Uint256([9; 32])),
+                fee: 400,
+                inner_tx: FeeBumpTransactionInnerTx::Tx(inner),
+                ext: FeeBumpTransactionExt::V0,
+            },
+            signatures: Default::default(),
+        });
+        let owner = sequence_owner(&bump, net).unwrap();
+        // The channel (muxed source resolved to its G account) and the inner hash, not
+        // the fee-bump's own hash.
+        assert_eq!(owner.account, [1; 32]);
+        assert_eq!(owner.max_time, Some(1_700_000_300));
+        assert_eq!(owner.hash, inner_hash);
+        assert_ne!(owner.hash, transaction_hash(&bump, net).unwrap());
+        // Unbounded maxTime (0) means no bound.
+        let open = TransactionEnvelope::Tx(v1([1; 32], 0));
+        assert_eq!(sequence_owner(&open, net).unwrap().max_time, None);
+    }
+
+    #[test]
+    fn signatures_are_appended_once_and_capped_at_twenty() {
+        let mut envelope = TransactionEnvelope::Tx(v1([1; 32], 5));
+        assert!(add_signature(&mut envelope, &[3; 32], &[4; 64]).unwrap());
+        assert!(
+            !add_signature(&mut envelope, &[3; 32], &[4; 64]).unwrap(),
+            "no duplicate"
+        );
+        assert_eq!(signatures(&envelope)[0].hint.0, [3, 3, 3, 3]);
+        for i in 10..29u8 {
+            add_signature(&mut envelope, &[3; 32], &[i; 64]).unwrap();
+        }
+        assert_eq!(
+            add_signature(&mut envelope, &[3; 32], &[99; 64]).unwrap_err(),
+            StellarError::TooManySignatures { count: 20, max: 20 }
+        );
+        let bytes = encode_envelope(&envelope).unwrap();
+        assert_eq!(decode_envelope(&bytes).unwrap(), envelope);
+    }
+
     #[test]
     fn hostile_xdr_is_rejected_without_panicking() {
         assert!(matches!(

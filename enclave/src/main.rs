@@ -110,6 +110,11 @@ fn open_nsm(args: &Args) -> anyhow::Result<Arc<dyn Nsm>> {
         .mock_nsm_ca_dir
         .clone()
         .context("a mock enclave needs --mock-nsm-ca-dir to sign")?;
+    tracing::warn!(
+        marker = common::mock_nsm::MOCK_NSM_MARKER,
+        ca = %dir.display(),
+        "attestation documents come from a MOCK NSM: development only"
+    );
     Ok(Arc::new(enclave::nsm::mock::MockNsmDevice::new(
         &dir, &pcrs,
     )?))
@@ -169,6 +174,10 @@ fn signing(args: &Args, shutdown: &CancellationToken) -> anyhow::Result<Option<S
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // The first use of the TLS random generator costs tens of milliseconds; pay it at
+    // start-up rather than on the first signature.
+    let mut warm_up = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut warm_up).map_err(|_| anyhow::anyhow!("no system randomness"))?;
     let shutdown = CancellationToken::new();
     let signing = signing(&args, &shutdown)?;
     // The socket is only reachable by the host: vsock by construction, the mock's Unix
