@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::BUILD_FLAVOR;
 use crate::attestor::Attestor;
+use crate::cache::KeyCache;
 use crate::keys::{KeyError, open_sealed_seed, seed_from_kms_direct, sign_checked};
 use crate::kms::client::{KmsClient, KmsError};
 use crate::kms::recipient::RecipientError;
@@ -34,6 +35,8 @@ pub struct Signing {
     pub network_id: [u8; 32],
     pub kms: KmsClient,
     pub attestor: Arc<Attestor>,
+    /// Opt-in: decrypted seeds kept for a bounded time and number of uses.
+    pub cache: Option<Arc<KeyCache>>,
 }
 
 impl Signing {
@@ -43,6 +46,7 @@ impl Signing {
             network_passphrase,
             kms,
             attestor,
+            cache: None,
         }
     }
 }
@@ -200,6 +204,13 @@ async fn sign_one(
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
     let started = Instant::now();
     let result = async {
+        if let Some(seed) = signing
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.take(&key.public_key, &key.ciphertext))
+        {
+            return Ok(sign_checked(&seed, &key.public_key, hash)?);
+        }
         let identity = signing.attestor.current();
         let context = [("pubkey", key.public_key.as_str())];
         let answer = signing
@@ -225,7 +236,12 @@ async fn sign_one(
             }
         };
         drop(plaintext);
-        Ok::<_, WireError>(sign_checked(&seed, &key.public_key, hash)?)
+        let signed = sign_checked(&seed, &key.public_key, hash)?;
+        // Only a seed proven to match its public key is ever cached.
+        if let Some(cache) = &signing.cache {
+            cache.put(&key.public_key, &key.ciphertext, &seed);
+        }
+        Ok::<_, WireError>(signed)
         // `seed` (Zeroizing) is wiped here.
     }
     .await;

@@ -4,6 +4,7 @@
 //! never part of a production image.
 
 pub mod attestor;
+pub mod cache;
 pub mod handler;
 pub mod keys;
 pub mod kms;

@@ -47,6 +47,15 @@ struct Args {
     #[arg(long, env = "SIGNER_KMS_RELAY", default_value = "vsock://3:8000")]
     kms_relay: Endpoint,
 
+    /// Opt-in key cache: keep a decrypted seed this many seconds (0 = off, the default:
+    /// one KMS call per signature). Trades a bounded exposure window for throughput.
+    #[arg(long, default_value_t = 0)]
+    key_cache_ttl_secs: u64,
+
+    /// With the key cache on: signatures one decryption may serve.
+    #[arg(long, default_value_t = 100)]
+    key_cache_max_uses: u32,
+
     /// Rotate the KMS recipient key and attestation document this often.
     #[arg(long, default_value_t = 120)]
     attestation_rotation_secs: u64,
@@ -170,7 +179,30 @@ fn signing(args: &Args, shutdown: &CancellationToken) -> anyhow::Result<Option<S
         Duration::from_secs(args.attestation_rotation_secs.max(10)),
         shutdown.clone(),
     );
-    Ok(Some(Signing::new(network.clone(), kms, attestor)))
+    let mut signing = Signing::new(network.clone(), kms, attestor);
+    if args.key_cache_ttl_secs > 0 {
+        let cache = Arc::new(enclave::cache::KeyCache::new(
+            Duration::from_secs(args.key_cache_ttl_secs),
+            args.key_cache_max_uses,
+        ));
+        let sweeper = cache.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => { sweeper.sweep(); }
+                }
+            }
+        });
+        info!(
+            ttl_secs = args.key_cache_ttl_secs,
+            max_uses = args.key_cache_max_uses,
+            "key cache ON: decrypted seeds stay in enclave memory within these bounds"
+        );
+        signing.cache = Some(cache);
+    }
+    Ok(Some(signing))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
