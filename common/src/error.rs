@@ -61,6 +61,35 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for documentation checks.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::EnclaveUnavailable,
+        ErrorCode::EnclaveTimeout,
+        ErrorCode::ProtocolMismatch,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::NoChannelAccountsConfigured,
+        ErrorCode::NoIdleChannelAccount,
+        ErrorCode::UnknownChannelAccount,
+        ErrorCode::LockTokenMismatch,
+        ErrorCode::KeyExists,
+        ErrorCode::StoreError,
+        ErrorCode::MalformedTransaction,
+        ErrorCode::WrongNetwork,
+        ErrorCode::UnknownKey,
+        ErrorCode::KmsAccessDenied,
+        ErrorCode::KmsInvalidCiphertext,
+        ErrorCode::KmsUnavailable,
+        ErrorCode::PublicKeyMismatch,
+        ErrorCode::UnusableKey,
+        ErrorCode::TooManySignatures,
+        ErrorCode::NoCredentials,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
