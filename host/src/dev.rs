@@ -45,8 +45,6 @@ pub const DEV_PCRS: [(u8, &str); 3] = [
 const DEV_ACCOUNT: &str = "111122223333";
 const DEV_ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
 const DEV_CHANNELS: u32 = 8;
-/// The shipped key-policy template, rendered for the development PCRs.
-const POLICY_TEMPLATE: &str = include_str!("../../kms-policy/key-policy.json.tmpl");
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -58,14 +56,17 @@ pub struct DevOptions {
     pub enclave_pcrs: Option<String>,
 }
 
-pub fn render_policy(account: &str, role: &str, pcrs: &[(u8, &str)]) -> String {
-    let mut text = POLICY_TEMPLATE
-        .replace("${ACCOUNT_ID}", account)
-        .replace("${HOST_ROLE_ARN}", role);
-    for (index, value) in pcrs {
-        text = text.replace(&format!("${{PCR{index}}}"), value);
-    }
-    text
+/// The shipped key-policy template, rendered for the development PCRs.
+pub fn dev_policy() -> anyhow::Result<String> {
+    let build = crate::policy::Measurements {
+        pcrs: DEV_PCRS.map(|(_, value)| value.to_string()),
+    };
+    Ok(crate::policy::render(
+        crate::policy::TEMPLATE,
+        DEV_ACCOUNT,
+        DEV_ROLE,
+        &[build],
+    )?)
 }
 
 fn binary(options: &DevOptions, name: &str) -> anyhow::Result<PathBuf> {
@@ -134,7 +135,7 @@ async fn run_stack(
     let enclave_endpoint = Endpoint::Unix(dir.join("enclave.sock"));
     let host_socket = dir.join("host.sock");
 
-    std::fs::write(&policy, render_policy(DEV_ACCOUNT, DEV_ROLE, &DEV_PCRS))
+    std::fs::write(&policy, dev_policy()?)
         .with_context(|| format!("writing {}", policy.display()))?;
     provision_dev_keys(&kms_bin, &kms_state, &db).await?;
 

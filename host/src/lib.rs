@@ -10,6 +10,7 @@ pub mod config;
 pub mod credentials;
 pub mod dev;
 pub mod enclave_client;
+pub mod policy;
 pub mod relay;
 pub mod routes;
 pub mod server;

@@ -39,6 +39,20 @@ enum Command {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Render the KMS key policy (kms-policy/key-policy.json.tmpl) for the enclave
+    /// build(s) whose measurements nitro-cli printed; prints the policy JSON.
+    RenderPolicy {
+        /// 12-digit AWS account id (administers the key, cannot decrypt).
+        #[arg(long)]
+        account: String,
+        /// ARN of the parent instance's IAM role.
+        #[arg(long)]
+        role: String,
+        /// Output of `nitro-cli build-enclave` or `describe-eif`; repeat to admit several
+        /// builds during a rollout.
+        #[arg(long = "measurements", required = true)]
+        measurements: Vec<PathBuf>,
+    },
     /// Stored keys (calls a running host).
     Keys {
         /// The host API socket.
@@ -94,6 +108,26 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::RenderPolicy {
+            account,
+            role,
+            measurements,
+        } => {
+            let mut builds = Vec::new();
+            for path in measurements {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                builds.push(
+                    host::policy::parse_measurements(&text)
+                        .with_context(|| format!("{}", path.display()))?,
+                );
+            }
+            println!(
+                "{}",
+                host::policy::render(host::policy::TEMPLATE, &account, &role, &builds)?
+            );
+            Ok(())
+        }
         Command::Keys { socket, command } => host::cli::keys(&socket, command).await,
         Command::Channels { socket, command } => host::cli::channels(&socket, command).await,
         Command::Serve {

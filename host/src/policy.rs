@@ -1,0 +1,177 @@
+//! Renders the KMS key-policy template in `kms-policy/` from enclave measurements, as
+//! `nitro-cli build-enclave` / `describe-eif` print them. Several builds may be admitted
+//! at once (a rollout: old and new PCRs both allowed, then the old removed).
+
+use serde_json::Value;
+
+/// The shipped template; the local stack and the tests render this very file.
+pub const TEMPLATE: &str = include_str!("../../kms-policy/key-policy.json.tmpl");
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("measurements are not JSON: {0}")]
+    NotJson(String),
+    #[error(
+        "no \"Measurements\" object (expected the output of nitro-cli build-enclave or describe-eif)"
+    )]
+    NoMeasurements,
+    #[error("{pcr} is missing")]
+    MissingPcr { pcr: &'static str },
+    #[error("{pcr} must be 96 hexadecimal characters (SHA-384), got {actual:?}")]
+    BadPcr { pcr: &'static str, actual: String },
+    #[error(
+        "PCR0 is all zeros: that is a debug-mode enclave, which proves nothing; never admit it"
+    )]
+    DebugMeasurements,
+    #[error("{0}")]
+    BadArgument(String),
+    #[error("the rendered policy is not valid JSON: {0}")]
+    BadTemplate(String),
+}
+
+/// PCR0..PCR2 of one enclave image, lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measurements {
+    pub pcrs: [String; 3],
+}
+
+const PCR_NAMES: [&str; 3] = ["PCR0", "PCR1", "PCR2"];
+
+pub fn parse_measurements(json: &str) -> Result<Measurements, RenderError> {
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| RenderError::NotJson(e.to_string()))?;
+    let measurements = value
+        .get("Measurements")
+        .and_then(Value::as_object)
+        .ok_or(RenderError::NoMeasurements)?;
+    let mut pcrs: [String; 3] = Default::default();
+    for (slot, pcr) in pcrs.iter_mut().zip(PCR_NAMES) {
+        let text = measurements
+            .get(pcr)
+            .and_then(Value::as_str)
+            .ok_or(RenderError::MissingPcr { pcr })?;
+        if text.len() != 96 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RenderError::BadPcr {
+                pcr,
+                actual: text.to_string(),
+            });
+        }
+        *slot = text.to_ascii_lowercase();
+    }
+    if pcrs[0].bytes().all(|b| b == b'0') {
+        return Err(RenderError::DebugMeasurements);
+    }
+    Ok(Measurements { pcrs })
+}
+
+/// Fills the template for `account`, the host's instance `role_arn`, and every build in
+/// `builds` (one normally; two during a rollout).
+pub fn render(
+    template: &str,
+    account: &str,
+    role_arn: &str,
+    builds: &[Measurements],
+) -> Result<String, RenderError> {
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RenderError::BadArgument(format!(
+            "account {account:?} is not a 12-digit AWS account id"
+        )));
+    }
+    if !role_arn.starts_with("arn:aws") || !role_arn.contains(":role/") {
+        return Err(RenderError::BadArgument(format!(
+            "{role_arn:?} is not an IAM role ARN"
+        )));
+    }
+    if builds.is_empty() {
+        return Err(RenderError::BadArgument(
+            "name at least one build's measurements".into(),
+        ));
+    }
+    let mut text = template
+        .replace("${ACCOUNT_ID}", account)
+        .replace("${HOST_ROLE_ARN}", role_arn);
+    for (index, name) in PCR_NAMES.iter().enumerate() {
+        let mut values: Vec<&str> = builds.iter().map(|b| b.pcrs[index].as_str()).collect();
+        values.dedup();
+        let json = if values.len() == 1 {
+            Value::from(values[0])
+        } else {
+            Value::from(values)
+        };
+        text = text.replace(&format!("\"${{{name}}}\""), &json.to_string());
+    }
+    if text.contains("${") {
+        return Err(RenderError::BadTemplate(
+            "a placeholder was left unfilled".into(),
+        ));
+    }
+    let parsed: Value =
+        serde_json::from_str(&text).map_err(|e| RenderError::BadTemplate(e.to_string()))?;
+    serde_json::to_string_pretty(&parsed).map_err(|e| RenderError::BadTemplate(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/../kms-policy/testdata/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn captured_outputs_parse() {
+        let built = parse_measurements(&sample("build-enclave-output.json")).unwrap();
+        assert!(built.pcrs[0].starts_with("287b2493"));
+        let described = parse_measurements(&sample("describe-eif-output.json")).unwrap();
+        // Upper-case hex is normalised.
+        assert!(described.pcrs[0].starts_with("7fb5c55b"));
+    }
+
+    #[test]
+    fn malformed_outputs_are_refused_with_the_reason() {
+        assert!(matches!(
+            parse_measurements(&sample("malformed-short-pcr.json")),
+            Err(RenderError::BadPcr { pcr: "PCR0", .. })
+        ));
+        assert_eq!(
+            parse_measurements(&sample("malformed-missing-pcr2.json")),
+            Err(RenderError::MissingPcr { pcr: "PCR2" })
+        );
+        assert!(matches!(
+            parse_measurements(&sample("malformed-not-hex.json")),
+            Err(RenderError::BadPcr { pcr: "PCR0", .. })
+        ));
+        assert_eq!(
+            parse_measurements(&sample("malformed-debug-zero-pcr0.json")),
+            Err(RenderError::DebugMeasurements)
+        );
+        assert!(matches!(
+            parse_measurements(&sample("malformed-not-json.json")),
+            Err(RenderError::NotJson(_))
+        ));
+        assert_eq!(parse_measurements("{}"), Err(RenderError::NoMeasurements));
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        let m = parse_measurements(&sample("build-enclave-output.json")).unwrap();
+        let role = "arn:aws:iam::111122223333:role/signer-host";
+        assert!(render(TEMPLATE, "1111", role, std::slice::from_ref(&m)).is_err());
+        assert!(
+            render(
+                TEMPLATE,
+                "111122223333",
+                "signer-host",
+                std::slice::from_ref(&m)
+            )
+            .is_err()
+        );
+        assert!(render(TEMPLATE, "111122223333", role, &[]).is_err());
+        let text = render(TEMPLATE, "111122223333", role, &[m]).unwrap();
+        assert!(!text.contains("${"));
+    }
+}
