@@ -60,7 +60,7 @@ fn rollout_policy_admits_old_and_new_builds_only() {
     );
 
     // After the rollout only the new build remains.
-    let text = render(TEMPLATE, "111122223333", ROLE, &[new.clone()]).unwrap();
+    let text = render(TEMPLATE, "111122223333", ROLE, std::slice::from_ref(&new)).unwrap();
     let policy = Policy::parse(&text).unwrap();
     assert_eq!(
         policy.evaluate(&decrypt(ROLE, Some(&old))).effect,
