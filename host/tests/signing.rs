@@ -185,6 +185,17 @@ async fn register(dev: &Dev, public_key: &str, kms_key_id: &str, ciphertext: &[u
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
+/// Asks `key` to sign its own payment and expects a refusal with `status` and `code`.
+async fn expect_refusal(dev: &Dev, key: &str, distribution: &str, status: StatusCode, code: &str) {
+    let request = json!({"transaction": b64(&payment(key, distribution)), "signers": [key]});
+    let (actual, body) = dev.call(Method::POST, "/v1/sign", Some(request)).await;
+    assert_eq!(
+        (actual, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+}
+
 fn random_account() -> (String, [u8; 32]) {
     let mut seed = [0u8; 32];
     aws_lc_rs::rand::fill(&mut seed).unwrap();
@@ -312,17 +323,14 @@ async fn attested_signing_end_to_end_and_every_refusal() {
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01;
     register(&dev, &tampered_key, &template.kms_key_id, &tampered).await;
-    let (status, body) = dev
-        .call(Method::POST, "/v1/sign", Some(json!({"transaction": b64(&payment(&tampered_key, &distribution)), "signers": [tampered_key]})))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some("kms_invalid_ciphertext")
-        ),
-        "{body}"
-    );
+    expect_refusal(
+        &dev,
+        &tampered_key,
+        &distribution,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "kms_invalid_ciphertext",
+    )
+    .await;
 
     // A genuine ciphertext registered under another public key: the encryption context
     // {"pubkey": ...} no longer matches, so KMS refuses it.
@@ -334,17 +342,14 @@ async fn attested_signing_end_to_end_and_every_refusal() {
         &template.kms_ciphertext,
     )
     .await;
-    let (status, body) = dev
-        .call(Method::POST, "/v1/sign", Some(json!({"transaction": b64(&payment(&wrong_context_key, &distribution)), "signers": [wrong_context_key]})))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some("kms_invalid_ciphertext")
-        ),
-        "{body}"
-    );
+    expect_refusal(
+        &dev,
+        &wrong_context_key,
+        &distribution,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "kms_invalid_ciphertext",
+    )
+    .await;
 
     // A ciphertext whose context names key A but which holds the seed of key B: KMS
     // decrypts it, and the enclave refuses because B's public key is not A.
@@ -360,17 +365,14 @@ async fn attested_signing_end_to_end_and_every_refusal() {
     let context = BTreeMap::from([("pubkey".to_string(), claimed.clone())]);
     let mismatched = kms_store.encrypt(&key_id, &other_seed, &context).unwrap();
     register(&dev, &claimed, &template.kms_key_id, &mismatched).await;
-    let (status, body) = dev
-        .call(Method::POST, "/v1/sign", Some(json!({"transaction": b64(&payment(&claimed, &distribution)), "signers": [claimed]})))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some("public_key_mismatch")
-        ),
-        "{body}"
-    );
+    expect_refusal(
+        &dev,
+        &claimed,
+        &distribution,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "public_key_mismatch",
+    )
+    .await;
 
     // Every outcome is in the audit log... and no seed is in any log line.
     let mut seeds = dev.seeds();

@@ -77,6 +77,21 @@ fn context_aad(context: &BTreeMap<String, String>) -> Vec<u8> {
     aad
 }
 
+/// A random UUID-shaped identifier, as KMS uses for key ids and request ids.
+pub fn random_uuid() -> String {
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 impl KeyStore {
     pub fn open(path: &Path, region: &str, account: &str) -> Result<KeyStore, KeyStoreError> {
         let state = match std::fs::read(path) {
@@ -151,17 +166,7 @@ impl KeyStore {
         description: &str,
         alias: Option<&str>,
     ) -> Result<KeyInfo, KeyStoreError> {
-        let mut raw = [0u8; 16];
-        rand::rng().fill_bytes(&mut raw);
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let key_id = format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        );
+        let key_id = random_uuid();
         let mut material = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(material.as_mut());
         let stored = StoredKey {
