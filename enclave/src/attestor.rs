@@ -83,3 +83,38 @@ impl Attestor {
         });
     }
 }
+
+#[cfg(all(test, feature = "mock"))]
+mod tests {
+    use super::*;
+    use crate::nsm::mock::MockNsmDevice;
+
+    #[tokio::test]
+    async fn rotation_replaces_the_key_and_its_document_and_old_holders_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let nsm = MockNsmDevice::new(dir.path(), &Default::default()).unwrap();
+        let attestor = Attestor::new(Arc::new(nsm)).unwrap();
+        let before = attestor.current();
+        attestor.rotate().await.unwrap();
+        let after = attestor.current();
+        assert_ne!(
+            before.recipient.subject_key_id(),
+            after.recipient.subject_key_id()
+        );
+        assert_ne!(before.attestation_document, after.attestation_document);
+        // The document binds the identity's own key.
+        let root = common::mock_nsm::MockCa::load_or_generate(dir.path()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let doc =
+            common::attestation::verify(&after.attestation_document, root.root_der(), now).unwrap();
+        assert_eq!(
+            doc.public_key.as_deref(),
+            Some(after.recipient.public_key_der())
+        );
+        // A call that started before the rotation still holds a working identity.
+        assert!(before.recipient.public_key_der().len() > 290);
+    }
+}

@@ -164,7 +164,7 @@ async fn pool_errors_acquire_release_and_unlock_over_the_api() {
 async fn sixty_four_clients_on_two_host_processes_never_share_an_account() {
     const ACCOUNTS: u32 = 50;
     const CLIENTS: usize = 64;
-    const ROUNDS: usize = 25;
+    const ROUNDS: usize = 40;
     let stack = Stack::start().await;
     register_channels(&stack, 0..ACCOUNTS).await;
     let (_second, second_socket) = stack.second_host("host-b").await;

@@ -374,9 +374,119 @@ async fn attested_signing_end_to_end_and_every_refusal() {
     )
     .await;
 
-    // Every outcome is in the audit log... and no seed is in any log line.
+    // A fee-bump of a channel transaction: the distribution account pays, and the
+    // channel's lock is tied to the inner hash, which is what unlocks it.
+    let inner = payment(&channels[2], &distribution);
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&inner), "signers": [channels[2]]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let inner_hash = body["hash"].as_str().unwrap().to_string();
+    let TransactionEnvelope::Tx(signed_inner) = TransactionEnvelope::from_xdr(
+        B64.decode(body["transaction"].as_str().unwrap()).unwrap(),
+        Limits::none(),
+    )
+    .unwrap() else {
+        panic!("not a v1 envelope")
+    };
+    let bump = TransactionEnvelope::TxFeeBump(stellar_xdr::FeeBumpTransactionEnvelope {
+        tx: stellar_xdr::FeeBumpTransaction {
+            fee_source: MuxedAccount::Ed25519(Uint256(raw(&distribution))),
+            fee: 400,
+            inner_tx: stellar_xdr::FeeBumpTransactionInnerTx::Tx(signed_inner),
+            ext: stellar_xdr::FeeBumpTransactionExt::V0,
+        },
+        signatures: Default::default(),
+    });
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&bump), "signers": [distribution]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let outer_hash = bump.hash(network_id()).unwrap();
+    assert_eq!(body["hash"], common::stellar::hex(&outer_hash));
+    assert_ne!(body["hash"], inner_hash.as_str());
+    let signature = B64
+        .decode(body["signatures"][0]["signature"].as_str().unwrap())
+        .unwrap();
+    VerifyingKey::from_bytes(&raw(&distribution))
+        .unwrap()
+        .verify(&outer_hash, &Signature::from_slice(&signature).unwrap())
+        .expect("the fee-bump signature covers the fee-bump hash");
+    let (_, unlocked) = dev
+        .call(
+            Method::POST,
+            "/v1/channels/unlock",
+            Some(json!({"tx_hashes": [body["hash"]]})),
+        )
+        .await;
+    assert_eq!(
+        unlocked["unlocked"],
+        json!([]),
+        "the outer hash unlocks nothing"
+    );
+    let (_, unlocked) = dev
+        .call(
+            Method::POST,
+            "/v1/channels/unlock",
+            Some(json!({"tx_hashes": [inner_hash]})),
+        )
+        .await;
+    assert_eq!(unlocked["unlocked"][0]["account"], channels[2].as_str());
+
+    // The envelope format: KMS holds a data key, the store a sealed seed.
+    let (envelope_key, envelope_seed) = random_account();
+    let mut data_key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut data_key).unwrap();
+    let context = BTreeMap::from([("pubkey".to_string(), envelope_key.clone())]);
+    let wrapped = kms_store.encrypt(&key_id, &data_key, &context).unwrap();
+    let sealed = enclave::keys::seal_seed(&data_key, &envelope_seed, &envelope_key, [7; 12]);
+    host::store::Store::open(
+        &dev.state().join("signer.db"),
+        host::store::LockPolicy::default(),
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap()
+    .insert_keys(&[host::store::NewKey {
+        public_key: envelope_key.clone(),
+        role: host::store::KeyRole::Channel,
+        format: host::store::KeyFormat::Envelope,
+        kms_key_id: template.kms_key_id.clone(),
+        kms_ciphertext: wrapped,
+        sealed_seed: Some(sealed),
+        state: host::store::KeyState::Active,
+    }])
+    .unwrap();
+    let envelope_tx = payment(&envelope_key, &distribution);
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&envelope_tx), "signers": [envelope_key]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let signature = B64
+        .decode(body["signatures"][0]["signature"].as_str().unwrap())
+        .unwrap();
+    VerifyingKey::from_bytes(&raw(&envelope_key))
+        .unwrap()
+        .verify(
+            &envelope_tx.hash(network_id()).unwrap(),
+            &Signature::from_slice(&signature).unwrap(),
+        )
+        .expect("an envelope-format key signs");
+
+    // Every outcome is in the audit log... and no seed or data key is in any log line.
     let mut seeds = dev.seeds();
-    seeds.push(other_seed);
+    seeds.extend([other_seed, envelope_seed, data_key]);
     let logs = dev.stop();
     assert!(
         logs.contains("signed"),
