@@ -58,6 +58,8 @@ pub enum ErrorCode {
     TooManySignatures,
     /// The enclave has no AWS credentials yet.
     NoCredentials,
+    /// The key is not a required signer of this transaction.
+    NotARequiredSigner,
 }
 
 impl ErrorCode {
@@ -88,6 +90,7 @@ impl ErrorCode {
         ErrorCode::UnusableKey,
         ErrorCode::TooManySignatures,
         ErrorCode::NoCredentials,
+        ErrorCode::NotARequiredSigner,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +120,7 @@ impl ErrorCode {
             ErrorCode::UnusableKey => "unusable_key",
             ErrorCode::TooManySignatures => "too_many_signatures",
             ErrorCode::NoCredentials => "no_credentials",
+            ErrorCode::NotARequiredSigner => "not_a_required_signer",
         }
     }
 
@@ -126,7 +130,8 @@ impl ErrorCode {
             ErrorCode::BadRequest
             | ErrorCode::MalformedTransaction
             | ErrorCode::WrongNetwork
-            | ErrorCode::TooManySignatures => 400,
+            | ErrorCode::TooManySignatures
+            | ErrorCode::NotARequiredSigner => 400,
             ErrorCode::KmsAccessDenied => 403,
             ErrorCode::UnknownKey => 404,
             ErrorCode::PublicKeyMismatch

@@ -138,6 +138,39 @@ pub fn add_signature(
     Ok(true)
 }
 
+/// The accounts whose signatures this envelope's own hash needs (DESIGN.md §2 inv. 3):
+/// the transaction source and every operation source for v0/v1 (muxed accounts
+/// resolve to their G account); the fee source for a fee-bump (the inner transaction's
+/// signers sign the inner hash, not this one).
+pub fn required_signers(envelope: &TransactionEnvelope) -> Vec<[u8; 32]> {
+    use stellar_xdr::{MuxedAccount, Operation};
+    let account = |m: &MuxedAccount| match m {
+        MuxedAccount::Ed25519(k) => k.0,
+        MuxedAccount::MuxedEd25519(m) => m.ed25519.0,
+    };
+    let op_sources = |ops: &[Operation]| -> Vec<[u8; 32]> {
+        ops.iter()
+            .filter_map(|op| op.source_account.as_ref().map(account))
+            .collect()
+    };
+    let mut signers = match envelope {
+        TransactionEnvelope::TxV0(e) => {
+            let mut v = vec![e.tx.source_account_ed25519.0];
+            v.extend(op_sources(&e.tx.operations));
+            v
+        }
+        TransactionEnvelope::Tx(e) => {
+            let mut v = vec![account(&e.tx.source_account)];
+            v.extend(op_sources(&e.tx.operations));
+            v
+        }
+        TransactionEnvelope::TxFeeBump(e) => vec![account(&e.tx.fee_source)],
+    };
+    signers.sort_unstable();
+    signers.dedup();
+    signers
+}
+
 /// Who a transaction's sequence number belongs to, and until when it can land.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SequenceOwner {
@@ -272,6 +305,34 @@ mod tests {
         // Unbounded maxTime (0) means no bound.
         let open = TransactionEnvelope::Tx(v1([1; 32], 0));
         assert_eq!(sequence_owner(&open, net).unwrap().max_time, None);
+    }
+
+    #[test]
+    fn required_signers_cover_sources_and_only_the_fee_source_for_fee_bumps() {
+        use stellar_xdr::*;
+        let mut envelope = v1([1; 32], 5);
+        let op = Operation {
+            source_account: Some(MuxedAccount::MuxedEd25519(MuxedAccountMed25519 {
+                id: 3,
+                ed25519: Uint256([2; 32]),
+            })),
+            body: OperationBody::Inflation,
+        };
+        let mut ops = envelope.tx.operations.to_vec();
+        ops.push(op);
+        envelope.tx.operations = ops.try_into().unwrap();
+        let tx = TransactionEnvelope::Tx(envelope.clone());
+        assert_eq!(required_signers(&tx), vec![[1; 32], [2; 32]]);
+        let bump = TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
+            tx: FeeBumpTransaction {
+                fee_source: MuxedAccount::Ed25519(Uint256([9; 32])),
+                fee: 400,
+                inner_tx: FeeBumpTransactionInnerTx::Tx(envelope),
+                ext: FeeBumpTransactionExt::V0,
+            },
+            signatures: Default::default(),
+        });
+        assert_eq!(required_signers(&bump), vec![[9; 32]]);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use common::protocol::{AwsCredentials, KeyFormat, KeyMaterial, Request, Response, SignatureInfo};
 use common::stellar::{
-    add_signature, decode_envelope, encode_envelope, hex, network_id, signature_hint,
-    transaction_hash,
+    add_signature, decode_envelope, encode_envelope, hex, network_id, required_signers,
+    signature_hint, transaction_hash,
 };
 use common::{ErrorCode, WireError};
 use futures_util::future::join_all;
@@ -174,6 +174,27 @@ impl Handler {
             ));
         }
         let mut envelope = decode_envelope(transaction)?;
+        // Invariant 3: sign only as a required signer of this very envelope.
+        let required = required_signers(&envelope);
+        for key in signers {
+            let raw =
+                stellar_strkey::ed25519::PublicKey::from_string(&key.public_key).map_err(|_| {
+                    wire(
+                        ErrorCode::BadRequest,
+                        format!("{:?} is not a G... key", key.public_key),
+                    )
+                })?;
+            if !required.contains(&raw.0) {
+                return Err(wire(
+                    ErrorCode::NotARequiredSigner,
+                    format!(
+                        "{} is not a required signer of this transaction (source, operation \
+                         source, or fee-bump fee source)",
+                        key.public_key
+                    ),
+                ));
+            }
+        }
         // Invariant 2: the hash comes from the XDR and our own network id, never the caller.
         let hash = transaction_hash(&envelope, signing.network_id)?;
         // One KMS round trip per signer, all at once.

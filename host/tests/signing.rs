@@ -287,6 +287,20 @@ async fn attested_signing_end_to_end_and_every_refusal() {
         "{body}"
     );
 
+    // A key this signer holds but which the transaction does not need (invariant 3).
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&envelope), "signers": [distribution]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("not_a_required_signer")),
+        "{body}"
+    );
+
     // A key this signer does not hold.
     let (stranger, _) = random_account();
     let (status, body) = dev
