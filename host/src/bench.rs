@@ -106,7 +106,135 @@ async fn run_levels(options: &BenchOptions, socket: &Path, scratch: &Path) -> an
             ping.p50.as_secs_f64() / bare.p50.as_secs_f64().max(1e-9),
         );
     }
+    sign_levels(options, socket).await
+}
+
+/// Signing throughput: each client signs a payment from its own channel account, so
+/// every request is a full KMS round trip (decrypt with attestation) in the enclave.
+/// Compared with the ping (the same path without KMS and the key work).
+async fn sign_levels(options: &BenchOptions, socket: &Path) -> anyhow::Result<()> {
+    let (status, keys) = request_once(socket, Method::GET, "/v1/keys?role=channel", None).await?;
+    let channels: Vec<String> = keys["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["public_key"].as_str().map(str::to_string))
+        .collect();
+    if status != StatusCode::OK || channels.is_empty() {
+        println!("\n(no channel keys on this host: signing not measured)");
+        return Ok(());
+    }
+    let requests = (options.requests_per_level / 10).max(100);
+    println!(
+        "\nPOST /v1/sign, one signer per request ({requests} requests per level; every \
+         signature is a KMS Decrypt with attestation, per-call, no cache)"
+    );
+    println!(
+        "{:>7}  {:>12}{:>12}{:>12}  {:>18}",
+        "clients", "sig/s", "p50", "p99", "p50 vs ping"
+    );
+    for &clients in &options.clients {
+        let ping = measure(clients, requests, || {
+            let path = socket.to_path_buf();
+            async move { PingClient::connect(&path).await }
+        })
+        .await?;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let sign = measure(clients, requests, || {
+            let path = socket.to_path_buf();
+            let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let channel = channels[index % channels.len()].clone();
+            async move { SignClient::connect(&path, &channel).await }
+        })
+        .await?;
+        println!(
+            "{:>7}  {:>12.0}{:>12}{:>12}  {:>17.1}x",
+            clients,
+            sign.throughput,
+            micros(sign.p50),
+            micros(sign.p99),
+            sign.p50.as_secs_f64() / ping.p50.as_secs_f64().max(1e-9),
+        );
+    }
     Ok(())
+}
+
+struct SignClient {
+    connection: ApiConnection,
+    body: String,
+}
+
+impl SignClient {
+    async fn connect(path: &Path, channel: &str) -> anyhow::Result<SignClient> {
+        use base64::Engine;
+        let xdr = benchmark_payment(channel)?;
+        let body = serde_json::json!({
+            "transaction": base64::engine::general_purpose::STANDARD.encode(xdr),
+            "signers": [channel],
+        })
+        .to_string();
+        Ok(SignClient {
+            connection: ApiConnection::connect(path).await?,
+            body,
+        })
+    }
+}
+
+impl RoundTrip for SignClient {
+    async fn once(&mut self) -> anyhow::Result<()> {
+        let (status, body) = self
+            .connection
+            .request_raw(Method::POST, "/v1/sign", Some(self.body.clone()))
+            .await?;
+        if status != StatusCode::OK {
+            bail!(
+                "sign failed with {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A one-payment transaction sourced by `channel`, paying itself, valid two minutes.
+fn benchmark_payment(channel: &str) -> anyhow::Result<Vec<u8>> {
+    use stellar_xdr::{
+        Asset, Limits, Memo, MuxedAccount, Operation, OperationBody, PaymentOp, Preconditions,
+        SequenceNumber, TimeBounds, TimePoint, Transaction, TransactionEnvelope, TransactionExt,
+        TransactionV1Envelope, Uint256, WriteXdr,
+    };
+    let account = stellar_strkey::ed25519::PublicKey::from_string(channel)
+        .map_err(|e| anyhow::anyhow!("{channel}: {e}"))?
+        .0;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let operation = Operation {
+        source_account: None,
+        body: OperationBody::Payment(PaymentOp {
+            destination: MuxedAccount::Ed25519(Uint256(account)),
+            asset: Asset::Native,
+            amount: 1,
+        }),
+    };
+    let envelope = TransactionEnvelope::Tx(TransactionV1Envelope {
+        tx: Transaction {
+            source_account: MuxedAccount::Ed25519(Uint256(account)),
+            fee: 100,
+            seq_num: SequenceNumber(1),
+            cond: Preconditions::Time(TimeBounds {
+                min_time: TimePoint(0),
+                max_time: TimePoint(now + 120),
+            }),
+            memo: Memo::None,
+            operations: vec![operation]
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("one operation"))?,
+            ext: TransactionExt::V0,
+        },
+        signatures: Default::default(),
+    });
+    Ok(envelope.to_xdr(Limits::none())?)
 }
 
 fn micros(d: Duration) -> String {
