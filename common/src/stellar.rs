@@ -355,6 +355,69 @@ mod tests {
         assert_eq!(decode_envelope(&bytes).unwrap(), envelope);
     }
 
+    /// Published vectors from rs-stellar-xdr's `tests/tx_hash.rs` (v0, v1, fee-bump and
+    /// its inner transaction), through our decode → hash path.
+    #[test]
+    fn published_rs_stellar_xdr_hash_vectors() {
+        use stellar_xdr::*;
+        let net = network_id("Test SDF Network ; September 2015");
+        let roundtrip =
+            |e: TransactionEnvelope| decode_envelope(&encode_envelope(&e).unwrap()).unwrap();
+        let v0 = roundtrip(TransactionEnvelope::TxV0(TransactionV0Envelope {
+            tx: TransactionV0 {
+                source_account_ed25519: Uint256([0; 32]),
+                fee: 100,
+                seq_num: SequenceNumber(1),
+                time_bounds: None,
+                operations: VecM::default(),
+                memo: Memo::Text("v0".as_bytes().try_into().unwrap()),
+                ext: TransactionV0Ext::V0,
+            },
+            signatures: VecM::default(),
+        }));
+        assert_eq!(
+            hex(&transaction_hash(&v0, net).unwrap()),
+            "037d99f3d0ded34afbf25ae9bf33d84d0a7b6cb2f37a8751301490660c4fc9c7"
+        );
+        let tx = |memo: &str| Transaction {
+            source_account: MuxedAccount::Ed25519(Uint256([0; 32])),
+            fee: 100,
+            seq_num: SequenceNumber(1),
+            cond: Preconditions::None,
+            operations: VecM::default(),
+            memo: Memo::Text(memo.as_bytes().try_into().unwrap()),
+            ext: TransactionExt::V0,
+        };
+        let v1 = roundtrip(TransactionEnvelope::Tx(TransactionV1Envelope {
+            tx: tx("v1"),
+            signatures: VecM::default(),
+        }));
+        assert_eq!(
+            hex(&transaction_hash(&v1, net).unwrap()),
+            "cbe35083a4f43334c6314ef6f8c950200c91a336d7373efd34cfb71d2d009a63"
+        );
+        let bump = roundtrip(TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
+            tx: FeeBumpTransaction {
+                fee_source: MuxedAccount::Ed25519(Uint256([0; 32])),
+                fee: 200,
+                inner_tx: FeeBumpTransactionInnerTx::Tx(TransactionV1Envelope {
+                    tx: tx("inner"),
+                    signatures: VecM::default(),
+                }),
+                ext: FeeBumpTransactionExt::V0,
+            },
+            signatures: VecM::default(),
+        }));
+        assert_eq!(
+            hex(&transaction_hash(&bump, net).unwrap()),
+            "93136bdb126dfda1154143c5e16894fc9ccad41c1a54ed1f8dc8ed0964d53330"
+        );
+        assert_eq!(
+            hex(&sequence_owner(&bump, net).unwrap().hash),
+            "9f8bd4d2b3bb1ad9b4aac192fd4ee430a12862115d4464b904b4836ab2a60a35"
+        );
+    }
+
     #[test]
     fn hostile_xdr_is_rejected_without_panicking() {
         assert!(matches!(
