@@ -60,6 +60,11 @@ pub enum ErrorCode {
     NoCredentials,
     /// The key is not a required signer of this transaction.
     NotARequiredSigner,
+    /// A fee-bump was asked for an unsigned transaction.
+    NoSignaturesProvided,
+    /// The transaction cannot be fee-bumped here (already a fee-bump, or its source is
+    /// not an account this signer manages).
+    NotEligibleForFeeBump,
 }
 
 impl ErrorCode {
@@ -91,6 +96,8 @@ impl ErrorCode {
         ErrorCode::TooManySignatures,
         ErrorCode::NoCredentials,
         ErrorCode::NotARequiredSigner,
+        ErrorCode::NoSignaturesProvided,
+        ErrorCode::NotEligibleForFeeBump,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -121,6 +128,8 @@ impl ErrorCode {
             ErrorCode::TooManySignatures => "too_many_signatures",
             ErrorCode::NoCredentials => "no_credentials",
             ErrorCode::NotARequiredSigner => "not_a_required_signer",
+            ErrorCode::NoSignaturesProvided => "no_signatures_provided",
+            ErrorCode::NotEligibleForFeeBump => "not_eligible_for_fee_bump",
         }
     }
 
@@ -131,7 +140,9 @@ impl ErrorCode {
             | ErrorCode::MalformedTransaction
             | ErrorCode::WrongNetwork
             | ErrorCode::TooManySignatures
-            | ErrorCode::NotARequiredSigner => 400,
+            | ErrorCode::NotARequiredSigner
+            | ErrorCode::NoSignaturesProvided
+            | ErrorCode::NotEligibleForFeeBump => 400,
             ErrorCode::KmsAccessDenied => 403,
             ErrorCode::UnknownKey => 404,
             ErrorCode::PublicKeyMismatch

@@ -88,6 +88,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/ping", get(ping))
         .route("/v1/sign", axum::routing::post(crate::routes::sign::sign))
         .route(
+            "/v1/fee-bump",
+            axum::routing::post(crate::routes::fee_bump::fee_bump),
+        )
+        .route(
             "/v1/keys",
             get(crate::routes::keys::list).post(crate::routes::keys::register),
         )

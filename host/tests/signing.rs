@@ -455,6 +455,74 @@ async fn attested_signing_end_to_end_and_every_refusal() {
         .await;
     assert_eq!(unlocked["unlocked"][0]["account"], channels[2].as_str());
 
+    // POST /v1/fee-bump: the host builds the fee-bump, the distribution key signs it.
+    let inner = payment(&channels[3], &distribution);
+    let (_, body) = dev
+        .call(
+            Method::POST,
+            "/v1/fee-bump",
+            Some(json!({"transaction": b64(&inner), "base_fee": 300})),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], "no_signatures_provided", "{body}");
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&inner), "signers": [channels[3]]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let signed_inner = body["transaction"].as_str().unwrap().to_string();
+    let (status, bumped) = dev
+        .call(
+            Method::POST,
+            "/v1/fee-bump",
+            Some(json!({"transaction": signed_inner, "base_fee": 300})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{bumped}");
+    assert_eq!(bumped["fee"], 600, "base_fee × (1 operation + 1)");
+    assert_eq!(bumped["fee_source"], distribution.as_str());
+    assert_eq!(bumped["inner_hash"], body["hash"]);
+    let outer = TransactionEnvelope::from_xdr(
+        B64.decode(bumped["transaction"].as_str().unwrap()).unwrap(),
+        Limits::none(),
+    )
+    .unwrap();
+    let outer_hash = outer.hash(network_id()).unwrap();
+    assert_eq!(bumped["hash"], common::stellar::hex(&outer_hash));
+    let signature = B64
+        .decode(bumped["signatures"][0]["signature"].as_str().unwrap())
+        .unwrap();
+    VerifyingKey::from_bytes(&raw(&distribution))
+        .unwrap()
+        .verify(&outer_hash, &Signature::from_slice(&signature).unwrap())
+        .expect("the distribution key signed the fee-bump");
+    let (_, body) = dev
+        .call(
+            Method::POST,
+            "/v1/fee-bump",
+            Some(json!({"transaction": bumped["transaction"], "base_fee": 300})),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], "not_eligible_for_fee_bump", "{body}");
+    // A signed transaction from an account this signer does not manage.
+    let (foreign, foreign_seed) = random_account();
+    let mut foreign_tx = payment(&foreign, &distribution);
+    let foreign_hash = foreign_tx.hash(network_id()).unwrap();
+    let (raw_foreign, foreign_sig) =
+        enclave::keys::sign_checked(&foreign_seed, &foreign, &foreign_hash).unwrap();
+    common::stellar::add_signature(&mut foreign_tx, &raw_foreign, &foreign_sig).unwrap();
+    let (_, body) = dev
+        .call(
+            Method::POST,
+            "/v1/fee-bump",
+            Some(json!({"transaction": b64(&foreign_tx), "max_fee": 1000})),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], "not_eligible_for_fee_bump", "{body}");
+
     // The envelope format: KMS holds a data key, the store a sealed seed.
     let (envelope_key, envelope_seed) = random_account();
     let mut data_key = [0u8; 32];

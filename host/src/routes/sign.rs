@@ -5,7 +5,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::ErrorCode;
 use common::protocol::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response};
-use common::stellar::{MAX_SIGNATURES, decode_envelope, hex, network_id, sequence_owner};
+use common::stellar::{
+    MAX_SIGNATURES, decode_envelope, encode_envelope, hex, network_id, sequence_owner,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiJson, AppState, Caller, blocking};
@@ -34,10 +36,10 @@ pub struct SignatureOut {
 #[derive(Debug, Serialize)]
 pub struct SignAnswer {
     /// Base64 XDR of the envelope with the new signatures appended.
-    transaction: String,
+    pub transaction: String,
     /// Hex of the signature payload hash, computed by the enclave.
-    hash: String,
-    signatures: Vec<SignatureOut>,
+    pub hash: String,
+    pub signatures: Vec<SignatureOut>,
 }
 
 pub async fn sign(
@@ -45,25 +47,47 @@ pub async fn sign(
     ConnectInfo(caller): ConnectInfo<Caller>,
     ApiJson(request): ApiJson<SignRequest>,
 ) -> Result<axum::Json<SignAnswer>, ApiError> {
-    let network = request
-        .network_passphrase
+    let network = network_of(&state, request.network_passphrase)?;
+    let xdr = decode_base64(&request.transaction)?;
+    // Decoded here too, untrusted as on the enclave side, to fail early and for lock
+    // bookkeeping; the enclave decodes and hashes independently.
+    let envelope = decode_envelope(&xdr).map_err(|e| ApiError(e.into()))?;
+    let signed =
+        sign_envelope(&state, caller, &network, &envelope, request.signers, "sign").await?;
+    Ok(axum::Json(signed))
+}
+
+pub fn network_of(state: &AppState, requested: Option<String>) -> Result<String, ApiError> {
+    requested
         .or_else(|| state.network_passphrase.clone())
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::BadRequest,
                 "no network_passphrase in the request and none configured in [stellar]",
             )
-        })?;
-    let xdr = B64.decode(request.transaction.trim()).map_err(|e| {
+        })
+}
+
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(text.trim()).map_err(|e| {
         ApiError::new(
             ErrorCode::MalformedTransaction,
             format!("transaction is not base64: {e}"),
         )
-    })?;
-    // Decoded here too, untrusted as on the enclave side, to fail early and for lock
-    // bookkeeping; the enclave decodes and hashes independently.
-    let envelope = decode_envelope(&xdr).map_err(|e| ApiError(e.into()))?;
-    let mut signers = request.signers;
+    })
+}
+
+/// Looks the signers up, has the enclave sign `envelope`, audits every outcome as
+/// `kind`, and keeps the channel whose sequence the transaction consumes locked.
+pub async fn sign_envelope(
+    state: &AppState,
+    caller: Caller,
+    network: &str,
+    envelope: &stellar_xdr::TransactionEnvelope,
+    mut signers: Vec<String>,
+    kind: &'static str,
+) -> Result<SignAnswer, ApiError> {
+    let xdr = encode_envelope(envelope).map_err(|e| ApiError(e.into()))?;
     signers.dedup();
     if signers.is_empty() || signers.len() > MAX_SIGNATURES {
         return Err(ApiError::new(
@@ -102,7 +126,7 @@ pub async fn sign(
     let outcome = state
         .enclave
         .call(Request::Sign {
-            network_passphrase: network.clone(),
+            network_passphrase: network.to_string(),
             transaction: xdr,
             signers: material,
         })
@@ -129,7 +153,7 @@ pub async fn sign(
     let tx_hash = outcome.as_ref().ok().map(|_| hex(&hash));
     // Channel bookkeeping: the account whose sequence this transaction consumes stays
     // locked until the transaction can no longer land.
-    let owner = sequence_owner(&envelope, network_id(&network)).ok();
+    let owner = sequence_owner(envelope, network_id(network)).ok();
     let store = state.store.clone();
     let locks = state.locks.clone();
     let audited = signers.clone();
@@ -140,7 +164,7 @@ pub async fn sign(
                 caller_uid: caller.uid,
                 public_key: Some(public_key.clone()),
                 tx_hash: tx_hash.clone(),
-                kind: "sign".into(),
+                kind: kind.into(),
                 outcome: audit_outcome.clone(),
                 detail: None,
             })?;
@@ -156,7 +180,7 @@ pub async fn sign(
     })
     .await?;
     outcome.map_err(ApiError)?;
-    Ok(axum::Json(SignAnswer {
+    Ok(SignAnswer {
         transaction: B64.encode(&transaction),
         hash: hex(&hash),
         signatures: signatures
@@ -167,5 +191,5 @@ pub async fn sign(
                 signature: B64.encode(&s.signature),
             })
             .collect(),
-    }))
+    })
 }
