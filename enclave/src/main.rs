@@ -12,10 +12,16 @@ use enclave::nsm::Nsm;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// `--version` names the build flavour, so tooling can tell a mock build apart.
+#[cfg(feature = "mock")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (mock build: development only)");
+#[cfg(not(feature = "mock"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (production build)");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "signer-enclave",
-    version,
+    version = VERSION,
     about = "Stellar signer: the enclave side"
 )]
 struct Args {

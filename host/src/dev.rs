@@ -126,6 +126,18 @@ async fn run_stack(
 ) -> anyhow::Result<()> {
     let kms_bin = binary(options, "signer-mock-kms")?;
     let enclave_bin = binary(options, "signer-enclave")?;
+    let version = Command::new(&enclave_bin)
+        .arg("--version")
+        .output()
+        .await
+        .with_context(|| format!("running {} --version", enclave_bin.display()))?;
+    if !String::from_utf8_lossy(&version.stdout).contains("mock build") {
+        bail!(
+            "{} is a production build; the local stack needs the mock enclave: \
+             cargo build --workspace --features enclave/mock",
+            enclave_bin.display()
+        );
+    }
     let db = dir.join("signer.db");
     let kms_state = dir.join("mock-kms-state.json");
     let nsm_ca = dir.join("mock-nsm-ca");
