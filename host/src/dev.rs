@@ -209,6 +209,7 @@ async fn run_stack(
         .arg("--mock-pcrs")
         .arg(&pcrs)
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         // Its own process group: Ctrl-C reaches only us, and we stop the enclave after
         // the host has drained.
         .process_group(0)
@@ -362,7 +363,10 @@ async fn print_banner(dir: &Path, host_socket: &Path, kms_url: &str) {
             _ => {}
         }
     }
-    println!(
+    // A closed stdout (the terminal went away) must not bring the stack down.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
         "\nsigner-host dev: local stack is up (mock enclave, mock KMS; NOT for production)\n\
          \n  state dir      {dir}\n  host API       {socket}\n  mock KMS       {kms_url}\
          \n  network        {DEV_NETWORK}\n  distribution   {distribution}\

@@ -46,10 +46,16 @@ impl Dev {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let ready = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("Ctrl-C stops everything"));
+        // Keep reading stdout to the end, so no process ever writes into a closed pipe.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Ctrl-C stops everything") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        let ready = ready_rx.recv().is_ok();
         assert!(
             ready,
             "dev stack did not start:\n{}",

@@ -208,20 +208,24 @@ async fn dev_command_brings_up_the_stack_and_ctrl_c_stops_it() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let curl_line = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find(|line| line.contains("curl --unix-socket"))
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|| {
-        panic!(
-            "no curl line printed; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
+    // Keep reading stdout to the end, so no process ever writes into a closed pipe.
+    let (found_tx, found_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("curl --unix-socket") {
+                let _ = found_tx.send(line);
+            }
+        }
     });
+    let curl_line = tokio::task::spawn_blocking(move || found_rx.recv().ok())
+        .await
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!(
+                "no curl line printed; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     let host_socket = state.join("host.sock");
     assert!(
         curl_line.contains(&host_socket.display().to_string()),
@@ -241,7 +245,11 @@ async fn dev_command_brings_up_the_stack_and_ctrl_c_stops_it() {
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
-    assert!(status.success(), "dev exited with {status}");
+    assert!(
+        status.success(),
+        "dev exited with {status}; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // Both processes are gone: neither socket remains.
     assert!(!host_socket.exists());
     for _ in 0..100 {
