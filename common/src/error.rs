@@ -65,6 +65,8 @@ pub enum ErrorCode {
     /// The transaction cannot be fee-bumped here (already a fee-bump, or its source is
     /// not an account this signer manages).
     NotEligibleForFeeBump,
+    /// The transaction breaks the enclave's signing policy; the message names the rule.
+    PolicyViolation,
 }
 
 impl ErrorCode {
@@ -98,6 +100,7 @@ impl ErrorCode {
         ErrorCode::NotARequiredSigner,
         ErrorCode::NoSignaturesProvided,
         ErrorCode::NotEligibleForFeeBump,
+        ErrorCode::PolicyViolation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -130,6 +133,7 @@ impl ErrorCode {
             ErrorCode::NotARequiredSigner => "not_a_required_signer",
             ErrorCode::NoSignaturesProvided => "no_signatures_provided",
             ErrorCode::NotEligibleForFeeBump => "not_eligible_for_fee_bump",
+            ErrorCode::PolicyViolation => "policy_violation",
         }
     }
 
@@ -143,7 +147,7 @@ impl ErrorCode {
             | ErrorCode::NotARequiredSigner
             | ErrorCode::NoSignaturesProvided
             | ErrorCode::NotEligibleForFeeBump => 400,
-            ErrorCode::KmsAccessDenied => 403,
+            ErrorCode::KmsAccessDenied | ErrorCode::PolicyViolation => 403,
             ErrorCode::UnknownKey => 404,
             ErrorCode::PublicKeyMismatch
             | ErrorCode::UnusableKey

@@ -9,6 +9,7 @@ pub mod frame;
 pub mod logging;
 #[cfg(feature = "mock")]
 pub mod mock_nsm;
+pub mod policy;
 pub mod protocol;
 pub mod signal;
 pub mod stellar;

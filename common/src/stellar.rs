@@ -171,6 +171,17 @@ pub fn required_signers(envelope: &TransactionEnvelope) -> Vec<[u8; 32]> {
     signers
 }
 
+/// A v1 transaction's `maxTime`, when bounded (0 means unbounded).
+pub fn max_time(tx: &stellar_xdr::Transaction) -> Option<u64> {
+    use stellar_xdr::Preconditions;
+    let bound = match &tx.cond {
+        Preconditions::None => None,
+        Preconditions::Time(t) => Some(t.max_time.0),
+        Preconditions::V2(v2) => v2.time_bounds.as_ref().map(|t| t.max_time.0),
+    };
+    bound.filter(|t| *t != 0)
+}
+
 /// Who a transaction's sequence number belongs to, and until when it can land.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SequenceOwner {
@@ -190,15 +201,10 @@ pub fn sequence_owner(
     envelope: &TransactionEnvelope,
     network_id: [u8; 32],
 ) -> Result<SequenceOwner, StellarError> {
-    use stellar_xdr::{FeeBumpTransactionInnerTx, MuxedAccount, Preconditions};
+    use stellar_xdr::{FeeBumpTransactionInnerTx, MuxedAccount};
     let account = |m: &MuxedAccount| match m {
         MuxedAccount::Ed25519(k) => k.0,
         MuxedAccount::MuxedEd25519(m) => m.ed25519.0,
-    };
-    let max_time = |cond: &Preconditions| match cond {
-        Preconditions::None => None,
-        Preconditions::Time(t) => Some(t.max_time.0),
-        Preconditions::V2(v2) => v2.time_bounds.as_ref().map(|t| t.max_time.0),
     };
     let bounded = |t: u64| (t != 0).then_some(t);
     match envelope {
@@ -213,7 +219,7 @@ pub fn sequence_owner(
         }),
         TransactionEnvelope::Tx(e) => Ok(SequenceOwner {
             account: account(&e.tx.source_account),
-            max_time: max_time(&e.tx.cond).and_then(bounded),
+            max_time: max_time(&e.tx),
             hash: transaction_hash(envelope, network_id)?,
         }),
         TransactionEnvelope::TxFeeBump(e) => {
@@ -221,7 +227,7 @@ pub fn sequence_owner(
             let inner_envelope = TransactionEnvelope::Tx(inner.clone());
             Ok(SequenceOwner {
                 account: account(&inner.tx.source_account),
-                max_time: max_time(&inner.tx.cond).and_then(bounded),
+                max_time: max_time(&inner.tx),
                 hash: transaction_hash(&inner_envelope, network_id)?,
             })
         }

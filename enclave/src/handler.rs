@@ -14,6 +14,8 @@ use futures_util::future::join_all;
 use tracing::{info, warn};
 
 use crate::BUILD_FLAVOR;
+use common::policy::SigningPolicy;
+
 use crate::attestor::Attestor;
 use crate::cache::KeyCache;
 use crate::keys::{KeyError, open_sealed_seed, seed_from_kms_direct, sign_checked};
@@ -37,16 +39,24 @@ pub struct Signing {
     pub attestor: Arc<Attestor>,
     /// Opt-in: decrypted seeds kept for a bounded time and number of uses.
     pub cache: Option<Arc<KeyCache>>,
+    /// What the keys may sign, from this enclave's own configuration.
+    pub policy: SigningPolicy,
 }
 
 impl Signing {
-    pub fn new(network_passphrase: String, kms: KmsClient, attestor: Arc<Attestor>) -> Signing {
+    pub fn new(
+        network_passphrase: String,
+        kms: KmsClient,
+        attestor: Arc<Attestor>,
+        policy: SigningPolicy,
+    ) -> Signing {
         Signing {
             network_id: network_id(&network_passphrase),
             network_passphrase,
             kms,
             attestor,
             cache: None,
+            policy,
         }
     }
 }
@@ -184,7 +194,10 @@ impl Handler {
                         format!("{:?} is not a G... key", key.public_key),
                     )
                 })?;
-            if !required.contains(&raw.0) {
+            if required.contains(&raw.0) {
+                // Checked before any KMS call: a refused transaction costs nothing.
+                signing.policy.check(&envelope, &raw.0, now_unix())?;
+            } else {
                 return Err(wire(
                     ErrorCode::NotARequiredSigner,
                     format!(
@@ -274,4 +287,11 @@ async fn sign_one(
         }
     }
     result
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }

@@ -53,6 +53,28 @@ struct Args {
     #[arg(long, env = "SIGNER_KMS_RELAY", default_value = "vsock://3:8000")]
     kms_relay: Endpoint,
 
+    /// The distribution account (G...). Every other key is a channel account, bound by
+    /// the channel rules of the signing policy.
+    #[arg(long, env = "SIGNER_DISTRIBUTION_ACCOUNT")]
+    distribution_account: Option<String>,
+
+    /// Policy: how far ahead a channel transaction's maxTime may be.
+    #[arg(long, default_value_t = 300)]
+    policy_max_time_window_secs: u64,
+
+    /// Policy: the largest total fee (stroops) of a channel-sourced transaction.
+    #[arg(long, default_value_t = 10_000_000)]
+    policy_max_fee: i64,
+
+    /// Policy: the largest fee-bump fee (stroops) the distribution account pays.
+    #[arg(long, default_value_t = 10_000_000)]
+    policy_max_fee_bump_fee: i64,
+
+    /// Policy: let the distribution key sign anything it is a required signer of, not
+    /// only fee-bumps and channel provisioning.
+    #[arg(long)]
+    policy_distribution_unrestricted: bool,
+
     /// Opt-in key cache: keep a decrypted seed this many seconds (0 = off, the default:
     /// one KMS call per signature). Trades a bounded exposure window for throughput.
     #[arg(long, default_value_t = 0)]
@@ -160,13 +182,29 @@ fn kms_roots(args: &Args) -> anyhow::Result<rustls::RootCertStore> {
 /// Signing needs a network and a KMS region. Production builds refuse to start without
 /// them; mock builds may run as a bare transport endpoint (protocol tests).
 fn signing(args: &Args, shutdown: &CancellationToken) -> anyhow::Result<Option<Signing>> {
-    let (Some(network), Some(region)) = (&args.network_passphrase, &args.kms_region) else {
+    let (Some(network), Some(region), Some(distribution)) = (
+        &args.network_passphrase,
+        &args.kms_region,
+        &args.distribution_account,
+    ) else {
         if cfg!(feature = "mock") {
-            info!("no --network-passphrase/--kms-region: signing disabled");
+            info!("no --network-passphrase/--kms-region/--distribution-account: signing disabled");
             return Ok(None);
         }
-        bail!("--network-passphrase and --kms-region are required");
+        bail!("--network-passphrase, --kms-region and --distribution-account are required");
     };
+    let distribution =
+        stellar_strkey::ed25519::PublicKey::from_string(distribution).map_err(|_| {
+            anyhow::anyhow!("--distribution-account {distribution:?} is not a G... key")
+        })?;
+    let policy = common::policy::SigningPolicy {
+        distribution: distribution.0,
+        max_time_window_secs: args.policy_max_time_window_secs,
+        max_fee: args.policy_max_fee,
+        max_fee_bump_fee: args.policy_max_fee_bump_fee,
+        distribution_unrestricted: args.policy_distribution_unrestricted,
+    };
+    info!(?policy, "signing policy");
     let endpoint_url = args
         .kms_endpoint
         .clone()
@@ -185,7 +223,7 @@ fn signing(args: &Args, shutdown: &CancellationToken) -> anyhow::Result<Option<S
         Duration::from_secs(args.attestation_rotation_secs.max(10)),
         shutdown.clone(),
     );
-    let mut signing = Signing::new(network.clone(), kms, attestor);
+    let mut signing = Signing::new(network.clone(), kms, attestor, policy);
     if args.key_cache_ttl_secs > 0 {
         let cache = Arc::new(enclave::cache::KeyCache::new(
             Duration::from_secs(args.key_cache_ttl_secs),

@@ -149,7 +149,7 @@ async fn run_stack(
 
     std::fs::write(&policy, dev_policy()?)
         .with_context(|| format!("writing {}", policy.display()))?;
-    provision_dev_keys(&kms_bin, &kms_state, &db).await?;
+    let distribution = provision_dev_keys(&kms_bin, &kms_state, &db).await?;
 
     // The mock KMS: prints its address once bound.
     let mut kms = Command::new(&kms_bin)
@@ -208,6 +208,8 @@ async fn run_stack(
         .arg(&nsm_ca)
         .arg("--mock-pcrs")
         .arg(&pcrs)
+        .arg("--distribution-account")
+        .arg(&distribution)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // Its own process group: Ctrl-C reaches only us, and we stop the enclave after
@@ -255,12 +257,20 @@ async fn run_stack(
 }
 
 /// Fills an empty store with one distribution and some channel keys, encrypted by the
-/// mock KMS in the kms-direct format. A development shortcut: production keys are
-/// generated inside the enclave or imported by the operator.
-async fn provision_dev_keys(kms_bin: &Path, kms_state: &Path, db: &Path) -> anyhow::Result<()> {
+/// mock KMS in the kms-direct format, and returns the distribution account. A
+/// development shortcut: production keys are generated inside the enclave or imported
+/// by the operator.
+async fn provision_dev_keys(kms_bin: &Path, kms_state: &Path, db: &Path) -> anyhow::Result<String> {
     let store = Store::open(db, LockPolicy::default(), Duration::from_secs(5))?;
-    if !store.list_keys(None)?.is_empty() {
-        return Ok(());
+    let distribution = || -> anyhow::Result<Option<String>> {
+        Ok(store
+            .list_keys(Some(KeyRole::Distribution))?
+            .into_iter()
+            .next()
+            .map(|k| k.public_key))
+    };
+    if let Some(existing) = distribution()? {
+        return Ok(existing);
     }
     let output = Command::new(kms_bin)
         .arg("--state")
@@ -307,7 +317,7 @@ async fn provision_dev_keys(kms_bin: &Path, kms_state: &Path, db: &Path) -> anyh
         keys = keys.len(),
         "provisioned development keys (mock KMS, kms-direct)"
     );
-    Ok(())
+    distribution()?.context("provisioning produced no distribution key")
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

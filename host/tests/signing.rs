@@ -307,6 +307,57 @@ async fn attested_signing_end_to_end_and_every_refusal() {
         "{body}"
     );
 
+    // The enclave's signing policy, checked before any KMS call.
+    let mut far = payment(&channels[1], &distribution);
+    if let TransactionEnvelope::Tx(e) = &mut far {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        e.tx.cond = Preconditions::Time(TimeBounds {
+            min_time: TimePoint(0),
+            max_time: TimePoint(now + 3600),
+        });
+    }
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&far), "signers": [channels[1]]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("policy_violation")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_time_window"),
+        "{body}"
+    );
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&payment(&distribution, &channels[1])), "signers": [distribution]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("policy_violation")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("distribution_provisioning_only"),
+        "{body}"
+    );
+
     // A key this signer does not hold.
     let (stranger, _) = random_account();
     let (status, body) = dev
