@@ -250,6 +250,8 @@ fn signing(args: &Args, shutdown: &CancellationToken) -> anyhow::Result<Option<S
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let mut signals =
+        common::signal::ShutdownSignals::install().context("installing signal handlers")?;
     // The first use of the TLS random generator costs tens of milliseconds; pay it at
     // start-up rather than on the first signature.
     let mut warm_up = [0u8; 32];
@@ -272,9 +274,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(Handler::new(signing)),
         shutdown.clone(),
     ));
-    let signal = common::signal::shutdown_signal()
-        .await
-        .context("installing signal handlers")?;
+    let signal = signals.recv().await;
     info!(signal, "stopping");
     shutdown.cancel();
     let _ = server.await;

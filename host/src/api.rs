@@ -28,6 +28,8 @@ pub struct AppState {
     pub locks: std::sync::Arc<dyn ChannelLocks>,
     /// `stellar.network_passphrase`, for sign requests that name no network.
     pub network_passphrase: Option<String>,
+    /// The signing-policy settings the host pre-checks with.
+    pub policy: crate::config::PolicyConfig,
 }
 
 impl AppState {
@@ -38,6 +40,7 @@ impl AppState {
             store,
             locks,
             network_passphrase: None,
+            policy: crate::config::PolicyConfig::default(),
         }
     }
 }

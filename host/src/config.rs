@@ -20,6 +20,33 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub stellar: StellarConfig,
     pub kms: KmsConfig,
+    pub policy: PolicyConfig,
+}
+
+/// The host's copy of the enclave's signing-policy settings (keep them equal to the
+/// enclave's flags). The host checks first so callers get `policy_violation` without a
+/// round trip; the enclave's own check is the one that counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Pre-check at all (tests turn it off to exercise the enclave's own check).
+    pub precheck: bool,
+    pub max_time_window_secs: u64,
+    pub max_fee: i64,
+    pub max_fee_bump_fee: i64,
+    pub distribution_unrestricted: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            precheck: true,
+            max_time_window_secs: 300,
+            max_fee: 10_000_000,
+            max_fee_bump_fee: 10_000_000,
+            distribution_unrestricted: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,6 +54,8 @@ pub struct DevOptions {
     /// PCRs the mock enclave reports, when they should differ from what the policy
     /// admits (to see an attestation denial): INDEX=HEX[,INDEX=HEX...].
     pub enclave_pcrs: Option<String>,
+    /// Skip the host's policy pre-check, so the enclave's own enforcement answers.
+    pub no_host_policy_precheck: bool,
 }
 
 /// The shipped key-policy template, rendered for the development PCRs.
@@ -236,6 +238,7 @@ async fn run_stack(
     config.store.path = db;
     config.enclave.endpoint = enclave_endpoint;
     config.stellar.network_passphrase = Some(DEV_NETWORK.to_string());
+    config.policy.precheck = !options.no_host_policy_precheck;
     config.kms.region = Some("us-east-1".to_string());
     config.kms.endpoint = Some(kms_url.clone());
     config.kms.relay_listen = relay;

@@ -81,6 +81,10 @@ enum Command {
         /// (INDEX=HEX,...), to see an attestation denial.
         #[arg(long)]
         enclave_pcrs: Option<String>,
+        /// Skip the host's signing-policy pre-check, so the enclave's own enforcement
+        /// answers (for testing the enclave).
+        #[arg(long)]
+        no_host_policy_precheck: bool,
     },
     /// Measure request throughput and latency through the host and the enclave.
     Bench {
@@ -156,12 +160,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             dir,
             bin_dir,
             enclave_pcrs,
+            no_host_policy_precheck,
         } => {
             host::dev::run(
                 DevOptions {
                     dir,
                     bin_dir,
                     enclave_pcrs,
+                    no_host_policy_precheck,
                 },
                 shutdown_on_signal(),
             )
@@ -182,16 +188,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// A token cancelled by the first SIGTERM or SIGINT.
+/// A token cancelled by the first SIGTERM or SIGINT. The handlers are registered before
+/// this returns, so no signal sent afterwards is lost.
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
-    tokio::spawn(async move {
-        match common::signal::shutdown_signal().await {
-            Ok(signal) => info!(signal, "shutting down"),
-            Err(e) => tracing::error!(error = %e, "cannot listen for signals; shutting down"),
+    match common::signal::ShutdownSignals::install() {
+        Ok(mut signals) => {
+            tokio::spawn(async move {
+                let signal = signals.recv().await;
+                info!(signal, "shutting down");
+                trigger.cancel();
+            });
         }
-        trigger.cancel();
-    });
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals; shutting down");
+            trigger.cancel();
+        }
+    }
     token
 }

@@ -83,6 +83,7 @@ impl BoundHost {
         }
         let mut state = AppState::new(enclave, store);
         state.network_passphrase = config.stellar.network_passphrase.clone();
+        state.policy = config.policy.clone();
         let app = router(state, config.api.max_body_bytes)
             .into_make_service_with_connect_info::<Caller>();
         info!(

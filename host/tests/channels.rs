@@ -355,3 +355,72 @@ async fn sigkill_while_writing_keys_never_loses_or_tears_a_key() {
         acknowledged.len()
     );
 }
+
+fn channel_payment(source: &str, max_time_ahead: u64) -> String {
+    use base64::Engine;
+    use stellar_xdr::*;
+    let raw = stellar_strkey::ed25519::PublicKey::from_string(source)
+        .unwrap()
+        .0;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let envelope = TransactionEnvelope::Tx(TransactionV1Envelope {
+        tx: Transaction {
+            source_account: MuxedAccount::Ed25519(Uint256(raw)),
+            fee: 100,
+            seq_num: SequenceNumber(1),
+            cond: Preconditions::Time(TimeBounds {
+                min_time: TimePoint(0),
+                max_time: TimePoint(now + max_time_ahead),
+            }),
+            memo: Memo::None,
+            operations: vec![Operation {
+                source_account: None,
+                body: OperationBody::BumpSequence(BumpSequenceOp {
+                    bump_to: SequenceNumber(2),
+                }),
+            }]
+            .try_into()
+            .unwrap(),
+            ext: TransactionExt::V0,
+        },
+        signatures: VecM::default(),
+    });
+    base64::engine::general_purpose::STANDARD.encode(envelope.to_xdr(Limits::none()).unwrap())
+}
+
+/// The host applies the enclave's signing policy first: a violation is answered even
+/// with the enclave down, while a compliant request goes on to the enclave.
+#[tokio::test]
+async fn the_host_prechecks_the_signing_policy_without_the_enclave() {
+    let mut stack = Stack::start().await;
+    let (status, _) = stack
+        .post("/v1/keys", register_body(500, "distribution"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    register_channels(&stack, 0..1).await;
+    let mut enclave = stack.enclave.take().unwrap();
+    enclave.signal(Signal::SIGKILL);
+    enclave.wait_exit(Duration::from_secs(10));
+
+    let far = json!({"transaction": channel_payment(&test_account(0), 3600), "signers": [test_account(0)],
+                     "network_passphrase": "Test SDF Network ; September 2015"});
+    let (status, body) = stack.post("/v1/sign", far).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "policy_violation");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_time_window"),
+        "{body}"
+    );
+
+    let fine = json!({"transaction": channel_payment(&test_account(0), 60), "signers": [test_account(0)],
+                      "network_passphrase": "Test SDF Network ; September 2015"});
+    let (status, body) = stack.post("/v1/sign", fine).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "enclave_unavailable");
+}

@@ -128,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         attestation_max_age: Duration::from_secs(args.attestation_max_age_secs),
         ..MockKmsConfig::new(args.state, policy, root_der)
     };
+    let mut signals = common::signal::ShutdownSignals::install()?;
     let kms = MockKms::bind(config, args.listen, &ca_out).await?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on https://{}", kms.local_addr())?;
@@ -135,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     drop(stdout);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(kms.serve(shutdown.clone()));
-    let signal = common::signal::shutdown_signal().await?;
+    let signal = signals.recv().await;
     tracing::info!(signal, "shutting down");
     shutdown.cancel();
     server.await?;

@@ -4,14 +4,16 @@ use axum::extract::{ConnectInfo, State};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::ErrorCode;
+use common::policy::SigningPolicy;
 use common::protocol::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response};
 use common::stellar::{
-    MAX_SIGNATURES, decode_envelope, encode_envelope, hex, network_id, sequence_owner,
+    MAX_SIGNATURES, decode_envelope, encode_envelope, hex, network_id, required_signers,
+    sequence_owner,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiJson, AppState, Caller, blocking};
-use crate::store::{AuditEntry, KeyFormat, KeyState, StoreError};
+use crate::store::{AuditEntry, KeyFormat, KeyRole, KeyState, StoreError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +79,55 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
+/// The enclave's policy, checked here first with the host's copy of its settings and
+/// the stored distribution key, so a violation costs no round trip. Not a security
+/// boundary: the enclave checks again.
+async fn precheck_policy(
+    state: &AppState,
+    envelope: &stellar_xdr::TransactionEnvelope,
+    signers: &[String],
+) -> Result<(), ApiError> {
+    if !state.policy.precheck {
+        return Ok(());
+    }
+    let store = state.store.clone();
+    let distribution = blocking(move || {
+        Ok(store
+            .list_keys(Some(KeyRole::Distribution))?
+            .into_iter()
+            .find(|k| k.state == KeyState::Active)
+            .map(|k| k.public_key))
+    })
+    .await?;
+    let Some(distribution) =
+        distribution.and_then(|d| stellar_strkey::ed25519::PublicKey::from_string(&d).ok())
+    else {
+        return Ok(());
+    };
+    let policy = SigningPolicy {
+        distribution: distribution.0,
+        max_time_window_secs: state.policy.max_time_window_secs,
+        max_fee: state.policy.max_fee,
+        max_fee_bump_fee: state.policy.max_fee_bump_fee,
+        distribution_unrestricted: state.policy.distribution_unrestricted,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let required = required_signers(envelope);
+    for signer in signers {
+        if let Ok(key) = stellar_strkey::ed25519::PublicKey::from_string(signer)
+            && required.contains(&key.0)
+        {
+            policy
+                .check(envelope, &key.0, now)
+                .map_err(|v| ApiError(v.into()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Looks the signers up, has the enclave sign `envelope`, audits every outcome as
 /// `kind`, and keeps the channel whose sequence the transaction consumes locked.
 pub async fn sign_envelope(
@@ -104,6 +155,7 @@ pub async fn sign_envelope(
             .collect::<Result<Vec<_>, StoreError>>()
     })
     .await?;
+    precheck_policy(state, envelope, &signers).await?;
     let mut material = Vec::with_capacity(keys.len());
     for (public_key, key) in keys {
         let key = key.filter(|k| k.state == KeyState::Active).ok_or_else(|| {
