@@ -10,7 +10,9 @@
 //!   channel-provisioning transactions (sponsorship, `CreateAccount` with balance 0,
 //!   `AccountMerge` into itself) only, unless `distribution_unrestricted`.
 
-use stellar_xdr::{MuxedAccount, Operation, OperationBody, TransactionEnvelope};
+use stellar_xdr::{Operation, OperationBody, TransactionEnvelope};
+
+use crate::stellar::account_key as muxed;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigningPolicy {
@@ -42,13 +44,6 @@ fn violation(rule: &'static str, detail: impl Into<String>) -> PolicyViolation {
     PolicyViolation {
         rule,
         detail: detail.into(),
-    }
-}
-
-fn muxed(m: &MuxedAccount) -> [u8; 32] {
-    match m {
-        MuxedAccount::Ed25519(k) => k.0,
-        MuxedAccount::MuxedEd25519(m) => m.ed25519.0,
     }
 }
 

@@ -143,11 +143,8 @@ pub fn add_signature(
 /// resolve to their G account); the fee source for a fee-bump (the inner transaction's
 /// signers sign the inner hash, not this one).
 pub fn required_signers(envelope: &TransactionEnvelope) -> Vec<[u8; 32]> {
-    use stellar_xdr::{MuxedAccount, Operation};
-    let account = |m: &MuxedAccount| match m {
-        MuxedAccount::Ed25519(k) => k.0,
-        MuxedAccount::MuxedEd25519(m) => m.ed25519.0,
-    };
+    use stellar_xdr::Operation;
+    let account = account_key;
     let op_sources = |ops: &[Operation]| -> Vec<[u8; 32]> {
         ops.iter()
             .filter_map(|op| op.source_account.as_ref().map(account))
@@ -169,6 +166,14 @@ pub fn required_signers(envelope: &TransactionEnvelope) -> Vec<[u8; 32]> {
     signers.sort_unstable();
     signers.dedup();
     signers
+}
+
+/// The G account behind a (possibly muxed) account.
+pub fn account_key(account: &stellar_xdr::MuxedAccount) -> [u8; 32] {
+    match account {
+        stellar_xdr::MuxedAccount::Ed25519(k) => k.0,
+        stellar_xdr::MuxedAccount::MuxedEd25519(m) => m.ed25519.0,
+    }
 }
 
 /// A v1 transaction's `maxTime`, when bounded (0 means unbounded).
@@ -201,11 +206,8 @@ pub fn sequence_owner(
     envelope: &TransactionEnvelope,
     network_id: [u8; 32],
 ) -> Result<SequenceOwner, StellarError> {
-    use stellar_xdr::{FeeBumpTransactionInnerTx, MuxedAccount};
-    let account = |m: &MuxedAccount| match m {
-        MuxedAccount::Ed25519(k) => k.0,
-        MuxedAccount::MuxedEd25519(m) => m.ed25519.0,
-    };
+    use stellar_xdr::FeeBumpTransactionInnerTx;
+    let account = account_key;
     let bounded = |t: u64| (t != 0).then_some(t);
     match envelope {
         TransactionEnvelope::TxV0(e) => Ok(SequenceOwner {
