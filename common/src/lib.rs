@@ -16,3 +16,11 @@ pub mod stellar;
 pub mod transport;
 
 pub use error::{ErrorCode, WireError};
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}

@@ -196,7 +196,9 @@ impl Handler {
                 })?;
             if required.contains(&raw.0) {
                 // Checked before any KMS call: a refused transaction costs nothing.
-                signing.policy.check(&envelope, &raw.0, now_unix())?;
+                signing
+                    .policy
+                    .check(&envelope, &raw.0, common::now_unix_secs())?;
             } else {
                 return Err(wire(
                     ErrorCode::NotARequiredSigner,
@@ -287,11 +289,4 @@ async fn sign_one(
         }
     }
     result
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }

@@ -72,7 +72,7 @@ pub struct KmsConfig {
     pub credentials_refresh_secs: u64,
     /// `credentials = "static"` only: for local development against the mock KMS.
     pub static_access_key_id: Option<String>,
-    pub static_secret_access_key: Option<String>,
+    pub static_secret_access_key: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +228,18 @@ impl ChannelsConfig {
     }
 }
 
+/// A secret configuration value: read and written as a plain string, never shown by
+/// `Debug` (configurations get logged and printed in errors).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 /// File permission bits written as an octal string in TOML (`"0660"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketMode(pub u32);
@@ -380,6 +392,19 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn secrets_load_but_never_show_in_debug() {
+        let config: Config = toml::from_str(
+            "[kms]\ncredentials = \"static\"\nstatic_access_key_id = \"AKID\"\nstatic_secret_access_key = \"hunter2\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.kms.static_secret_access_key.as_ref().unwrap().0,
+            "hunter2"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -60,7 +60,11 @@ pub async fn spawn(
     let source = match config.credentials {
         CredentialsSource::Static => Source::Static(AwsCredentials {
             access_key_id: config.static_access_key_id.clone().unwrap_or_default(),
-            secret_access_key: config.static_secret_access_key.clone().unwrap_or_default(),
+            secret_access_key: config
+                .static_secret_access_key
+                .as_ref()
+                .map(|s| s.0.clone())
+                .unwrap_or_default(),
             session_token: None,
             expires_unix: None,
         }),

@@ -244,7 +244,8 @@ async fn run_stack(
     config.kms.relay_listen = relay;
     config.kms.credentials = CredentialsSource::Static;
     config.kms.static_access_key_id = Some("AKIDSIGNERDEV".to_string());
-    config.kms.static_secret_access_key = Some("signer-dev-secret".to_string());
+    config.kms.static_secret_access_key =
+        Some(crate::config::SecretString("signer-dev-secret".to_string()));
     let host = BoundHost::bind(config)?;
     let serving = tokio::spawn(host.run(shutdown.clone()));
 

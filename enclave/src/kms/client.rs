@@ -53,10 +53,6 @@ impl PushedCredentials {
             "signer-host",
         ))));
     }
-
-    pub fn expiry(&self) -> Option<Option<SystemTime>> {
-        self.0.load().as_ref().map(|c| c.expiry())
-    }
 }
 
 impl ProvideCredentials for PushedCredentials {

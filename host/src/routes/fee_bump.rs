@@ -3,7 +3,7 @@
 
 use axum::extract::{ConnectInfo, State};
 use common::ErrorCode;
-use common::stellar::{decode_envelope, hex, network_id, sequence_owner};
+use common::stellar::{decode_envelope, encode_envelope, hex, network_id, sequence_owner};
 use serde::{Deserialize, Serialize};
 use stellar_xdr::{
     FeeBumpTransaction, FeeBumpTransactionEnvelope, FeeBumpTransactionExt,
@@ -139,11 +139,12 @@ pub async fn fee_bump(
         },
         signatures: Default::default(),
     });
+    let xdr = encode_envelope(&bump).map_err(|e| ApiError(e.into()))?;
     let signed = sign_envelope(
         &state,
         caller,
         &network,
-        &bump,
+        (&bump, xdr),
         vec![distribution.clone()],
         "fee_bump",
     )

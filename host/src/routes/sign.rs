@@ -7,8 +7,7 @@ use common::ErrorCode;
 use common::policy::SigningPolicy;
 use common::protocol::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response};
 use common::stellar::{
-    MAX_SIGNATURES, decode_envelope, encode_envelope, hex, network_id, required_signers,
-    sequence_owner,
+    MAX_SIGNATURES, decode_envelope, hex, network_id, required_signers, sequence_owner,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,8 +53,15 @@ pub async fn sign(
     // Decoded here too, untrusted as on the enclave side, to fail early and for lock
     // bookkeeping; the enclave decodes and hashes independently.
     let envelope = decode_envelope(&xdr).map_err(|e| ApiError(e.into()))?;
-    let signed =
-        sign_envelope(&state, caller, &network, &envelope, request.signers, "sign").await?;
+    let signed = sign_envelope(
+        &state,
+        caller,
+        &network,
+        (&envelope, xdr),
+        request.signers,
+        "sign",
+    )
+    .await?;
     Ok(axum::Json(signed))
 }
 
@@ -82,25 +88,14 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
 /// The enclave's policy, checked here first with the host's copy of its settings and
 /// the stored distribution key, so a violation costs no round trip. Not a security
 /// boundary: the enclave checks again.
-async fn precheck_policy(
+fn precheck_policy(
     state: &AppState,
     envelope: &stellar_xdr::TransactionEnvelope,
     signers: &[String],
+    distribution: Option<&str>,
 ) -> Result<(), ApiError> {
-    if !state.policy.precheck {
-        return Ok(());
-    }
-    let store = state.store.clone();
-    let distribution = blocking(move || {
-        Ok(store
-            .list_keys(Some(KeyRole::Distribution))?
-            .into_iter()
-            .find(|k| k.state == KeyState::Active)
-            .map(|k| k.public_key))
-    })
-    .await?;
     let Some(distribution) =
-        distribution.and_then(|d| stellar_strkey::ed25519::PublicKey::from_string(&d).ok())
+        distribution.and_then(|d| stellar_strkey::ed25519::PublicKey::from_string(d).ok())
     else {
         return Ok(());
     };
@@ -111,10 +106,7 @@ async fn precheck_policy(
         max_fee_bump_fee: state.policy.max_fee_bump_fee,
         distribution_unrestricted: state.policy.distribution_unrestricted,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let now = common::now_unix_secs();
     let required = required_signers(envelope);
     for signer in signers {
         if let Ok(key) = stellar_strkey::ed25519::PublicKey::from_string(signer)
@@ -128,18 +120,23 @@ async fn precheck_policy(
     Ok(())
 }
 
-/// Looks the signers up, has the enclave sign `envelope`, audits every outcome as
-/// `kind`, and keeps the channel whose sequence the transaction consumes locked.
+/// Looks the signers up, has the enclave sign the envelope (given decoded and as the
+/// XDR bytes to send), audits every outcome as `kind`, and keeps the channel whose
+/// sequence the transaction consumes locked.
 pub async fn sign_envelope(
     state: &AppState,
     caller: Caller,
     network: &str,
-    envelope: &stellar_xdr::TransactionEnvelope,
-    mut signers: Vec<String>,
+    (envelope, xdr): (&stellar_xdr::TransactionEnvelope, Vec<u8>),
+    signers: Vec<String>,
     kind: &'static str,
 ) -> Result<SignAnswer, ApiError> {
-    let xdr = encode_envelope(envelope).map_err(|e| ApiError(e.into()))?;
-    signers.dedup();
+    // Duplicates anywhere in the list, not only adjacent ones: one KMS call per key.
+    let mut seen = std::collections::HashSet::new();
+    let signers: Vec<String> = signers
+        .into_iter()
+        .filter(|s| seen.insert(s.clone()))
+        .collect();
     if signers.is_empty() || signers.len() > MAX_SIGNATURES {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -148,14 +145,26 @@ pub async fn sign_envelope(
     }
     let store = state.store.clone();
     let lookup = signers.clone();
-    let keys = blocking(move || {
-        lookup
+    let want_distribution = state.policy.precheck;
+    // One trip to the store for the signers and, for the pre-check, the distribution key.
+    let (keys, distribution) = blocking(move || {
+        let keys = lookup
             .iter()
             .map(|pk| store.key(pk).map(|k| (pk.clone(), k)))
-            .collect::<Result<Vec<_>, StoreError>>()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let distribution = if want_distribution {
+            store
+                .list_keys(Some(KeyRole::Distribution))?
+                .into_iter()
+                .find(|k| k.state == KeyState::Active)
+                .map(|k| k.public_key)
+        } else {
+            None
+        };
+        Ok((keys, distribution))
     })
     .await?;
-    precheck_policy(state, envelope, &signers).await?;
+    precheck_policy(state, envelope, &signers, distribution.as_deref())?;
     let mut material = Vec::with_capacity(keys.len());
     for (public_key, key) in keys {
         let key = key.filter(|k| k.state == KeyState::Active).ok_or_else(|| {
