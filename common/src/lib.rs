@@ -12,6 +12,7 @@ pub mod mock_nsm;
 pub mod policy;
 pub mod protocol;
 pub mod signal;
+pub mod soroban;
 pub mod stellar;
 pub mod transport;
 

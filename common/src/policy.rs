@@ -8,9 +8,13 @@
 //!   distribution account); it never pays for fee-bumps;
 //! - the distribution account signs fee-bumps (fee at most `max_fee_bump_fee`) and
 //!   channel-provisioning transactions (sponsorship, `CreateAccount` with balance 0,
-//!   `AccountMerge` into itself) only, unless `distribution_unrestricted`.
+//!   `AccountMerge` into itself) only, unless `distribution_unrestricted`;
+//! - Soroban authorization entries are signed for the distribution account only, and
+//!   only when every invocation they authorize calls a contract in `soroban_contracts`
+//!   (no contract creation), unless `distribution_unrestricted`. Channel accounts never
+//!   authorize Soroban invocations: they exist to source transactions, not to hold value.
 
-use stellar_xdr::{Operation, OperationBody, TransactionEnvelope};
+use stellar_xdr::{ContractId, Hash, Operation, OperationBody, ScAddress, TransactionEnvelope};
 
 use crate::stellar::account_key as muxed;
 
@@ -24,6 +28,8 @@ pub struct SigningPolicy {
     /// Largest fee (stroops) of a fee-bump the distribution account pays.
     pub max_fee_bump_fee: i64,
     pub distribution_unrestricted: bool,
+    /// Contracts (raw 32-byte ids) the distribution account may authorize calls to.
+    pub soroban_contracts: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +44,13 @@ impl From<PolicyViolation> for crate::WireError {
     fn from(v: PolicyViolation) -> crate::WireError {
         crate::WireError::new(crate::ErrorCode::PolicyViolation, v.to_string())
     }
+}
+
+/// A contract address (`C...`) as the raw id the policy lists.
+pub fn parse_contract_id(text: &str) -> Result<[u8; 32], String> {
+    stellar_strkey::Contract::from_string(text.trim())
+        .map(|c| c.0)
+        .map_err(|_| format!("{text:?} is not a contract address (C...)"))
 }
 
 fn violation(rule: &'static str, detail: impl Into<String>) -> PolicyViolation {
@@ -131,6 +144,45 @@ impl SigningPolicy {
         Ok(())
     }
 
+    /// Whether `signer` may sign a Soroban authorization entry.
+    pub fn check_soroban_auth(
+        &self,
+        entry: &stellar_xdr::SorobanAuthorizationEntry,
+        signer: &[u8; 32],
+    ) -> Result<(), PolicyViolation> {
+        if *signer != self.distribution {
+            return Err(violation(
+                "channel_soroban_auth",
+                "channel accounts never authorize Soroban invocations",
+            ));
+        }
+        if self.distribution_unrestricted {
+            return Ok(());
+        }
+        for (index, invocation) in crate::soroban::invocations(entry).into_iter().enumerate() {
+            let allowed = match crate::soroban::invoked_contract(invocation) {
+                Some(ScAddress::Contract(ContractId(Hash(id)))) => {
+                    self.soroban_contracts.contains(id)
+                }
+                _ => false,
+            };
+            if !allowed {
+                let what = match crate::soroban::invoked_contract(invocation) {
+                    Some(address) => format!("a call to {address}"),
+                    None => "contract creation".to_string(),
+                };
+                return Err(violation(
+                    "soroban_contract_not_allowed",
+                    format!(
+                        "invocation {index} is {what}; the distribution account authorizes calls \
+                         only to the contracts its policy lists"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_distribution(&self, operations: &[Operation]) -> Result<(), PolicyViolation> {
         if self.distribution_unrestricted {
             return Ok(());
@@ -203,7 +255,82 @@ mod tests {
             max_fee: 10_000,
             max_fee_bump_fee: 50_000,
             distribution_unrestricted: false,
+            soroban_contracts: vec![TOKEN],
         }
+    }
+
+    const TOKEN: [u8; 32] = [0x70; 32];
+
+    fn call(
+        contract: [u8; 32],
+        subs: Vec<SorobanAuthorizedInvocation>,
+    ) -> SorobanAuthorizedInvocation {
+        SorobanAuthorizedInvocation {
+            function: SorobanAuthorizedFunction::ContractFn(InvokeContractArgs {
+                contract_address: ScAddress::Contract(ContractId(Hash(contract))),
+                function_name: "transfer".try_into().unwrap(),
+                args: VecM::default(),
+            }),
+            sub_invocations: subs.try_into().unwrap(),
+        }
+    }
+
+    fn auth(root: SorobanAuthorizedInvocation) -> SorobanAuthorizationEntry {
+        SorobanAuthorizationEntry {
+            credentials: SorobanCredentials::Address(SorobanAddressCredentials {
+                address: ScAddress::Account(AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(
+                    DIST,
+                )))),
+                nonce: 1,
+                signature_expiration_ledger: 0,
+                signature: ScVal::Void,
+            }),
+            root_invocation: root,
+        }
+    }
+
+    #[test]
+    fn soroban_auth_only_for_the_distribution_and_listed_contracts() {
+        let p = policy();
+        let ok = auth(call(TOKEN, vec![call(TOKEN, vec![])]));
+        assert_eq!(p.check_soroban_auth(&ok, &DIST), Ok(()));
+        assert_eq!(
+            rule(p.check_soroban_auth(&ok, &CHAN)),
+            "channel_soroban_auth"
+        );
+        let other_root = auth(call([0x71; 32], vec![]));
+        assert_eq!(
+            rule(p.check_soroban_auth(&other_root, &DIST)),
+            "soroban_contract_not_allowed"
+        );
+        let other_nested = auth(call(TOKEN, vec![call([0x71; 32], vec![])]));
+        assert_eq!(
+            rule(p.check_soroban_auth(&other_nested, &DIST)),
+            "soroban_contract_not_allowed"
+        );
+        let mut create = call(TOKEN, vec![]);
+        create.function = SorobanAuthorizedFunction::CreateContractHostFn(CreateContractArgs {
+            contract_id_preimage: ContractIdPreimage::Asset(Asset::Native),
+            executable: ContractExecutable::StellarAsset,
+        });
+        let create = auth(create);
+        assert_eq!(
+            rule(p.check_soroban_auth(&create, &DIST)),
+            "soroban_contract_not_allowed"
+        );
+        let unrestricted = SigningPolicy {
+            distribution_unrestricted: true,
+            ..policy()
+        };
+        assert_eq!(
+            unrestricted.check_soroban_auth(&other_nested, &DIST),
+            Ok(())
+        );
+        assert_eq!(unrestricted.check_soroban_auth(&create, &DIST), Ok(()));
+        assert_eq!(
+            rule(unrestricted.check_soroban_auth(&ok, &CHAN)),
+            "channel_soroban_auth"
+        );
     }
 
     fn op(source: Option<[u8; 32]>, body: OperationBody) -> Operation {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::WireError;
 
 /// Bump on any change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Which enclave build answered: the host refuses nothing on this basis by itself, but
 /// operators and the dev tooling need to know when a mock build is in use.
@@ -97,6 +97,16 @@ pub enum Request {
         transaction: Vec<u8>,
         signers: Vec<KeyMaterial>,
     },
+    /// Sign a Soroban authorization entry (address credentials) for the account it
+    /// names, valid through `signature_expiration_ledger`. The enclave computes the
+    /// payload itself, for its own network.
+    AuthorizeSoroban {
+        network_passphrase: String,
+        /// Raw XDR of a SorobanAuthorizationEntry.
+        entry: Vec<u8>,
+        signature_expiration_ledger: u32,
+        signer: KeyMaterial,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +121,13 @@ pub enum Response {
         /// The signature payload hash, computed by the enclave.
         hash: [u8; 32],
         signatures: Vec<SignatureInfo>,
+    },
+    SorobanAuthorized {
+        /// Raw XDR of the entry with the expiration ledger and signature filled in.
+        entry: Vec<u8>,
+        /// The authorization payload hash the signature signs.
+        hash: [u8; 32],
+        signature: SignatureInfo,
     },
 }
 

@@ -42,6 +42,11 @@ pub fn network_id(passphrase: &str) -> [u8; 32] {
 }
 
 pub fn decode_envelope(xdr: &[u8]) -> Result<TransactionEnvelope, StellarError> {
+    decode_bounded(xdr)
+}
+
+/// Decodes untrusted XDR of any type within the size and depth bounds.
+pub fn decode_bounded<T: ReadXdr>(xdr: &[u8]) -> Result<T, StellarError> {
     if xdr.len() > MAX_ENVELOPE_LEN {
         return Err(StellarError::TooLarge {
             actual: xdr.len(),
@@ -52,7 +57,7 @@ pub fn decode_envelope(xdr: &[u8]) -> Result<TransactionEnvelope, StellarError> 
         depth: MAX_XDR_DEPTH,
         len: xdr.len(),
     };
-    TransactionEnvelope::from_xdr(xdr, limits).map_err(|e| StellarError::Malformed(e.to_string()))
+    T::from_xdr(xdr, limits).map_err(|e| StellarError::Malformed(e.to_string()))
 }
 
 pub fn encode_envelope(envelope: &TransactionEnvelope) -> Result<Vec<u8>, StellarError> {

@@ -5,6 +5,10 @@ use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
 use common::protocol::{AwsCredentials, KeyFormat, KeyMaterial, Request, Response, SignatureInfo};
+use common::soroban::{
+    auth_payload_hash, authorizing_account, decode_auth_entry, encode_auth_entry,
+    set_auth_signature,
+};
 use common::stellar::{
     add_signature, decode_envelope, encode_envelope, hex, network_id, required_signers,
     signature_hint, transaction_hash,
@@ -135,6 +139,20 @@ impl Handler {
                 transaction,
                 signers,
             } => self.sign(&network_passphrase, &transaction, &signers).await,
+            Request::AuthorizeSoroban {
+                network_passphrase,
+                entry,
+                signature_expiration_ledger,
+                signer,
+            } => {
+                self.authorize_soroban(
+                    &network_passphrase,
+                    &entry,
+                    signature_expiration_ledger,
+                    &signer,
+                )
+                .await
+            }
         }
     }
 
@@ -161,12 +179,9 @@ impl Handler {
         Ok(Response::CredentialsStored)
     }
 
-    async fn sign(
-        &self,
-        network_passphrase: &str,
-        transaction: &[u8],
-        signers: &[KeyMaterial],
-    ) -> Result<Response, WireError> {
+    /// The signing configuration, if the caller's network is the one this enclave signs
+    /// for.
+    fn signing_for(&self, network_passphrase: &str) -> Result<&Signing, WireError> {
         let signing = self.signing()?;
         if network_passphrase != signing.network_passphrase {
             return Err(wire(
@@ -177,6 +192,60 @@ impl Handler {
                 ),
             ));
         }
+        Ok(signing)
+    }
+
+    async fn authorize_soroban(
+        &self,
+        network_passphrase: &str,
+        entry: &[u8],
+        signature_expiration_ledger: u32,
+        signer: &KeyMaterial,
+    ) -> Result<Response, WireError> {
+        let signing = self.signing_for(network_passphrase)?;
+        let mut entry = decode_auth_entry(entry)?;
+        // The signer must be the very account the entry authorizes for.
+        let account = authorizing_account(&entry)?;
+        let raw = parse_public_key(&signer.public_key)?;
+        if raw != account {
+            return Err(wire(
+                ErrorCode::NotARequiredSigner,
+                format!(
+                    "the entry authorizes for {}, not {}",
+                    stellar_strkey::ed25519::PublicKey(account),
+                    signer.public_key
+                ),
+            ));
+        }
+        // Checked before any KMS call, like transactions.
+        signing.policy.check_soroban_auth(&entry, &raw)?;
+        // The payload comes from the XDR and our own network id, never the caller.
+        let hash = auth_payload_hash(&entry, signature_expiration_ledger, signing.network_id)?;
+        let (public_key, signature) = sign_one(signing, signer, &hash).await?;
+        set_auth_signature(
+            &mut entry,
+            signature_expiration_ledger,
+            &public_key,
+            &signature,
+        )?;
+        Ok(Response::SorobanAuthorized {
+            entry: encode_auth_entry(&entry)?,
+            hash,
+            signature: SignatureInfo {
+                public_key: signer.public_key.clone(),
+                hint: signature_hint(&public_key),
+                signature: signature.to_vec(),
+            },
+        })
+    }
+
+    async fn sign(
+        &self,
+        network_passphrase: &str,
+        transaction: &[u8],
+        signers: &[KeyMaterial],
+    ) -> Result<Response, WireError> {
+        let signing = self.signing_for(network_passphrase)?;
         if signers.is_empty() || signers.len() > MAX_SIGNERS {
             return Err(wire(
                 ErrorCode::BadRequest,
@@ -187,18 +256,12 @@ impl Handler {
         // Invariant 3: sign only as a required signer of this very envelope.
         let required = required_signers(&envelope);
         for key in signers {
-            let raw =
-                stellar_strkey::ed25519::PublicKey::from_string(&key.public_key).map_err(|_| {
-                    wire(
-                        ErrorCode::BadRequest,
-                        format!("{:?} is not a G... key", key.public_key),
-                    )
-                })?;
-            if required.contains(&raw.0) {
+            let raw = parse_public_key(&key.public_key)?;
+            if required.contains(&raw) {
                 // Checked before any KMS call: a refused transaction costs nothing.
                 signing
                     .policy
-                    .check(&envelope, &raw.0, common::now_unix_secs())?;
+                    .check(&envelope, &raw, common::now_unix_secs())?;
             } else {
                 return Err(wire(
                     ErrorCode::NotARequiredSigner,
@@ -230,6 +293,17 @@ impl Handler {
             signatures,
         })
     }
+}
+
+fn parse_public_key(public_key: &str) -> Result<[u8; 32], WireError> {
+    stellar_strkey::ed25519::PublicKey::from_string(public_key)
+        .map(|key| key.0)
+        .map_err(|_| {
+            wire(
+                ErrorCode::BadRequest,
+                format!("{public_key:?} is not a G... key"),
+            )
+        })
 }
 
 /// Decrypts one key through KMS, signs, forgets the key. Logs one line per signature.

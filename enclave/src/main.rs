@@ -75,6 +75,12 @@ struct Args {
     #[arg(long)]
     policy_distribution_unrestricted: bool,
 
+    /// Policy: a contract (C...) the distribution account may authorize Soroban calls
+    /// to; repeat or separate with commas. With none, it authorizes no Soroban call
+    /// (unless --policy-distribution-unrestricted).
+    #[arg(long, value_delimiter = ',')]
+    policy_soroban_contract: Vec<String>,
+
     /// Opt-in key cache: keep a decrypted seed this many seconds (0 = off, the default:
     /// one KMS call per signature). Trades a bounded exposure window for throughput.
     #[arg(long, default_value_t = 0)]
@@ -203,6 +209,12 @@ fn signing(args: &Args, shutdown: &CancellationToken) -> anyhow::Result<Option<S
         max_fee: args.policy_max_fee,
         max_fee_bump_fee: args.policy_max_fee_bump_fee,
         distribution_unrestricted: args.policy_distribution_unrestricted,
+        soroban_contracts: args
+            .policy_soroban_contract
+            .iter()
+            .map(|c| common::policy::parse_contract_id(c))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--policy-soroban-contract: {e}"))?,
     };
     info!(?policy, "signing policy");
     let endpoint_url = args

@@ -95,6 +95,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             axum::routing::post(crate::routes::fee_bump::fee_bump),
         )
         .route(
+            "/v1/soroban/authorize",
+            post(crate::routes::soroban::authorize),
+        )
+        .route(
             "/v1/keys",
             get(crate::routes::keys::list).post(crate::routes::keys::register),
         )

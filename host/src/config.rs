@@ -35,6 +35,29 @@ pub struct PolicyConfig {
     pub max_fee: i64,
     pub max_fee_bump_fee: i64,
     pub distribution_unrestricted: bool,
+    /// Contracts (`C...`) the distribution account may authorize Soroban calls to.
+    pub soroban_contracts: Vec<String>,
+}
+
+impl PolicyConfig {
+    /// The enclave's policy as the host believes it is configured.
+    pub fn signing_policy(
+        &self,
+        distribution: [u8; 32],
+    ) -> Result<common::policy::SigningPolicy, String> {
+        Ok(common::policy::SigningPolicy {
+            distribution,
+            max_time_window_secs: self.max_time_window_secs,
+            max_fee: self.max_fee,
+            max_fee_bump_fee: self.max_fee_bump_fee,
+            distribution_unrestricted: self.distribution_unrestricted,
+            soroban_contracts: self
+                .soroban_contracts
+                .iter()
+                .map(|c| common::policy::parse_contract_id(c))
+                .collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 impl Default for PolicyConfig {
@@ -45,6 +68,7 @@ impl Default for PolicyConfig {
             max_fee: 10_000_000,
             max_fee_bump_fee: 10_000_000,
             distribution_unrestricted: false,
+            soroban_contracts: Vec::new(),
         }
     }
 }
@@ -329,6 +353,12 @@ impl Config {
                 "\"static\" needs static_access_key_id and static_secret_access_key",
             );
         }
+        self.policy
+            .signing_policy([0; 32])
+            .map_err(|problem| ConfigError::Invalid {
+                field: "policy.soroban_contracts",
+                problem,
+            })?;
         let channels = &self.channels;
         if channels.default_lock_seconds == 0 {
             return invalid("channels.default_lock_seconds", "must be greater than 0");

@@ -56,6 +56,8 @@ pub struct DevOptions {
     pub enclave_pcrs: Option<String>,
     /// Skip the host's policy pre-check, so the enclave's own enforcement answers.
     pub no_host_policy_precheck: bool,
+    /// Contracts (C...) the distribution account may authorize Soroban calls to.
+    pub soroban_contracts: Vec<String>,
 }
 
 /// The shipped key-policy template, rendered for the development PCRs.
@@ -212,6 +214,12 @@ async fn run_stack(
         .arg(&pcrs)
         .arg("--distribution-account")
         .arg(&distribution)
+        .args(
+            options
+                .soroban_contracts
+                .iter()
+                .flat_map(|c| ["--policy-soroban-contract", c.as_str()]),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // Its own process group: Ctrl-C reaches only us, and we stop the enclave after
@@ -239,6 +247,7 @@ async fn run_stack(
     config.enclave.endpoint = enclave_endpoint;
     config.stellar.network_passphrase = Some(DEV_NETWORK.to_string());
     config.policy.precheck = !options.no_host_policy_precheck;
+    config.policy.soroban_contracts = options.soroban_contracts.clone();
     config.kms.region = Some("us-east-1".to_string());
     config.kms.endpoint = Some(kms_url.clone());
     config.kms.relay_listen = relay;

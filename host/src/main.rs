@@ -85,6 +85,10 @@ enum Command {
         /// answers (for testing the enclave).
         #[arg(long)]
         no_host_policy_precheck: bool,
+        /// A contract (C...) the distribution account may authorize Soroban calls to;
+        /// given to both the enclave's policy and the host's pre-check.
+        #[arg(long, value_delimiter = ',')]
+        soroban_contract: Vec<String>,
     },
     /// Measure request throughput and latency through the host and the enclave.
     Bench {
@@ -161,6 +165,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             bin_dir,
             enclave_pcrs,
             no_host_policy_precheck,
+            soroban_contract,
         } => {
             host::dev::run(
                 DevOptions {
@@ -168,6 +173,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     bin_dir,
                     enclave_pcrs,
                     no_host_policy_precheck,
+                    soroban_contracts: soroban_contract,
                 },
                 shutdown_on_signal(),
             )

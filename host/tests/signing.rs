@@ -5,130 +5,21 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use host::client::request_once;
 use hyper::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use stellar_xdr::{
     Asset, Limits, Memo, MuxedAccount, Operation, OperationBody, PaymentOp, Preconditions, ReadXdr,
     SequenceNumber, TimeBounds, TimePoint, Transaction, TransactionEnvelope, TransactionExt,
     TransactionV1Envelope, Uint256, WriteXdr,
 };
-use support::host_bin;
+use support::{Dev, assert_no_secret_in};
 
 const NETWORK: &str = "Test SDF Network ; September 2015";
-
-struct Dev {
-    child: Child,
-    dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Dev {
-    fn start(extra: &[&str]) -> Dev {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("dev.log");
-        let mut child = Command::new(host_bin())
-            .arg("dev")
-            .arg("--dir")
-            .arg(dir.path().join("state"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        // Keep reading stdout to the end, so no process ever writes into a closed pipe.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("Ctrl-C stops everything") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        let ready = ready_rx.recv().is_ok();
-        assert!(
-            ready,
-            "dev stack did not start:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Dev { child, dir, log }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.state().join("host.sock")
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        request_once(&self.socket(), method, path, body.as_ref())
-            .await
-            .unwrap()
-    }
-
-    async fn keys(&self, role: &str) -> Vec<String> {
-        let (_, body) = self
-            .call(Method::GET, &format!("/v1/keys?role={role}"), None)
-            .await;
-        body["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["public_key"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// The development seeds, read back through the mock KMS's key store: what must never
-    /// appear in any log.
-    fn seeds(&self) -> Vec<[u8; 32]> {
-        let store = mock_kms::keystore::KeyStore::open(
-            &self.state().join("mock-kms-state.json"),
-            "us-east-1",
-            "111122223333",
-        )
-        .unwrap();
-        let db = host::store::Store::open(
-            &self.state().join("signer.db"),
-            host::store::LockPolicy::default(),
-            std::time::Duration::from_secs(5),
-        )
-        .unwrap();
-        db.list_keys(None)
-            .unwrap()
-            .into_iter()
-            .filter_map(|k| {
-                let context = BTreeMap::from([("pubkey".to_string(), k.public_key.clone())]);
-                store
-                    .decrypt(&k.kms_ciphertext, None, &context)
-                    .ok()
-                    .map(|(_, plain)| <[u8; 32]>::try_from(plain.as_slice()).unwrap())
-            })
-            .collect()
-    }
-
-    fn stop(mut self) -> String {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "dev exited with {status}");
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
 
 fn raw(public_key: &str) -> [u8; 32] {
     stellar_strkey::ed25519::PublicKey::from_string(public_key)
@@ -668,26 +559,4 @@ async fn an_enclave_with_other_measurements_is_denied_by_the_key_policy() {
     let seeds = dev.seeds();
     let logs = dev.stop();
     assert_no_secret_in(&logs, &seeds);
-}
-
-fn assert_no_secret_in(logs: &str, seeds: &[[u8; 32]]) {
-    assert!(!seeds.is_empty());
-    let lower = logs.to_ascii_lowercase();
-    for seed in seeds {
-        let strkey = format!(
-            "{}",
-            stellar_strkey::ed25519::PrivateKey(*seed).as_unredacted()
-        );
-        for form in [
-            common::stellar::hex(seed),
-            strkey,
-            B64.encode(seed),
-            format!("{:?}", seed),
-        ] {
-            assert!(
-                !lower.contains(&form.to_ascii_lowercase()),
-                "a seed leaked into the logs as {form}"
-            );
-        }
-    }
 }

@@ -3,15 +3,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use host::client::{ApiConnection, request_once};
 use hyper::{Method, StatusCode};
 use nix::sys::signal::Signal;
-use support::{Stack, host_bin};
+use support::{Dev, Stack};
 
 fn check<'a>(readiness: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     readiness["checks"]
@@ -195,61 +194,26 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
 
 #[tokio::test]
 async fn dev_command_brings_up_the_stack_and_ctrl_c_stops_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let log = dir.path().join("dev.log");
-    let mut child = Command::new(host_bin())
-        .arg("dev")
-        .arg("--dir")
-        .arg(&state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    // Keep reading stdout to the end, so no process ever writes into a closed pipe.
-    let (found_tx, found_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("curl --unix-socket") {
-                let _ = found_tx.send(line);
-            }
-        }
-    });
-    let curl_line = tokio::task::spawn_blocking(move || found_rx.recv().ok())
-        .await
-        .unwrap()
-        .unwrap_or_else(|| {
-            panic!(
-                "no curl line printed; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-    let host_socket = state.join("host.sock");
+    let dev = Dev::start(&[]);
+    let state = dev.state();
+    let host_socket = dev.socket();
+    let curl_line = dev
+        .banner
+        .iter()
+        .find(|line| line.contains("curl --unix-socket"))
+        .unwrap_or_else(|| panic!("no curl line printed: {:?}", dev.banner));
     assert!(
         curl_line.contains(&host_socket.display().to_string()),
         "{curl_line}"
     );
-
     let (status, body) = request_once(&host_socket, Method::GET, "/readyz", None)
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGINT,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    // SIGINT, as Ctrl-C sends it; a clean exit is asserted.
+    let (_log, _dir) = tokio::task::spawn_blocking(move || dev.stop_keeping_state())
         .await
         .unwrap();
-    assert!(
-        status.success(),
-        "dev exited with {status}; log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
     // Both processes are gone: neither socket remains.
     assert!(!host_socket.exists());
     for _ in 0..100 {

@@ -4,3 +4,4 @@ pub mod channels;
 pub mod fee_bump;
 pub mod keys;
 pub mod sign;
+pub mod soroban;

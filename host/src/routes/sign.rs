@@ -4,15 +4,14 @@ use axum::extract::{ConnectInfo, State};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::ErrorCode;
-use common::policy::SigningPolicy;
-use common::protocol::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response};
+use common::protocol::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response, SignatureInfo};
 use common::stellar::{
     MAX_SIGNATURES, decode_envelope, hex, network_id, required_signers, sequence_owner,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiJson, AppState, Caller, blocking};
-use crate::store::{AuditEntry, KeyFormat, KeyRole, KeyState, StoreError};
+use crate::store::{AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, StoreError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +84,30 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
+impl From<SignatureInfo> for SignatureOut {
+    fn from(s: SignatureInfo) -> SignatureOut {
+        SignatureOut {
+            public_key: s.public_key,
+            hint: hex(&s.hint),
+            signature: B64.encode(&s.signature),
+        }
+    }
+}
+
+/// What the enclave needs to open a stored key: its public key and ciphertexts.
+pub fn key_material(key: KeyRecord) -> KeyMaterial {
+    KeyMaterial {
+        public_key: key.public_key,
+        format: match key.format {
+            KeyFormat::KmsDirect => WireKeyFormat::KmsDirect,
+            KeyFormat::Envelope => WireKeyFormat::Envelope,
+        },
+        kms_key_id: key.kms_key_id,
+        ciphertext: key.kms_ciphertext,
+        sealed_seed: key.sealed_seed,
+    }
+}
+
 /// The enclave's policy, checked here first with the host's copy of its settings and
 /// the stored distribution key, so a violation costs no round trip. Not a security
 /// boundary: the enclave checks again.
@@ -99,13 +122,10 @@ fn precheck_policy(
     else {
         return Ok(());
     };
-    let policy = SigningPolicy {
-        distribution: distribution.0,
-        max_time_window_secs: state.policy.max_time_window_secs,
-        max_fee: state.policy.max_fee,
-        max_fee_bump_fee: state.policy.max_fee_bump_fee,
-        distribution_unrestricted: state.policy.distribution_unrestricted,
-    };
+    let policy = state
+        .policy
+        .signing_policy(distribution.0)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
     let now = common::now_unix_secs();
     let required = required_signers(envelope);
     for signer in signers {
@@ -173,16 +193,7 @@ pub async fn sign_envelope(
                 format!("{public_key} is not an active key of this signer"),
             )
         })?;
-        material.push(KeyMaterial {
-            public_key: key.public_key,
-            format: match key.format {
-                KeyFormat::KmsDirect => WireKeyFormat::KmsDirect,
-                KeyFormat::Envelope => WireKeyFormat::Envelope,
-            },
-            kms_key_id: key.kms_key_id,
-            ciphertext: key.kms_ciphertext,
-            sealed_seed: key.sealed_seed,
-        });
+        material.push(key_material(key));
     }
     let outcome = state
         .enclave
@@ -244,13 +255,6 @@ pub async fn sign_envelope(
     Ok(SignAnswer {
         transaction: B64.encode(&transaction),
         hash: hex(&hash),
-        signatures: signatures
-            .into_iter()
-            .map(|s| SignatureOut {
-                public_key: s.public_key,
-                hint: hex(&s.hint),
-                signature: B64.encode(&s.signature),
-            })
-            .collect(),
+        signatures: signatures.into_iter().map(SignatureOut::from).collect(),
     })
 }

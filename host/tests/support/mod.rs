@@ -2,12 +2,17 @@
 //! `signer-host`, each with its log in a temporary directory.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use host::client::request_once;
 use hyper::{Method, StatusCode};
+use serde_json::Value;
 
 pub fn host_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_signer-host"))
@@ -227,4 +232,156 @@ pub fn start_enclave(dir: &Path, socket: &Path, generation: u32) -> Proc {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("enclave did not bind; log:\n{}", proc.log_text());
+}
+
+/// `signer-host dev` as a child process: the whole local stack with mock KMS and mock
+/// enclave, in a temporary directory.
+pub struct Dev {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    /// What `dev` printed before announcing it is ready (the curl lines).
+    pub banner: Vec<String>,
+}
+
+impl Dev {
+    pub fn start(extra: &[&str]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dev.log");
+        let mut child = Command::new(host_bin())
+            .arg("dev")
+            .arg("--dir")
+            .arg(dir.path().join("state"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Keep reading stdout to the end, so no process ever writes into a closed pipe.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut banner = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Ctrl-C stops everything") {
+                    let _ = ready_tx.send(std::mem::take(&mut banner));
+                } else {
+                    banner.push(line);
+                }
+            }
+        });
+        let banner = ready_rx.recv().unwrap_or_else(|_| {
+            panic!(
+                "dev stack did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        Dev {
+            child,
+            dir,
+            log,
+            banner,
+        }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state().join("host.sock")
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        request_once(&self.socket(), method, path, body.as_ref())
+            .await
+            .unwrap()
+    }
+
+    pub async fn keys(&self, role: &str) -> Vec<String> {
+        let (_, body) = self
+            .call(Method::GET, &format!("/v1/keys?role={role}"), None)
+            .await;
+        body["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["public_key"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The development seeds, read back through the mock KMS's key store: what must never
+    /// appear in any log.
+    pub fn seeds(&self) -> Vec<[u8; 32]> {
+        let store = mock_kms::keystore::KeyStore::open(
+            &self.state().join("mock-kms-state.json"),
+            "us-east-1",
+            "111122223333",
+        )
+        .unwrap();
+        let db = host::store::Store::open(
+            &self.state().join("signer.db"),
+            host::store::LockPolicy::default(),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+        db.list_keys(None)
+            .unwrap()
+            .into_iter()
+            .filter_map(|k| {
+                let context = BTreeMap::from([("pubkey".to_string(), k.public_key.clone())]);
+                store
+                    .decrypt(&k.kms_ciphertext, None, &context)
+                    .ok()
+                    .map(|(_, plain)| <[u8; 32]>::try_from(plain.as_slice()).unwrap())
+            })
+            .collect()
+    }
+
+    /// SIGINT (as Ctrl-C), asserts a clean exit, returns the log.
+    pub fn stop(self) -> String {
+        self.stop_keeping_state().0
+    }
+
+    /// Like `stop`, and hands back the state directory for inspection.
+    pub fn stop_keeping_state(mut self) -> (String, tempfile::TempDir) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "dev exited with {status}; log:\n{log}");
+        (log, self.dir)
+    }
+}
+
+/// No seed, in any common encoding, appears in `logs`.
+pub fn assert_no_secret_in(logs: &str, seeds: &[[u8; 32]]) {
+    assert!(!seeds.is_empty());
+    let lower = logs.to_ascii_lowercase();
+    for seed in seeds {
+        let strkey = format!(
+            "{}",
+            stellar_strkey::ed25519::PrivateKey(*seed).as_unredacted()
+        );
+        for form in [
+            common::stellar::hex(seed),
+            strkey,
+            B64.encode(seed),
+            format!("{:?}", seed),
+        ] {
+            assert!(
+                !lower.contains(&form.to_ascii_lowercase()),
+                "a seed leaked into the logs as {form}"
+            );
+        }
+    }
 }
