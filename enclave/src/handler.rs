@@ -81,7 +81,9 @@ impl From<KmsError> for WireError {
             KmsError::InvalidCiphertext(_) | KmsError::NotFound(_) => {
                 ErrorCode::KmsInvalidCiphertext
             }
-            KmsError::NoCredentials(_) => ErrorCode::NoCredentials,
+            KmsError::NoCredentials(_) | KmsError::CredentialsRejected { .. } => {
+                ErrorCode::NoCredentials
+            }
             KmsError::Settings(_) => ErrorCode::Internal,
             KmsError::Throttled(_)
             | KmsError::Unavailable(_)

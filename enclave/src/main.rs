@@ -59,39 +59,47 @@ struct Args {
     distribution_account: Option<String>,
 
     /// Policy: how far ahead a channel transaction's maxTime may be.
-    #[arg(long, default_value_t = 300)]
+    #[arg(
+        long,
+        env = "SIGNER_POLICY_MAX_TIME_WINDOW_SECS",
+        default_value_t = 300
+    )]
     policy_max_time_window_secs: u64,
 
     /// Policy: the largest total fee (stroops) of a channel-sourced transaction.
-    #[arg(long, default_value_t = 10_000_000)]
+    #[arg(long, env = "SIGNER_POLICY_MAX_FEE", default_value_t = 10_000_000)]
     policy_max_fee: i64,
 
     /// Policy: the largest fee-bump fee (stroops) the distribution account pays.
-    #[arg(long, default_value_t = 10_000_000)]
+    #[arg(
+        long,
+        env = "SIGNER_POLICY_MAX_FEE_BUMP_FEE",
+        default_value_t = 10_000_000
+    )]
     policy_max_fee_bump_fee: i64,
 
     /// Policy: let the distribution key sign anything it is a required signer of, not
     /// only fee-bumps and channel provisioning.
-    #[arg(long)]
+    #[arg(long, env = "SIGNER_POLICY_DISTRIBUTION_UNRESTRICTED")]
     policy_distribution_unrestricted: bool,
 
     /// Policy: a contract (C...) the distribution account may authorize Soroban calls
     /// to; repeat or separate with commas. With none, it authorizes no Soroban call
     /// (unless --policy-distribution-unrestricted).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "SIGNER_POLICY_SOROBAN_CONTRACTS", value_delimiter = ',')]
     policy_soroban_contract: Vec<String>,
 
     /// Opt-in key cache: keep a decrypted seed this many seconds (0 = off, the default:
     /// one KMS call per signature). Trades a bounded exposure window for throughput.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "SIGNER_KEY_CACHE_TTL_SECS", default_value_t = 0)]
     key_cache_ttl_secs: u64,
 
     /// With the key cache on: signatures one decryption may serve.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "SIGNER_KEY_CACHE_MAX_USES", default_value_t = 100)]
     key_cache_max_uses: u32,
 
     /// Rotate the KMS recipient key and attestation document this often.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, env = "SIGNER_ATTESTATION_ROTATION_SECS", default_value_t = 120)]
     attestation_rotation_secs: u64,
 
     /// Mock builds only: trust this CA (PEM) for the KMS endpoint instead of the web roots.
@@ -212,14 +220,30 @@ fn signing(args: &Args, shutdown: &CancellationToken) -> anyhow::Result<Option<S
         soroban_contracts: args
             .policy_soroban_contract
             .iter()
+            // An empty environment variable (an unset build argument) lists nothing.
+            .filter(|c| !c.trim().is_empty())
             .map(|c| common::policy::parse_contract_id(c))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("--policy-soroban-contract: {e}"))?,
     };
-    info!(?policy, "signing policy");
+    info!(
+        distribution = %stellar_strkey::ed25519::PublicKey(policy.distribution),
+        max_time_window_secs = policy.max_time_window_secs,
+        max_fee = policy.max_fee,
+        max_fee_bump_fee = policy.max_fee_bump_fee,
+        distribution_unrestricted = policy.distribution_unrestricted,
+        soroban_contracts = ?policy
+            .soroban_contracts
+            .iter()
+            .map(|id| stellar_strkey::Contract(*id).to_string())
+            .collect::<Vec<_>>(),
+        "signing policy"
+    );
     let endpoint_url = args
         .kms_endpoint
         .clone()
+        // Empty means unset: the image build passes every setting, set or not.
+        .filter(|endpoint| !endpoint.trim().is_empty())
         .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
     let settings = KmsSettings {
         region: region.clone(),

@@ -52,6 +52,16 @@ enum Command {
         /// builds during a rollout.
         #[arg(long = "measurements", required = true)]
         measurements: Vec<PathBuf>,
+        /// Which attestation condition admits a build.
+        #[arg(long, value_enum, default_value = "pcrs")]
+        variant: host::policy::Variant,
+    },
+    /// Print the IAM policy for the parent instance's role (KMS calls for one key, only
+    /// with an attestation).
+    RenderIamPolicy {
+        /// ARN of the KMS key (arn:aws:kms:REGION:ACCOUNT:key/ID).
+        #[arg(long)]
+        key_arn: String,
     },
     /// Stored keys (calls a running host).
     Keys {
@@ -120,6 +130,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             account,
             role,
             measurements,
+            variant,
         } => {
             let mut builds = Vec::new();
             for path in measurements {
@@ -132,8 +143,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             println!(
                 "{}",
-                host::policy::render(host::policy::TEMPLATE, &account, &role, &builds)?
+                host::policy::render(variant.template(), &account, &role, &builds)?
             );
+            Ok(())
+        }
+        Command::RenderIamPolicy { key_arn } => {
+            println!("{}", host::policy::render_iam(&key_arn)?);
             Ok(())
         }
         Command::Keys { socket, command } => host::cli::keys(&socket, command).await,

@@ -6,6 +6,23 @@ use serde_json::Value;
 
 /// The shipped template; the local stack and the tests render this very file.
 pub const TEMPLATE: &str = include_str!("../../kms-policy/key-policy.json.tmpl");
+/// The variant that admits builds by `kms:RecipientAttestation:ImageSha384`.
+pub const TEMPLATE_IMAGE_SHA384: &str =
+    include_str!("../../kms-policy/key-policy-image-sha384.json.tmpl");
+/// The instance role's IAM policy (placeholder `${KMS_KEY_ARN}`).
+pub const IAM_TEMPLATE: &str = include_str!("../../kms-policy/instance-role-policy.json.tmpl");
+
+/// The instance role's IAM policy for one KMS key.
+pub fn render_iam(key_arn: &str) -> Result<String, RenderError> {
+    if !key_arn.starts_with("arn:aws") || !key_arn.contains(":kms:") || !key_arn.contains(":key/") {
+        return Err(RenderError::BadArgument(format!(
+            "{key_arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"
+        )));
+    }
+    let policy: Value = serde_json::from_str(&IAM_TEMPLATE.replace("${KMS_KEY_ARN}", key_arn))
+        .map_err(|e| RenderError::BadTemplate(e.to_string()))?;
+    serde_json::to_string_pretty(&policy).map_err(|e| RenderError::BadTemplate(e.to_string()))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
@@ -64,8 +81,28 @@ pub fn parse_measurements(json: &str) -> Result<Measurements, RenderError> {
     Ok(Measurements { pcrs })
 }
 
-/// Fills the template for `account`, the host's instance `role_arn`, and every build in
-/// `builds` (one normally; two during a rollout).
+/// Which attestation condition keys admit a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Variant {
+    /// `kms:RecipientAttestation:PCR0/1/2` (the default).
+    Pcrs,
+    /// `kms:RecipientAttestation:ImageSha384` (equal to PCR0: the whole image).
+    ImageSha384,
+}
+
+impl Variant {
+    pub fn template(self) -> &'static str {
+        match self {
+            Variant::Pcrs => TEMPLATE,
+            Variant::ImageSha384 => TEMPLATE_IMAGE_SHA384,
+        }
+    }
+}
+
+/// Fills `template` for `account`, the host's instance `role_arn`, and every build in
+/// `builds` (one normally; two during a rollout). Each statement that names a
+/// measurement placeholder is repeated once per build, so a rollout admits exactly the
+/// old and the new image, never a mix of one's PCR0 with the other's PCR1.
 pub fn render(
     template: &str,
     account: &str,
@@ -87,28 +124,61 @@ pub fn render(
             "name at least one build's measurements".into(),
         ));
     }
-    let mut text = template
-        .replace("${ACCOUNT_ID}", account)
-        .replace("${HOST_ROLE_ARN}", role_arn);
-    for (index, name) in PCR_NAMES.iter().enumerate() {
-        let mut values: Vec<&str> = builds.iter().map(|b| b.pcrs[index].as_str()).collect();
-        values.dedup();
-        let json = if values.len() == 1 {
-            Value::from(values[0])
-        } else {
-            Value::from(values)
-        };
-        text = text.replace(&format!("\"${{{name}}}\""), &json.to_string());
+    let mut unique: Vec<&Measurements> = Vec::new();
+    for build in builds {
+        if !unique.contains(&build) {
+            unique.push(build);
+        }
     }
+    let mut policy: Value = serde_json::from_str(
+        &template
+            .replace("${ACCOUNT_ID}", account)
+            .replace("${HOST_ROLE_ARN}", role_arn),
+    )
+    .map_err(|e| RenderError::BadTemplate(format!("the template is not JSON: {e}")))?;
+    let statements = policy
+        .get_mut("Statement")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| RenderError::BadTemplate("no Statement array".into()))?;
+    let mut rendered = Vec::new();
+    for statement in statements.drain(..) {
+        let text = statement.to_string();
+        if !MEASUREMENT_PLACEHOLDERS.iter().any(|p| text.contains(p)) {
+            rendered.push(statement);
+            continue;
+        }
+        for (index, build) in unique.iter().enumerate() {
+            let mut filled = text
+                .replace("${PCR0}", &build.pcrs[0])
+                .replace("${PCR1}", &build.pcrs[1])
+                .replace("${PCR2}", &build.pcrs[2])
+                .replace("${IMAGE_SHA384}", &build.pcrs[0]);
+            if unique.len() > 1 {
+                // Sids must stay unique; the PCR0 prefix tells the builds apart.
+                filled = filled.replacen(
+                    "\"Sid\":\"",
+                    &format!("\"Sid\":\"Build{}{}", index + 1, &build.pcrs[0][..8]),
+                    1,
+                );
+            }
+            rendered.push(
+                serde_json::from_str(&filled)
+                    .map_err(|e| RenderError::BadTemplate(e.to_string()))?,
+            );
+        }
+    }
+    *statements = rendered;
+    let text = serde_json::to_string_pretty(&policy)
+        .map_err(|e| RenderError::BadTemplate(e.to_string()))?;
     if text.contains("${") {
         return Err(RenderError::BadTemplate(
             "a placeholder was left unfilled".into(),
         ));
     }
-    let parsed: Value =
-        serde_json::from_str(&text).map_err(|e| RenderError::BadTemplate(e.to_string()))?;
-    serde_json::to_string_pretty(&parsed).map_err(|e| RenderError::BadTemplate(e.to_string()))
+    Ok(text)
 }
+
+const MEASUREMENT_PLACEHOLDERS: [&str; 4] = ["${PCR0}", "${PCR1}", "${PCR2}", "${IMAGE_SHA384}"];
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use host::policy::{Measurements, TEMPLATE, render};
+use host::policy::{Measurements, TEMPLATE, Variant, render, render_iam};
 use mock_kms::policy::{Effect, Policy, RequestContext};
 
 const ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
@@ -34,23 +34,25 @@ fn decrypt(principal: &str, pcrs: Option<&Measurements>) -> RequestContext {
     }
 }
 
-#[test]
-fn rollout_policy_admits_old_and_new_builds_only() {
-    let (old, new, other) = (build("a0"), build("a1"), build("ee"));
-    let text = render(TEMPLATE, "111122223333", ROLE, &[old.clone(), new.clone()]).unwrap();
+/// The rendered `variant` admits the role with each of `admitted`, denies it with each
+/// of `denied`, and denies it without an attestation by the explicit Deny.
+fn assert_admits(variant: Variant, admitted: &[Measurements], denied: &[Measurements]) {
+    let text = render(variant.template(), "111122223333", ROLE, admitted).unwrap();
     let policy = Policy::parse(&text).unwrap();
-    assert_eq!(
-        policy.evaluate(&decrypt(ROLE, Some(&old))).effect,
-        Effect::Allow
-    );
-    assert_eq!(
-        policy.evaluate(&decrypt(ROLE, Some(&new))).effect,
-        Effect::Allow
-    );
-    assert_eq!(
-        policy.evaluate(&decrypt(ROLE, Some(&other))).effect,
-        Effect::Deny
-    );
+    for build in admitted {
+        assert_eq!(
+            policy.evaluate(&decrypt(ROLE, Some(build))).effect,
+            Effect::Allow,
+            "{build:?}"
+        );
+    }
+    for build in denied {
+        assert_eq!(
+            policy.evaluate(&decrypt(ROLE, Some(build))).effect,
+            Effect::Deny,
+            "{build:?}"
+        );
+    }
     let without = policy.evaluate(&decrypt(ROLE, None));
     assert_eq!(without.effect, Effect::Deny);
     assert!(
@@ -58,18 +60,15 @@ fn rollout_policy_admits_old_and_new_builds_only() {
         "{}",
         without.reason
     );
+}
+
+#[test]
+fn rollout_policy_admits_old_and_new_builds_only() {
+    let (old, new, other) = (build("a0"), build("a1"), build("ee"));
+    assert_admits(Variant::Pcrs, &[old.clone(), new.clone()], &[other]);
 
     // After the rollout only the new build remains.
-    let text = render(TEMPLATE, "111122223333", ROLE, std::slice::from_ref(&new)).unwrap();
-    let policy = Policy::parse(&text).unwrap();
-    assert_eq!(
-        policy.evaluate(&decrypt(ROLE, Some(&old))).effect,
-        Effect::Deny
-    );
-    assert_eq!(
-        policy.evaluate(&decrypt(ROLE, Some(&new))).effect,
-        Effect::Allow
-    );
+    assert_admits(Variant::Pcrs, &[new], &[old]);
 }
 
 #[test]
@@ -93,4 +92,52 @@ fn the_account_administers_but_cannot_decrypt() {
             .effect,
         Effect::Deny
     );
+}
+
+#[test]
+fn a_rollout_never_admits_a_mix_of_two_builds_measurements() {
+    let old = build("a0");
+    let mut new = build("a1");
+    new.pcrs[1] = "b2".repeat(48);
+    let mixed = Measurements {
+        pcrs: [
+            old.pcrs[0].clone(),
+            new.pcrs[1].clone(),
+            old.pcrs[2].clone(),
+        ],
+    };
+    assert_admits(Variant::Pcrs, &[old, new], &[mixed]);
+}
+
+#[test]
+fn image_sha384_variant_admits_the_image_and_nothing_without_attestation() {
+    let (image, other) = (build("a0"), build("ee"));
+    let text = render(
+        Variant::ImageSha384.template(),
+        "111122223333",
+        ROLE,
+        std::slice::from_ref(&image),
+    )
+    .unwrap();
+    assert!(text.contains("kms:RecipientAttestation:ImageSha384"));
+    assert!(!text.contains("RecipientAttestation:PCR1"));
+    assert_admits(Variant::ImageSha384, &[image], &[other]);
+}
+
+#[test]
+fn instance_role_policy_names_one_key_and_requires_an_attestation() {
+    let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let text = render_iam(arn).unwrap();
+    let policy: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for statement in policy["Statement"].as_array().unwrap() {
+        assert_eq!(statement["Resource"], arn);
+        let actions = statement["Action"].to_string();
+        if actions.contains("kms:Decrypt") {
+            assert_eq!(
+                statement["Condition"]["Null"]["kms:RecipientAttestation:PCR0"],
+                "false"
+            );
+        }
+    }
+    assert!(render_iam("arn:aws:iam::111122223333:role/x").is_err());
 }

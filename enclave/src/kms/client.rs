@@ -82,6 +82,11 @@ pub enum KmsError {
     Unavailable(String),
     #[error("no AWS credentials: {0}")]
     NoCredentials(String),
+    #[error(
+        "KMS rejected the AWS credentials the host pushed ({code}: {message}); the host \
+         re-pushes them from the instance role on every refresh"
+    )]
+    CredentialsRejected { code: String, message: String },
     #[error("KMS error {code}: {message}")]
     Other { code: String, message: String },
     #[error("KMS answered without a CiphertextForRecipient")]
@@ -187,6 +192,10 @@ where
                 }
                 "NotFoundException" => KmsError::NotFound(message),
                 "ThrottlingException" | "LimitExceededException" => KmsError::Throttled(message),
+                "ExpiredTokenException"
+                | "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "IncompleteSignature" => KmsError::CredentialsRejected { code, message },
                 _ => KmsError::Other { code, message },
             }
         }
