@@ -268,6 +268,34 @@ async fn distribution_authorizes_listed_contracts_and_everything_else_is_refused
         let answer = authorize(&dev, with(&entry)).await;
         assert_eq!(answer.0, status, "{}", answer.1);
     }
+    // The host's own refusals are audited like the enclave's answers, rule included.
+    let audit: Vec<(String, String, String)> = dev
+        .audit()
+        .into_iter()
+        .filter(|row| row.entry.kind == "soroban_auth")
+        .map(|row| {
+            (
+                row.entry.public_key.unwrap_or_default(),
+                row.entry.outcome,
+                row.entry.detail.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert_eq!(
+        (audit[0].0.as_str(), audit[0].1.as_str()),
+        (distribution.as_str(), "ok")
+    );
+    assert_eq!(audit[1].1, "policy_violation");
+    assert!(
+        audit[1].2.contains("soroban_contract_not_allowed"),
+        "{audit:?}"
+    );
+    assert_eq!(
+        (audit[2].0.as_str(), audit[2].1.as_str()),
+        (channel.as_str(), "policy_violation")
+    );
+    assert!(audit[2].2.contains("channel_soroban_auth"), "{audit:?}");
     let seeds = dev.seeds();
     let logs = dev.stop();
     assert_no_secret_in(&logs, &seeds);

@@ -3,11 +3,11 @@
 use axum::extract::{ConnectInfo, State};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::ErrorCode;
 use common::protocol::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response, SignatureInfo};
 use common::stellar::{
     MAX_SIGNATURES, decode_envelope, hex, network_id, required_signers, sequence_owner,
 };
+use common::{ErrorCode, WireError};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiJson, AppState, Caller, blocking};
@@ -184,26 +184,30 @@ pub async fn sign_envelope(
         Ok((keys, distribution))
     })
     .await?;
-    precheck_policy(state, envelope, &signers, distribution.as_deref())?;
-    let mut material = Vec::with_capacity(keys.len());
-    for (public_key, key) in keys {
-        let key = key.filter(|k| k.state == KeyState::Active).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::UnknownKey,
-                format!("{public_key} is not an active key of this signer"),
-            )
-        })?;
-        material.push(key_material(key));
+    // Every outcome from here on is audited, refusals by the host's own checks included.
+    let outcome = async {
+        precheck_policy(state, envelope, &signers, distribution.as_deref()).map_err(|e| e.0)?;
+        let mut material = Vec::with_capacity(keys.len());
+        for (public_key, key) in keys {
+            let key = key.filter(|k| k.state == KeyState::Active).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::UnknownKey,
+                    format!("{public_key} is not an active key of this signer"),
+                )
+            })?;
+            material.push(key_material(key));
+        }
+        state
+            .enclave
+            .call(Request::Sign {
+                network_passphrase: network.to_string(),
+                transaction: xdr,
+                signers: material,
+            })
+            .await
+            .map_err(|e| e.to_wire())
     }
-    let outcome = state
-        .enclave
-        .call(Request::Sign {
-            network_passphrase: network.to_string(),
-            transaction: xdr,
-            signers: material,
-        })
-        .await
-        .map_err(|e| e.to_wire());
+    .await;
     let (transaction, hash, signatures) = match &outcome {
         Ok(Response::Signed {
             transaction,
@@ -223,6 +227,7 @@ pub async fn sign_envelope(
         Err(e) => e.code.to_string(),
     };
     let tx_hash = outcome.as_ref().ok().map(|_| hex(&hash));
+    let audit_detail = outcome.as_ref().err().map(|e| e.message.clone());
     // Channel bookkeeping: the account whose sequence this transaction consumes stays
     // locked until the transaction can no longer land.
     let owner = sequence_owner(envelope, network_id(network)).ok();
@@ -238,7 +243,7 @@ pub async fn sign_envelope(
                 tx_hash: tx_hash.clone(),
                 kind: kind.into(),
                 outcome: audit_outcome.clone(),
-                detail: None,
+                detail: audit_detail.clone(),
             })?;
         }
         if signed && let Some(owner) = owner {

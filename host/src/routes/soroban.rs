@@ -5,11 +5,11 @@
 use axum::extract::{ConnectInfo, State};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::ErrorCode;
 use common::policy::PolicyViolation;
 use common::protocol::{Request, Response};
 use common::soroban::{authorizing_account, decode_auth_entry};
 use common::stellar::hex;
+use common::{ErrorCode, WireError};
 use serde::{Deserialize, Serialize};
 
 use super::sign::{SignatureOut, decode_base64, key_material, network_of};
@@ -66,44 +66,44 @@ pub async fn authorize(
     let store = state.store.clone();
     let lookup = account.clone();
     let key = blocking(move || store.key(&lookup)).await?;
-    let key = key.filter(|k| k.state == KeyState::Active).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::UnknownKey,
-            format!("{account} is not an active key of this signer"),
-        )
-    })?;
-    // The host knows roles; the enclave knows only the distribution account and treats
-    // every other key as a channel. Same rule, same answer, no round trip.
-    if state.policy.precheck {
-        if key.role == KeyRole::Channel {
-            return Err(ApiError(
-                PolicyViolation {
+    // Every outcome from here on is audited, refusals by the host's own checks included.
+    let outcome = async {
+        let key = key.filter(|k| k.state == KeyState::Active).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::UnknownKey,
+                format!("{account} is not an active key of this signer"),
+            )
+        })?;
+        // The host knows roles; the enclave knows only the distribution account and
+        // treats every other key as a channel. Same rule, same answer, no round trip.
+        if state.policy.precheck {
+            if key.role == KeyRole::Channel {
+                return Err(PolicyViolation {
                     rule: "channel_soroban_auth",
                     detail: "channel accounts never authorize Soroban invocations".into(),
                 }
-                .into(),
-            ));
+                .into());
+            }
+            // This key is the distribution account (the store says so); the enclave
+            // checks against its own configured one.
+            state
+                .policy
+                .signing_policy(account_raw)
+                .map_err(|e| WireError::new(ErrorCode::Internal, e))?
+                .check_soroban_auth(&entry, &account_raw)?;
         }
-        // This key is the distribution account (the store says so); the enclave
-        // checks against its own configured one.
-        let policy = state
-            .policy
-            .signing_policy(account_raw)
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
-        policy
-            .check_soroban_auth(&entry, &account_raw)
-            .map_err(|v| ApiError(v.into()))?;
+        state
+            .enclave
+            .call(Request::AuthorizeSoroban {
+                network_passphrase: network,
+                entry: xdr,
+                signature_expiration_ledger: request.signature_expiration_ledger,
+                signer: key_material(key),
+            })
+            .await
+            .map_err(|e| e.to_wire())
     }
-    let outcome = state
-        .enclave
-        .call(Request::AuthorizeSoroban {
-            network_passphrase: network,
-            entry: xdr,
-            signature_expiration_ledger: request.signature_expiration_ledger,
-            signer: key_material(key),
-        })
-        .await
-        .map_err(|e| e.to_wire());
+    .await;
     let store = state.store.clone();
     let audit = AuditEntry {
         caller_uid: caller.uid,
@@ -117,7 +117,7 @@ pub async fn authorize(
             Ok(_) => "ok".to_string(),
             Err(e) => e.code.to_string(),
         },
-        detail: None,
+        detail: outcome.as_ref().err().map(|e| e.message.clone()),
     };
     blocking(move || store.append_audit(&audit)).await?;
     match outcome.map_err(ApiError)? {

@@ -344,6 +344,18 @@ impl Dev {
             .collect()
     }
 
+    /// The newest audit-log rows, newest first.
+    pub fn audit(&self) -> Vec<host::store::AuditRow> {
+        host::store::Store::open(
+            &self.state().join("signer.db"),
+            host::store::LockPolicy::default(),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap()
+        .recent_audit(100)
+        .unwrap()
+    }
+
     /// SIGINT (as Ctrl-C), asserts a clean exit, returns the log.
     pub fn stop(self) -> String {
         self.stop_keeping_state().0
