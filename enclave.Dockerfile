@@ -28,16 +28,22 @@ COPY Cargo.toml Cargo.lock ./
 COPY common/Cargo.toml common/
 COPY enclave/Cargo.toml enclave/
 COPY host/Cargo.toml host/
-COPY mock-kms/Cargo.toml mock-kms/
-RUN mkdir -p common/src enclave/src host/src mock-kms/src \
-    && touch common/src/lib.rs \
-    && for crate in enclave host mock-kms; do touch "$crate/src/lib.rs" "$crate/src/main.rs"; done \
+COPY dev/mock-kms/Cargo.toml dev/mock-kms/
+COPY dev/signer-dev/Cargo.toml dev/signer-dev/
+COPY tests/Cargo.toml tests/
+# Stub sources so the workspace loads; only the dependency graph matters here.
+RUN mkdir -p common/src enclave/src host/src dev/mock-kms/src dev/signer-dev/src tests/harness \
+    && touch common/src/lib.rs tests/harness/mod.rs \
+    && for crate in enclave host dev/mock-kms; do touch "$crate/src/lib.rs" "$crate/src/main.rs"; done \
+    && touch dev/signer-dev/src/main.rs \
+    && for t in stack signing soroban channels docs; do touch "tests/$t.rs"; done \
     && cargo fetch --locked
 
 COPY common common
 COPY enclave enclave
 COPY host host
-COPY mock-kms mock-kms
+COPY dev dev
+COPY tests tests
 COPY kms-policy kms-policy
 # Production build: no `mock` feature, so no mock NSM, no Unix endpoints, no test CA.
 RUN target="$(uname -m)-unknown-linux-musl" \

@@ -1,22 +1,26 @@
-//! Code shared by `signer-host` and `signer-enclave`: the wire protocol, its framing,
-//! the transports (vsock, or Unix sockets in mock-vsock mode) and stable error codes.
+//! Code shared by `signer-host`, `signer-enclave` and the development tools, in three
+//! groups that each side enables as cargo features, so each compiles only what it uses
+//! (docs/design.md §8):
+//!
+//! - [`wire`] (feature `wire`): the host↔enclave protocol: messages, frames,
+//!   transports, error codes and the Hello exchange;
+//! - [`stellar`] (feature `stellar`): envelopes, hashing, required signers, Soroban
+//!   payloads and the signing policy;
+//! - [`attestation`] (feature `attestation`): Nitro attestation documents (COSE), CMS
+//!   and BER, used by the enclave and the mock KMS, never by the host;
+//! - `mock_nsm` (feature `mock`): the mock NSM of local mode. A production enclave build
+//!   never enables it (docs/design.md §2 invariant 6).
 
+#[cfg(feature = "attestation")]
 pub mod attestation;
-pub mod ber;
-pub mod cms;
-pub mod error;
-pub mod frame;
 pub mod logging;
 #[cfg(feature = "mock")]
 pub mod mock_nsm;
-pub mod policy;
-pub mod protocol;
 pub mod signal;
-pub mod soroban;
+#[cfg(feature = "stellar")]
 pub mod stellar;
-pub mod transport;
-
-pub use error::{ErrorCode, WireError};
+#[cfg(feature = "wire")]
+pub mod wire;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix_secs() -> u64 {

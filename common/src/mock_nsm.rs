@@ -15,7 +15,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::attestation::{PROTECTED_ES384, sig_structure};
+use crate::attestation::document::{PROTECTED_ES384, sig_structure};
 
 /// Marks mock builds; a test greps the production enclave binary for it.
 pub const MOCK_NSM_MARKER: &str = "MOCK-NSM-NOT-FOR-PRODUCTION";
@@ -107,7 +107,7 @@ impl MockCa {
             let int_key = KeyPair::from_pem(&read("intermediate.key.pem")?)?;
             let intermediate = Issuer::from_ca_cert_pem(&intermediate_pem, int_key)?;
             let der = |pem: &str| {
-                crate::attestation::certificate_der_from_pem(pem.as_bytes())
+                crate::attestation::document::certificate_der_from_pem(pem.as_bytes())
                     .map_err(|e| MockNsmError::Key(e.to_string()))
             };
             return Ok(MockCa {
@@ -253,7 +253,7 @@ impl MockNsm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attestation::{AttestationError, verify};
+    use crate::attestation::document::{AttestationError, verify};
 
     #[test]
     fn mock_documents_verify_against_the_mock_root_only() {

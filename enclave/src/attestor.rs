@@ -108,8 +108,12 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let doc =
-            common::attestation::verify(&after.attestation_document, root.root_der(), now).unwrap();
+        let doc = common::attestation::document::verify(
+            &after.attestation_document,
+            root.root_der(),
+            now,
+        )
+        .unwrap();
         assert_eq!(
             doc.public_key.as_deref(),
             Some(after.recipient.public_key_der())

@@ -1,5 +1,5 @@
 //! Opt-in cache of decrypted seeds, for operators who trade a bounded exposure window for
-//! throughput. Off by default (DESIGN.md §4: one KMS call per signature). An entry lives
+//! throughput. Off by default (docs/design.md §4: one KMS call per signature). An entry lives
 //! at most `ttl` and serves at most `max_uses` signatures; expired entries are dropped,
 //! and dropping wipes the seed (`Zeroizing`).
 

@@ -1,4 +1,4 @@
-//! Key formats (DESIGN.md §3), opened only here. Every secret lives in a `Zeroizing`
+//! Key formats (docs/design.md §3), opened only here. Every secret lives in a `Zeroizing`
 //! buffer or a `ZeroizeOnDrop` type and is dropped as soon as the signature exists.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -107,7 +107,7 @@ pub fn public_key_of(seed: &[u8; 32]) -> String {
 }
 
 /// Signs `hash` with `seed` after checking it belongs to `expected_public_key`
-/// (DESIGN.md §2 invariant 4). Returns the raw public key and the signature.
+/// (docs/design.md §2 invariant 4). Returns the raw public key and the signature.
 pub fn sign_checked(
     seed: &[u8; 32],
     expected_public_key: &str,

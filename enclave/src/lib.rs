@@ -1,17 +1,32 @@
-//! `signer-enclave`: the process inside the Nitro Enclave. It is the only place a
-//! private key is ever plaintext (DESIGN.md §2). This crate holds the vsock server and
-//! the request handling; the `mock` feature adds what local development needs and is
-//! never part of a production image.
+//! `signer-enclave`: the process inside the Nitro Enclave, the only place a private key
+//! is ever plaintext (docs/design.md §2). Everything here is on the trusted side of the
+//! boundary: it decides from its own measured settings what to sign, whatever the host
+//! sends.
+//!
+//! Reading order: [`server`] (connections and the Hello exchange) → [`dispatch`] (one
+//! request to one operation) → [`ops`] (one file per operation) → [`key_use`] (the one
+//! path that decrypts a key and signs). [`kms`] and [`nsm`] are the outside world;
+//! [`config`] and [`startup`] build the [`context::SigningContext`]. The `mock` feature
+//! adds what local development needs and is never part of a production image.
 
 pub mod attestor;
 pub mod cache;
-pub mod handler;
+pub mod config;
+pub mod context;
+pub mod dispatch;
+pub mod errors;
+pub mod key_use;
 pub mod keys;
 pub mod kms;
 pub mod nsm;
+pub mod ops;
 pub mod server;
+pub mod startup;
 
-use common::protocol::BuildFlavor;
+#[cfg(test)]
+mod tests;
+
+use common::wire::messages::BuildFlavor;
 
 /// What this binary was compiled as; sent to the host in the handshake.
 pub const BUILD_FLAVOR: BuildFlavor = if cfg!(feature = "mock") {

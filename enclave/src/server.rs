@@ -5,17 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::frame::{FrameCodec, FrameError, decode_message, encode_message, write_queued};
-use common::protocol::{EnclaveMessage, Hello, HostMessage, PROTOCOL_VERSION, peek_hello_version};
-use common::transport::{Listener, Stream};
-use futures_util::{SinkExt, StreamExt};
+use common::wire::frame::{FrameCodec, FrameError, decode_message, encode_message, write_queued};
+use common::wire::hello::{self, HandshakeError};
+use common::wire::messages::{EnclaveMessage, Hello, HostMessage};
+use common::wire::transport::{Listener, Stream};
+use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::BUILD_FLAVOR;
-use crate::handler::Handler;
+use crate::dispatch::Dispatcher;
 
 /// How long a new connection may take to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,7 +27,7 @@ const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
 const WRITE_QUEUE: usize = 1024;
 
 /// Serves connections until `shutdown` is cancelled.
-pub async fn serve(listener: Listener, handler: Arc<Handler>, shutdown: CancellationToken) {
+pub async fn serve(listener: Listener, dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -35,11 +36,11 @@ pub async fn serve(listener: Listener, handler: Arc<Handler>, shutdown: Cancella
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let handler = handler.clone();
+                    let dispatcher = dispatcher.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         info!(%peer, "connection opened");
-                        match serve_connection(stream, handler, shutdown).await {
+                        match serve_connection(stream, dispatcher, shutdown).await {
                             Ok(()) => info!(%peer, "connection closed"),
                             Err(reason) => warn!(%peer, %reason, "connection closed"),
                         }
@@ -55,14 +56,13 @@ pub async fn serve(listener: Listener, handler: Arc<Handler>, shutdown: Cancella
     }
 }
 
+/// Why a connection ended abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
-    #[error("no hello within {0:?}")]
-    HandshakeTimeout(Duration),
-    #[error("first frame is not a hello")]
-    NotHello,
-    #[error("protocol version mismatch: host speaks {host}, enclave speaks {enclave}")]
-    VersionMismatch { host: u32, enclave: u32 },
+    /// The Hello exchange failed (timeout, not a hello, version mismatch).
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    /// A second hello after the handshake.
     #[error("unexpected hello after the handshake")]
     RepeatedHello,
     #[error("bad frame: {0}")]
@@ -71,40 +71,21 @@ pub enum ConnectionError {
 
 async fn serve_connection(
     stream: Stream,
-    handler: Arc<Handler>,
+    dispatcher: Arc<Dispatcher>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read_half, FrameCodec::new());
     let mut writer = FramedWrite::new(write_half, FrameCodec::new());
 
-    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
-        Err(_) => return Err(ConnectionError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
-        Ok(None) => return Ok(()),
-        Ok(Some(frame)) => frame?,
+    let ours = Hello::current("signer-enclave", BUILD_FLAVOR);
+    let host_hello = match hello::answer(&mut reader, &mut writer, ours, HANDSHAKE_TIMEOUT).await {
+        Ok(theirs) => theirs,
+        // A peer that connects and leaves (a health probe) is not an error.
+        Err(HandshakeError::Closed) => return Ok(()),
+        Err(e) => return Err(ConnectionError::Handshake(e)),
     };
-    let host_version = peek_hello_version(&first).ok_or(ConnectionError::NotHello)?;
-    if host_version != PROTOCOL_VERSION {
-        let refusal = EnclaveMessage::VersionMismatch {
-            enclave: PROTOCOL_VERSION,
-            host: host_version,
-        };
-        // Best effort: the host learns both versions, then we close either way.
-        let _ = writer.send(encode_message(&refusal)?).await;
-        return Err(ConnectionError::VersionMismatch {
-            host: host_version,
-            enclave: PROTOCOL_VERSION,
-        });
-    }
-    let HostMessage::Hello(host_hello) = decode_message::<HostMessage>(&first)? else {
-        return Err(ConnectionError::NotHello);
-    };
-    debug!(host_software = %host_hello.software_version, "handshake");
-    writer
-        .send(encode_message(&EnclaveMessage::Hello(Hello::current(
-            BUILD_FLAVOR,
-        )))?)
-        .await?;
+    debug!(host_software = %host_hello.software_version, host_build = %host_hello.build, "handshake");
 
     let (responses, queue) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let writer_task = tokio::spawn(write_queued(writer, queue));
@@ -128,10 +109,10 @@ async fn serve_connection(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break Ok(());
         };
-        let handler = handler.clone();
+        let dispatcher = dispatcher.clone();
         let responses = responses.clone();
         tokio::spawn(async move {
-            let response = handler.handle(request).await;
+            let response = dispatcher.handle(request).await;
             let message = EnclaveMessage::Response { id, response };
             match encode_message(&message) {
                 Ok(bytes) => {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::frame::{FrameCodec, decode_message, encode_message};
-use common::protocol::{
+use common::wire::frame::{FrameCodec, decode_message, encode_message};
+use common::wire::messages::{
     BuildFlavor, EnclaveMessage, Hello, HostMessage, PROTOCOL_VERSION, Request, Response,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -74,7 +74,7 @@ async fn open(socket: &Path) -> (Reader, Writer) {
 
 async fn handshake(socket: &Path) -> (Reader, Writer) {
     let (mut reader, mut writer) = open(socket).await;
-    let hello = HostMessage::Hello(Hello::current(BuildFlavor::Production));
+    let hello = HostMessage::Hello(Hello::current("test", BuildFlavor::Production));
     writer.send(encode_message(&hello).unwrap()).await.unwrap();
     let reply = reader.next().await.unwrap().unwrap();
     match decode_message::<EnclaveMessage>(&reply).unwrap() {
@@ -150,7 +150,7 @@ async fn bad_frames_close_only_their_own_connection() {
 
     // A peer from the future: refused with both versions named, then closed.
     let (mut reader, mut writer) = open(&socket).await;
-    let mut future = Hello::current(BuildFlavor::Production);
+    let mut future = Hello::current("test", BuildFlavor::Production);
     future.protocol_version = PROTOCOL_VERSION + 998;
     writer
         .send(encode_message(&HostMessage::Hello(future)).unwrap())

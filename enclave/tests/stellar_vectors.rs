@@ -10,7 +10,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::stellar::{
+use common::stellar::envelope::{
     add_signature, decode_envelope, encode_envelope, hex, network_id, required_signers,
     transaction_hash,
 };
@@ -72,7 +72,7 @@ fn hashes_signatures_and_envelopes_match_the_python_stellar_sdk() {
 /// hash, signature and the signed entry must be byte-identical to the SDK's.
 #[test]
 fn soroban_authorization_matches_the_python_stellar_sdk() {
-    use common::soroban::{
+    use common::stellar::soroban::{
         auth_payload_hash, authorizing_account, decode_auth_entry, encode_auth_entry,
         set_auth_signature,
     };

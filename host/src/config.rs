@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::transport::Endpoint;
+use common::stellar::signing_policy::SigningPolicySettings;
+use common::wire::transport::Endpoint;
 use serde::{Deserialize, Serialize};
 
 /// Where host services find the API unless configured otherwise.
@@ -20,57 +21,11 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub stellar: StellarConfig,
     pub kms: KmsConfig,
-    pub policy: PolicyConfig,
-}
-
-/// The host's copy of the enclave's signing-policy settings (keep them equal to the
-/// enclave's flags). The host checks first so callers get `policy_violation` without a
-/// round trip; the enclave's own check is the one that counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// Pre-check at all (tests turn it off to exercise the enclave's own check).
-    pub precheck: bool,
-    pub max_time_window_secs: u64,
-    pub max_fee: i64,
-    pub max_fee_bump_fee: i64,
-    pub distribution_unrestricted: bool,
-    /// Contracts (`C...`) the distribution account may authorize Soroban calls to.
-    pub soroban_contracts: Vec<String>,
-}
-
-impl PolicyConfig {
-    /// The enclave's policy as the host believes it is configured.
-    pub fn signing_policy(
-        &self,
-        distribution: [u8; 32],
-    ) -> Result<common::policy::SigningPolicy, String> {
-        Ok(common::policy::SigningPolicy {
-            distribution,
-            max_time_window_secs: self.max_time_window_secs,
-            max_fee: self.max_fee,
-            max_fee_bump_fee: self.max_fee_bump_fee,
-            distribution_unrestricted: self.distribution_unrestricted,
-            soroban_contracts: self
-                .soroban_contracts
-                .iter()
-                .map(|c| common::policy::parse_contract_id(c))
-                .collect::<Result<_, _>>()?,
-        })
-    }
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        Self {
-            precheck: true,
-            max_time_window_secs: 300,
-            max_fee: 10_000_000,
-            max_fee_bump_fee: 10_000_000,
-            distribution_unrestricted: false,
-            soroban_contracts: Vec::new(),
-        }
-    }
+    /// The host's copy of the enclave's signing-policy settings (the same struct the
+    /// enclave's flags fill; keep the values equal). The host checks first so callers
+    /// get `policy_violation` without a round trip; the enclave's check is the one
+    /// that counts.
+    pub signing_policy: SigningPolicySettings,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +69,7 @@ impl Default for KmsConfig {
             region: None,
             endpoint: None,
             relay_listen: Endpoint::Vsock {
-                cid: common::transport::VSOCK_CID_ANY,
+                cid: common::wire::transport::VSOCK_CID_ANY,
                 port: 8000,
             },
             credentials: CredentialsSource::DefaultChain,
@@ -176,6 +131,9 @@ pub struct EnclaveConfig {
     pub request_timeout_ms: u64,
     /// Reconnection backoff grows from 50 ms up to this.
     pub reconnect_max_backoff_ms: u64,
+    /// Check `[signing_policy]` on the host before asking the enclave (tests turn it
+    /// off to exercise the enclave's own check).
+    pub precheck_signing_policy: bool,
 }
 
 impl Default for EnclaveConfig {
@@ -188,6 +146,7 @@ impl Default for EnclaveConfig {
             },
             request_timeout_ms: 30_000,
             reconnect_max_backoff_ms: 2_000,
+            precheck_signing_policy: true,
         }
     }
 }
@@ -243,8 +202,9 @@ impl Default for ChannelsConfig {
 }
 
 impl ChannelsConfig {
-    pub fn lock_policy(&self) -> crate::store::LockPolicy {
-        crate::store::LockPolicy {
+    /// The lock lifetimes the store enforces.
+    pub fn lock_limits(&self) -> crate::store::LockLimits {
+        crate::store::LockLimits {
             default_lock: Duration::from_secs(self.default_lock_seconds),
             max_lock: Duration::from_secs(self.max_lock_seconds),
             max_time_margin: Duration::from_secs(self.max_time_margin_seconds),
@@ -353,10 +313,10 @@ impl Config {
                 "\"static\" needs static_access_key_id and static_secret_access_key",
             );
         }
-        self.policy
+        self.signing_policy
             .signing_policy([0; 32])
             .map_err(|problem| ConfigError::Invalid {
-                field: "policy.soroban_contracts",
+                field: "signing_policy.soroban_contracts",
                 problem,
             })?;
         let channels = &self.channels;

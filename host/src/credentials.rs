@@ -5,7 +5,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_credential_types::provider::ProvideCredentials;
-use common::protocol::{AwsCredentials, Request};
+use common::wire::messages::{AwsCredentials, Request};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 

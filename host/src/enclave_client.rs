@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::frame::{FrameCodec, decode_message, encode_message, write_queued};
-use common::protocol::{
-    EnclaveMessage, Hello, HostMessage, PROTOCOL_VERSION, Request, Response, peek_hello_version,
-};
-use common::transport::{Endpoint, Stream};
-use common::{ErrorCode, WireError};
-use futures_util::{SinkExt, StreamExt};
+use common::wire::frame::{FrameCodec, decode_message, encode_message, write_queued};
+use common::wire::hello;
+use common::wire::messages::{BuildFlavor, EnclaveMessage, Hello, HostMessage, Request, Response};
+use common::wire::transport::{Endpoint, Stream};
+use common::wire::{ErrorCode, WireError};
+use futures_util::StreamExt;
 use rand::Rng;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
@@ -32,13 +31,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const OUTGOING_QUEUE: usize = 1024;
 
-/// Host software does not care which build it is; the `Hello` needs a flavor anyway.
-const HOST_FLAVOR: common::protocol::BuildFlavor = common::protocol::BuildFlavor::Production;
+/// `signer-host` has one build: development tooling (`signer-dev`) and mocks live in
+/// other crates, so no host binary carries development-only code.
+const HOST_BUILD: BuildFlavor = BuildFlavor::Production;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     #[error("enclave at {endpoint} is unavailable: {reason}")]
-    Unavailable { endpoint: Endpoint, reason: String },
+    Unavailable {
+        endpoint: Endpoint,
+        reason: String,
+        /// `enclave_unavailable`, or `protocol_mismatch` when the enclave speaks
+        /// another protocol version.
+        code: ErrorCode,
+    },
     #[error("enclave at {endpoint} did not answer within {timeout:?}")]
     Timeout {
         endpoint: Endpoint,
@@ -53,9 +59,7 @@ pub enum CallError {
 impl CallError {
     pub fn to_wire(&self) -> WireError {
         match self {
-            CallError::Unavailable { .. } => {
-                WireError::new(ErrorCode::EnclaveUnavailable, self.to_string())
-            }
+            CallError::Unavailable { code, .. } => WireError::new(*code, self.to_string()),
             CallError::Timeout { .. } => {
                 WireError::new(ErrorCode::EnclaveTimeout, self.to_string())
             }
@@ -129,7 +133,8 @@ struct Inner {
     endpoint: Endpoint,
     request_timeout: Duration,
     current: RwLock<Option<Arc<Connection>>>,
-    last_error: Mutex<String>,
+    /// Why there is no connection right now, with the code callers get.
+    last_error: Mutex<(ErrorCode, String)>,
     next_id: AtomicU64,
     /// Counts successful connections; watchers learn of every (re)connection.
     connections: tokio::sync::watch::Sender<u64>,
@@ -145,7 +150,7 @@ pub struct EnclaveClient {
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub software_version: String,
-    pub build: common::protocol::BuildFlavor,
+    pub build: common::wire::messages::BuildFlavor,
 }
 
 impl EnclaveClient {
@@ -161,7 +166,10 @@ impl EnclaveClient {
             endpoint,
             request_timeout,
             current: RwLock::new(None),
-            last_error: Mutex::new("not connected yet".to_string()),
+            last_error: Mutex::new((
+                ErrorCode::EnclaveUnavailable,
+                "not connected yet".to_string(),
+            )),
             next_id: AtomicU64::new(1),
             connections: tokio::sync::watch::Sender::new(0),
         });
@@ -192,9 +200,14 @@ impl EnclaveClient {
     }
 
     fn unavailable(&self, reason: String) -> CallError {
+        self.unavailable_with(ErrorCode::EnclaveUnavailable, reason)
+    }
+
+    fn unavailable_with(&self, code: ErrorCode, reason: String) -> CallError {
         CallError::Unavailable {
             endpoint: self.inner.endpoint.clone(),
             reason,
+            code,
         }
     }
 
@@ -214,7 +227,8 @@ impl EnclaveClient {
             current.clone()
         };
         let Some(connection) = connection else {
-            return Err(self.unavailable(lock(&self.inner.last_error).clone()));
+            let (code, reason) = lock(&self.inner.last_error).clone();
+            return Err(self.unavailable_with(code, reason));
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_message(&HostMessage::Request { id, request })
@@ -294,7 +308,7 @@ async fn supervise(inner: Arc<Inner>, max_backoff: Duration, shutdown: Cancellat
                 let reason = run_connection(&connection, reader, writer, queue, &shutdown).await;
                 *inner.current.write().unwrap_or_else(|p| p.into_inner()) = None;
                 let failed = connection.close();
-                *lock(&inner.last_error) = reason.clone();
+                *lock(&inner.last_error) = (ErrorCode::EnclaveUnavailable, reason.clone());
                 if shutdown.is_cancelled() {
                     return;
                 }
@@ -305,13 +319,13 @@ async fn supervise(inner: Arc<Inner>, max_backoff: Duration, shutdown: Cancellat
                     "lost the enclave connection; reconnecting"
                 );
             }
-            Err(reason) => {
+            Err(failure) => {
                 failures = failures.saturating_add(1);
                 // Log the first failure and then ever more rarely, not every 2 s forever.
                 if failures.is_power_of_two() {
-                    warn!(enclave = %inner.endpoint, %reason, attempts = failures, "cannot reach the enclave");
+                    warn!(enclave = %inner.endpoint, reason = %failure.1, code = %failure.0, attempts = failures, "cannot reach the enclave");
                 }
-                *lock(&inner.last_error) = reason;
+                *lock(&inner.last_error) = failure;
             }
         }
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
@@ -327,44 +341,21 @@ async fn supervise(inner: Arc<Inner>, max_backoff: Duration, shutdown: Cancellat
 type Reader = FramedRead<ReadHalf<Stream>, FrameCodec>;
 type Writer = FramedWrite<WriteHalf<Stream>, FrameCodec>;
 
-async fn connect(endpoint: &Endpoint) -> Result<(Hello, Reader, Writer), String> {
+/// Opens a connection and says hello; a failure carries the code callers will get.
+async fn connect(endpoint: &Endpoint) -> Result<(Hello, Reader, Writer), (ErrorCode, String)> {
+    let unavailable = |reason: String| (ErrorCode::EnclaveUnavailable, reason);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, Stream::connect(endpoint))
         .await
-        .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("connect failed: {e}"))?;
+        .map_err(|_| unavailable(format!("connect timed out after {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unavailable(format!("connect failed: {e}")))?;
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read_half, FrameCodec::new());
     let mut writer = FramedWrite::new(write_half, FrameCodec::new());
-    let hello = encode_message(&HostMessage::Hello(Hello::current(HOST_FLAVOR)))
-        .map_err(|e| e.to_string())?;
-    writer
-        .send(hello)
+    let ours = Hello::current("signer-host", HOST_BUILD);
+    let theirs = hello::offer(&mut reader, &mut writer, ours, HANDSHAKE_TIMEOUT)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let frame = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
-        Err(_) => return Err(format!("no handshake answer within {HANDSHAKE_TIMEOUT:?}")),
-        Ok(None) => return Err("enclave closed the connection during the handshake".to_string()),
-        Ok(Some(Err(e))) => return Err(format!("handshake: {e}")),
-        Ok(Some(Ok(frame))) => frame,
-    };
-    if let Some(version) = peek_hello_version(&frame)
-        && version != PROTOCOL_VERSION
-    {
-        return Err(protocol_mismatch(version));
-    }
-    match decode_message::<EnclaveMessage>(&frame) {
-        Ok(EnclaveMessage::Hello(hello)) => Ok((hello, reader, writer)),
-        Ok(EnclaveMessage::VersionMismatch { enclave, .. }) => Err(protocol_mismatch(enclave)),
-        Ok(other) => Err(format!("expected a hello, got {other:?}")),
-        Err(e) => Err(format!("handshake: {e}")),
-    }
-}
-
-fn protocol_mismatch(enclave: u32) -> String {
-    format!(
-        "protocol version mismatch: enclave speaks {enclave}, host speaks {PROTOCOL_VERSION}; \
-         deploy matching host and enclave builds"
-    )
+        .map_err(|e| (e.code(), e.to_string()))?;
+    Ok((theirs, reader, writer))
 }
 
 /// Runs one connection until it fails; returns why it ended.
@@ -403,8 +394,9 @@ async fn run_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::protocol::BuildFlavor;
-    use common::transport::bind_unix;
+    use common::wire::messages::{PROTOCOL_VERSION, peek_hello_version};
+    use common::wire::transport::bind_unix;
+    use futures_util::SinkExt;
     use tokio::io::AsyncWriteExt;
 
     fn client(path: &std::path::Path, shutdown: &CancellationToken) -> EnclaveClient {
@@ -429,7 +421,7 @@ mod tests {
         let mut writer = FramedWrite::new(w, FrameCodec::new());
         let hello = reader.next().await.unwrap().unwrap();
         assert_eq!(peek_hello_version(&hello), Some(PROTOCOL_VERSION));
-        let reply = EnclaveMessage::Hello(Hello::current(BuildFlavor::Mock));
+        let reply = EnclaveMessage::Hello(Hello::current("test", BuildFlavor::Mock));
         writer.send(encode_message(&reply).unwrap()).await.unwrap();
         (reader, writer)
     }
@@ -523,8 +515,9 @@ mod tests {
         let mut last = String::new();
         for _ in 0..200 {
             match client.call(Request::Ping { delay_ms: 0 }).await {
-                Err(CallError::Unavailable { reason, .. }) if reason.contains("mismatch") => {
-                    last = reason;
+                Err(e @ CallError::Unavailable { .. }) if e.to_string().contains("mismatch") => {
+                    assert_eq!(e.to_wire().code, ErrorCode::ProtocolMismatch);
+                    last = e.to_string();
                     break;
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

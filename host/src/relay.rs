@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use common::transport::{Listener, Stream};
+use common::wire::transport::{Listener, Stream};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -102,7 +102,7 @@ async fn relay_one(mut enclave: Stream, target: &RelayTarget) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::transport::Endpoint;
+    use common::wire::transport::Endpoint;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]

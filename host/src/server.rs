@@ -6,21 +6,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::transport::{UnixSocketListener, bind_unix};
+use common::wire::transport::{UnixSocketListener, bind_unix};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{AppState, Caller, router};
 use crate::config::Config;
 use crate::enclave_client::EnclaveClient;
-use crate::store::Store;
+use crate::signing::Signing;
+use crate::store::{SharedStore, SqliteStore};
 
 /// A host whose socket is bound (callers can connect from now on) but not yet serving.
 #[derive(Debug)]
 pub struct BoundHost {
     config: Config,
     socket: UnixSocketListener,
-    store: Store,
+    store: SharedStore,
 }
 
 impl BoundHost {
@@ -34,11 +35,11 @@ impl BoundHost {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let store = Store::open(
+        let store = std::sync::Arc::new(SqliteStore::open(
             &config.store.path,
-            config.channels.lock_policy(),
+            config.channels.lock_limits(),
             Duration::from_millis(config.store.busy_timeout_ms),
-        )?;
+        )?);
         if let Some(parent) = config.api.socket.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -76,14 +77,24 @@ impl BoundHost {
         );
         if let Some(url) = config.kms.endpoint_url() {
             let target = crate::relay::RelayTarget::from_url(&url).map_err(anyhow::Error::msg)?;
-            let relay = common::transport::Listener::bind(&config.kms.relay_listen, 0o600)
+            let relay = common::wire::transport::Listener::bind(&config.kms.relay_listen, 0o600)
                 .with_context(|| format!("binding the KMS relay {}", config.kms.relay_listen))?;
             tokio::spawn(crate::relay::run(relay, target, enclave_stop.clone()));
             crate::credentials::spawn(&config.kms, enclave.clone(), enclave_stop.clone()).await?;
         }
-        let mut state = AppState::new(enclave, store);
-        state.network_passphrase = config.stellar.network_passphrase.clone();
-        state.policy = config.policy.clone();
+        let signing = Signing::new(
+            enclave.clone(),
+            store.clone(),
+            config.stellar.network_passphrase.clone(),
+            config.signing_policy.clone(),
+            config.enclave.precheck_signing_policy,
+        );
+        let state = AppState {
+            enclave,
+            store,
+            signing,
+            shutdown: shutdown.clone(),
+        };
         let app = router(state, config.api.max_body_bytes)
             .into_make_service_with_connect_info::<Caller>();
         info!(
@@ -130,4 +141,25 @@ impl BoundHost {
         enclave_stop.cancel();
         Ok(())
     }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT. The handlers are registered before
+/// this returns, so no signal sent afterwards is lost.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    match common::signal::ShutdownSignals::install() {
+        Ok(mut signals) => {
+            tokio::spawn(async move {
+                let signal = signals.recv().await;
+                info!(signal, "shutting down");
+                trigger.cancel();
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals; shutting down");
+            trigger.cancel();
+        }
+    }
+    token
 }

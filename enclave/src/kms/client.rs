@@ -14,9 +14,12 @@ use aws_sdk_kms::config::{BehaviorVersion, IdentityCache, Region};
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeyEncryptionMechanism, RecipientInfo};
-use common::transport::Endpoint;
+use common::wire::transport::Endpoint;
 
 use super::connector::RelayHttpClient;
+use super::{Kms, KmsError};
+use common::wire::messages::AwsCredentials;
+use futures_util::future::BoxFuture;
 
 /// Where and how to reach KMS.
 #[derive(Debug, Clone)]
@@ -66,35 +69,6 @@ impl ProvideCredentials for PushedCredentials {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum KmsError {
-    #[error("KMS denied access: {0}")]
-    AccessDenied(String),
-    #[error(
-        "KMS refused the ciphertext (tampered, another key, or a different encryption context): {0}"
-    )]
-    InvalidCiphertext(String),
-    #[error("KMS key not found: {0}")]
-    NotFound(String),
-    #[error("KMS is throttling requests: {0}")]
-    Throttled(String),
-    #[error("KMS did not answer: {0}")]
-    Unavailable(String),
-    #[error("no AWS credentials: {0}")]
-    NoCredentials(String),
-    #[error(
-        "KMS rejected the AWS credentials the host pushed ({code}: {message}); the host \
-         re-pushes them from the instance role on every refresh"
-    )]
-    CredentialsRejected { code: String, message: String },
-    #[error("KMS error {code}: {message}")]
-    Other { code: String, message: String },
-    #[error("KMS answered without a CiphertextForRecipient")]
-    MissingCiphertextForRecipient,
-    #[error("bad KMS settings: {0}")]
-    Settings(String),
-}
-
 #[derive(Debug, Clone)]
 pub struct KmsClient {
     client: aws_sdk_kms::Client,
@@ -138,13 +112,9 @@ impl KmsClient {
         })
     }
 
-    pub fn credentials(&self) -> &PushedCredentials {
-        &self.credentials
-    }
-
     /// `Decrypt` with a `Recipient`: KMS checks the attestation against the key policy
     /// and answers with the plaintext encrypted to our RSA key (never in the clear).
-    pub async fn decrypt_for_recipient(
+    async fn decrypt(
         &self,
         ciphertext_blob: &[u8],
         key_id: Option<&str>,
@@ -171,6 +141,35 @@ impl KmsClient {
             .ciphertext_for_recipient()
             .map(|b| b.as_ref().to_vec())
             .ok_or(KmsError::MissingCiphertextForRecipient)
+    }
+}
+
+impl Kms for KmsClient {
+    fn decrypt_for_recipient<'a>(
+        &'a self,
+        ciphertext_blob: &'a [u8],
+        key_id: Option<&'a str>,
+        encryption_context: &'a [(&'a str, &'a str)],
+        attestation_document: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+        Box::pin(self.decrypt(
+            ciphertext_blob,
+            key_id,
+            encryption_context,
+            attestation_document,
+        ))
+    }
+
+    fn set_credentials(&self, credentials: AwsCredentials) {
+        let expires = credentials
+            .expires_unix
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        self.credentials.set(
+            credentials.access_key_id,
+            credentials.secret_access_key,
+            credentials.session_token,
+            expires,
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{
     KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey,
 };
-use common::cms::{CmsError, RecipientId, parse_envelope};
+use common::attestation::cms::{CmsError, RecipientId, parse_envelope};
 use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +137,7 @@ pub(crate) mod tests {
 
     fn fixture(path: &str) -> Vec<u8> {
         let full = format!(
-            "{}/../../shared/fixtures/kms-recipient/{path}",
+            "{}/../testdata/fixtures/kms-recipient/{path}",
             env!("CARGO_MANIFEST_DIR")
         );
         std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))

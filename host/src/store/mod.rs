@@ -1,30 +1,54 @@
-//! The host's SQLite store: key ciphertexts, channel-account locks and the audit log.
+//! The host's store: key ciphertexts, channel-account locks and the audit log, behind
+//! the [`Store`] trait so backends can be swapped (SQLite today, the default).
 //!
-//! Nothing here is secret: the host only ever holds KMS ciphertexts (DESIGN.md §2).
-//! What matters is that a key, once the API has said it is stored, survives any crash
-//! (full fsync, file and directory), and that a channel account is never handed to two
-//! callers at once (every lock change is one statement inside `BEGIN IMMEDIATE`).
+//! Nothing here is secret: the host only ever holds KMS ciphertexts (docs/design.md
+//! §2). What matters is that a key, once the API has said it is stored, survives any
+//! crash, and that a channel account is never handed to two callers at once.
 //!
-//! All methods block; async callers run them on `spawn_blocking`. Channel locking is
-//! behind [`ChannelLocks`] so a shared lock store (PostgreSQL) can replace it.
+//! All methods block; async callers run them on `spawn_blocking`.
 
-mod audit;
-mod channels;
-mod keys;
-mod pool;
-mod schema;
+mod records;
+pub mod sqlite;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use audit::{AuditEntry, AuditRow};
-pub use channels::{ChannelLease, ChannelLocks, ChannelRow, ChannelSummary, UnlockOutcome};
-pub use keys::{KeyFormat, KeyRecord, KeyRole, KeyState, NewKey};
-pub use schema::SCHEMA_VERSION;
+pub use records::*;
+pub use sqlite::SqliteStore;
 
-use common::ErrorCode;
-use common::WireError;
+use common::wire::{ErrorCode, WireError};
+
+/// Stored keys. Key writes are durable before they return.
+pub trait KeyStore: Send + Sync {
+    /// Stores keys in one transaction: either all are stored or none.
+    fn insert_keys(&self, keys: &[NewKey]) -> Result<(), StoreError>;
+    /// Moves a key to another state (pending → active → retired).
+    fn set_key_state(&self, public_key: &str, state: KeyState) -> Result<(), StoreError>;
+    /// One key by its public key.
+    fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Every key, or those of one role.
+    fn list_keys(&self, role: Option<KeyRole>) -> Result<Vec<KeyRecord>, StoreError>;
+}
+
+/// The append-only audit log.
+pub trait AuditLog: Send + Sync {
+    /// Appends one row.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The latest rows, newest first.
+    fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+}
+
+/// A whole store: keys, channel locks and audit, plus health.
+pub trait Store: KeyStore + ChannelLocks + AuditLog + std::fmt::Debug {
+    /// A cheap round trip, for readiness checks.
+    fn check(&self) -> Result<(), StoreError>;
+    /// Which backend and where, for logs and `/readyz`.
+    fn describe(&self) -> String;
+}
+
+/// The store the host shares between its tasks.
+pub type SharedStore = Arc<dyn Store>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -99,9 +123,9 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// Lock lifetimes. Defaults follow DESIGN.md §5.
+/// Lock lifetimes. Defaults follow docs/design.md §5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockPolicy {
+pub struct LockLimits {
     pub default_lock: Duration,
     pub max_lock: Duration,
     /// Added to a signed transaction's `maxTime` when extending its channel's lock, to
@@ -109,7 +133,7 @@ pub struct LockPolicy {
     pub max_time_margin: Duration,
 }
 
-impl Default for LockPolicy {
+impl Default for LockLimits {
     fn default() -> Self {
         Self {
             default_lock: Duration::from_secs(30),
@@ -119,71 +143,25 @@ impl Default for LockPolicy {
     }
 }
 
-#[derive(Clone)]
-pub struct Store {
-    pool: Arc<pool::Pool>,
-    clock: Clock,
-    policy: LockPolicy,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.pool.path())
-            .field("policy", &self.policy)
-            .finish()
+/// Runs a blocking store call off the async workers.
+pub async fn blocking<T, F>(call: F) -> Result<T, WireError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(|e| e.to_wire()),
+        Err(e) => Err(WireError::new(
+            ErrorCode::Internal,
+            format!("store task failed: {e}"),
+        )),
     }
 }
 
-impl Store {
-    /// Opens (creating if needed) the database and applies pending migrations.
-    pub fn open(
-        path: &Path,
-        policy: LockPolicy,
-        busy_timeout: Duration,
-    ) -> Result<Store, StoreError> {
-        Self::open_with_clock(path, policy, busy_timeout, system_clock())
-    }
-
-    pub fn open_with_clock(
-        path: &Path,
-        policy: LockPolicy,
-        busy_timeout: Duration,
-        clock: Clock,
-    ) -> Result<Store, StoreError> {
-        let pool = pool::Pool::new(path.to_path_buf(), busy_timeout);
-        {
-            let mut conn = pool.get()?;
-            schema::migrate(&mut conn)?;
-        }
-        // The database file and its WAL now exist: make their directory entries durable.
-        pool.sync_dir()?;
-        Ok(Store {
-            pool: Arc::new(pool),
-            clock,
-            policy,
-        })
-    }
-
-    pub fn policy(&self) -> LockPolicy {
-        self.policy
-    }
-
-    pub fn path(&self) -> &Path {
-        self.pool.path()
-    }
-
-    fn now(&self) -> i64 {
-        (self.clock)()
-    }
-
-    /// A cheap query, for readiness checks.
-    pub fn check(&self) -> Result<(), StoreError> {
-        let conn = self.pool.get()?;
-        conn.query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
-    }
+/// The active distribution key, if one is stored. Written once for every caller.
+pub fn active_distribution(store: &dyn Store) -> Result<Option<KeyRecord>, StoreError> {
+    Ok(store
+        .list_keys(Some(KeyRole::Distribution))?
+        .into_iter()
+        .find(|k| k.state == KeyState::Active))
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,241 @@
+//! The host↔enclave protocol.
+//!
+//! A connection opens with a version exchange ([`crate::wire::hello`]). After that, each
+//! [`HostMessage::Request`] carries an id chosen by the host, and the enclave answers
+//! with a [`EnclaveMessage::Response`] carrying the same id, in whatever order the
+//! requests finish, so many requests share one connection and a slow one (a KMS call)
+//! never holds up a fast one.
+//!
+//! Messages are `postcard`-encoded inside length-prefixed frames (see [`crate::frame`]).
+//! Compatibility rule: `Hello` stays variant 0 of both message enums and
+//! `protocol_version` stays its first field, so two builds of any version can always
+//! read each other's version number (see [`peek_hello_version`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::error::WireError;
+
+/// Bump on any change to the messages below.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Which enclave build answered: the host refuses nothing on this basis by itself, but
+/// operators and the dev tooling need to know when a mock build is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildFlavor {
+    Production,
+    Mock,
+}
+
+impl std::fmt::Display for BuildFlavor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BuildFlavor::Production => "production",
+            BuildFlavor::Mock => "mock",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must stay the first field: see the module documentation.
+    pub protocol_version: u32,
+    /// Which program and release sent it, e.g. `signer-host 0.1.0`, for logs.
+    pub software_version: String,
+    /// Whether the sender was built with development-only code.
+    pub build: BuildFlavor,
+}
+
+impl Hello {
+    /// This build's hello, sent by `program` (`signer-host` or `signer-enclave`).
+    pub fn current(program: &str, build: BuildFlavor) -> Self {
+        Self {
+            protocol_version: PROTOCOL_VERSION,
+            software_version: format!("{program} {}", env!("CARGO_PKG_VERSION")),
+            build,
+        }
+    }
+}
+
+/// Host → enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMessage {
+    Hello(Hello),
+    Request { id: u64, request: Request },
+}
+
+/// Enclave → host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnclaveMessage {
+    Hello(Hello),
+    /// Sent instead of `Hello` when the versions differ; the enclave then closes.
+    VersionMismatch {
+        enclave: u32,
+        host: u32,
+    },
+    Response {
+        id: u64,
+        response: Result<Response, WireError>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A no-op round trip, used by readiness checks and benchmarks. `delay_ms` is
+    /// honoured only by mock builds (tests use it to stand in for a slow KMS call);
+    /// production enclaves answer at once.
+    Ping { delay_ms: u32 },
+    /// Short-lived AWS credentials for the enclave's own KMS calls, pushed by the host
+    /// (which resolves them from the instance role) and refreshed before expiry.
+    SetCredentials(AwsCredentials),
+    /// Sign a transaction envelope with each of `signers`. The enclave computes the
+    /// hash itself, for its own network; `network_passphrase` is what the caller
+    /// believes, and a mismatch is refused.
+    Sign {
+        network_passphrase: String,
+        /// Raw XDR of a TransactionEnvelope.
+        transaction: Vec<u8>,
+        signers: Vec<KeyMaterial>,
+    },
+    /// Sign a Soroban authorization entry (address credentials) for the account it
+    /// names, valid through `signature_expiration_ledger`. The enclave computes the
+    /// payload itself, for its own network.
+    AuthorizeSoroban {
+        network_passphrase: String,
+        /// Raw XDR of a SorobanAuthorizationEntry.
+        entry: Vec<u8>,
+        signature_expiration_ledger: u32,
+        signer: KeyMaterial,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Pong {
+        build: BuildFlavor,
+    },
+    CredentialsStored,
+    Signed {
+        /// Raw XDR of the envelope with the new signatures appended.
+        transaction: Vec<u8>,
+        /// The signature payload hash, computed by the enclave.
+        hash: [u8; 32],
+        signatures: Vec<SignatureInfo>,
+    },
+    SorobanAuthorized {
+        /// Raw XDR of the entry with the expiration ledger and signature filled in.
+        entry: Vec<u8>,
+        /// The authorization payload hash the signature signs.
+        hash: [u8; 32],
+        signature: SignatureInfo,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    pub expires_unix: Option<u64>,
+}
+
+// Credentials are not key material, but they are secrets: keep them out of logs.
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[REDACTED]")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("expires_unix", &self.expires_unix)
+            .finish()
+    }
+}
+
+/// A stored key as the host holds it: public key and ciphertexts only. Opening it takes
+/// KMS and an attestation document, i.e. the enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMaterial {
+    /// `G...`
+    pub public_key: String,
+    pub format: KeyFormat,
+    pub kms_key_id: String,
+    /// KMS CiphertextBlob: of the secret (`kms-direct`) or of the data key (`envelope`).
+    pub ciphertext: Vec<u8>,
+    /// `envelope` only.
+    pub sealed_seed: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyFormat {
+    KmsDirect,
+    Envelope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureInfo {
+    pub public_key: String,
+    pub hint: [u8; 4],
+    pub signature: Vec<u8>,
+}
+
+/// Reads the protocol version out of an encoded `Hello` of any protocol version.
+/// Returns `None` when the frame is not a `Hello` at all.
+pub fn peek_hello_version(frame: &[u8]) -> Option<u32> {
+    // postcard: enum variant index as varint, then the struct's first field (varint u32).
+    let (variant, rest) = postcard::take_from_bytes::<u32>(frame).ok()?;
+    if variant != 0 {
+        return None;
+    }
+    let (version, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    Some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_version_is_readable_from_a_future_hello_with_more_fields() {
+        #[derive(Serialize)]
+        struct FutureHello {
+            protocol_version: u32,
+            software_version: String,
+            build: BuildFlavor,
+            something_new: Vec<u64>,
+        }
+        #[derive(Serialize)]
+        enum FutureHostMessage {
+            Hello(FutureHello),
+        }
+        let bytes = postcard::to_allocvec(&FutureHostMessage::Hello(FutureHello {
+            protocol_version: 77,
+            software_version: "9.0.0".into(),
+            build: BuildFlavor::Production,
+            something_new: vec![1, 2, 3],
+        }))
+        .unwrap();
+        assert_eq!(peek_hello_version(&bytes), Some(77));
+    }
+
+    #[test]
+    fn peek_rejects_non_hello_frames() {
+        let request = HostMessage::Request {
+            id: 5,
+            request: Request::Ping { delay_ms: 0 },
+        };
+        let bytes = postcard::to_allocvec(&request).unwrap();
+        assert_eq!(peek_hello_version(&bytes), None);
+        assert_eq!(peek_hello_version(&[]), None);
+    }
+
+    #[test]
+    fn current_hello_round_trips() {
+        let hello = HostMessage::Hello(Hello::current("test", BuildFlavor::Mock));
+        let bytes = postcard::to_allocvec(&hello).unwrap();
+        assert_eq!(peek_hello_version(&bytes), Some(PROTOCOL_VERSION));
+        assert_eq!(postcard::from_bytes::<HostMessage>(&bytes).unwrap(), hello);
+    }
+}

@@ -1,0 +1,106 @@
+//! `signer-dev`: development tooling, never shipped. `up` runs the whole stack on one
+//! machine in mock-vsock mode (mock NSM, mock KMS, development keys); `bench` measures
+//! requests through it.
+
+mod bench;
+mod up;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "signer-dev",
+    version,
+    about = "Stellar signer: local development stack and benchmark (never for production)"
+)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "SIGNER_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole stack locally in mock-vsock mode (development only).
+    Up {
+        /// State directory; the host API listens at DIR/host.sock.
+        #[arg(long, default_value = ".signer-dev")]
+        dir: PathBuf,
+        /// Where signer-enclave and signer-mock-kms are (default: next to this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Make the mock enclave report other PCRs than the key policy admits
+        /// (INDEX=HEX,...), to see an attestation denial.
+        #[arg(long)]
+        enclave_pcrs: Option<String>,
+        /// Skip the host's signing-policy pre-check, so the enclave's own enforcement
+        /// answers (for testing the enclave).
+        #[arg(long)]
+        no_host_policy_precheck: bool,
+        /// A contract (C...) the distribution account may authorize Soroban calls to;
+        /// given to both the enclave's signing policy and the host's pre-check.
+        #[arg(long, value_delimiter = ',')]
+        soroban_contract: Vec<String>,
+    },
+    /// Measure request throughput and latency through the host and the enclave.
+    Bench {
+        /// Host API socket of a running stack; without it a local stack is started.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Requests per concurrency level.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::logging::init(&cli.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up {
+            dir,
+            bin_dir,
+            enclave_pcrs,
+            no_host_policy_precheck,
+            soroban_contract,
+        } => {
+            let options = up::DevOptions {
+                dir,
+                bin_dir,
+                enclave_pcrs,
+                no_host_policy_precheck,
+                soroban_contracts: soroban_contract,
+            };
+            up::run(options, host::server::shutdown_on_signal()).await
+        }
+        Command::Bench {
+            socket,
+            requests,
+            clients,
+        } => {
+            bench::run(bench::BenchOptions {
+                socket,
+                requests_per_level: requests,
+                clients,
+            })
+            .await
+        }
+    }
+}

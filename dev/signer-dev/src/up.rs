@@ -1,0 +1,403 @@
+//! `signer-dev up`: the whole stack on one machine, in mock-vsock mode: a mock KMS
+//! enforcing the shipped key-policy template, the mock enclave as a child process on a
+//! Unix socket (mock NSM with development PCRs), and the host API at `DIR/host.sock`,
+//! with a development key pool. For local development only.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::wire::transport::Endpoint;
+use hyper::{Method, StatusCode};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use host::client::request_once;
+use host::config::{Config, CredentialsSource};
+use host::server::BoundHost;
+use host::store::{KeyFormat, KeyRole, KeyState, KeyStore, LockLimits, NewKey, SqliteStore};
+
+const READY_WAIT: Duration = Duration::from_secs(30);
+const CHILD_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// The network the development enclave signs for.
+pub const DEV_NETWORK: &str = "Test SDF Network ; September 2015";
+/// The mock enclave's measurements, and the ones the development key policy admits.
+pub const DEV_PCRS: [(u8, &str); 3] = [
+    (
+        0,
+        "d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0",
+    ),
+    (
+        1,
+        "d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1",
+    ),
+    (
+        2,
+        "d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2",
+    ),
+];
+const DEV_ACCOUNT: &str = "111122223333";
+const DEV_ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
+const DEV_CHANNELS: u32 = 8;
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub dir: PathBuf,
+    /// Defaults to the binaries next to this executable.
+    pub bin_dir: Option<PathBuf>,
+    /// PCRs the mock enclave reports, when they should differ from what the policy
+    /// admits (to see an attestation denial): INDEX=HEX[,INDEX=HEX...].
+    pub enclave_pcrs: Option<String>,
+    /// Skip the host's policy pre-check, so the enclave's own enforcement answers.
+    pub no_host_policy_precheck: bool,
+    /// Contracts (C...) the distribution account may authorize Soroban calls to.
+    pub soroban_contracts: Vec<String>,
+}
+
+/// The shipped key-policy template, rendered for the development PCRs.
+pub fn dev_policy() -> anyhow::Result<String> {
+    let build = host::key_policy::Measurements {
+        pcrs: DEV_PCRS.map(|(_, value)| value.to_string()),
+    };
+    Ok(host::key_policy::render(
+        host::key_policy::TEMPLATE,
+        DEV_ACCOUNT,
+        DEV_ROLE,
+        &[build],
+    )?)
+}
+
+fn binary(options: &DevOptions, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match &options.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build the local stack first: cargo build --workspace --features enclave/mock",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+struct Children(Vec<Child>);
+
+impl Children {
+    async fn stop(&mut self) {
+        // Reverse start order: the enclave before the KMS it calls.
+        while let Some(mut child) = self.0.pop() {
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            if tokio::time::timeout(CHILD_STOP_WAIT, child.wait())
+                .await
+                .is_err()
+            {
+                warn!("a child did not stop within {CHILD_STOP_WAIT:?}; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = options.dir.clone();
+    create_private_dir(&dir)?;
+    let mut children = Children(Vec::new());
+    let result = run_stack(&options, &dir, &mut children, shutdown).await;
+    children.stop().await;
+    info!("local stack stopped");
+    result
+}
+
+async fn run_stack(
+    options: &DevOptions,
+    dir: &Path,
+    children: &mut Children,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kms_bin = binary(options, "signer-mock-kms")?;
+    let enclave_bin = binary(options, "signer-enclave")?;
+    let version = Command::new(&enclave_bin)
+        .arg("--version")
+        .output()
+        .await
+        .with_context(|| format!("running {} --version", enclave_bin.display()))?;
+    if !String::from_utf8_lossy(&version.stdout).contains("mock build") {
+        bail!(
+            "{} is a production build; the local stack needs the mock enclave: \
+             cargo build --workspace --features enclave/mock",
+            enclave_bin.display()
+        );
+    }
+    let db = dir.join("signer.db");
+    let kms_state = dir.join("mock-kms-state.json");
+    let nsm_ca = dir.join("mock-nsm-ca");
+    let kms_ca = dir.join("mock-kms-ca.pem");
+    let policy = dir.join("kms-key-policy.json");
+    let relay = Endpoint::Unix(dir.join("kms-relay.sock"));
+    let enclave_endpoint = Endpoint::Unix(dir.join("enclave.sock"));
+    let host_socket = dir.join("host.sock");
+
+    std::fs::write(&policy, dev_policy()?)
+        .with_context(|| format!("writing {}", policy.display()))?;
+    let distribution = provision_dev_keys(&kms_bin, &kms_state, &db).await?;
+
+    // The mock KMS: prints its address once bound.
+    let mut kms = Command::new(&kms_bin)
+        .arg("--state")
+        .arg(&kms_state)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--nsm-ca-dir")
+        .arg(&nsm_ca)
+        .arg("--ca-out")
+        .arg(&kms_ca)
+        .arg("--caller-arn")
+        .arg(DEV_ROLE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", kms_bin.display()))?;
+    let kms_stdout = kms.stdout.take().context("mock KMS stdout")?;
+    children.0.push(kms);
+    let mut line = String::new();
+    tokio::time::timeout(
+        READY_WAIT,
+        tokio::io::BufReader::new(kms_stdout).read_line(&mut line),
+    )
+    .await
+    .context("the mock KMS did not start in time")??;
+    let kms_url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("unexpected first line from the mock KMS")?
+        .replace("127.0.0.1", "localhost");
+
+    let pcrs = options.enclave_pcrs.clone().unwrap_or_else(|| {
+        DEV_PCRS
+            .iter()
+            .map(|(i, v)| format!("{i}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let enclave = Command::new(&enclave_bin)
+        .arg("--listen")
+        .arg(enclave_endpoint.to_string())
+        .arg("--network-passphrase")
+        .arg(DEV_NETWORK)
+        .arg("--kms-region")
+        .arg("us-east-1")
+        .arg("--kms-endpoint")
+        .arg(&kms_url)
+        .arg("--kms-relay")
+        .arg(relay.to_string())
+        .arg("--kms-ca-pem")
+        .arg(&kms_ca)
+        .arg("--mock-nsm-ca-dir")
+        .arg(&nsm_ca)
+        .arg("--mock-pcrs")
+        .arg(&pcrs)
+        .arg("--distribution-account")
+        .arg(&distribution)
+        .args(
+            options
+                .soroban_contracts
+                .iter()
+                .flat_map(|c| ["--policy-soroban-contract", c.as_str()]),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // Its own process group: Ctrl-C reaches only us, and we stop the enclave after
+        // the host has drained.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", enclave_bin.display()))?;
+    children.0.push(enclave);
+    // Let the enclave bind before the host dials, so start-up logs no needless retry.
+    let enclave_socket = dir.join("enclave.sock");
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    while !enclave_socket.exists() && tokio::time::Instant::now() < deadline {
+        for child in &mut children.0 {
+            if let Some(status) = child.try_wait().context("checking a child process")? {
+                bail!("a child process exited during start-up ({status})");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut config = Config::default();
+    config.api.socket = host_socket.clone();
+    config.store.path = db;
+    config.enclave.endpoint = enclave_endpoint;
+    config.stellar.network_passphrase = Some(DEV_NETWORK.to_string());
+    config.enclave.precheck_signing_policy = !options.no_host_policy_precheck;
+    config.signing_policy.soroban_contracts = options.soroban_contracts.clone();
+    config.kms.region = Some("us-east-1".to_string());
+    config.kms.endpoint = Some(kms_url.clone());
+    config.kms.relay_listen = relay;
+    config.kms.credentials = CredentialsSource::Static;
+    config.kms.static_access_key_id = Some("AKIDSIGNERDEV".to_string());
+    config.kms.static_secret_access_key =
+        Some(host::config::SecretString("signer-dev-secret".to_string()));
+    let host = BoundHost::bind(config)?;
+    let serving = tokio::spawn(host.run(shutdown.clone()));
+
+    if let Err(e) = wait_until_ready(&host_socket, children).await {
+        shutdown.cancel();
+        let _ = serving.await;
+        return Err(e);
+    }
+    print_banner(dir, &host_socket, &kms_url).await;
+    shutdown.cancelled().await;
+    // The host drains first, so in-flight requests can still reach the enclave.
+    serving.await.context("host task")?
+}
+
+/// Fills an empty store with one distribution and some channel keys, encrypted by the
+/// mock KMS in the kms-direct format, and returns the distribution account. A
+/// development shortcut: production keys are generated inside the enclave or imported
+/// by the operator.
+async fn provision_dev_keys(kms_bin: &Path, kms_state: &Path, db: &Path) -> anyhow::Result<String> {
+    let store = SqliteStore::open(db, LockLimits::default(), Duration::from_secs(5))?;
+    let distribution = || -> anyhow::Result<Option<String>> {
+        Ok(store
+            .list_keys(Some(KeyRole::Distribution))?
+            .into_iter()
+            .next()
+            .map(|k| k.public_key))
+    };
+    if let Some(existing) = distribution()? {
+        return Ok(existing);
+    }
+    let output = Command::new(kms_bin)
+        .arg("--state")
+        .arg(kms_state)
+        .arg("--provision-dev-keys")
+        .arg(DEV_CHANNELS.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running signer-mock-kms --provision-dev-keys")?;
+    if !output.status.success() {
+        bail!(
+            "provisioning development keys failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
+    let mut keys = Vec::new();
+    for record in records {
+        use base64::Engine;
+        let text = |field: &str| {
+            record[field]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("dev key record lacks {field}"))
+        };
+        keys.push(NewKey {
+            public_key: text("public_key")?,
+            role: if text("role")? == "distribution" {
+                KeyRole::Distribution
+            } else {
+                KeyRole::Channel
+            },
+            format: KeyFormat::KmsDirect,
+            kms_key_id: text("kms_key_id")?,
+            kms_ciphertext: base64::engine::general_purpose::STANDARD
+                .decode(text("ciphertext")?)?,
+            sealed_seed: None,
+            state: KeyState::Active,
+        });
+    }
+    store.insert_keys(&keys)?;
+    info!(
+        keys = keys.len(),
+        "provisioned development keys (mock KMS, kms-direct)"
+    );
+    distribution()?.context("provisioning produced no distribution key")
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))?;
+    Ok(())
+}
+
+async fn wait_until_ready(host_socket: &Path, children: &mut Children) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    let mut last = String::from("no answer yet");
+    while tokio::time::Instant::now() < deadline {
+        for child in &mut children.0 {
+            if let Some(status) = child.try_wait().context("checking a child process")? {
+                bail!("a child process exited during start-up ({status})");
+            }
+        }
+        match request_once(host_socket, Method::GET, "/v1/ping", None).await {
+            Ok((StatusCode::OK, body)) => {
+                if body["enclave_build"] != "mock" {
+                    bail!(
+                        "the enclave answered as a {} build; the local stack needs the mock \
+                         build: cargo build --workspace --features enclave/mock",
+                        body["enclave_build"]
+                    );
+                }
+                return Ok(());
+            }
+            Ok((status, body)) => last = format!("{status}: {body}"),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the local stack did not become ready within {READY_WAIT:?}: {last}")
+}
+
+async fn print_banner(dir: &Path, host_socket: &Path, kms_url: &str) {
+    let socket = host_socket.display();
+    let keys = request_once(host_socket, Method::GET, "/v1/keys", None)
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let mut distribution = String::from("?");
+    let mut channels = 0;
+    for key in keys["keys"].as_array().into_iter().flatten() {
+        match key["role"].as_str() {
+            Some("distribution") => {
+                distribution = key["public_key"].as_str().unwrap_or("?").to_string()
+            }
+            Some("channel") => channels += 1,
+            _ => {}
+        }
+    }
+    // A closed stdout (the terminal went away) must not bring the stack down.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
+        "\nsigner-dev up: local stack is up (mock enclave, mock KMS; NOT for production)\n\
+         \n  state dir      {dir}\n  host API       {socket}\n  mock KMS       {kms_url}\
+         \n  network        {DEV_NETWORK}\n  distribution   {distribution}\
+         \n  channels       {channels} accounts (development keys, kms-direct via the mock KMS)\n\
+         \n  try it:\n    curl --unix-socket {socket} http://localhost/readyz\n    \
+         curl --unix-socket {socket} http://localhost/v1/keys\n    \
+         curl --unix-socket {socket} -XPOST http://localhost/v1/channels/acquire\n\
+         \n  Ctrl-C stops everything.\n",
+        dir = dir.display(),
+    );
+}

@@ -1,0 +1,92 @@
+//! The enclave's settings, all in one place. In a production image they come from the
+//! image's environment (`SIGNER_*`, set at build time by `enclave.Dockerfile`), so they
+//! are part of what PCR0 measures: a compromised host cannot change what the enclave
+//! agrees to sign. Flags exist for local mode and tests.
+
+use clap::Parser;
+use common::stellar::signing_policy::SigningPolicySettings;
+use common::wire::transport::Endpoint;
+
+/// `--version` names the build flavour, so tooling can tell a mock build apart.
+#[cfg(feature = "mock")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (mock build: development only)");
+#[cfg(not(feature = "mock"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (production build)");
+
+/// Everything `signer-enclave` is configured with.
+#[derive(Debug, Parser)]
+#[command(
+    name = "signer-enclave",
+    version = VERSION,
+    about = "Stellar signer: the enclave side"
+)]
+pub struct Settings {
+    /// Where to listen for the host: vsock://CID:PORT (CID 4294967295 = any), or, in
+    /// mock builds only, unix://PATH.
+    #[arg(
+        long,
+        env = "SIGNER_ENCLAVE_LISTEN",
+        default_value = "vsock://4294967295:5000"
+    )]
+    pub listen: Endpoint,
+
+    /// The Stellar network this enclave signs for, e.g. "Public Global Stellar Network ;
+    /// September 2015". Part of the measured image: requests for any other network are
+    /// refused.
+    #[arg(long, env = "SIGNER_NETWORK_PASSPHRASE")]
+    pub network_passphrase: Option<String>,
+
+    /// AWS region of the KMS key.
+    #[arg(long, env = "SIGNER_KMS_REGION")]
+    pub kms_region: Option<String>,
+
+    /// KMS endpoint (default https://kms.REGION.amazonaws.com).
+    #[arg(long, env = "SIGNER_KMS_ENDPOINT")]
+    pub kms_endpoint: Option<String>,
+
+    /// The host's KMS relay: vsock://3:8000 (the parent instance is CID 3), or unix://PATH
+    /// in mock builds.
+    #[arg(long, env = "SIGNER_KMS_RELAY", default_value = "vsock://3:8000")]
+    pub kms_relay: Endpoint,
+
+    /// The distribution account (G...). Every other key is a channel account, bound by
+    /// the channel rules of the signing policy.
+    #[arg(long, env = "SIGNER_DISTRIBUTION_ACCOUNT")]
+    pub distribution_account: Option<String>,
+
+    /// The signing policy's settings (defined once, shared with the host's pre-check).
+    #[command(flatten)]
+    pub signing_policy: SigningPolicySettings,
+
+    /// Opt-in key cache: keep a decrypted seed this many seconds (0 = off, the default:
+    /// one KMS call per signature). Trades a bounded exposure window for throughput.
+    #[arg(long, env = "SIGNER_KEY_CACHE_TTL_SECS", default_value_t = 0)]
+    pub key_cache_ttl_secs: u64,
+
+    /// With the key cache on: signatures one decryption may serve.
+    #[arg(long, env = "SIGNER_KEY_CACHE_MAX_USES", default_value_t = 100)]
+    pub key_cache_max_uses: u32,
+
+    /// Rotate the KMS recipient key and attestation document this often.
+    #[arg(long, env = "SIGNER_ATTESTATION_ROTATION_SECS", default_value_t = 120)]
+    pub attestation_rotation_secs: u64,
+
+    /// Mock builds only: trust this CA (PEM) for the KMS endpoint instead of the web roots.
+    #[cfg(feature = "mock")]
+    #[arg(long)]
+    pub kms_ca_pem: Option<std::path::PathBuf>,
+
+    /// Mock builds only: directory of the mock NSM's CA (created if missing).
+    #[cfg(feature = "mock")]
+    #[arg(long)]
+    pub mock_nsm_ca_dir: Option<std::path::PathBuf>,
+
+    /// Mock builds only: PCR values of the mock NSM, as INDEX=HEX[,INDEX=HEX...].
+    #[cfg(feature = "mock")]
+    #[arg(long, default_value = "")]
+    pub mock_pcrs: String,
+
+    /// Log format: text or json.
+    #[arg(long, env = "SIGNER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}

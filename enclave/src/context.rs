@@ -1,0 +1,63 @@
+//! What every signing operation needs, built once at start-up from the enclave's
+//! measured settings: the network it signs for, KMS, the attested recipient identity,
+//! the optional key cache and the signing policy.
+
+use std::sync::Arc;
+
+use common::stellar::envelope::network_id;
+use common::stellar::signing_policy::SigningPolicy;
+use common::wire::{ErrorCode, WireError};
+
+use crate::attestor::Attestor;
+use crate::cache::KeyCache;
+use crate::kms::Kms;
+
+/// The signing configuration; absent when a mock build runs as a bare transport.
+pub struct SigningContext {
+    /// The one network this enclave signs for (measured).
+    pub network_passphrase: String,
+    /// SHA-256 of the passphrase: the first input of every signature payload.
+    pub network_id: [u8; 32],
+    /// KMS, reached over the host's relay with TLS ending here.
+    pub kms: Arc<dyn Kms>,
+    /// The RSA recipient key and the attestation document binding it.
+    pub attestor: Arc<Attestor>,
+    /// Opt-in: decrypted seeds kept for a bounded time and number of uses.
+    pub cache: Option<Arc<KeyCache>>,
+    /// What the keys may sign, from this enclave's own configuration.
+    pub policy: SigningPolicy,
+}
+
+impl SigningContext {
+    /// A context without a key cache (per-call KMS decryption, the default).
+    pub fn new(
+        network_passphrase: String,
+        kms: Arc<dyn Kms>,
+        attestor: Arc<Attestor>,
+        policy: SigningPolicy,
+    ) -> SigningContext {
+        SigningContext {
+            network_id: network_id(&network_passphrase),
+            network_passphrase,
+            kms,
+            attestor,
+            cache: None,
+            policy,
+        }
+    }
+
+    /// Refuses a caller who believes it talks to another network (docs/design.md §2
+    /// invariant 2: the payload always uses our own network id, whatever is asked).
+    pub fn check_network(&self, network_passphrase: &str) -> Result<(), WireError> {
+        if network_passphrase == self.network_passphrase {
+            return Ok(());
+        }
+        Err(WireError::new(
+            ErrorCode::WrongNetwork,
+            format!(
+                "this enclave signs for {:?}; the request is for {network_passphrase:?}",
+                self.network_passphrase
+            ),
+        ))
+    }
+}

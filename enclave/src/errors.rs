@@ -1,0 +1,50 @@
+//! How the enclave's internal errors become the stable codes the host receives. No
+//! message here carries key material: the errors they come from never hold any.
+
+use common::wire::{ErrorCode, WireError};
+
+use crate::keys::KeyError;
+use crate::kms::KmsError;
+use crate::kms::recipient::RecipientError;
+
+impl From<KmsError> for WireError {
+    fn from(e: KmsError) -> WireError {
+        let code = match &e {
+            KmsError::AccessDenied(_) => ErrorCode::KmsAccessDenied,
+            KmsError::InvalidCiphertext(_) | KmsError::NotFound(_) => {
+                ErrorCode::KmsInvalidCiphertext
+            }
+            KmsError::NoCredentials(_) | KmsError::CredentialsRejected { .. } => {
+                ErrorCode::NoCredentials
+            }
+            KmsError::Settings(_) => ErrorCode::Internal,
+            KmsError::Throttled(_)
+            | KmsError::Unavailable(_)
+            | KmsError::Other { .. }
+            | KmsError::MissingCiphertextForRecipient => ErrorCode::KmsUnavailable,
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+impl From<KeyError> for WireError {
+    fn from(e: KeyError) -> WireError {
+        let code = match &e {
+            KeyError::PublicKeyMismatch { .. } => ErrorCode::PublicKeyMismatch,
+            KeyError::BadPublicKey(_) => ErrorCode::BadRequest,
+            KeyError::UnrecognisedSecret { .. }
+            | KeyError::DataKeyLength { .. }
+            | KeyError::SealBroken => ErrorCode::UnusableKey,
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+impl From<RecipientError> for WireError {
+    fn from(e: RecipientError) -> WireError {
+        WireError::new(
+            ErrorCode::KmsUnavailable,
+            format!("cannot open KMS's answer: {e}"),
+        )
+    }
+}

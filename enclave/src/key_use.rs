@@ -1,0 +1,91 @@
+//! One use of one stored key: decrypt it through KMS (or take it from the opt-in cache),
+//! check it is the key the request names, sign the hash, forget the key. Every path
+//! that signs goes through [`sign_with_key`]; nothing else ever holds a seed.
+
+use std::time::Instant;
+
+use common::stellar::envelope::hex;
+use common::wire::messages::{KeyFormat, KeyMaterial};
+use common::wire::{ErrorCode, WireError};
+use tracing::{info, warn};
+
+use crate::context::SigningContext;
+use crate::keys::{open_sealed_seed, seed_from_kms_direct, sign_checked};
+
+/// A `G...` strkey as raw bytes, or `bad_request`.
+pub fn parse_public_key(public_key: &str) -> Result<[u8; 32], WireError> {
+    stellar_strkey::ed25519::PublicKey::from_string(public_key)
+        .map(|key| key.0)
+        .map_err(|_| {
+            WireError::new(
+                ErrorCode::BadRequest,
+                format!("{public_key:?} is not a G... key"),
+            )
+        })
+}
+
+/// Decrypts `key`, checks it against its public key (docs/design.md §2 invariant 4),
+/// signs `hash` and drops the seed. Returns the raw public key and the signature. One
+/// log line per signature, with its duration and never a secret.
+pub async fn sign_with_key(
+    context: &SigningContext,
+    key: &KeyMaterial,
+    hash: &[u8; 32],
+) -> Result<([u8; 32], [u8; 64]), WireError> {
+    let started = Instant::now();
+    let result = decrypt_and_sign(context, key, hash).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match &result {
+        Ok(_) => info!(public_key = %key.public_key, hash = %hex(hash), elapsed_ms, "signed"),
+        Err(e) => {
+            warn!(public_key = %key.public_key, hash = %hex(hash), elapsed_ms, code = %e.code, error = %e.message, "signing refused");
+        }
+    }
+    result
+}
+
+async fn decrypt_and_sign(
+    context: &SigningContext,
+    key: &KeyMaterial,
+    hash: &[u8; 32],
+) -> Result<([u8; 32], [u8; 64]), WireError> {
+    if let Some(seed) = context
+        .cache
+        .as_ref()
+        .and_then(|cache| cache.take(&key.public_key, &key.ciphertext))
+    {
+        return Ok(sign_checked(&seed, &key.public_key, hash)?);
+    }
+    let identity = context.attestor.current();
+    let encryption_context = [("pubkey", key.public_key.as_str())];
+    let answer = context
+        .kms
+        .decrypt_for_recipient(
+            &key.ciphertext,
+            Some(&key.kms_key_id),
+            &encryption_context,
+            &identity.attestation_document,
+        )
+        .await?;
+    let plaintext = identity.recipient.open(&answer)?;
+    let seed = match key.format {
+        KeyFormat::KmsDirect => seed_from_kms_direct(&plaintext)?,
+        KeyFormat::Envelope => {
+            let sealed = key.sealed_seed.as_deref().ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::BadRequest,
+                    "an envelope key needs its sealed seed",
+                )
+            })?;
+            open_sealed_seed(&plaintext, sealed, &key.public_key)?
+        }
+    };
+    drop(plaintext);
+    let signed = sign_checked(&seed, &key.public_key, hash)?;
+    // Only a seed proven to match its public key is ever cached.
+    if let Some(cache) = &context.cache {
+        cache.put(&key.public_key, &key.ciphertext, &seed);
+    }
+    Ok(signed)
+    // `seed` (Zeroizing) is wiped here.
+}

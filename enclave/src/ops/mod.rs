@@ -1,0 +1,8 @@
+//! One file per operation the host may ask for. Each takes the signing context and the
+//! request's fields, decides from the enclave's own settings, and calls
+//! [`crate::key_use::sign_with_key`] only once every check has passed, so a refused
+//! request costs no KMS call.
+
+pub mod credentials;
+pub mod sign;
+pub mod soroban;

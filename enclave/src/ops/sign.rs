@@ -1,0 +1,67 @@
+//! `Sign`: signatures on a transaction envelope (v0, v1 or fee-bump).
+
+use common::stellar::envelope::{
+    MAX_SIGNATURES, add_signature, decode_envelope, encode_envelope, required_signers,
+    signature_hint, transaction_hash,
+};
+use common::wire::messages::{KeyMaterial, Response, SignatureInfo};
+use common::wire::{ErrorCode, WireError};
+use futures_util::future::join_all;
+
+use crate::context::SigningContext;
+use crate::key_use::{parse_public_key, sign_with_key};
+
+/// Signs `transaction` (raw XDR) with each of `signers`, each of which must be a
+/// required signer that the signing policy admits.
+pub async fn sign_transaction(
+    context: &SigningContext,
+    network_passphrase: &str,
+    transaction: &[u8],
+    signers: &[KeyMaterial],
+) -> Result<Response, WireError> {
+    context.check_network(network_passphrase)?;
+    if signers.is_empty() || signers.len() > MAX_SIGNATURES {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("name 1 to {MAX_SIGNATURES} signers, not {}", signers.len()),
+        ));
+    }
+    let mut envelope = decode_envelope(transaction)?;
+    // docs/design.md §2 invariant 3: sign only as a required signer of this envelope.
+    let required = required_signers(&envelope);
+    let now = common::now_unix_secs();
+    for key in signers {
+        let raw = parse_public_key(&key.public_key)?;
+        if !required.contains(&raw) {
+            return Err(WireError::new(
+                ErrorCode::NotARequiredSigner,
+                format!(
+                    "{} is not a required signer of this transaction (source, operation \
+                     source, or fee-bump fee source)",
+                    key.public_key
+                ),
+            ));
+        }
+        // Checked before any KMS call: a refused transaction costs nothing.
+        context.policy.check(&envelope, &raw, now)?;
+    }
+    // Invariant 2: the hash comes from the XDR and our own network id, never the caller.
+    let hash = transaction_hash(&envelope, context.network_id)?;
+    // One KMS round trip per signer, all at once.
+    let outcomes = join_all(signers.iter().map(|key| sign_with_key(context, key, &hash))).await;
+    let mut signatures = Vec::with_capacity(signers.len());
+    for (key, outcome) in signers.iter().zip(outcomes) {
+        let (public_key, signature) = outcome?;
+        add_signature(&mut envelope, &public_key, &signature)?;
+        signatures.push(SignatureInfo {
+            public_key: key.public_key.clone(),
+            hint: signature_hint(&public_key),
+            signature: signature.to_vec(),
+        });
+    }
+    Ok(Response::Signed {
+        transaction: encode_envelope(&envelope)?,
+        hash,
+        signatures,
+    })
+}

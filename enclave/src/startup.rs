@@ -1,0 +1,169 @@
+//! Turns the settings into the running parts: the NSM (real or, in mock builds, the
+//! mock), the attested recipient identity and its rotation, the KMS client and the
+//! optional key cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+#[cfg(feature = "mock")]
+use anyhow::Context;
+use anyhow::bail;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::attestor::Attestor;
+use crate::config::Settings;
+use crate::context::SigningContext;
+use crate::kms::client::{KmsClient, KmsSettings, PushedCredentials};
+use crate::nsm::Nsm;
+
+#[cfg(feature = "mock")]
+fn parse_mock_pcrs(text: &str) -> anyhow::Result<std::collections::BTreeMap<u8, [u8; 48]>> {
+    let mut pcrs = std::collections::BTreeMap::new();
+    for item in text.split(',').filter(|s| !s.is_empty()) {
+        let (index, value) = item
+            .split_once('=')
+            .with_context(|| format!("--mock-pcrs item {item:?}: expected INDEX=HEX"))?;
+        let bytes: Vec<u8> = (0..value.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(value.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--mock-pcrs {index}: not hex"))?;
+        let pcr: [u8; 48] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--mock-pcrs {index}: expected 96 hex characters"))?;
+        pcrs.insert(index.parse::<u8>().context("--mock-pcrs index")?, pcr);
+    }
+    Ok(pcrs)
+}
+
+#[cfg(feature = "mock")]
+fn open_nsm(settings: &Settings) -> anyhow::Result<Arc<dyn Nsm>> {
+    let pcrs = parse_mock_pcrs(&settings.mock_pcrs)?;
+    let dir = settings
+        .mock_nsm_ca_dir
+        .clone()
+        .context("a mock enclave needs --mock-nsm-ca-dir to sign")?;
+    tracing::warn!(
+        marker = common::mock_nsm::MOCK_NSM_MARKER,
+        ca = %dir.display(),
+        "attestation documents come from a MOCK NSM: development only"
+    );
+    Ok(Arc::new(crate::nsm::mock::MockNsmDevice::new(&dir, &pcrs)?))
+}
+
+#[cfg(not(feature = "mock"))]
+fn open_nsm(_: &Settings) -> anyhow::Result<Arc<dyn Nsm>> {
+    Ok(Arc::new(crate::nsm::nitro::NitroNsm::open()?))
+}
+
+fn kms_roots(settings: &Settings) -> anyhow::Result<rustls::RootCertStore> {
+    #[cfg(feature = "mock")]
+    if let Some(path) = &settings.kms_ca_pem {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let der = common::attestation::document::certificate_der_from_pem(&pem)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der))
+            .context("the mock KMS CA")?;
+        return Ok(roots);
+    }
+    let _ = settings;
+    Ok(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
+}
+
+/// The signing context. Signing needs a network, a KMS region and the distribution
+/// account: production builds refuse to start without them; mock builds may run as a
+/// bare transport endpoint (protocol tests) and answer only pings.
+pub fn signing_context(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<SigningContext>> {
+    let (Some(network), Some(region), Some(distribution)) = (
+        &settings.network_passphrase,
+        &settings.kms_region,
+        &settings.distribution_account,
+    ) else {
+        if cfg!(feature = "mock") {
+            info!("no --network-passphrase/--kms-region/--distribution-account: signing disabled");
+            return Ok(None);
+        }
+        bail!("--network-passphrase, --kms-region and --distribution-account are required");
+    };
+    let distribution =
+        stellar_strkey::ed25519::PublicKey::from_string(distribution).map_err(|_| {
+            anyhow::anyhow!("--distribution-account {distribution:?} is not a G... key")
+        })?;
+    let policy = settings
+        .signing_policy
+        .signing_policy(distribution.0)
+        .map_err(|e| anyhow::anyhow!("--policy-soroban-contract: {e}"))?;
+    info!(
+        distribution = %stellar_strkey::ed25519::PublicKey(policy.distribution),
+        max_time_window_secs = policy.max_time_window_secs,
+        max_fee = policy.max_fee,
+        max_fee_bump_fee = policy.max_fee_bump_fee,
+        distribution_unrestricted = policy.distribution_unrestricted,
+        soroban_contracts = ?policy
+            .soroban_contracts
+            .iter()
+            .map(|id| stellar_strkey::Contract(*id).to_string())
+            .collect::<Vec<_>>(),
+        "signing policy"
+    );
+    let endpoint_url = settings
+        .kms_endpoint
+        .clone()
+        // Empty means unset: the image build passes every setting, set or not.
+        .filter(|endpoint| !endpoint.trim().is_empty())
+        .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
+    let kms_settings = KmsSettings {
+        region: region.clone(),
+        endpoint_url,
+        relay: settings.kms_relay.clone(),
+        roots: kms_roots(settings)?,
+        max_attempts: 3,
+        attempt_timeout: Duration::from_secs(10),
+    };
+    let kms = KmsClient::new(kms_settings, PushedCredentials::default())?;
+    let attestor = Attestor::new(open_nsm(settings)?)?;
+    attestor.spawn_rotation(
+        Duration::from_secs(settings.attestation_rotation_secs.max(10)),
+        shutdown.clone(),
+    );
+    let mut context = SigningContext::new(network.clone(), Arc::new(kms), attestor, policy);
+    context.cache = key_cache(settings, shutdown);
+    Ok(Some(context))
+}
+
+/// The opt-in key cache and its sweeper, when a TTL is set.
+fn key_cache(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Option<Arc<crate::cache::KeyCache>> {
+    if settings.key_cache_ttl_secs == 0 {
+        return None;
+    }
+    let cache = Arc::new(crate::cache::KeyCache::new(
+        Duration::from_secs(settings.key_cache_ttl_secs),
+        settings.key_cache_max_uses,
+    ));
+    let sweeper = cache.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => { sweeper.sweep(); }
+            }
+        }
+    });
+    info!(
+        ttl_secs = settings.key_cache_ttl_secs,
+        max_uses = settings.key_cache_max_uses,
+        "key cache ON: decrypted seeds stay in enclave memory within these bounds"
+    );
+    Some(cache)
+}

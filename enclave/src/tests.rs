@@ -1,0 +1,489 @@
+//! The enclave's decision path, in-process: a real [`Dispatcher`] and attestor with a
+//! fake NSM and a fake KMS behind the [`Kms`] seam. One test per security invariant of
+//! docs/design.md §2 that this code enforces; each fails if its invariant breaks (the
+//! fake KMS counts calls, so "refused before any KMS call" is asserted, not assumed).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::stellar::envelope::{decode_envelope, network_id, signatures, transaction_hash};
+use common::stellar::signing_policy::SigningPolicySettings;
+use common::wire::messages::{AwsCredentials, KeyFormat, KeyMaterial, Request, Response};
+use common::wire::{ErrorCode, WireError};
+use ed25519_dalek::{Verifier, VerifyingKey};
+use futures_util::future::BoxFuture;
+use stellar_xdr::{
+    AccountId, Limits, Memo, MuxedAccount, Operation, OperationBody, PaymentOp, Preconditions,
+    PublicKey, SequenceNumber, TimeBounds, TimePoint, Transaction, TransactionEnvelope,
+    TransactionExt, TransactionV1Envelope, Uint256, WriteXdr,
+};
+
+use crate::attestor::Attestor;
+use crate::context::SigningContext;
+use crate::dispatch::Dispatcher;
+use crate::keys::{public_key_of, seal_seed};
+use crate::kms::{Kms, KmsError};
+use crate::nsm::{Nsm, NsmError};
+
+const NETWORK: &str = "Test SDF Network ; September 2015";
+const DISTRIBUTION_SEED: [u8; 32] = [0xd1; 32];
+const CHANNEL_SEED: [u8; 32] = [0xc1; 32];
+const OTHER_SEED: [u8; 32] = [0x0f; 32];
+
+/// Stands in for the NSM: the "attestation document" is the recipient key itself, which
+/// is all the fake KMS needs to encrypt to it.
+struct FakeNsm;
+
+impl Nsm for FakeNsm {
+    fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError> {
+        Ok(public_key.to_vec())
+    }
+}
+
+/// What a stored ciphertext decrypts to, and under which encryption context.
+struct Entry {
+    context_pubkey: String,
+    plaintext: Vec<u8>,
+}
+
+/// A KMS that keeps plaintexts by ciphertext, enforces the encryption context like KMS,
+/// answers with a real CMS envelope for the document's key, and counts calls.
+#[derive(Default)]
+struct FakeKms {
+    entries: Mutex<HashMap<Vec<u8>, Entry>>,
+    calls: AtomicUsize,
+    deny: std::sync::atomic::AtomicBool,
+    credentials: Mutex<Option<AwsCredentials>>,
+}
+
+impl FakeKms {
+    fn store(&self, ciphertext: &[u8], context_pubkey: &str, plaintext: &[u8]) {
+        self.entries.lock().unwrap().insert(
+            ciphertext.to_vec(),
+            Entry {
+                context_pubkey: context_pubkey.to_string(),
+                plaintext: plaintext.to_vec(),
+            },
+        );
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Kms for FakeKms {
+    fn decrypt_for_recipient<'a>(
+        &'a self,
+        ciphertext_blob: &'a [u8],
+        _key_id: Option<&'a str>,
+        encryption_context: &'a [(&'a str, &'a str)],
+        attestation_document: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.deny.load(Ordering::SeqCst) {
+                return Err(KmsError::AccessDenied("PCR0 does not match".into()));
+            }
+            let entries = self.entries.lock().unwrap();
+            let entry = entries
+                .get(ciphertext_blob)
+                .ok_or_else(|| KmsError::InvalidCiphertext("unknown ciphertext".into()))?;
+            if encryption_context != [("pubkey", entry.context_pubkey.as_str())] {
+                return Err(KmsError::InvalidCiphertext("encryption context".into()));
+            }
+            mock_kms::recipient::envelope(attestation_document, &entry.plaintext).map_err(|e| {
+                KmsError::Other {
+                    code: "Fake".into(),
+                    message: e.to_string(),
+                }
+            })
+        })
+    }
+
+    fn set_credentials(&self, credentials: AwsCredentials) {
+        *self.credentials.lock().unwrap() = Some(credentials);
+    }
+}
+
+struct Enclave {
+    dispatcher: Dispatcher,
+    kms: Arc<FakeKms>,
+}
+
+fn enclave() -> Enclave {
+    let kms = Arc::new(FakeKms::default());
+    let attestor = Attestor::new(Arc::new(FakeNsm)).unwrap();
+    let policy = SigningPolicySettings::default()
+        .signing_policy(raw(&DISTRIBUTION_SEED))
+        .unwrap();
+    let context = SigningContext::new(NETWORK.into(), kms.clone(), attestor, policy);
+    Enclave {
+        dispatcher: Dispatcher::new(Some(context)),
+        kms,
+    }
+}
+
+fn raw(seed: &[u8; 32]) -> [u8; 32] {
+    stellar_strkey::ed25519::PublicKey::from_string(&public_key_of(seed))
+        .unwrap()
+        .0
+}
+
+fn account(seed: &[u8; 32]) -> MuxedAccount {
+    MuxedAccount::Ed25519(Uint256(raw(seed)))
+}
+
+/// A `kms-direct` key whose ciphertext the fake KMS opens to `seed`.
+fn kms_direct(kms: &FakeKms, public_key_seed: &[u8; 32], seed: &[u8; 32]) -> KeyMaterial {
+    let public_key = public_key_of(public_key_seed);
+    let ciphertext = format!("ciphertext of {public_key}").into_bytes();
+    kms.store(&ciphertext, &public_key, seed);
+    KeyMaterial {
+        public_key,
+        format: KeyFormat::KmsDirect,
+        kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/test".into(),
+        ciphertext,
+        sealed_seed: None,
+    }
+}
+
+/// A channel-sourced payment of another account's funds (that account is the operation
+/// source), with a maxTime: what the channel rules admit.
+fn channel_payment(now: u64) -> Vec<u8> {
+    let payment = Operation {
+        source_account: Some(account(&OTHER_SEED)),
+        body: OperationBody::Payment(PaymentOp {
+            destination: account(&DISTRIBUTION_SEED),
+            asset: stellar_xdr::Asset::Native,
+            amount: 10,
+        }),
+    };
+    envelope(account(&CHANNEL_SEED), vec![payment], Some(now + 60))
+}
+
+fn envelope(source: MuxedAccount, operations: Vec<Operation>, max_time: Option<u64>) -> Vec<u8> {
+    let tx = Transaction {
+        source_account: source,
+        fee: 200,
+        seq_num: SequenceNumber(7),
+        cond: match max_time {
+            Some(max) => Preconditions::Time(TimeBounds {
+                min_time: TimePoint(0),
+                max_time: TimePoint(max),
+            }),
+            None => Preconditions::None,
+        },
+        memo: Memo::None,
+        operations: operations.try_into().unwrap(),
+        ext: TransactionExt::V0,
+    };
+    TransactionEnvelope::Tx(TransactionV1Envelope {
+        tx,
+        signatures: Default::default(),
+    })
+    .to_xdr(Limits::none())
+    .unwrap()
+}
+
+async fn sign(
+    enclave: &Enclave,
+    xdr: Vec<u8>,
+    signers: Vec<KeyMaterial>,
+) -> Result<Response, WireError> {
+    enclave
+        .dispatcher
+        .handle(Request::Sign {
+            network_passphrase: NETWORK.into(),
+            transaction: xdr,
+            signers,
+        })
+        .await
+}
+
+fn refused(result: Result<Response, WireError>) -> WireError {
+    match result {
+        Ok(answer) => panic!("expected a refusal, got {answer:?}"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn invariant_2_the_hash_comes_from_the_enclaves_own_network() {
+    let enclave = enclave();
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let xdr = channel_payment(common::now_unix_secs());
+    let Response::Signed {
+        transaction, hash, ..
+    } = sign(&enclave, xdr.clone(), vec![channel.clone()])
+        .await
+        .unwrap()
+    else {
+        panic!("not a signed answer");
+    };
+    // Recomputed here from the XDR and the passphrase, independently of the answer.
+    let expected = transaction_hash(&decode_envelope(&xdr).unwrap(), network_id(NETWORK)).unwrap();
+    assert_eq!(hash, expected);
+    let signed = decode_envelope(&transaction).unwrap();
+    let signature = &signatures(&signed)[0];
+    VerifyingKey::from_bytes(&raw(&CHANNEL_SEED))
+        .unwrap()
+        .verify(
+            &expected,
+            &ed25519_dalek::Signature::from_slice(signature.signature.as_slice()).unwrap(),
+        )
+        .unwrap();
+
+    // A caller that names another network is refused before any KMS call.
+    let calls = enclave.kms.calls();
+    let other = enclave
+        .dispatcher
+        .handle(Request::Sign {
+            network_passphrase: "Public Global Stellar Network ; September 2015".into(),
+            transaction: xdr,
+            signers: vec![channel],
+        })
+        .await;
+    assert_eq!(refused(other).code, ErrorCode::WrongNetwork);
+    assert_eq!(enclave.kms.calls(), calls);
+}
+
+#[tokio::test]
+async fn invariant_3_only_a_required_signer_and_before_any_kms_call() {
+    let enclave = enclave();
+    // The distribution key is not a signer of a channel's payment of OTHER's funds.
+    let distribution = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &DISTRIBUTION_SEED);
+    let xdr = channel_payment(common::now_unix_secs());
+    let refusal = refused(sign(&enclave, xdr, vec![distribution]).await);
+    assert_eq!(refusal.code, ErrorCode::NotARequiredSigner, "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 0, "a refused signer costs no KMS call");
+}
+
+#[tokio::test]
+async fn invariant_4_a_decrypted_key_must_be_the_requested_key() {
+    let enclave = enclave();
+    // The host pairs the channel's public key with a ciphertext of another seed.
+    let swapped = kms_direct(&enclave.kms, &CHANNEL_SEED, &OTHER_SEED);
+    let xdr = channel_payment(common::now_unix_secs());
+    let refusal = refused(sign(&enclave, xdr, vec![swapped]).await);
+    assert_eq!(refusal.code, ErrorCode::PublicKeyMismatch, "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 1);
+}
+
+#[tokio::test]
+async fn invariant_4_an_envelope_seal_opens_only_for_its_own_public_key() {
+    let enclave = enclave();
+    let channel = public_key_of(&CHANNEL_SEED);
+    let data_key = [0x44u8; 32];
+    // Sealed for OTHER's public key, presented as the channel's.
+    let sealed = seal_seed(
+        &data_key,
+        &CHANNEL_SEED,
+        &public_key_of(&OTHER_SEED),
+        [3; 12],
+    );
+    enclave.kms.store(b"data key", &channel, &data_key);
+    let key = KeyMaterial {
+        public_key: channel,
+        format: KeyFormat::Envelope,
+        kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/test".into(),
+        ciphertext: b"data key".to_vec(),
+        sealed_seed: Some(sealed),
+    };
+    let refusal = refused(
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![key],
+        )
+        .await,
+    );
+    assert_eq!(refusal.code, ErrorCode::UnusableKey, "{refusal:?}");
+}
+
+#[tokio::test]
+async fn invariant_8_the_signing_policy_refuses_before_any_kms_call() {
+    let enclave = enclave();
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    // No maxTime: the channel's lock could never end.
+    let payment = Operation {
+        source_account: Some(account(&OTHER_SEED)),
+        body: OperationBody::Payment(PaymentOp {
+            destination: account(&DISTRIBUTION_SEED),
+            asset: stellar_xdr::Asset::Native,
+            amount: 10,
+        }),
+    };
+    let xdr = envelope(account(&CHANNEL_SEED), vec![payment], None);
+    let refusal = refused(sign(&enclave, xdr, vec![channel]).await);
+    assert_eq!(refusal.code, ErrorCode::PolicyViolation);
+    assert!(refusal.message.contains("max_time_required"), "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 0);
+}
+
+#[tokio::test]
+async fn invariant_1_no_seed_in_any_answer_or_refusal() {
+    let enclave = enclave();
+    let good = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let swapped = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &OTHER_SEED);
+    let now = common::now_unix_secs();
+    let answers = [
+        sign(&enclave, channel_payment(now), vec![good]).await,
+        // The distribution key may not sign a payment; and its ciphertext opens to
+        // OTHER's seed, which must not leak in any refusal either.
+        sign(
+            &enclave,
+            envelope(account(&DISTRIBUTION_SEED), vec![], Some(now + 10)),
+            vec![swapped],
+        )
+        .await,
+    ];
+    for answer in &answers {
+        let bytes = postcard::to_allocvec(answer).unwrap();
+        for seed in [CHANNEL_SEED, OTHER_SEED, DISTRIBUTION_SEED] {
+            assert!(
+                !bytes.windows(32).any(|w| w == seed),
+                "a seed crossed the boundary in {answer:?}"
+            );
+            let strkey = stellar_strkey::ed25519::PrivateKey(seed)
+                .as_unredacted()
+                .to_string();
+            assert!(!String::from_utf8_lossy(&bytes).contains(strkey.as_str()));
+        }
+    }
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
+}
+
+#[tokio::test]
+async fn a_kms_denial_is_kms_access_denied_and_signs_nothing() {
+    let enclave = enclave();
+    enclave.kms.deny.store(true, Ordering::SeqCst);
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let refusal = refused(
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![channel],
+        )
+        .await,
+    );
+    assert_eq!(refusal.code, ErrorCode::KmsAccessDenied);
+}
+
+#[tokio::test]
+async fn an_answer_for_another_recipient_key_is_not_opened() {
+    /// A KMS (or a host in the middle) answering with an envelope for a key that is not
+    /// the enclave's current recipient key.
+    struct Elsewhere;
+    impl Kms for Elsewhere {
+        fn decrypt_for_recipient<'a>(
+            &'a self,
+            _: &'a [u8],
+            _: Option<&'a str>,
+            _: &'a [(&'a str, &'a str)],
+            _: &'a [u8],
+        ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+            Box::pin(async move {
+                let other = crate::kms::recipient::RecipientKey::generate().unwrap();
+                Ok(mock_kms::recipient::envelope(other.public_key_der(), &CHANNEL_SEED).unwrap())
+            })
+        }
+        fn set_credentials(&self, _: AwsCredentials) {}
+    }
+    let attestor = Attestor::new(Arc::new(FakeNsm)).unwrap();
+    let policy = SigningPolicySettings::default()
+        .signing_policy(raw(&DISTRIBUTION_SEED))
+        .unwrap();
+    let context = SigningContext::new(NETWORK.into(), Arc::new(Elsewhere), attestor, policy);
+    let dispatcher = Dispatcher::new(Some(context));
+    let key = kms_direct(&FakeKms::default(), &CHANNEL_SEED, &CHANNEL_SEED);
+    let refusal = dispatcher
+        .handle(Request::Sign {
+            network_passphrase: NETWORK.into(),
+            transaction: channel_payment(common::now_unix_secs()),
+            signers: vec![key],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::KmsUnavailable, "{refusal:?}");
+    assert!(refusal.message.contains("cannot open"), "{refusal:?}");
+}
+
+#[tokio::test]
+async fn soroban_authorization_only_for_the_entrys_own_account() {
+    use stellar_xdr::{
+        ContractId, Hash, InvokeContractArgs, ScAddress, ScVal, SorobanAddressCredentials,
+        SorobanAuthorizationEntry, SorobanAuthorizedFunction, SorobanAuthorizedInvocation,
+        SorobanCredentials,
+    };
+    let enclave = enclave();
+    let entry = SorobanAuthorizationEntry {
+        credentials: SorobanCredentials::Address(SorobanAddressCredentials {
+            address: ScAddress::Account(AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(raw(
+                &OTHER_SEED,
+            ))))),
+            nonce: 1,
+            signature_expiration_ledger: 0,
+            signature: ScVal::Void,
+        }),
+        root_invocation: SorobanAuthorizedInvocation {
+            function: SorobanAuthorizedFunction::ContractFn(InvokeContractArgs {
+                contract_address: ScAddress::Contract(ContractId(Hash([0x70; 32]))),
+                function_name: "transfer".try_into().unwrap(),
+                args: Default::default(),
+            }),
+            sub_invocations: Default::default(),
+        },
+    };
+    let distribution = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &DISTRIBUTION_SEED);
+    let refusal = enclave
+        .dispatcher
+        .handle(Request::AuthorizeSoroban {
+            network_passphrase: NETWORK.into(),
+            entry: entry.to_xdr(Limits::none()).unwrap(),
+            signature_expiration_ledger: 100,
+            signer: distribution,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::NotARequiredSigner, "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 0);
+}
+
+#[tokio::test]
+async fn credentials_reach_the_kms_client() {
+    let enclave = enclave();
+    let answer = enclave
+        .dispatcher
+        .handle(Request::SetCredentials(AwsCredentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "secret".into(),
+            session_token: None,
+            expires_unix: None,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(answer, Response::CredentialsStored);
+    let stored = enclave.kms.credentials.lock().unwrap().clone().unwrap();
+    assert_eq!(stored.access_key_id, "AKIDEXAMPLE");
+}
+
+#[tokio::test]
+async fn without_a_signing_context_only_pings_are_answered() {
+    let dispatcher = Dispatcher::new(None);
+    assert!(matches!(
+        dispatcher.handle(Request::Ping { delay_ms: 0 }).await,
+        Ok(Response::Pong { .. })
+    ));
+    let refusal = dispatcher
+        .handle(Request::Sign {
+            network_passphrase: NETWORK.into(),
+            transaction: vec![],
+            signers: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::KmsUnavailable);
+}

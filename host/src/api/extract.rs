@@ -1,0 +1,61 @@
+//! Extractors: JSON bodies with rejections in our error format, and who is calling.
+
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use common::wire::ErrorCode;
+
+use super::error::ApiError;
+
+/// `axum::Json`, but with rejections in our error format.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorCode::PayloadTooLarge
+    } else {
+        ErrorCode::BadRequest
+    };
+    ApiError::new(code, rejection.body_text())
+}
+
+/// Who is calling, from the Unix socket's peer credentials (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    /// The peer's user id.
+    pub uid: Option<u32>,
+    /// The peer's process id.
+    pub pid: Option<i32>,
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Caller
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        match stream.io().peer_cred() {
+            Ok(cred) => Caller {
+                uid: Some(cred.uid()),
+                pid: cred.pid(),
+            },
+            Err(_) => Caller::default(),
+        }
+    }
+}

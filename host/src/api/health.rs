@@ -1,0 +1,129 @@
+//! `GET /healthz`, `GET /readyz`, `GET /v1/ping`: is the host alive, can it serve, and
+//! a no-op round trip through the enclave.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use common::wire::ErrorCode;
+use common::wire::messages::{BuildFlavor, Request, Response as EnclaveResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::store::blocking;
+
+/// How long `/readyz` waits for the enclave before calling it not ready.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+async fn store_check(state: &AppState) -> Check {
+    let store = state.store.clone();
+    let outcome = blocking(move || store.check()).await;
+    Check {
+        name: "store",
+        ok: outcome.is_ok(),
+        detail: match outcome {
+            Ok(()) => format!("{} answers", state.store.describe()),
+            Err(e) => e.message,
+        },
+    }
+}
+
+async fn enclave_check(state: &AppState) -> Check {
+    let started = Instant::now();
+    let probe = state
+        .enclave
+        .call_with_timeout(Request::Ping { delay_ms: 0 }, READY_PROBE_TIMEOUT)
+        .await;
+    match (probe, state.enclave.peer()) {
+        (Ok(_), Some(peer)) => Check {
+            name: "enclave",
+            ok: true,
+            detail: format!(
+                "{} answered in {} µs ({} build, {})",
+                state.enclave.endpoint(),
+                started.elapsed().as_micros(),
+                peer.build,
+                peer.software_version
+            ),
+        },
+        (Ok(_), None) => Check {
+            name: "enclave",
+            ok: false,
+            detail: "connection dropped right after answering".to_string(),
+        },
+        (Err(e), _) => Check {
+            name: "enclave",
+            ok: false,
+            detail: e.to_string(),
+        },
+    }
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let checks = vec![store_check(&state).await, enclave_check(&state).await];
+    let ready = checks.iter().all(|c| c.ok);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": checks,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingQuery {
+    /// Test aid, honoured by mock enclaves only.
+    #[serde(default)]
+    delay_ms: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PingAnswer {
+    enclave_build: BuildFlavor,
+    round_trip_us: u128,
+}
+
+/// A no-op round trip through the enclave: the benchmark's unit of work.
+pub async fn ping(
+    State(state): State<AppState>,
+    query: Result<Query<PingQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<PingAnswer>, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::new(ErrorCode::BadRequest, r.body_text()))?;
+    let started = Instant::now();
+    let answer = state
+        .enclave
+        .call(Request::Ping {
+            delay_ms: query.delay_ms,
+        })
+        .await
+        .map_err(|e| ApiError(e.to_wire()))?;
+    match answer {
+        EnclaveResponse::Pong { build } => Ok(axum::Json(PingAnswer {
+            enclave_build: build,
+            round_trip_us: started.elapsed().as_micros(),
+        })),
+        other => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("unexpected enclave answer to a ping: {other:?}"),
+        )),
+    }
+}

@@ -1,0 +1,21 @@
+//! The host API: HTTP/JSON over a Unix socket. [`router`] lists every route; each
+//! resource has its own file; handlers only translate between JSON and the
+//! [`crate::signing`] flow or the store. Every error is
+//! `{"error": {"code": "...", "message": "..."}}` with a stable code.
+
+mod channels;
+pub mod error;
+pub mod extract;
+mod fee_bump;
+mod health;
+mod json;
+mod keys;
+mod router;
+mod sign;
+mod soroban;
+pub mod state;
+
+pub use error::ApiError;
+pub use extract::Caller;
+pub use router::router;
+pub use state::AppState;

@@ -1,0 +1,109 @@
+//! Signatures on a transaction envelope: `POST /v1/sign`, and the fee-bump flow once it
+//! has built its envelope.
+
+use std::collections::HashSet;
+
+use common::stellar::envelope::{MAX_SIGNATURES, network_id, required_signers, sequence_owner};
+use common::wire::messages::{Request, Response, SignatureInfo};
+use common::wire::{ErrorCode, WireError};
+use stellar_xdr::TransactionEnvelope;
+
+use super::{SignKind, Signing, active_material, unexpected};
+use crate::store::KeyRecord;
+
+/// A signed envelope as the enclave returned it.
+#[derive(Debug, Clone)]
+pub struct SignedEnvelope {
+    /// Raw XDR with the new signatures appended.
+    pub transaction: Vec<u8>,
+    /// The signature payload hash, computed by the enclave.
+    pub hash: [u8; 32],
+    /// One per signer.
+    pub signatures: Vec<SignatureInfo>,
+}
+
+impl Signing {
+    /// Has the enclave sign `envelope` (given decoded, and as the XDR bytes to send)
+    /// with `signers`, audits the outcome as `kind`, and keeps the channel whose
+    /// sequence the transaction consumes locked.
+    pub async fn sign_envelope(
+        &self,
+        caller_uid: Option<u32>,
+        network: &str,
+        (envelope, xdr): (&TransactionEnvelope, Vec<u8>),
+        signers: Vec<String>,
+        kind: SignKind,
+    ) -> Result<SignedEnvelope, WireError> {
+        // Duplicates anywhere in the list, not only adjacent ones: one KMS call per key.
+        let mut seen = HashSet::new();
+        let signers: Vec<String> = signers
+            .into_iter()
+            .filter(|s| seen.insert(s.clone()))
+            .collect();
+        if signers.is_empty() || signers.len() > MAX_SIGNATURES {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                format!("name 1 to {MAX_SIGNATURES} signers, not {}", signers.len()),
+            ));
+        }
+        let lookup = self.lookup(signers.clone(), self.precheck).await?;
+        // Every outcome from here on is audited, refusals by the host's own checks too.
+        let outcome = async {
+            self.precheck_envelope(envelope, &signers, lookup.distribution.as_ref())?;
+            let request = Request::Sign {
+                network_passphrase: network.to_string(),
+                transaction: xdr,
+                signers: active_material(lookup.keys)?,
+            };
+            match self.ask_enclave(request).await? {
+                Response::Signed {
+                    transaction,
+                    hash,
+                    signatures,
+                } => Ok(SignedEnvelope {
+                    transaction,
+                    hash,
+                    signatures,
+                }),
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await;
+        let channel = sequence_owner(envelope, network_id(network)).ok();
+        self.record(
+            caller_uid,
+            kind,
+            &signers,
+            outcome.as_ref().map(|signed| signed.hash),
+            channel,
+        )
+        .await?;
+        outcome
+    }
+
+    /// The enclave's signing policy, checked here first with the stored distribution
+    /// key, so a violation costs no round trip.
+    fn precheck_envelope(
+        &self,
+        envelope: &TransactionEnvelope,
+        signers: &[String],
+        distribution: Option<&KeyRecord>,
+    ) -> Result<(), WireError> {
+        let Some(distribution) = distribution
+            .and_then(|d| stellar_strkey::ed25519::PublicKey::from_string(&d.public_key).ok())
+        else {
+            return Ok(());
+        };
+        let policy = self.signing_policy(distribution.0)?;
+        let now = common::now_unix_secs();
+        let required = required_signers(envelope);
+        for signer in signers {
+            if let Ok(key) = stellar_strkey::ed25519::PublicKey::from_string(signer)
+                && required.contains(&key.0)
+            {
+                policy.check(envelope, &key.0, now)?;
+            }
+        }
+        Ok(())
+    }
+}

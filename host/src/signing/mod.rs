@@ -1,0 +1,210 @@
+//! The signing flow, with no HTTP types: look the keys up, pre-check the signing
+//! policy, ask the enclave, audit every outcome, keep channel locks in step. The API's
+//! sign, fee-bump and Soroban routes (and any future client) call this module; each
+//! flow lives in its own file and shares the steps below.
+//!
+//! Nothing here is a security boundary: the enclave re-checks everything (docs/design.md
+//! §2 invariant 8). The host's checks exist so honest callers get an answer without a
+//! round trip, and so every refusal is audited.
+
+mod envelope;
+mod fee_bump;
+mod soroban;
+
+pub use envelope::SignedEnvelope;
+pub use fee_bump::{FeeBumped, FeeChoice};
+pub use soroban::SorobanAuthorized;
+
+use common::stellar::envelope::{SequenceOwner, hex};
+use common::stellar::signing_policy::{SigningPolicy, SigningPolicySettings};
+use common::wire::messages::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response};
+use common::wire::{ErrorCode, WireError};
+
+use crate::enclave_client::EnclaveClient;
+use crate::store::{
+    AuditEntry, KeyFormat, KeyRecord, KeyState, SharedStore, StoreError, active_distribution,
+    blocking,
+};
+
+/// What was asked for, as the audit log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignKind {
+    /// `POST /v1/sign`.
+    Sign,
+    /// `POST /v1/fee-bump`.
+    FeeBump,
+    /// `POST /v1/soroban/authorize`.
+    SorobanAuth,
+}
+
+impl SignKind {
+    /// The audit log's `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignKind::Sign => "sign",
+            SignKind::FeeBump => "fee_bump",
+            SignKind::SorobanAuth => "soroban_auth",
+        }
+    }
+}
+
+/// The signing service: the enclave connection, the store and the host's copy of the
+/// signing-policy settings.
+#[derive(Clone)]
+pub struct Signing {
+    enclave: EnclaveClient,
+    store: SharedStore,
+    /// `stellar.network_passphrase`, for requests that name no network.
+    network_passphrase: Option<String>,
+    settings: SigningPolicySettings,
+    precheck: bool,
+}
+
+/// The stored records of the keys a request names, and the distribution key when the
+/// flow needs it, fetched in one store trip.
+struct Lookup {
+    keys: Vec<(String, Option<KeyRecord>)>,
+    distribution: Option<KeyRecord>,
+}
+
+impl Signing {
+    /// A signing service; `precheck` turns the host's signing-policy pre-check on.
+    pub fn new(
+        enclave: EnclaveClient,
+        store: SharedStore,
+        network_passphrase: Option<String>,
+        settings: SigningPolicySettings,
+        precheck: bool,
+    ) -> Signing {
+        Signing {
+            enclave,
+            store,
+            network_passphrase,
+            settings,
+            precheck,
+        }
+    }
+
+    /// The network a request is for: its own, or the configured one.
+    pub fn network(&self, requested: Option<String>) -> Result<String, WireError> {
+        requested
+            .or_else(|| self.network_passphrase.clone())
+            .ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::BadRequest,
+                    "no network_passphrase in the request and none configured in [stellar]",
+                )
+            })
+    }
+
+    /// The enclave's signing policy as the host believes it is configured.
+    fn signing_policy(&self, distribution: [u8; 32]) -> Result<SigningPolicy, WireError> {
+        self.settings
+            .signing_policy(distribution)
+            .map_err(|e| WireError::new(ErrorCode::Internal, e))
+    }
+
+    async fn lookup(
+        &self,
+        public_keys: Vec<String>,
+        with_distribution: bool,
+    ) -> Result<Lookup, WireError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let keys = public_keys
+                .into_iter()
+                .map(|pk| store.key(&pk).map(|k| (pk, k)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let distribution = if with_distribution {
+                active_distribution(store.as_ref())?
+            } else {
+                None
+            };
+            Ok(Lookup { keys, distribution })
+        })
+        .await
+    }
+
+    async fn ask_enclave(&self, request: Request) -> Result<Response, WireError> {
+        self.enclave.call(request).await.map_err(|e| e.to_wire())
+    }
+
+    /// Audits one outcome (one row per key) and, after a signature, keeps the channel
+    /// whose sequence the transaction consumes locked until it can no longer land.
+    async fn record(
+        &self,
+        caller_uid: Option<u32>,
+        kind: SignKind,
+        public_keys: &[String],
+        outcome: Result<[u8; 32], &WireError>,
+        channel: Option<SequenceOwner>,
+    ) -> Result<(), WireError> {
+        let rows: Vec<AuditEntry> = public_keys
+            .iter()
+            .map(|public_key| AuditEntry {
+                caller_uid,
+                public_key: Some(public_key.clone()),
+                tx_hash: outcome.as_ref().ok().map(|hash| hex(hash)),
+                kind: kind.as_str().into(),
+                outcome: match &outcome {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.code.to_string(),
+                },
+                detail: outcome.as_ref().err().map(|e| e.message.clone()),
+            })
+            .collect();
+        let signed = outcome.is_ok();
+        let store = self.store.clone();
+        blocking(move || {
+            for row in &rows {
+                store.append_audit(row)?;
+            }
+            if signed && let Some(owner) = channel {
+                let account = format!("{}", stellar_strkey::ed25519::PublicKey(owner.account));
+                match store.record_signed(&account, &hex(&owner.hash), owner.max_time) {
+                    Ok(_) | Err(StoreError::UnknownChannelAccount(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// What the enclave needs to open the stored keys, each of which must be active.
+fn active_material(keys: Vec<(String, Option<KeyRecord>)>) -> Result<Vec<KeyMaterial>, WireError> {
+    keys.into_iter()
+        .map(|(public_key, key)| {
+            key.filter(|k| k.state == KeyState::Active)
+                .map(key_material)
+                .ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::UnknownKey,
+                        format!("{public_key} is not an active key of this signer"),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// A stored key as the enclave receives it: its public key and ciphertexts.
+fn key_material(key: KeyRecord) -> KeyMaterial {
+    KeyMaterial {
+        public_key: key.public_key,
+        format: match key.format {
+            KeyFormat::KmsDirect => WireKeyFormat::KmsDirect,
+            KeyFormat::Envelope => WireKeyFormat::Envelope,
+        },
+        kms_key_id: key.kms_key_id,
+        ciphertext: key.kms_ciphertext,
+        sealed_seed: key.sealed_seed,
+    }
+}
+
+fn unexpected(answer: &Response) -> WireError {
+    WireError::new(
+        ErrorCode::Internal,
+        format!("unexpected enclave answer {answer:?}"),
+    )
+}

@@ -1,0 +1,159 @@
+//! The records every store backend reads and writes.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    Distribution,
+    Channel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyFormat {
+    #[serde(rename = "kms-direct")]
+    KmsDirect,
+    #[serde(rename = "envelope")]
+    Envelope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Pending,
+    Active,
+    Retired,
+}
+
+macro_rules! sql_text_enum {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The stored and displayed name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+            pub(crate) fn parse(text: &str) -> Option<$ty> {
+                match text { $($text => Some($ty::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+sql_text_enum!(KeyRole { Distribution => "distribution", Channel => "channel" });
+sql_text_enum!(KeyFormat { KmsDirect => "kms-direct", Envelope => "envelope" });
+sql_text_enum!(KeyState { Pending => "pending", Active => "active", Retired => "retired" });
+
+/// A key to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    pub public_key: String,
+    pub role: KeyRole,
+    pub format: KeyFormat,
+    pub kms_key_id: String,
+    pub kms_ciphertext: Vec<u8>,
+    pub sealed_seed: Option<Vec<u8>>,
+    pub state: KeyState,
+}
+
+/// A stored key. Ciphertexts are included: they are useless outside the enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    pub public_key: String,
+    pub role: KeyRole,
+    pub format: KeyFormat,
+    pub kms_key_id: String,
+    #[serde(skip)]
+    pub kms_ciphertext: Vec<u8>,
+    #[serde(skip)]
+    pub sealed_seed: Option<Vec<u8>>,
+    pub state: KeyState,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub caller_uid: Option<u32>,
+    pub public_key: Option<String>,
+    pub tx_hash: Option<String>,
+    /// What happened: `sign`, `fee_bump`, `soroban_auth`, `key_registered`, ...
+    pub kind: String,
+    /// `ok` or an error code.
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelLease {
+    pub account: String,
+    /// Proves ownership of this lock to `release`. Treat as a capability.
+    pub lock_token: String,
+    pub locked_until_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct UnlockOutcome {
+    pub unlocked: Vec<UnlockedChannel>,
+    /// Hashes that matched no locked channel (already unlocked, or never signed here).
+    pub unmatched: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnlockedChannel {
+    pub account: String,
+    pub tx_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelSummary {
+    pub total: u64,
+    /// Never locked, or released.
+    pub idle: u64,
+    /// Locked now.
+    pub locked: u64,
+    /// The lock lapsed without a release; reusable like idle ones.
+    pub expired: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<Vec<ChannelRow>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelRow {
+    pub account: String,
+    /// `idle`, `locked` or `expired`.
+    pub status: &'static str,
+    pub locked_at_ms: Option<i64>,
+    pub locked_until_ms: Option<i64>,
+    pub tx_hash: Option<String>,
+}
+
+/// The channel pool (docs/design.md §5). Methods block.
+pub trait ChannelLocks: Send + Sync {
+    /// Locks a random idle channel account for `duration` (default lock when `None`).
+    fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError>;
+    /// Failure path: frees the account if `lock_token` still holds it.
+    fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError>;
+    /// Success path: frees the accounts whose recorded transaction is one of `hashes`.
+    fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError>;
+    /// A transaction sourced by `account` was signed: remember its hash (the inner hash
+    /// of a fee-bump) and keep the account locked until the transaction can no longer
+    /// land (`max_time_unix_s` plus the margin). Returns the new `locked_until_ms`.
+    fn record_signed(
+        &self,
+        account: &str,
+        tx_hash: &str,
+        max_time_unix_s: Option<u64>,
+    ) -> Result<i64, StoreError>;
+    fn summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError>;
+}

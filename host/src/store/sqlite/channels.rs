@@ -1,0 +1,229 @@
+//! Channel-account locks (docs/design.md §5).
+//!
+//! Acquire is one `UPDATE … RETURNING` inside `BEGIN IMMEDIATE`: SQLite admits one
+//! writer at a time (across processes too), so two callers can never get the same
+//! account. The candidate is drawn at random from the few accounts whose locks
+//! expired longest ago, found through the `locked_until_ms` index: the cost does not
+//! grow with the pool, and an account that just came free is the last to be reused.
+
+use std::time::Duration;
+
+use super::SqliteStore;
+use crate::store::{
+    ChannelLease, ChannelLocks, ChannelRow, ChannelSummary, StoreError, UnlockOutcome,
+    UnlockedChannel,
+};
+use rand::RngCore;
+use rusqlite::{OptionalExtension, params};
+
+/// How many of the longest-idle accounts the random pick draws from.
+const PICK_FROM: i64 = 16;
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ChannelLocks for SqliteStore {
+    fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError> {
+        let policy = self.limits;
+        let duration = duration.unwrap_or(policy.default_lock);
+        if duration.is_zero() || duration > policy.max_lock {
+            return Err(StoreError::InvalidLockDuration {
+                requested_ms: duration.as_millis() as u64,
+                max_ms: policy.max_lock.as_millis() as u64,
+            });
+        }
+        let now = self.now();
+        let until = now.saturating_add(duration.as_millis() as i64);
+        let token = new_token();
+        let mut conn = self.pool.get()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let leased: Option<(String, i64)> = tx
+            .query_row(
+                "UPDATE channel_locks
+                 SET locked_at_ms = ?1, locked_until_ms = ?2, lock_token = ?3, tx_hash = NULL
+                 WHERE public_key = (
+                     SELECT public_key FROM (
+                         SELECT public_key FROM channel_locks
+                         WHERE locked_until_ms <= ?1
+                         ORDER BY locked_until_ms
+                         LIMIT ?4)
+                     ORDER BY random() LIMIT 1)
+                 RETURNING public_key, locked_until_ms",
+                params![now, until, token, PICK_FROM],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((account, locked_until_ms)) = leased else {
+            let (total, next_free): (i64, Option<i64>) = tx.query_row(
+                "SELECT count(*), min(locked_until_ms) FROM channel_locks",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            return Err(if total == 0 {
+                StoreError::NoChannelAccountsConfigured
+            } else {
+                StoreError::NoIdleChannelAccount {
+                    total: total as u64,
+                    next_free_in_ms: next_free.map_or(0, |t| t.saturating_sub(now).max(0) as u64),
+                }
+            });
+        };
+        tx.commit()?;
+        Ok(ChannelLease {
+            account,
+            lock_token: token,
+            locked_until_ms,
+        })
+    }
+
+    fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.get()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // A freed account's `locked_until_ms` becomes "now": it joins the back of the
+        // idle queue, behind accounts that have been idle longer.
+        let released = tx.execute(
+            "UPDATE channel_locks
+             SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?3),
+                 lock_token = NULL, tx_hash = NULL
+             WHERE public_key = ?1 AND lock_token = ?2",
+            params![account, lock_token, self.now()],
+        )?;
+        if released == 0 {
+            let known: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM channel_locks WHERE public_key = ?1)",
+                params![account],
+                |row| row.get(0),
+            )?;
+            return Err(if known {
+                StoreError::LockTokenMismatch {
+                    account: account.to_string(),
+                }
+            } else {
+                StoreError::UnknownChannelAccount(account.to_string())
+            });
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
+        let now = self.now();
+        let mut conn = self.pool.get()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut outcome = UnlockOutcome::default();
+        {
+            let mut unlock = tx.prepare(
+                "UPDATE channel_locks
+                 SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?2),
+                     lock_token = NULL, tx_hash = NULL
+                 WHERE tx_hash = ?1
+                 RETURNING public_key",
+            )?;
+            for hash in hashes {
+                let hash = hash.to_ascii_lowercase();
+                let accounts = unlock
+                    .query_map(params![hash, now], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                if accounts.is_empty() {
+                    outcome.unmatched.push(hash);
+                    continue;
+                }
+                for account in accounts {
+                    outcome.unlocked.push(UnlockedChannel {
+                        account,
+                        tx_hash: hash.clone(),
+                    });
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn record_signed(
+        &self,
+        account: &str,
+        tx_hash: &str,
+        max_time_unix_s: Option<u64>,
+    ) -> Result<i64, StoreError> {
+        let now = self.now();
+        let policy = self.limits;
+        // Without a maxTime the transaction could land at any time; the signing policy
+        // refuses those for channel accounts, so this only guards the store itself.
+        let until = match max_time_unix_s {
+            Some(max_time) => (max_time as i64)
+                .saturating_mul(1000)
+                .saturating_add(policy.max_time_margin.as_millis() as i64),
+            None => now.saturating_add(policy.max_lock.as_millis() as i64),
+        };
+        let mut conn = self.pool.get()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let locked_until: Option<i64> = tx
+            .query_row(
+                "UPDATE channel_locks
+                 SET tx_hash = ?2,
+                     locked_at_ms = coalesce(locked_at_ms, ?3),
+                     locked_until_ms = max(locked_until_ms, ?4)
+                 WHERE public_key = ?1
+                 RETURNING locked_until_ms",
+                params![account, tx_hash.to_ascii_lowercase(), now, until],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(locked_until) = locked_until else {
+            return Err(StoreError::UnknownChannelAccount(account.to_string()));
+        };
+        tx.commit()?;
+        Ok(locked_until)
+    }
+
+    fn summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError> {
+        let now = self.now();
+        let conn = self.pool.get()?;
+        let (total, locked, expired): (i64, i64, i64) = conn.query_row(
+            "SELECT count(*),
+                    coalesce(sum(locked_until_ms > ?1), 0),
+                    coalesce(sum(locked_until_ms <= ?1 AND lock_token IS NOT NULL), 0)
+             FROM channel_locks",
+            params![now],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+        let accounts = if with_accounts {
+            let mut statement = conn.prepare(
+                "SELECT public_key, locked_at_ms, locked_until_ms, lock_token IS NOT NULL, tx_hash
+                 FROM channel_locks ORDER BY public_key",
+            )?;
+            let rows = statement.query_map(params![], |row| {
+                let locked_until: i64 = row.get(2)?;
+                let has_token: bool = row.get(3)?;
+                let status = if locked_until > now {
+                    "locked"
+                } else if has_token {
+                    "expired"
+                } else {
+                    "idle"
+                };
+                Ok(ChannelRow {
+                    account: row.get(0)?,
+                    status,
+                    locked_at_ms: row.get(1)?,
+                    locked_until_ms: (locked_until > 0).then_some(locked_until),
+                    tx_hash: row.get(4)?,
+                })
+            })?;
+            Some(rows.collect::<Result<Vec<_>, _>>()?)
+        } else {
+            None
+        };
+        Ok(ChannelSummary {
+            total: total as u64,
+            idle: (total - locked - expired) as u64,
+            locked: locked as u64,
+            expired: expired as u64,
+            accounts,
+        })
+    }
+}

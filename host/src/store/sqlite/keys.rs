@@ -1,0 +1,163 @@
+//! Key records: public key, role, format and the KMS ciphertexts that only the enclave
+//! can open.
+
+use super::SqliteStore;
+use crate::store::{KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, StoreError};
+use rusqlite::{OptionalExtension, params};
+
+fn validate(key: &NewKey) -> Result<(), StoreError> {
+    if stellar_strkey::ed25519::PublicKey::from_string(&key.public_key).is_err() {
+        return Err(StoreError::InvalidKey(format!(
+            "{:?} is not a Stellar account public key (G...)",
+            key.public_key
+        )));
+    }
+    if key.kms_key_id.is_empty() {
+        return Err(StoreError::InvalidKey("kms_key_id is empty".into()));
+    }
+    if key.kms_ciphertext.is_empty() {
+        return Err(StoreError::InvalidKey("kms_ciphertext is empty".into()));
+    }
+    match (key.format, &key.sealed_seed) {
+        (KeyFormat::Envelope, None) => Err(StoreError::InvalidKey(
+            "the envelope format needs a sealed seed".into(),
+        )),
+        (KeyFormat::KmsDirect, Some(_)) => Err(StoreError::InvalidKey(
+            "the kms-direct format has no sealed seed".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+const KEY_COLUMNS: &str = "public_key, role, format, kms_key_id, kms_ciphertext, sealed_seed, \
+                           state, created_at_ms, updated_at_ms";
+
+fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let text_enum = |index: usize, value: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unexpected value {value:?}").into(),
+        )
+    };
+    let role: String = row.get(1)?;
+    let format: String = row.get(2)?;
+    let state: String = row.get(6)?;
+    Ok(KeyRecord {
+        public_key: row.get(0)?,
+        role: KeyRole::parse(&role).ok_or_else(|| text_enum(1, role.clone()))?,
+        format: KeyFormat::parse(&format).ok_or_else(|| text_enum(2, format.clone()))?,
+        kms_key_id: row.get(3)?,
+        kms_ciphertext: row.get(4)?,
+        sealed_seed: row.get(5)?,
+        state: KeyState::parse(&state).ok_or_else(|| text_enum(6, state.clone()))?,
+        created_at_ms: row.get(7)?,
+        updated_at_ms: row.get(8)?,
+    })
+}
+
+impl KeyStore for SqliteStore {
+    /// Stores keys in one transaction, durably (fsync of the database and its
+    /// directory) before returning: either all are stored or none.
+    fn insert_keys(&self, keys: &[NewKey]) -> Result<(), StoreError> {
+        for key in keys {
+            validate(key)?;
+        }
+        let now = self.now();
+        let mut conn = self.pool.get()?;
+        // Key material: this commit must survive power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for key in keys {
+                let inserted = tx.execute(
+                    "INSERT INTO keys (public_key, role, format, kms_key_id, kms_ciphertext, \
+                     sealed_seed, state, created_at_ms, updated_at_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT DO NOTHING",
+                    params![
+                        key.public_key,
+                        key.role.as_str(),
+                        key.format.as_str(),
+                        key.kms_key_id,
+                        key.kms_ciphertext,
+                        key.sealed_seed,
+                        key.state.as_str(),
+                        now
+                    ],
+                )?;
+                if inserted == 0 {
+                    return Err(StoreError::KeyExists(key.public_key.clone()));
+                }
+                if key.role == KeyRole::Channel && key.state == KeyState::Active {
+                    tx.execute(
+                        "INSERT INTO channel_locks (public_key) VALUES (?1)",
+                        params![key.public_key],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        result?;
+        self.pool.sync_dir()
+    }
+
+    /// Moves a key to another state; channel accounts join the pool when they become
+    /// active and leave it when retired.
+    fn set_key_state(&self, public_key: &str, state: KeyState) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut conn = self.pool.get()?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let role: Option<String> = tx
+                .query_row(
+                    "UPDATE keys SET state = ?2, updated_at_ms = ?3 WHERE public_key = ?1 \
+                     RETURNING role",
+                    params![public_key, state.as_str(), now],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(role) = role else {
+                return Err(StoreError::InvalidKey(format!("no key {public_key}")));
+            };
+            if role == KeyRole::Channel.as_str() {
+                match state {
+                    KeyState::Active => tx.execute(
+                        "INSERT INTO channel_locks (public_key) VALUES (?1) ON CONFLICT DO NOTHING",
+                        params![public_key],
+                    )?,
+                    KeyState::Pending | KeyState::Retired => tx.execute(
+                        "DELETE FROM channel_locks WHERE public_key = ?1",
+                        params![public_key],
+                    )?,
+                };
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        result?;
+        self.pool.sync_dir()
+    }
+
+    fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let conn = self.pool.get()?;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE public_key = ?1");
+        Ok(conn
+            .query_row(&sql, params![public_key], read_key)
+            .optional()?)
+    }
+
+    fn list_keys(&self, role: Option<KeyRole>) -> Result<Vec<KeyRecord>, StoreError> {
+        let conn = self.pool.get()?;
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE ?1 IS NULL OR role = ?1 \
+             ORDER BY role, created_at_ms, public_key"
+        );
+        let mut statement = conn.prepare(&sql)?;
+        let rows = statement.query_map(params![role.map(KeyRole::as_str)], read_key)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

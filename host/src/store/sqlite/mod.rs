@@ -1,0 +1,93 @@
+//! The embedded SQLite backend, the default. One database file; every lock change is
+//! one statement inside `BEGIN IMMEDIATE`, so SQLite's single writer (across processes
+//! too) is what keeps a channel from being handed out twice. Key writes are fsynced,
+//! file and directory, before they return.
+
+mod audit;
+mod channels;
+mod keys;
+mod pool;
+mod schema;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use schema::SCHEMA_VERSION;
+
+use super::{Clock, LockLimits, Store, StoreError, system_clock};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: Arc<pool::Pool>,
+    clock: Clock,
+    limits: LockLimits,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.pool.path())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(
+        path: &Path,
+        limits: LockLimits,
+        busy_timeout: Duration,
+    ) -> Result<SqliteStore, StoreError> {
+        Self::open_with_clock(path, limits, busy_timeout, system_clock())
+    }
+
+    pub fn open_with_clock(
+        path: &Path,
+        limits: LockLimits,
+        busy_timeout: Duration,
+        clock: Clock,
+    ) -> Result<SqliteStore, StoreError> {
+        let pool = pool::Pool::new(path.to_path_buf(), busy_timeout);
+        {
+            let mut conn = pool.get()?;
+            schema::migrate(&mut conn)?;
+        }
+        // The database file and its WAL now exist: make their directory entries durable.
+        pool.sync_dir()?;
+        Ok(SqliteStore {
+            pool: Arc::new(pool),
+            clock,
+            limits,
+        })
+    }
+
+    /// The lock lifetimes this store enforces.
+    pub fn limits(&self) -> LockLimits {
+        self.limits
+    }
+
+    pub fn path(&self) -> &Path {
+        self.pool.path()
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+}
+
+impl Store for SqliteStore {
+    fn check(&self) -> Result<(), StoreError> {
+        let conn = self.pool.get()?;
+        conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite {}", self.path().display())
+    }
+}
+
+#[cfg(test)]
+mod tests;

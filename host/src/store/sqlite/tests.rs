@@ -1,0 +1,435 @@
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use super::*;
+use crate::store::*;
+
+/// A deterministic account public key for test number `i`.
+pub fn test_account(i: u32) -> String {
+    let mut raw = [0u8; 32];
+    raw[..4].copy_from_slice(&i.to_be_bytes());
+    raw[31] = 0x5a;
+    format!("{}", stellar_strkey::ed25519::PublicKey(raw))
+}
+
+fn channel(i: u32) -> NewKey {
+    NewKey {
+        public_key: test_account(i),
+        role: KeyRole::Channel,
+        format: KeyFormat::KmsDirect,
+        kms_key_id: "alias/test".into(),
+        kms_ciphertext: vec![1, 2, 3, i as u8],
+        sealed_seed: None,
+        state: KeyState::Active,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: SqliteStore,
+    time: Arc<AtomicI64>,
+}
+
+impl Fixture {
+    fn new(channels: u32) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let time = Arc::new(AtomicI64::new(1_700_000_000_000));
+        let clock_time = time.clone();
+        let store = SqliteStore::open_with_clock(
+            &dir.path().join("signer.db"),
+            LockLimits::default(),
+            Duration::from_secs(10),
+            Arc::new(move || clock_time.load(Ordering::SeqCst)),
+        )
+        .unwrap();
+        let keys: Vec<NewKey> = (0..channels).map(channel).collect();
+        if !keys.is_empty() {
+            store.insert_keys(&keys).unwrap();
+        }
+        Fixture {
+            _dir: dir,
+            store,
+            time,
+        }
+    }
+
+    fn advance(&self, by: Duration) {
+        self.time.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn schema_versions_are_applied_once_and_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signer.db");
+    let open = || SqliteStore::open(&path, LockLimits::default(), Duration::from_secs(1));
+    open().unwrap();
+    open().unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    let error = open().unwrap_err();
+    assert!(
+        matches!(error, StoreError::SchemaTooNew { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("newer than this signer-host supports")
+    );
+}
+
+#[test]
+fn keys_are_validated_stored_listed_and_never_duplicated() {
+    let f = Fixture::new(0);
+    let mut distribution = channel(100);
+    distribution.role = KeyRole::Distribution;
+    f.store
+        .insert_keys(&[distribution.clone(), channel(1)])
+        .unwrap();
+    assert!(matches!(
+        f.store.insert_keys(&[channel(2), channel(1)]),
+        Err(StoreError::KeyExists(k)) if k == test_account(1)
+    ));
+    // The failed batch stored nothing, not even its first key.
+    assert!(f.store.key(&test_account(2)).unwrap().is_none());
+
+    let stored = f.store.key(&test_account(100)).unwrap().unwrap();
+    assert_eq!(stored.role, KeyRole::Distribution);
+    assert_eq!(stored.kms_ciphertext, distribution.kms_ciphertext);
+    let channels = f.store.list_keys(Some(KeyRole::Channel)).unwrap();
+    assert_eq!(channels.len(), 1);
+    assert_eq!(f.store.list_keys(None).unwrap().len(), 2);
+
+    let mut bad = channel(3);
+    bad.public_key = "GABC".into();
+    assert!(matches!(
+        f.store.insert_keys(&[bad]),
+        Err(StoreError::InvalidKey(_))
+    ));
+    let mut bad = channel(3);
+    bad.format = KeyFormat::Envelope;
+    assert!(matches!(
+        f.store.insert_keys(&[bad]),
+        Err(StoreError::InvalidKey(_))
+    ));
+    let mut bad = channel(3);
+    bad.kms_ciphertext.clear();
+    assert!(matches!(
+        f.store.insert_keys(&[bad]),
+        Err(StoreError::InvalidKey(_))
+    ));
+}
+
+#[test]
+fn pending_and_retired_channels_are_not_in_the_pool() {
+    let f = Fixture::new(0);
+    let mut pending = channel(1);
+    pending.state = KeyState::Pending;
+    f.store.insert_keys(&[pending]).unwrap();
+    assert!(matches!(
+        f.store.acquire(None),
+        Err(StoreError::NoChannelAccountsConfigured)
+    ));
+    f.store
+        .set_key_state(&test_account(1), KeyState::Active)
+        .unwrap();
+    assert_eq!(f.store.acquire(None).unwrap().account, test_account(1));
+    f.store
+        .set_key_state(&test_account(1), KeyState::Retired)
+        .unwrap();
+    assert_eq!(f.store.summary(false).unwrap().total, 0);
+}
+
+#[test]
+fn empty_pool_and_exhausted_pool_are_different_errors() {
+    let empty = Fixture::new(0);
+    let error = empty.store.acquire(None).unwrap_err();
+    assert!(matches!(error, StoreError::NoChannelAccountsConfigured));
+    assert_eq!(
+        error.to_wire().code,
+        common::wire::ErrorCode::NoChannelAccountsConfigured
+    );
+
+    let f = Fixture::new(2);
+    f.store.acquire(None).unwrap();
+    f.store.acquire(None).unwrap();
+    let error = f.store.acquire(None).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::NoIdleChannelAccount {
+                total: 2,
+                next_free_in_ms: 30_000
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        error.to_wire().code,
+        common::wire::ErrorCode::NoIdleChannelAccount
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("add channel accounts or lower concurrency")
+    );
+}
+
+#[test]
+fn lock_durations_default_and_cap() {
+    let f = Fixture::new(3);
+    let now = f.time.load(Ordering::SeqCst);
+    assert_eq!(f.store.acquire(None).unwrap().locked_until_ms, now + 30_000);
+    assert_eq!(
+        f.store
+            .acquire(Some(Duration::from_secs(300)))
+            .unwrap()
+            .locked_until_ms,
+        now + 300_000
+    );
+    assert!(matches!(
+        f.store.acquire(Some(Duration::from_secs(301))),
+        Err(StoreError::InvalidLockDuration {
+            requested_ms: 301_000,
+            max_ms: 300_000
+        })
+    ));
+    assert!(matches!(
+        f.store.acquire(Some(Duration::ZERO)),
+        Err(StoreError::InvalidLockDuration { .. })
+    ));
+}
+
+#[test]
+fn expired_locks_are_reusable_and_stale_tokens_cannot_release() {
+    let f = Fixture::new(1);
+    let first = f.store.acquire(None).unwrap();
+    assert!(f.store.acquire(None).is_err());
+    let summary = f.store.summary(false).unwrap();
+    assert_eq!((summary.locked, summary.idle, summary.expired), (1, 0, 0));
+
+    f.advance(Duration::from_secs(31));
+    let summary = f.store.summary(true).unwrap();
+    assert_eq!((summary.locked, summary.idle, summary.expired), (0, 0, 1));
+    assert_eq!(summary.accounts.unwrap()[0].status, "expired");
+
+    let second = f.store.acquire(None).unwrap();
+    assert_eq!(second.account, first.account);
+    assert_ne!(second.lock_token, first.lock_token);
+    // The first holder's token no longer releases the account.
+    assert!(matches!(
+        f.store.release(&first.account, &first.lock_token),
+        Err(StoreError::LockTokenMismatch { .. })
+    ));
+    assert!(
+        f.store.acquire(None).is_err(),
+        "still locked by the second holder"
+    );
+    f.store
+        .release(&second.account, &second.lock_token)
+        .unwrap();
+    // Released once; the same token cannot release again.
+    assert!(matches!(
+        f.store.release(&second.account, &second.lock_token),
+        Err(StoreError::LockTokenMismatch { .. })
+    ));
+    assert!(matches!(
+        f.store.release(&test_account(77), "whatever"),
+        Err(StoreError::UnknownChannelAccount(_))
+    ));
+    let summary = f.store.summary(false).unwrap();
+    assert_eq!((summary.locked, summary.idle, summary.expired), (0, 1, 0));
+    f.store.acquire(None).unwrap();
+}
+
+#[test]
+fn signing_extends_the_lock_to_max_time_and_unlock_matches_the_recorded_hash() {
+    let f = Fixture::new(2);
+    let lease = f.store.acquire(None).unwrap();
+    let now_s = (f.time.load(Ordering::SeqCst) / 1000) as u64;
+    let max_time = now_s + 200;
+    // A fee-bump's channel records the inner transaction's hash.
+    let inner_hash = "AB".repeat(32);
+    let until = f
+        .store
+        .record_signed(&lease.account, &inner_hash, Some(max_time))
+        .unwrap();
+    assert_eq!(until, (max_time as i64) * 1000 + 30_000);
+
+    // Past the 30 s acquire lock, the account is still held: the transaction can land.
+    f.advance(Duration::from_secs(100));
+    let other = f.store.acquire(None).unwrap();
+    assert_ne!(other.account, lease.account);
+    assert!(matches!(
+        f.store.acquire(None),
+        Err(StoreError::NoIdleChannelAccount { .. })
+    ));
+    let row = f
+        .store
+        .summary(true)
+        .unwrap()
+        .accounts
+        .unwrap()
+        .into_iter()
+        .find(|r| r.account == lease.account)
+        .unwrap();
+    assert_eq!(
+        row.tx_hash.as_deref(),
+        Some(inner_hash.to_ascii_lowercase().as_str())
+    );
+
+    // A shorter maxTime never shortens a lock.
+    let again = f
+        .store
+        .record_signed(&lease.account, &inner_hash, Some(now_s))
+        .unwrap();
+    assert_eq!(again, until);
+
+    let outcome = f
+        .store
+        .unlock_by_tx_hashes(&[inner_hash.clone(), "cd".repeat(32)])
+        .unwrap();
+    assert_eq!(outcome.unlocked.len(), 1);
+    assert_eq!(outcome.unlocked[0].account, lease.account);
+    assert_eq!(outcome.unmatched, vec!["cd".repeat(32)]);
+    assert_eq!(f.store.acquire(None).unwrap().account, lease.account);
+    assert!(matches!(
+        f.store.record_signed(&test_account(99), &inner_hash, None),
+        Err(StoreError::UnknownChannelAccount(_))
+    ));
+}
+
+#[test]
+fn acquire_uses_the_expiry_index_not_a_table_scan() {
+    let f = Fixture::new(1);
+    let conn = f.store.pool.get().unwrap();
+    let mut plan = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT public_key FROM channel_locks
+             WHERE locked_until_ms <= 5 ORDER BY locked_until_ms LIMIT 16",
+        )
+        .unwrap();
+    let details: Vec<String> = plan
+        .query_map([], |row| row.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("USING INDEX channel_locks_by_expiry")),
+        "{details:?}"
+    );
+    assert!(
+        !details.iter().any(|d| d.contains("TEMP B-TREE")),
+        "{details:?}"
+    );
+}
+
+#[test]
+fn picks_are_spread_over_the_idle_accounts() {
+    let f = Fixture::new(50);
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        let lease = f.store.acquire(None).unwrap();
+        seen.insert(lease.account.clone());
+        f.store.release(&lease.account, &lease.lock_token).unwrap();
+    }
+    // Released accounts go to the back of the queue, so the whole pool is used.
+    assert_eq!(seen.len(), 50);
+}
+
+#[test]
+fn sixty_four_concurrent_acquirers_never_share_an_account() {
+    const ACCOUNTS: u32 = 50;
+    const THREADS: usize = 64;
+    const ROUNDS: usize = 60;
+    let f = Fixture::new(ACCOUNTS);
+    let held: Arc<Vec<AtomicBool>> =
+        Arc::new((0..ACCOUNTS).map(|_| AtomicBool::new(false)).collect());
+    let index_of: Arc<std::collections::HashMap<String, usize>> = Arc::new(
+        (0..ACCOUNTS)
+            .map(|i| (test_account(i), i as usize))
+            .collect(),
+    );
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let store = f.store.clone();
+            let held = held.clone();
+            let index_of = index_of.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut done = 0;
+                let mut exhausted = 0u64;
+                while done < ROUNDS {
+                    match store.acquire(None) {
+                        Ok(lease) => {
+                            let slot = &held[index_of[&lease.account]];
+                            assert!(
+                                !slot.swap(true, Ordering::SeqCst),
+                                "{} handed out twice",
+                                lease.account
+                            );
+                            std::thread::yield_now();
+                            slot.store(false, Ordering::SeqCst);
+                            store.release(&lease.account, &lease.lock_token).unwrap();
+                            done += 1;
+                        }
+                        Err(StoreError::NoIdleChannelAccount { .. }) => {
+                            exhausted += 1;
+                            std::thread::yield_now();
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                exhausted
+            })
+        })
+        .collect();
+    let exhausted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let summary = f.store.summary(false).unwrap();
+    assert_eq!(summary.locked, 0);
+    assert_eq!(summary.idle, ACCOUNTS as u64);
+    eprintln!(
+        "{} acquisitions, {exhausted} met an exhausted pool",
+        THREADS * ROUNDS
+    );
+}
+
+#[test]
+fn the_audit_log_is_append_only() {
+    let f = Fixture::new(0);
+    let entry = AuditEntry {
+        caller_uid: Some(1000),
+        public_key: Some(test_account(1)),
+        tx_hash: Some("ab".repeat(32)),
+        kind: "sign".into(),
+        outcome: "ok".into(),
+        detail: None,
+    };
+    f.store.append_audit(&entry).unwrap();
+    f.store.append_audit(&entry).unwrap();
+    let rows = f.store.recent_audit(10).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].entry, entry);
+    let conn = f.store.pool.get().unwrap();
+    let update = conn.execute("UPDATE audit_log SET outcome = 'forged'", []);
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = conn.execute("DELETE FROM audit_log", []);
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+}

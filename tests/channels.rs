@@ -1,0 +1,424 @@
+//! Keys and channel locks through the real host binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use harness::{Stack, fake_ciphertext, register_body, spawn_host, test_account, wait_ready_at};
+use host::client::{ApiConnection, request_once};
+use host::store::{ChannelLocks, KeyStore, LockLimits, SqliteStore};
+use hyper::{Method, StatusCode};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+async fn register_channels(stack: &Stack, range: std::ops::Range<u32>) {
+    for i in range {
+        let (status, body) = stack.post("/v1/keys", register_body(i, "channel")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn pool_errors_acquire_release_and_unlock_over_the_api() {
+    let stack = Stack::start().await;
+
+    // Empty pool: the operator must provision.
+    let (status, body) = stack.post("/v1/channels/acquire", json!({})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "no_channel_accounts_configured");
+
+    let (status, body) = stack
+        .post("/v1/keys", register_body(1000, "distribution"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["role"], "distribution");
+    assert_eq!(body["format"], "kms-direct");
+    assert!(body.get("kms_ciphertext").is_none());
+    register_channels(&stack, 0..2).await;
+    let (status, body) = stack.post("/v1/keys", register_body(1, "channel")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "key_exists");
+    let mut bad = register_body(5, "channel");
+    bad["public_key"] = json!("GNOTAKEY");
+    let (status, body) = stack.post("/v1/keys", bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "bad_request");
+
+    let (_, keys) = stack.get("/v1/keys?role=channel").await;
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
+    let (_, keys) = stack.get("/v1/keys").await;
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 3);
+
+    // The body may be omitted entirely.
+    let (status, first) = request_once(
+        &stack.host_socket,
+        Method::POST,
+        "/v1/channels/acquire",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, second) = stack
+        .post("/v1/channels/acquire", json!({"lock_seconds": 120}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    // Exhausted: retryable, and distinct from the empty pool.
+    let (status, body) = stack.post("/v1/channels/acquire", json!({})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "no_idle_channel_account");
+    let (status, body) = stack
+        .post("/v1/channels/acquire", json!({"lock_seconds": 301}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+
+    let (_, summary) = stack.get("/v1/channels").await;
+    assert_eq!(
+        summary,
+        json!({"total": 2, "idle": 0, "locked": 2, "expired": 0})
+    );
+    let (_, listed) = stack.get("/v1/channels?accounts=true").await;
+    let rows = listed["accounts"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r["status"] == "locked" && r.get("lock_token").is_none())
+    );
+
+    let (status, body) = stack
+        .post(
+            "/v1/channels/release",
+            json!({"account": first["account"], "lock_token": "0".repeat(32)}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("lock_token_mismatch"))
+    );
+    let (status, body) = stack
+        .post(
+            "/v1/channels/release",
+            json!({"account": test_account(999), "lock_token": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_channel_account"))
+    );
+    let (status, body) = stack
+        .post(
+            "/v1/channels/release",
+            json!({"account": first["account"], "lock_token": first["lock_token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Unlock by hash: the sign path records hashes; here the store stands in for it.
+    let store = SqliteStore::open(
+        &stack.db_path(),
+        LockLimits::default(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let inner_hash = "7f".repeat(32);
+    store
+        .record_signed(second["account"].as_str().unwrap(), &inner_hash, None)
+        .unwrap();
+    let (status, body) = stack
+        .post(
+            "/v1/channels/unlock",
+            json!({"tx_hashes": [inner_hash, "00".repeat(32)]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["unlocked"][0]["account"], second["account"]);
+    assert_eq!(body["unmatched"], json!(["00".repeat(32)]));
+    let (status, body) = stack
+        .post("/v1/channels/unlock", json!({"tx_hashes": ["nothex"]}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+
+    let (_, summary) = stack.get("/v1/channels").await;
+    assert_eq!(summary["idle"], 2);
+    let (_, ready) = stack.get("/readyz").await;
+    assert!(
+        ready["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "store" && c["ok"] == true)
+    );
+}
+
+#[tokio::test]
+async fn sixty_four_clients_on_two_host_processes_never_share_an_account() {
+    const ACCOUNTS: u32 = 50;
+    const CLIENTS: usize = 64;
+    const ROUNDS: usize = 40;
+    let stack = Stack::start().await;
+    register_channels(&stack, 0..ACCOUNTS).await;
+    let (_second, second_socket) = stack.second_host("host-b").await;
+    let sockets = [stack.host_socket.clone(), second_socket];
+
+    let index: Arc<HashMap<String, usize>> = Arc::new(
+        (0..ACCOUNTS)
+            .map(|i| (test_account(i), i as usize))
+            .collect(),
+    );
+    let held: Arc<Vec<AtomicBool>> =
+        Arc::new((0..ACCOUNTS).map(|_| AtomicBool::new(false)).collect());
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let socket = sockets[client % 2].clone();
+            let index = index.clone();
+            let held = held.clone();
+            tokio::spawn(async move {
+                let mut conn = ApiConnection::connect(&socket).await.unwrap();
+                let mut done = 0;
+                while done < ROUNDS {
+                    let (status, lease) = conn
+                        .request(Method::POST, "/v1/channels/acquire", Some(&json!({})))
+                        .await
+                        .unwrap();
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                    assert_eq!(status, StatusCode::OK, "{lease}");
+                    let account = lease["account"].as_str().unwrap().to_string();
+                    let slot = &held[index[&account]];
+                    assert!(
+                        !slot.swap(true, Ordering::SeqCst),
+                        "{account} handed out twice"
+                    );
+                    tokio::task::yield_now().await;
+                    slot.store(false, Ordering::SeqCst);
+                    let (status, body) = conn
+                        .request(
+                            Method::POST,
+                            "/v1/channels/release",
+                            Some(&json!({"account": account, "lock_token": lease["lock_token"]})),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                    done += 1;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (_, summary) = stack.get("/v1/channels").await;
+    assert_eq!(summary["locked"], 0);
+    assert_eq!(summary["idle"], ACCOUNTS);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_keys_and_locks() {
+    let mut stack = Stack::start().await;
+    register_channels(&stack, 0..5).await;
+    let (_, lease) = stack
+        .post("/v1/channels/acquire", json!({"lock_seconds": 300}))
+        .await;
+    stack.host.signal(Signal::SIGTERM);
+    assert!(stack.host.wait_exit(Duration::from_secs(15)).success());
+
+    let socket = stack.dir.path().join("host-2.sock");
+    let host = spawn_host(
+        stack.dir.path(),
+        "host-2",
+        &socket,
+        &stack.enclave_socket,
+        &stack.db_path(),
+    );
+    wait_ready_at(&socket, true, &host).await;
+    let (_, keys) = request_once(&socket, Method::GET, "/v1/keys", None)
+        .await
+        .unwrap();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 5);
+    let (_, summary) = request_once(&socket, Method::GET, "/v1/channels?accounts=true", None)
+        .await
+        .unwrap();
+    assert_eq!(summary["locked"], 1);
+    let locked = summary["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "locked")
+        .unwrap();
+    assert_eq!(locked["account"], lease["account"]);
+    // The lock token issued before the restart still releases it.
+    let (status, body) = request_once(
+        &socket,
+        Method::POST,
+        "/v1/channels/release",
+        Some(&json!({"account": lease["account"], "lock_token": lease["lock_token"]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// SIGKILL the host at random moments while it stores keys: every key it acknowledged
+/// is there afterwards, intact, and nothing half-written ever is.
+#[tokio::test]
+async fn sigkill_while_writing_keys_never_loses_or_tears_a_key() {
+    let stack = Stack::start().await;
+    let mut acknowledged: Vec<u32> = Vec::new();
+    let mut next = 0u32;
+    for round in 0..20u32 {
+        let socket = stack.dir.path().join(format!("kill-{round}.sock"));
+        let mut host = spawn_host(
+            stack.dir.path(),
+            &format!("kill-{round}"),
+            &socket,
+            &stack.enclave_socket,
+            &stack.db_path(),
+        );
+        wait_ready_at(&socket, true, &host).await;
+        let writer = {
+            let socket = socket.clone();
+            let start = next;
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let Ok(mut conn) = ApiConnection::connect(&socket).await else {
+                    return acked;
+                };
+                for i in start..start + 10_000 {
+                    match conn
+                        .request(Method::POST, "/v1/keys", Some(&register_body(i, "channel")))
+                        .await
+                    {
+                        Ok((StatusCode::CREATED, _)) => acked.push(i),
+                        Ok((status, body)) => panic!("key {i}: {status} {body}"),
+                        Err(_) => break, // the host died mid-request
+                    }
+                }
+                acked
+            })
+        };
+        let pause = 30 + (round * 37) % 150;
+        tokio::time::sleep(Duration::from_millis(pause.into())).await;
+        host.signal(Signal::SIGKILL);
+        host.wait_exit(Duration::from_secs(10));
+        let acked = writer.await.unwrap();
+        next = acked.last().map_or(next, |last| last + 2);
+        acknowledged.extend(acked);
+    }
+    assert!(
+        acknowledged.len() > 20,
+        "too few writes to mean anything: {}",
+        acknowledged.len()
+    );
+
+    let store = SqliteStore::open(
+        &stack.db_path(),
+        LockLimits::default(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let conn = rusqlite::Connection::open(stack.db_path()).unwrap();
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    for &i in &acknowledged {
+        let key = store
+            .key(&test_account(i))
+            .unwrap()
+            .unwrap_or_else(|| panic!("acknowledged key {i} lost"));
+        assert_eq!(key.kms_ciphertext, fake_ciphertext(i), "key {i} torn");
+    }
+    // Keys stored but not acknowledged (killed between commit and answer) are whole too.
+    for key in store.list_keys(None).unwrap() {
+        let i = (0..next + 2)
+            .find(|&i| test_account(i) == key.public_key)
+            .unwrap();
+        assert_eq!(key.kms_ciphertext, fake_ciphertext(i));
+    }
+    let pool = store.summary(false).unwrap();
+    assert_eq!(pool.total as usize, store.list_keys(None).unwrap().len());
+    eprintln!(
+        "{} keys acknowledged across 20 SIGKILLs",
+        acknowledged.len()
+    );
+}
+
+fn channel_payment(source: &str, max_time_ahead: u64) -> String {
+    use base64::Engine;
+    use stellar_xdr::*;
+    let raw = stellar_strkey::ed25519::PublicKey::from_string(source)
+        .unwrap()
+        .0;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let envelope = TransactionEnvelope::Tx(TransactionV1Envelope {
+        tx: Transaction {
+            source_account: MuxedAccount::Ed25519(Uint256(raw)),
+            fee: 100,
+            seq_num: SequenceNumber(1),
+            cond: Preconditions::Time(TimeBounds {
+                min_time: TimePoint(0),
+                max_time: TimePoint(now + max_time_ahead),
+            }),
+            memo: Memo::None,
+            operations: vec![Operation {
+                source_account: None,
+                body: OperationBody::BumpSequence(BumpSequenceOp {
+                    bump_to: SequenceNumber(2),
+                }),
+            }]
+            .try_into()
+            .unwrap(),
+            ext: TransactionExt::V0,
+        },
+        signatures: VecM::default(),
+    });
+    base64::engine::general_purpose::STANDARD.encode(envelope.to_xdr(Limits::none()).unwrap())
+}
+
+/// The host applies the enclave's signing policy first: a violation is answered even
+/// with the enclave down, while a compliant request goes on to the enclave.
+#[tokio::test]
+async fn the_host_prechecks_the_signing_policy_without_the_enclave() {
+    let mut stack = Stack::start().await;
+    let (status, _) = stack
+        .post("/v1/keys", register_body(500, "distribution"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    register_channels(&stack, 0..1).await;
+    let mut enclave = stack.enclave.take().unwrap();
+    enclave.signal(Signal::SIGKILL);
+    enclave.wait_exit(Duration::from_secs(10));
+
+    let far = json!({"transaction": channel_payment(&test_account(0), 3600), "signers": [test_account(0)],
+                     "network_passphrase": "Test SDF Network ; September 2015"});
+    let (status, body) = stack.post("/v1/sign", far).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "policy_violation");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_time_window"),
+        "{body}"
+    );
+
+    let fine = json!({"transaction": channel_payment(&test_account(0), 60), "signers": [test_account(0)],
+                      "network_passphrase": "Test SDF Network ; September 2015"});
+    let (status, body) = stack.post("/v1/sign", fine).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "enclave_unavailable");
+}
