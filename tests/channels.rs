@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use harness::{Stack, fake_ciphertext, register_body, spawn_host, test_account, wait_ready_at};
-use host::client::{ApiConnection, request_once};
+use host::api_client::{ApiConnection, request_once};
 use host::store::{ChannelLocks, KeyStore, LockLimits, SqliteStore};
 use hyper::{Method, StatusCode};
 use nix::sys::signal::Signal;
@@ -21,7 +21,7 @@ async fn register_channels(stack: &Stack, range: std::ops::Range<u32>) {
 }
 
 #[tokio::test]
-async fn pool_errors_acquire_release_and_unlock_over_the_api() {
+async fn keys_register_once_and_an_empty_pool_is_its_own_error() {
     let stack = Stack::start().await;
 
     // Empty pool: the operator must provision.
@@ -50,6 +50,12 @@ async fn pool_errors_acquire_release_and_unlock_over_the_api() {
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
     let (_, keys) = stack.get("/v1/keys").await;
     assert_eq!(keys["keys"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn acquire_exhaust_release_by_token_and_unlock_by_hash_over_the_api() {
+    let stack = Stack::start().await;
+    register_channels(&stack, 0..2).await;
 
     // The body may be omitted entirely.
     let (status, first) = request_once(

@@ -81,10 +81,15 @@ async fn register(dev: &Dev, public_key: &str, kms_key_id: &str, ciphertext: &[u
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
+/// `POST /v1/sign` with `body`.
+async fn post_sign(dev: &Dev, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    dev.call(Method::POST, "/v1/sign", Some(body)).await
+}
+
 /// Asks `key` to sign its own payment and expects a refusal with `status` and `code`.
 async fn expect_refusal(dev: &Dev, key: &str, distribution: &str, status: StatusCode, code: &str) {
     let request = json!({"transaction": b64(&payment(key, distribution)), "signers": [key]});
-    let (actual, body) = dev.call(Method::POST, "/v1/sign", Some(request)).await;
+    let (actual, body) = post_sign(&dev, request).await;
     assert_eq!(
         (actual, body["error"]["code"].as_str()),
         (status, Some(code)),
@@ -150,13 +155,11 @@ async fn a_channel_payment_is_signed_through_kms_and_its_channel_stays_locked() 
     let (dev, distribution, channels) = stack().await;
     // A channel-sourced payment, signed through KMS + enclave.
     let envelope = payment(&channels[0], &distribution);
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&envelope), "signers": [channels[0]]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&envelope), "signers": [channels[0]]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let expected_hash = envelope.hash(network_id()).unwrap();
     assert_eq!(body["hash"], common::stellar::envelope::hex(&expected_hash));
@@ -203,16 +206,12 @@ async fn another_network_is_refused_by_the_enclaves_own_configuration() {
     let (dev, distribution, channels) = stack().await;
     let envelope = payment(&channels[0], &distribution);
     // Another network: refused by the enclave's own configuration.
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(
-                json!({"transaction": b64(&envelope), "signers": [channels[1]],
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&envelope), "signers": [channels[1]],
                         "network_passphrase": "Public Global Stellar Network ; September 2015"}),
-            ),
-        )
-        .await;
+    )
+    .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("wrong_network")),
@@ -227,13 +226,11 @@ async fn a_held_key_that_is_not_a_required_signer_is_refused() {
     let (dev, distribution, channels) = stack().await;
     let envelope = payment(&channels[0], &distribution);
     // A key this signer holds but which the transaction does not need (invariant 3).
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&envelope), "signers": [distribution]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&envelope), "signers": [distribution]}),
+    )
+    .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("not_a_required_signer")),
@@ -258,13 +255,11 @@ async fn the_enclaves_signing_policy_refuses_what_the_host_did_not_check() {
             max_time: TimePoint(now + 3600),
         });
     }
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&far), "signers": [channels[1]]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&far), "signers": [channels[1]]}),
+    )
+    .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("policy_violation")),
@@ -277,13 +272,7 @@ async fn the_enclaves_signing_policy_refuses_what_the_host_did_not_check() {
             .contains("max_time_window"),
         "{body}"
     );
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&payment(&distribution, &channels[1])), "signers": [distribution]})),
-        )
-        .await;
+    let (status, body) = post_sign(&dev, json!({"transaction": b64(&payment(&distribution, &channels[1])), "signers": [distribution]})).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("policy_violation")),
@@ -306,13 +295,11 @@ async fn an_unknown_key_and_malformed_xdr_are_refused() {
     let envelope = payment(&channels[0], &distribution);
     // A key this signer does not hold.
     let (stranger, _) = random_account();
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&envelope), "signers": [stranger]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&envelope), "signers": [stranger]}),
+    )
+    .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("unknown_key")),
@@ -320,13 +307,11 @@ async fn an_unknown_key_and_malformed_xdr_are_refused() {
     );
 
     // Malformed XDR.
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": B64.encode(b"garbage"), "signers": [channels[1]]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": B64.encode(b"garbage"), "signers": [channels[1]]}),
+    )
+    .await;
     assert_eq!(
         body["error"]["code"], "malformed_transaction",
         "{status} {body}"
@@ -411,13 +396,11 @@ async fn a_fee_bump_keeps_the_channel_locked_by_the_inner_hash() {
     // A fee-bump of a channel transaction: the distribution account pays, and the
     // channel's lock is tied to the inner hash, which is what unlocks it.
     let inner = payment(&channels[2], &distribution);
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&inner), "signers": [channels[2]]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&inner), "signers": [channels[2]]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let inner_hash = body["hash"].as_str().unwrap().to_string();
     let TransactionEnvelope::Tx(signed_inner) = TransactionEnvelope::from_xdr(
@@ -436,13 +419,11 @@ async fn a_fee_bump_keeps_the_channel_locked_by_the_inner_hash() {
         },
         signatures: Default::default(),
     });
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&bump), "signers": [distribution]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&bump), "signers": [distribution]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let outer_hash = bump.hash(network_id()).unwrap();
     assert_eq!(body["hash"], common::stellar::envelope::hex(&outer_hash));
@@ -491,13 +472,11 @@ async fn post_fee_bump_wraps_only_signed_transactions_of_managed_accounts() {
         )
         .await;
     assert_eq!(body["error"]["code"], "no_signatures_provided", "{body}");
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&inner), "signers": [channels[3]]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&inner), "signers": [channels[3]]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let signed_inner = body["transaction"].as_str().unwrap().to_string();
     let (status, bumped) = dev
@@ -582,13 +561,11 @@ async fn an_envelope_format_key_opens_its_sealed_seed_and_signs() {
     }])
     .unwrap();
     let envelope_tx = payment(&envelope_key, &distribution);
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&envelope_tx), "signers": [envelope_key]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&envelope_tx), "signers": [envelope_key]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let signature = B64
         .decode(body["signatures"][0]["signature"].as_str().unwrap())
@@ -615,13 +592,11 @@ async fn an_enclave_with_other_measurements_is_denied_by_the_key_policy() {
     let dev = Dev::start(&["--enclave-pcrs", &other_pcrs]);
     let distribution = dev.keys("distribution").await.remove(0);
     let channel = dev.keys("channel").await.remove(0);
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/sign",
-            Some(json!({"transaction": b64(&payment(&channel, &distribution)), "signers": [channel]})),
-        )
-        .await;
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&payment(&channel, &distribution)), "signers": [channel]}),
+    )
+    .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("kms_access_denied")),

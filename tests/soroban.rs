@@ -89,9 +89,9 @@ fn code(answer: &(StatusCode, Value)) -> (StatusCode, &str) {
     )
 }
 
-#[tokio::test]
-async fn distribution_authorizes_listed_contracts_and_everything_else_is_refused() {
-    // The enclave's own enforcement answers: the host's pre-check is off.
+/// The stack without the host's pre-check (the enclave's own enforcement answers),
+/// the token contract allowed, and its distribution and first channel keys.
+async fn enclave_only() -> (Dev, String, String) {
     let dev = Dev::start(&[
         "--no-host-policy-precheck",
         "--soroban-contract",
@@ -99,15 +99,35 @@ async fn distribution_authorizes_listed_contracts_and_everything_else_is_refused
     ]);
     let distribution = dev.keys("distribution").await.remove(0);
     let channel = dev.keys("channel").await.remove(0);
+    (dev, distribution, channel)
+}
 
-    let unsigned = entry(
-        &distribution,
+/// A distribution entry calling the token contract, with a nested call to it.
+fn token_transfer(distribution: &str) -> SorobanAuthorizationEntry {
+    entry(
+        distribution,
         transfer(
             TOKEN,
-            &distribution,
-            vec![transfer(TOKEN, &distribution, vec![])],
+            distribution,
+            vec![transfer(TOKEN, distribution, vec![])],
         ),
-    );
+    )
+}
+
+fn stop_without_secrets(dev: Dev) {
+    let seeds = dev.seeds();
+    let logs = dev.stop();
+    assert_no_secret_in(&logs, &seeds);
+}
+
+fn with(entry: &SorobanAuthorizationEntry) -> Value {
+    json!({"entry": b64(entry), "signature_expiration_ledger": 123_456})
+}
+
+#[tokio::test]
+async fn the_distribution_account_authorizes_a_listed_contract_with_a_verifiable_signature() {
+    let (dev, distribution, _) = enclave_only().await;
+    let unsigned = token_transfer(&distribution);
     let (status, body) = authorize(
         &dev,
         json!({"entry": b64(&unsigned), "signature_expiration_ledger": 123_456, "signer": distribution}),
@@ -160,13 +180,18 @@ async fn distribution_authorizes_listed_contracts_and_everything_else_is_refused
             .unwrap(),
         signature.as_slice()
     );
+    stop_without_secrets(dev);
+}
 
+#[tokio::test]
+async fn the_enclave_refuses_every_other_authorization_with_a_stable_code() {
+    let (dev, distribution, channel) = enclave_only().await;
+    let unsigned = token_transfer(&distribution);
     // Each refusal, with its stable code (and, for the policy, the rule).
     let expiry = 123_456;
     let stranger = format!("{}", stellar_strkey::ed25519::PublicKey([5; 32]));
     let mut source_credentials = unsigned.clone();
     source_credentials.credentials = SorobanCredentials::SourceAccount;
-    let with = |entry: &SorobanAuthorizationEntry| json!({"entry": b64(entry), "signature_expiration_ledger": expiry});
     let refusals = [
         (
             with(&entry(&channel, transfer(TOKEN, &channel, vec![]))),
@@ -236,13 +261,11 @@ async fn distribution_authorizes_listed_contracts_and_everything_else_is_refused
         let message = answer.1["error"]["message"].as_str().unwrap();
         assert!(message.contains(mentions), "{request}: {message}");
     }
+    stop_without_secrets(dev);
+}
 
-    // The enclave's check does not depend on the host's: the same refusals come from
-    // a host that pre-checks, without a round trip.
-    let seeds = dev.seeds();
-    let logs = dev.stop();
-    assert_no_secret_in(&logs, &seeds);
-
+#[tokio::test]
+async fn the_host_precheck_refuses_the_same_without_a_round_trip_and_audits_it() {
     let dev = Dev::start(&["--soroban-contract", &contract_strkey(TOKEN)]);
     let distribution = dev.keys("distribution").await.remove(0);
     let channel = dev.keys("channel").await.remove(0);
@@ -294,7 +317,5 @@ async fn distribution_authorizes_listed_contracts_and_everything_else_is_refused
         (channel.as_str(), "policy_violation")
     );
     assert!(audit[2].2.contains("channel_soroban_auth"), "{audit:?}");
-    let seeds = dev.seeds();
-    let logs = dev.stop();
-    assert_no_secret_in(&logs, &seeds);
+    stop_without_secrets(dev);
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use harness::{Dev, Stack};
-use host::client::{ApiConnection, request_once};
+use host::api_client::{ApiConnection, request_once};
 use hyper::{Method, StatusCode};
 use nix::sys::signal::Signal;
 

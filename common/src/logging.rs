@@ -1,10 +1,13 @@
 //! One logging setup for both binaries: `SIGNER_LOG` filters (default `info`), output
 //! on stderr as text or JSON lines.
 
+/// A log format other than `text` or `json`; holds the one given.
 #[derive(Debug, thiserror::Error)]
 #[error("log format {0:?}: expected text or json")]
 pub struct UnknownLogFormat(pub String);
 
+/// Installs the global tracing subscriber: filter from `SIGNER_LOG` (default `info`),
+/// output on stderr as `text` or `json` lines. Call it once per process.
 pub fn init(format: &str) -> Result<(), UnknownLogFormat> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -20,12 +20,17 @@ use crate::attestation::document::{PROTECTED_ES384, sig_structure};
 /// Marks mock builds; a test greps the production enclave binary for it.
 pub const MOCK_NSM_MARKER: &str = "MOCK-NSM-NOT-FOR-PRODUCTION";
 
+/// Why the mock CA or the mock NSM failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MockNsmError {
+    /// rcgen could not generate, parse or sign a certificate or key pair.
     #[error("certificate generation: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// A key or CA-file problem: the leaf key could not be loaded or sign, or the CA
+    /// files could not be read, written or converted; the text says which.
     #[error("signing key: {0}")]
     Key(String),
+    /// The document payload or its COSE_Sign1 could not be encoded as CBOR.
     #[error("CBOR encoding: {0}")]
     Cbor(String),
 }
@@ -139,10 +144,12 @@ impl MockCa {
         Ok(ca)
     }
 
+    /// The root certificate, DER: the root to pin when verifying this CA's documents.
     pub fn root_der(&self) -> &[u8] {
         &self.root_der
     }
 
+    /// The root certificate, PEM.
     pub fn root_pem(&self) -> &str {
         &self.root_pem
     }
@@ -176,6 +183,8 @@ impl MockCa {
     }
 }
 
+/// A mock NSM: a leaf certificate (30 days) under the mock CA, its P-384 signing key
+/// and fixed PCRs. Its `Debug` output is [`MOCK_NSM_MARKER`].
 pub struct MockNsm {
     cabundle: Vec<Vec<u8>>,
     leaf_der: Vec<u8>,
@@ -201,7 +210,7 @@ impl MockNsm {
         let optional = |b: Option<&[u8]>| b.map_or(Value::Null, |b| Value::Bytes(b.to_vec()));
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or_default();
         let payload = Value::Map(vec![
             (
@@ -262,10 +271,13 @@ mod tests {
         let nsm = ca.nsm(&pcrs).unwrap();
         let document = nsm.attest(Some(b"spki"), None, Some(b"n")).unwrap();
         assert_eq!(document[0], 0x84, "untagged COSE_Sign1");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
         let verified = verify(&document, ca.root_der(), now).unwrap();
         assert_eq!(verified.pcr_hex(0).unwrap(), "aa".repeat(48));
         assert_eq!(verified.pcr_hex(2).unwrap(), "cc".repeat(48));

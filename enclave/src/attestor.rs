@@ -104,10 +104,13 @@ mod tests {
         assert_ne!(before.attestation_document, after.attestation_document);
         // The document binds the identity's own key.
         let root = common::mock_nsm::MockCa::load_or_generate(dir.path()).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
         let doc = common::attestation::document::verify(
             &after.attestation_document,
             root.root_der(),

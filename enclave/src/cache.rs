@@ -42,7 +42,10 @@ impl KeyCache {
     /// A copy of the cached seed, counting one use; `None` when absent, expired or used up.
     pub fn take(&self, public_key: &str, ciphertext: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
         let key = Self::key(public_key, ciphertext);
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = entries.get_mut(&key)?;
         if entry.expires <= Instant::now() || entry.uses_left == 0 {
             entries.remove(&key);
@@ -66,14 +69,20 @@ impl KeyCache {
             expires: Instant::now() + self.ttl,
             uses_left: self.max_uses - 1,
         };
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         entries.insert(Self::key(public_key, ciphertext), entry);
     }
 
     /// Drops (and so wipes) expired entries; returns how many remain.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         entries.retain(|_, e| e.expires > now && e.uses_left > 0);
         entries.len()
     }
@@ -85,7 +94,7 @@ mod tests {
 
     #[test]
     fn uses_are_counted_and_the_entry_leaves_when_used_up() {
-        let cache = KeyCache::new(Duration::from_secs(60), 3);
+        let cache = KeyCache::new(Duration::from_mins(1), 3);
         cache.put("GA", b"blob", &[5; 32]);
         assert_eq!(*cache.take("GA", b"blob").unwrap(), [5; 32]);
         assert_eq!(*cache.take("GA", b"blob").unwrap(), [5; 32]);
@@ -108,7 +117,7 @@ mod tests {
 
     #[test]
     fn max_uses_of_one_caches_nothing() {
-        let cache = KeyCache::new(Duration::from_secs(60), 1);
+        let cache = KeyCache::new(Duration::from_mins(1), 1);
         cache.put("GA", b"blob", &[5; 32]);
         assert!(cache.take("GA", b"blob").is_none());
     }

@@ -8,6 +8,14 @@
 //! path that decrypts a key and signs). [`kms`] and [`nsm`] are the outside world;
 //! [`config`] and [`startup`] build the [`context::SigningContext`]. The `mock` feature
 //! adds what local development needs and is never part of a production image.
+// Trusted code: casts of untrusted values must be checked conversions (see the
+// workspace lint list in Cargo.toml).
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss
+)]
 
 pub mod attestor;
 pub mod cache;

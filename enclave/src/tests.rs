@@ -31,6 +31,7 @@ const NETWORK: &str = "Test SDF Network ; September 2015";
 const DISTRIBUTION_SEED: [u8; 32] = [0xd1; 32];
 const CHANNEL_SEED: [u8; 32] = [0xc1; 32];
 const OTHER_SEED: [u8; 32] = [0x0f; 32];
+const SECOND_CHANNEL_SEED: [u8; 32] = [0xc2; 32];
 
 /// Stands in for the NSM: the "attestation document" is the recipient key itself, which
 /// is all the fake KMS needs to encrypt to it.
@@ -113,15 +114,19 @@ struct Enclave {
     kms: Arc<FakeKms>,
 }
 
-fn enclave() -> Enclave {
-    let kms = Arc::new(FakeKms::default());
+/// A signing context over `kms`, with the default signing policy.
+fn context(kms: Arc<dyn Kms>) -> SigningContext {
     let attestor = Attestor::new(Arc::new(FakeNsm)).unwrap();
     let policy = SigningPolicySettings::default()
         .signing_policy(raw(&DISTRIBUTION_SEED))
         .unwrap();
-    let context = SigningContext::new(NETWORK.into(), kms.clone(), attestor, policy);
+    SigningContext::new(NETWORK.into(), kms, attestor, policy)
+}
+
+fn enclave() -> Enclave {
+    let kms = Arc::new(FakeKms::default());
     Enclave {
-        dispatcher: Dispatcher::new(Some(context)),
+        dispatcher: Dispatcher::new(Some(context(kms.clone()))),
         kms,
     }
 }
@@ -331,8 +336,8 @@ async fn invariant_1_no_seed_in_any_answer_or_refusal() {
     let now = common::now_unix_secs();
     let answers = [
         sign(&enclave, channel_payment(now), vec![good]).await,
-        // The distribution key may not sign a payment; and its ciphertext opens to
-        // OTHER's seed, which must not leak in any refusal either.
+        // The distribution key signing its own empty transaction passes the policy;
+        // its ciphertext opens to OTHER's seed, which must not leak in the refusal.
         sign(
             &enclave,
             envelope(account(&DISTRIBUTION_SEED), vec![], Some(now + 10)),
@@ -340,20 +345,122 @@ async fn invariant_1_no_seed_in_any_answer_or_refusal() {
         )
         .await,
     ];
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
+    assert_eq!(
+        answers[1].as_ref().unwrap_err().code,
+        ErrorCode::PublicKeyMismatch,
+        "the wrong seed was decrypted and refused"
+    );
+    assert_eq!(enclave.kms.calls(), 2);
     for answer in &answers {
         let bytes = postcard::to_allocvec(answer).unwrap();
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
         for seed in [CHANNEL_SEED, OTHER_SEED, DISTRIBUTION_SEED] {
             assert!(
                 !bytes.windows(32).any(|w| w == seed),
                 "a seed crossed the boundary in {answer:?}"
             );
-            let strkey = stellar_strkey::ed25519::PrivateKey(seed)
-                .as_unredacted()
-                .to_string();
-            assert!(!String::from_utf8_lossy(&bytes).contains(strkey.as_str()));
+            let strkey = format!(
+                "{}",
+                stellar_strkey::ed25519::PrivateKey(seed).as_unredacted()
+            );
+            for form in [strkey, common::hex(&seed), format!("{seed:?}")] {
+                assert!(
+                    !text.contains(&form.to_ascii_lowercase()),
+                    "{form} in {answer:?}"
+                );
+            }
         }
     }
-    assert!(answers[0].is_ok(), "{:?}", answers[0]);
+}
+
+#[tokio::test]
+async fn invariant_3_a_key_the_policy_would_admit_is_still_not_a_required_signer() {
+    let enclave = enclave();
+    // Another channel: not the source, not an operation source, so the channel rules
+    // have nothing against it; only the required-signer check stands in the way.
+    let second = kms_direct(&enclave.kms, &SECOND_CHANNEL_SEED, &SECOND_CHANNEL_SEED);
+    let refusal = refused(
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![second],
+        )
+        .await,
+    );
+    assert_eq!(refusal.code, ErrorCode::NotARequiredSigner, "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 0);
+}
+
+#[tokio::test]
+async fn more_than_twenty_signers_or_none_are_refused_before_any_kms_call() {
+    let enclave = enclave();
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let xdr = channel_payment(common::now_unix_secs());
+    let many = vec![channel; 21];
+    assert_eq!(
+        refused(sign(&enclave, xdr.clone(), many).await).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        refused(sign(&enclave, xdr, vec![]).await).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(enclave.kms.calls(), 0);
+}
+
+#[tokio::test]
+async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
+    let kms = Arc::new(FakeKms::default());
+    let mut context = context(kms.clone());
+    context.cache = Some(Arc::new(crate::cache::KeyCache::new(
+        std::time::Duration::from_mins(1),
+        10,
+    )));
+    let enclave = Enclave {
+        dispatcher: Dispatcher::new(Some(context)),
+        kms,
+    };
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    for _ in 0..3 {
+        let xdr = channel_payment(common::now_unix_secs());
+        let Response::Signed {
+            hash, signatures, ..
+        } = sign(&enclave, xdr, vec![channel.clone()]).await.unwrap()
+        else {
+            panic!("not a signed answer");
+        };
+        VerifyingKey::from_bytes(&raw(&CHANNEL_SEED))
+            .unwrap()
+            .verify(
+                &hash,
+                &ed25519_dalek::Signature::from_slice(&signatures[0].signature).unwrap(),
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        enclave.kms.calls(),
+        1,
+        "one decryption served three signatures"
+    );
+    // A swapped ciphertext misses the cache and is refused after its own decryption.
+    let swapped = KeyMaterial {
+        ciphertext: kms_direct(&enclave.kms, &OTHER_SEED, &OTHER_SEED).ciphertext,
+        ..channel
+    };
+    enclave
+        .kms
+        .store(&swapped.ciphertext, &swapped.public_key, &OTHER_SEED);
+    let refusal = refused(
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![swapped],
+        )
+        .await,
+    );
+    assert_eq!(refusal.code, ErrorCode::PublicKeyMismatch);
+    assert_eq!(enclave.kms.calls(), 2);
 }
 
 #[tokio::test]
@@ -392,12 +499,7 @@ async fn an_answer_for_another_recipient_key_is_not_opened() {
         }
         fn set_credentials(&self, _: AwsCredentials) {}
     }
-    let attestor = Attestor::new(Arc::new(FakeNsm)).unwrap();
-    let policy = SigningPolicySettings::default()
-        .signing_policy(raw(&DISTRIBUTION_SEED))
-        .unwrap();
-    let context = SigningContext::new(NETWORK.into(), Arc::new(Elsewhere), attestor, policy);
-    let dispatcher = Dispatcher::new(Some(context));
+    let dispatcher = Dispatcher::new(Some(context(Arc::new(Elsewhere))));
     let key = kms_direct(&FakeKms::default(), &CHANNEL_SEED, &CHANNEL_SEED);
     let refusal = dispatcher
         .handle(Request::Sign {
@@ -449,6 +551,39 @@ async fn soroban_authorization_only_for_the_entrys_own_account() {
         .await
         .unwrap_err();
     assert_eq!(refusal.code, ErrorCode::NotARequiredSigner, "{refusal:?}");
+    // A channel authorizing for itself: the signing policy refuses (channel_soroban_auth).
+    let mut own = entry.clone();
+    if let SorobanCredentials::Address(credentials) = &mut own.credentials {
+        credentials.address = ScAddress::Account(AccountId(PublicKey::PublicKeyTypeEd25519(
+            Uint256(raw(&CHANNEL_SEED)),
+        )));
+    }
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let authorize = |entry: &SorobanAuthorizationEntry, network: &str, signer: &KeyMaterial| {
+        Request::AuthorizeSoroban {
+            network_passphrase: network.into(),
+            entry: entry.to_xdr(Limits::none()).unwrap(),
+            signature_expiration_ledger: 100,
+            signer: signer.clone(),
+        }
+    };
+    let refusal = enclave
+        .dispatcher
+        .handle(authorize(&own, NETWORK, &channel))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::PolicyViolation, "{refusal:?}");
+    // Another network, for an entry that would otherwise be signed.
+    let refusal = enclave
+        .dispatcher
+        .handle(authorize(
+            &own,
+            "Public Global Stellar Network ; September 2015",
+            &channel,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::WrongNetwork, "{refusal:?}");
     assert_eq!(enclave.kms.calls(), 0);
 }
 

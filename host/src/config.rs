@@ -263,6 +263,9 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    /// A configuration written for an older release.
+    #[error("{path}: {hint}")]
+    Renamed { path: PathBuf, hint: &'static str },
 }
 
 impl Config {
@@ -271,9 +274,18 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(source),
+        let config: Config = toml::from_str(&text).map_err(|source| {
+            if text.lines().any(|line| line.trim() == "[policy]") {
+                return ConfigError::Renamed {
+                    path: path.to_path_buf(),
+                    hint: "the [policy] section is now [signing_policy] (same fields), and \
+                           its `precheck` is now `precheck_signing_policy` in [enclave]",
+                };
+            }
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            }
         })?;
         config.validate()?;
         Ok(config)
@@ -401,5 +413,33 @@ mod tests {
     fn default_config_serializes_to_toml_that_loads_back() {
         let text = toml::to_string(&Config::default()).unwrap();
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn signing_policy_section_shares_the_enclaves_defaults_and_old_files_get_a_hint() {
+        let config: Config = toml::from_str(
+            "[signing_policy]
+max_fee = 500
+[enclave]
+precheck_signing_policy = false",
+        )
+        .unwrap();
+        assert_eq!(config.signing_policy.max_fee, 500);
+        assert_eq!(
+            config.signing_policy.max_fee_bump_fee,
+            common::stellar::signing_policy::DEFAULT_MAX_FEE_BUMP_FEE
+        );
+        assert!(!config.enclave.precheck_signing_policy);
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.toml");
+        std::fs::write(
+            &old,
+            "[policy]
+precheck = true
+",
+        )
+        .unwrap();
+        let message = Config::load(&old).unwrap_err().to_string();
+        assert!(message.contains("[signing_policy]"), "{message}");
     }
 }

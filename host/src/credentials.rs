@@ -89,7 +89,7 @@ pub async fn spawn(
                     let key = credentials.access_key_id.clone();
                     match enclave.call(Request::SetCredentials(credentials)).await {
                         Ok(_) => {
-                            debug!(access_key_id = %key, "pushed AWS credentials to the enclave")
+                            debug!(access_key_id = %key, "pushed AWS credentials to the enclave");
                         }
                         Err(e) => debug!(error = %e, "could not push credentials yet"),
                     }

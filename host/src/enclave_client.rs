@@ -101,12 +101,11 @@ impl Connection {
 
     fn complete(&self, id: u64, reply: Reply) {
         let waiter = lock(&self.pending).waiting.remove(&id);
-        match waiter {
-            // The caller may have timed out or gone away; that is fine.
-            Some(waiter) => {
-                let _ = waiter.send(reply);
-            }
-            None => debug!(id, "answer for a request nobody waits for any more"),
+        // The caller may have timed out or gone away; that is fine.
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(reply);
+        } else {
+            debug!(id, "answer for a request nobody waits for any more");
         }
     }
 
@@ -125,7 +124,7 @@ impl Connection {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Debug)]
@@ -192,7 +191,11 @@ impl EnclaveClient {
     }
 
     pub fn peer(&self) -> Option<PeerInfo> {
-        let current = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         current.as_ref().map(|c| PeerInfo {
             software_version: c.peer.software_version.clone(),
             build: c.peer.build,
@@ -223,7 +226,11 @@ impl EnclaveClient {
         timeout: Duration,
     ) -> Result<Response, CallError> {
         let connection = {
-            let current = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
+            let current = self
+                .inner
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             current.clone()
         };
         let Some(connection) = connection else {
@@ -302,11 +309,16 @@ async fn supervise(inner: Arc<Inner>, max_backoff: Duration, shutdown: Cancellat
                     pending: Mutex::new(Pending::default()),
                     peer,
                 });
-                *inner.current.write().unwrap_or_else(|p| p.into_inner()) =
-                    Some(connection.clone());
+                *inner
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection.clone());
                 inner.connections.send_modify(|n| *n += 1);
                 let reason = run_connection(&connection, reader, writer, queue, &shutdown).await;
-                *inner.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+                *inner
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                 let failed = connection.close();
                 *lock(&inner.last_error) = (ErrorCode::EnclaveUnavailable, reason.clone());
                 if shutdown.is_cancelled() {

@@ -9,7 +9,7 @@
 //! [`enclave_client`] (the multiplexed vsock connection).
 
 pub mod api;
-pub mod client;
+pub mod api_client;
 pub mod commands;
 pub mod config;
 pub mod credentials;

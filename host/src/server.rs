@@ -128,15 +128,14 @@ impl BoundHost {
         drop(cleanup);
         let grace = config.api.shutdown_grace();
         info!(?grace, "shutting down: finishing in-flight requests");
-        match tokio::time::timeout(grace, &mut serving).await {
-            Ok(_) => info!("all requests finished"),
-            Err(_) => {
-                warn!(
-                    ?grace,
-                    "requests still running after the grace period; abandoning them"
-                );
-                serving.abort();
-            }
+        if tokio::time::timeout(grace, &mut serving).await.is_ok() {
+            info!("all requests finished");
+        } else {
+            warn!(
+                ?grace,
+                "requests still running after the grace period; abandoning them"
+            );
+            serving.abort();
         }
         enclave_stop.cancel();
         Ok(())

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use host::key_policy::{Measurements, TEMPLATE, Variant, render, render_iam};
-use mock_kms::policy::{Effect, Policy, RequestContext};
+use mock_kms::key_policy::{Effect, Policy, RequestContext};
 
 const ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
 

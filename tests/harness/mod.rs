@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use host::client::request_once;
+use host::api_client::request_once;
 use host::store::{AuditLog, KeyStore};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
@@ -405,7 +405,7 @@ pub fn assert_no_secret_in(logs: &str, seeds: &[[u8; 32]]) {
             common::stellar::envelope::hex(seed),
             strkey,
             B64.encode(seed),
-            format!("{:?}", seed),
+            format!("{seed:?}"),
         ] {
             assert!(
                 !lower.contains(&form.to_ascii_lowercase()),

@@ -2,20 +2,37 @@
 //! indefinite lengths and constructed (chunked) OCTET STRINGs, as well as the DER that
 //! other emitters produce. Limits on depth and size keep hostile input cheap.
 
+/// Why BER input was refused. Byte offsets point into the input, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BerError {
+    /// The input ends before the element does; the value is the offset where more was needed.
     #[error("truncated at byte {0}")]
     Truncated(usize),
+    /// A valid BER construct this reader does not handle (`what`: a multi-byte tag, or a
+    /// length of more than 4 bytes), at offset `at`.
     #[error("unsupported {what} at byte {at}")]
-    Unsupported { what: &'static str, at: usize },
+    Unsupported {
+        /// What the reader met.
+        what: &'static str,
+        /// Offset of the element in the input.
+        at: usize,
+    },
+    /// Elements nest deeper than the limit carried in the variant (16 levels), so hostile
+    /// input fails here instead of exhausting the stack.
     #[error("nesting deeper than {0} levels")]
     TooDeep(usize),
+    /// An element's tag is not the one the caller asked for with [`Element::expect`].
     #[error("expected {expected} at byte {at}, found tag 0x{found:02x}")]
     UnexpectedTag {
+        /// The ASN.1 type the caller expected, e.g. `SEQUENCE` or `OBJECT IDENTIFIER`.
         expected: &'static str,
+        /// Offset of the element.
         at: usize,
+        /// The identifier octet found instead.
         found: u8,
     },
+    /// Any other malformation (a missing element, a string over its limit, an indefinite
+    /// length on a primitive element); the text says which.
     #[error("{0}")]
     Invalid(String),
 }
@@ -28,20 +45,30 @@ const MAX_DEPTH: usize = 16;
 pub struct Element<'a> {
     /// The identifier octet (single-byte tags only; CMS needs no others).
     pub tag: u8,
+    /// The content octets; see the type's documentation for indefinite lengths.
     pub content: &'a [u8],
     /// Offset of this element in the outermost input, for error messages.
     pub at: usize,
 }
 
+/// Universal tag 2: INTEGER.
 pub const TAG_INTEGER: u8 = 0x02;
+/// Universal tag 4: OCTET STRING, primitive form (the constructed form has
+/// [`CONSTRUCTED`] set too).
 pub const TAG_OCTET_STRING: u8 = 0x04;
+/// Universal tag 5: NULL.
 pub const TAG_NULL: u8 = 0x05;
+/// Universal tag 6: OBJECT IDENTIFIER.
 pub const TAG_OID: u8 = 0x06;
+/// Universal tag 16 with the constructed bit: SEQUENCE and SEQUENCE OF.
 pub const TAG_SEQUENCE: u8 = 0x30;
+/// Universal tag 17 with the constructed bit: SET and SET OF.
 pub const TAG_SET: u8 = 0x31;
+/// The constructed bit (0x20) of an identifier octet.
 pub const CONSTRUCTED: u8 = 0x20;
 
 impl<'a> Element<'a> {
+    /// Whether the element is constructed, i.e. its content is nested elements.
     pub fn is_constructed(&self) -> bool {
         self.tag & CONSTRUCTED != 0
     }
@@ -55,6 +82,8 @@ impl<'a> Element<'a> {
         }
     }
 
+    /// This element if its tag is `tag`, otherwise [`BerError::UnexpectedTag`] naming
+    /// `expected`.
     pub fn expect(self, tag: u8, expected: &'static str) -> Result<Element<'a>, BerError> {
         if self.tag == tag {
             Ok(self)
@@ -109,6 +138,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader over the whole of `input`, at offset 0 and depth 0.
     pub fn new(input: &'a [u8]) -> Reader<'a> {
         Reader {
             input,
@@ -117,6 +147,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Whether no bytes are left to read.
     pub fn is_empty(&self) -> bool {
         self.input.is_empty()
     }

@@ -12,15 +12,27 @@ use crate::attestation::ber::{
 /// The largest envelope accepted: KMS's are well under 1 KiB for a data key or seed.
 pub const MAX_ENVELOPE_LEN: usize = 64 * 1024;
 
+/// Why a CMS envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CmsError {
+    /// The BER underneath is malformed.
     #[error("malformed CMS envelope: {0}")]
     Ber(#[from] BerError),
+    /// The envelope is longer than [`MAX_ENVELOPE_LEN`]: `actual` bytes, `max` allowed.
     #[error("envelope of {actual} bytes exceeds the maximum of {max}")]
-    TooLarge { actual: usize, max: usize },
+    TooLarge {
+        /// Bytes given.
+        actual: usize,
+        /// Most bytes accepted.
+        max: usize,
+    },
+    /// The BER is well formed but is not the CMS structure, or uses algorithms other than
+    /// the ones accepted here (see the module documentation).
     #[error("expected {expected}, found {found}")]
     Unexpected {
+        /// What was required at this point, e.g. `rsaesOaep` or `exactly one recipient`.
         expected: &'static str,
+        /// What the envelope had instead.
         found: String,
     },
 }
@@ -37,6 +49,7 @@ pub enum RecipientId {
 /// The parts of an envelope needed to open it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
+    /// The `rid` of the envelope's single KeyTransRecipientInfo.
     pub recipient: RecipientId,
     /// RSAES-OAEP(SHA-256, MGF1-SHA-256) encryption of the content-encryption key.
     pub encrypted_key: Vec<u8>,
@@ -46,21 +59,27 @@ pub struct Envelope {
     pub encrypted_content: Vec<u8>,
 }
 
+/// OID 1.2.840.113549.1.7.3, id-envelopedData: the `ContentInfo` content type.
 pub fn oid_enveloped_data() -> Vec<u8> {
     oid(&[1, 2, 840, 113549, 1, 7, 3])
 }
+/// OID 1.2.840.113549.1.7.1, id-data: the `EncryptedContentInfo` content type.
 pub fn oid_data() -> Vec<u8> {
     oid(&[1, 2, 840, 113549, 1, 7, 1])
 }
+/// OID 1.2.840.113549.1.1.7, id-RSAES-OAEP: the key encryption algorithm.
 pub fn oid_rsaes_oaep() -> Vec<u8> {
     oid(&[1, 2, 840, 113549, 1, 1, 7])
 }
+/// OID 2.16.840.1.101.3.4.2.1, id-sha256: the OAEP hash and the MGF1 hash.
 pub fn oid_sha256() -> Vec<u8> {
     oid(&[2, 16, 840, 1, 101, 3, 4, 2, 1])
 }
+/// OID 1.2.840.113549.1.1.8, id-mgf1: the OAEP mask generation function.
 pub fn oid_mgf1() -> Vec<u8> {
     oid(&[1, 2, 840, 113549, 1, 1, 8])
 }
+/// OID 2.16.840.1.101.3.4.1.42, id-aes256-CBC: the content encryption algorithm.
 pub fn oid_aes256_cbc() -> Vec<u8> {
     oid(&[2, 16, 840, 1, 101, 3, 4, 1, 42])
 }
@@ -153,6 +172,10 @@ fn check_oaep(algorithm: Element<'_>) -> Result<(), CmsError> {
     Ok(())
 }
 
+/// Takes apart a `ContentInfo` holding `EnvelopedData`, in BER or DER, of at most
+/// [`MAX_ENVELOPE_LEN`] bytes. It accepts exactly one KeyTransRecipientInfo with
+/// RSAES-OAEP (SHA-256, MGF1-SHA-256, no label) and AES-256-CBC content with a 16-byte
+/// IV and whole blocks of ciphertext. Nothing is decrypted here.
 pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope, CmsError> {
     if bytes.len() > MAX_ENVELOPE_LEN {
         return Err(CmsError::TooLarge {
@@ -267,7 +290,9 @@ mod tests {
         let envelope = parse_envelope(&fixture("real-kms/ciphertext-for-recipient.ber")).unwrap();
         match &envelope.recipient {
             RecipientId::SubjectKeyIdentifier(ski) => assert_eq!(ski.len(), 32),
-            other => panic!("expected an SKI, got {other:?}"),
+            other @ RecipientId::IssuerAndSerialNumber(_) => {
+                panic!("expected an SKI, got {other:?}")
+            }
         }
         assert_eq!(envelope.encrypted_key.len(), 256);
         assert_eq!(envelope.iv[..4], [0xef, 0xa3, 0x1e, 0x80]);

@@ -30,26 +30,46 @@ const MAX_PUBLIC_KEY_LEN: usize = 1024;
 const MAX_USER_DATA_LEN: usize = 512;
 const CBOR_RECURSION_LIMIT: usize = 16;
 
+/// Why an attestation document was refused. Times are Unix seconds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttestationError {
+    /// The document is longer than [`MAX_DOCUMENT_LEN`]: `actual` bytes, `max` allowed.
     #[error("attestation document of {actual} bytes exceeds the maximum of {max}")]
-    TooLarge { actual: usize, max: usize },
+    TooLarge {
+        /// Bytes given.
+        actual: usize,
+        /// Most bytes accepted.
+        max: usize,
+    },
+    /// The COSE_Sign1 structure or its CBOR payload is not what the NSM emits; the text
+    /// says which part.
     #[error("malformed attestation document: {0}")]
     Malformed(&'static str),
+    /// The certificate chain does not run from the pinned root to the leaf, or one of its
+    /// certificates is unusable (unparseable, not P-384, constraints); the text says which.
     #[error("certificate chain: {0}")]
     Chain(&'static str),
+    /// A certificate of the chain, or the leaf, is not valid yet at the time checked.
     #[error("certificate {subject} is not valid until {not_before} (checked at {at})")]
     NotYetValid {
+        /// The certificate's subject name.
         subject: String,
+        /// Start of its validity window.
         not_before: i64,
+        /// The time checked against.
         at: i64,
     },
+    /// A certificate of the chain, or the leaf, has expired at the time checked.
     #[error("certificate {subject} expired at {not_after} (checked at {at})")]
     Expired {
+        /// The certificate's subject name.
         subject: String,
+        /// End of its validity window.
         not_after: i64,
+        /// The time checked against.
         at: i64,
     },
+    /// The COSE signature does not verify with the leaf certificate's key.
     #[error("the COSE signature does not verify with the leaf certificate's key")]
     Signature,
 }
@@ -59,24 +79,28 @@ use AttestationError::{Chain, Malformed};
 /// What a verified document says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestationDocument {
+    /// The enclave's module id, as the NSM reports it (never empty).
     pub module_id: String,
+    /// When the NSM issued the document, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
     /// PCR index → 48-byte SHA-384 measurement.
     pub pcrs: BTreeMap<u8, Vec<u8>>,
+    /// The `public_key` the requester had put in the document, if any (at most 1 KiB).
     pub public_key: Option<Vec<u8>>,
+    /// The `user_data` the requester had put in the document, if any (at most 512 bytes).
     pub user_data: Option<Vec<u8>>,
+    /// The `nonce` the requester had put in the document, if any (at most 512 bytes).
     pub nonce: Option<Vec<u8>>,
     /// The leaf certificate's validity window, Unix seconds.
     pub leaf_not_before: i64,
+    /// The end of the leaf certificate's validity window, Unix seconds.
     pub leaf_not_after: i64,
 }
 
 impl AttestationDocument {
     /// PCR `index` as lower-case hex, the form KMS policy conditions compare.
     pub fn pcr_hex(&self, index: u8) -> Option<String> {
-        self.pcrs
-            .get(&index)
-            .map(|v| v.iter().map(|b| format!("{b:02x}")).collect())
+        self.pcrs.get(&index).map(|v| crate::hex(v))
     }
 }
 
@@ -91,18 +115,24 @@ fn cbor_decode(bytes: &[u8]) -> Result<Value, AttestationError> {
     Ok(value)
 }
 
+/// A CBOR head: major type and argument, in the shortest form (RFC 8949 §3).
 fn cbor_head(out: &mut Vec<u8>, major: u8, len: usize) {
     let m = major << 5;
+    let be = (len as u64).to_be_bytes();
     match len {
-        0..=23 => out.push(m | len as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, len as u8]),
+        0..=23 => out.push(m | be[7]),
+        24..=0xff => out.extend_from_slice(&[m | 0x18, be[7]]),
         0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.push(m | 0x19);
+            out.extend_from_slice(&be[6..]);
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 0x1a);
+            out.extend_from_slice(&be[4..]);
         }
         _ => {
-            out.push(m | 26);
-            out.extend_from_slice(&(len as u32).to_be_bytes());
+            out.push(m | 0x1b);
+            out.extend_from_slice(&be);
         }
     }
 }
@@ -223,7 +253,7 @@ fn parse_payload(bytes: &[u8]) -> Result<Payload, AttestationError> {
             )?,
             ("pcrs", Value::Map(m)) => set_once(&mut pcrs, parse_pcrs(m)?)?,
             ("certificate", Value::Bytes(b)) if (1..=MAX_CERT_LEN).contains(&b.len()) => {
-                set_once(&mut certificate, b)?
+                set_once(&mut certificate, b)?;
             }
             ("cabundle", Value::Array(a)) if (1..=MAX_CABUNDLE).contains(&a.len()) => {
                 let certs = a
@@ -233,7 +263,7 @@ fn parse_payload(bytes: &[u8]) -> Result<Payload, AttestationError> {
                         _ => Err(Malformed("cabundle entry")),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                set_once(&mut cabundle, certs)?
+                set_once(&mut cabundle, certs)?;
             }
             ("public_key", v) => set_once(&mut public_key, optional_bytes(v, MAX_PUBLIC_KEY_LEN)?)?,
             ("user_data", v) => set_once(&mut user_data, optional_bytes(v, MAX_USER_DATA_LEN)?)?,
@@ -439,9 +469,7 @@ mod tests {
         all[doc].clone()
     }
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use crate::hex;
 
     fn rfc3339_to_unix(text: &str) -> i64 {
         // "2022-07-06T17:18:22+00:00"
@@ -465,7 +493,7 @@ mod tests {
         let doc = verify(&document, &aws_root(), at).unwrap();
         assert_eq!(doc.module_id, want["module_id"]);
         assert_eq!(
-            doc.timestamp_ms as i64,
+            i64::try_from(doc.timestamp_ms).unwrap(),
             want["timestamp_ms"].as_i64().unwrap()
         );
         assert_eq!(

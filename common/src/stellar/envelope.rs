@@ -14,14 +14,30 @@ pub const MAX_XDR_DEPTH: u32 = 200;
 /// Protocol limit on signatures per envelope.
 pub const MAX_SIGNATURES: usize = 20;
 
+/// Why an envelope could not be decoded, encoded, hashed or signed. Over the wire it
+/// becomes `too_many_signatures`, or `malformed_transaction` for the other variants.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StellarError {
+    /// The XDR is longer than [`MAX_ENVELOPE_LEN`]: `actual` bytes, `max` allowed.
     #[error("transaction envelope of {actual} bytes exceeds the maximum of {max}")]
-    TooLarge { actual: usize, max: usize },
+    TooLarge {
+        /// Bytes given.
+        actual: usize,
+        /// Most bytes accepted.
+        max: usize,
+    },
+    /// The XDR does not decode (or encode) within the bounds; the text is the codec's.
     #[error("malformed transaction envelope XDR: {0}")]
     Malformed(String),
+    /// One more signature would exceed [`MAX_SIGNATURES`]: `count` already there, `max`
+    /// allowed.
     #[error("the envelope already carries {count} signatures; the maximum is {max}")]
-    TooManySignatures { count: usize, max: usize },
+    TooManySignatures {
+        /// Signatures the envelope already carries.
+        count: usize,
+        /// Most signatures an envelope may carry.
+        max: usize,
+    },
 }
 
 #[cfg(feature = "wire")]
@@ -42,6 +58,7 @@ pub fn network_id(passphrase: &str) -> [u8; 32] {
     Sha256::digest(passphrase.as_bytes()).into()
 }
 
+/// Decodes an untrusted TransactionEnvelope within the size and depth bounds.
 pub fn decode_envelope(xdr: &[u8]) -> Result<TransactionEnvelope, StellarError> {
     decode_bounded(xdr)
 }
@@ -61,6 +78,7 @@ pub fn decode_bounded<T: ReadXdr>(xdr: &[u8]) -> Result<T, StellarError> {
     T::from_xdr(xdr, limits).map_err(|e| StellarError::Malformed(e.to_string()))
 }
 
+/// Encodes an envelope to XDR.
 pub fn encode_envelope(envelope: &TransactionEnvelope) -> Result<Vec<u8>, StellarError> {
     envelope
         .to_xdr(Limits::none())
@@ -99,6 +117,7 @@ fn signatures_mut(
     }
 }
 
+/// The signatures the envelope carries (a fee-bump's own, not its inner ones).
 pub fn signatures(envelope: &TransactionEnvelope) -> &[DecoratedSignature] {
     match envelope {
         TransactionEnvelope::TxV0(e) => &e.signatures,
@@ -242,9 +261,8 @@ pub fn sequence_owner(
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Lower-case hex, the form hashes take in the host's API, store and logs.
+pub use crate::hex;
 
 #[cfg(test)]
 mod tests {

@@ -18,25 +18,33 @@ use stellar_xdr::{ContractId, Hash, Operation, OperationBody, ScAddress, Transac
 
 use crate::stellar::envelope::account_key as muxed;
 
+/// The signing policy in force (see the module documentation for its rules), built
+/// from [`SigningPolicySettings`]. Account keys are raw 32-byte ed25519 keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigningPolicy {
     /// The distribution account; every other key this enclave signs for is a channel.
     pub distribution: [u8; 32],
+    /// How far ahead of now, in seconds, a channel transaction's `maxTime` may be.
     pub max_time_window_secs: u64,
     /// Largest total fee (stroops) of a channel-sourced transaction.
     pub max_fee: i64,
     /// Largest fee (stroops) of a fee-bump the distribution account pays.
     pub max_fee_bump_fee: i64,
+    /// Lets the distribution account sign anything it is a required signer of, and
+    /// authorize any Soroban invocation.
     pub distribution_unrestricted: bool,
     /// Contracts (raw 32-byte ids) the distribution account may authorize calls to.
     pub soroban_contracts: Vec<[u8; 32]>,
 }
 
+/// A refusal by the signing policy. Over the wire it becomes `policy_violation`,
+/// with this error's text as the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("signing policy rule {rule}: {detail}")]
 pub struct PolicyViolation {
     /// A stable rule name, e.g. `max_time_required`.
     pub rule: &'static str,
+    /// What broke the rule, e.g. the operation index, the fee or the `maxTime`.
     pub detail: String,
 }
 
@@ -569,9 +577,10 @@ mod tests {
             "channel_operation_source"
         );
 
-        let inner = match tx(CHAN, 100, NOW + 60, vec![op(None, payment_to(DIST))]) {
-            TransactionEnvelope::Tx(e) => e,
-            _ => unreachable!(),
+        let TransactionEnvelope::Tx(inner) =
+            tx(CHAN, 100, NOW + 60, vec![op(None, payment_to(DIST))])
+        else {
+            unreachable!()
         };
         let bump = |fee: i64, payer: [u8; 32]| {
             TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {

@@ -19,19 +19,40 @@ use stellar_xdr::{
 
 use crate::stellar::envelope::{StellarError, decode_bounded};
 
+/// Why an authorization entry could not be decoded, hashed or signed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SorobanError {
+    /// The XDR is longer than the envelope limit
+    /// ([`crate::stellar::envelope::MAX_ENVELOPE_LEN`]): `actual` bytes, `max` allowed.
     #[error("authorization entry of {actual} bytes exceeds the maximum of {max}")]
-    TooLarge { actual: usize, max: usize },
+    TooLarge {
+        /// Bytes given.
+        actual: usize,
+        /// Most bytes accepted.
+        max: usize,
+    },
+    /// The XDR does not decode or encode within the bounds, or the signature value
+    /// could not be built; the text says which.
     #[error("malformed SorobanAuthorizationEntry XDR: {0}")]
     Malformed(String),
+    /// The entry's credentials are not address credentials (e.g. source-account ones,
+    /// which carry no signature of their own); `actual` is their XDR name.
     #[error(
         "the entry has {actual} credentials; only address credentials (ADDRESS or ADDRESS_V2) \
          carry a signature"
     )]
-    UnsupportedCredentials { actual: &'static str },
+    UnsupportedCredentials {
+        /// The credentials kind the entry has.
+        actual: &'static str,
+    },
+    /// The address credentials name something other than a G... account (e.g. a
+    /// contract); `actual` is that address.
     #[error("the entry authorizes for {actual}; only a G... account address can be signed here")]
-    NotAnAccountAddress { actual: String },
+    NotAnAccountAddress {
+        /// The address the entry names.
+        actual: String,
+    },
+    /// A `signature_expiration_ledger` of 0 was asked for.
     #[error("signature_expiration_ledger must be above 0")]
     ZeroExpiration,
 }
@@ -52,6 +73,8 @@ impl From<SorobanError> for crate::wire::WireError {
     }
 }
 
+/// Decodes an untrusted SorobanAuthorizationEntry within the envelope size and depth
+/// bounds.
 pub fn decode_auth_entry(xdr: &[u8]) -> Result<SorobanAuthorizationEntry, SorobanError> {
     decode_bounded(xdr).map_err(|e| match e {
         StellarError::TooLarge { actual, max } => SorobanError::TooLarge { actual, max },
@@ -59,6 +82,7 @@ pub fn decode_auth_entry(xdr: &[u8]) -> Result<SorobanAuthorizationEntry, Soroba
     })
 }
 
+/// Encodes an entry to XDR.
 pub fn encode_auth_entry(entry: &SorobanAuthorizationEntry) -> Result<Vec<u8>, SorobanError> {
     entry
         .to_xdr(Limits::none())

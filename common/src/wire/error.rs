@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A stable error code: the `error.code` of the host API (see [`ErrorCode::as_str`])
+/// and the code of every refusal the enclave sends the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -103,6 +105,7 @@ impl ErrorCode {
         ErrorCode::PolicyViolation,
     ];
 
+    /// The code's snake_case name, as in the host API's `error.code` and in serde.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -181,11 +184,14 @@ impl std::fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct WireError {
+    /// What went wrong, stable for callers to match on.
     pub code: ErrorCode,
+    /// Details for a human; never secret material.
     pub message: String,
 }
 
 impl WireError {
+    /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,

@@ -15,14 +15,29 @@ pub const MAX_FRAME_LEN: usize = 1 << 20;
 
 const PREFIX_LEN: usize = 4;
 
+/// Why a frame could not be read, written or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// A frame longer than the limit: `actual` bytes (announced by a length prefix, or of
+    /// a body to send), `max` allowed. A reader fails on the prefix alone.
     #[error("frame length {actual} exceeds the maximum of {max} bytes")]
-    Oversized { actual: usize, max: usize },
+    Oversized {
+        /// Length the frame declares or has.
+        actual: usize,
+        /// Most bytes a frame may carry.
+        max: usize,
+    },
+    /// The stream ended partway through a frame, with `buffered` bytes of it received.
     #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
-    Truncated { buffered: usize },
+    Truncated {
+        /// Bytes received of the unfinished frame.
+        buffered: usize,
+    },
+    /// The body is not a valid `postcard` message of the expected type, or has trailing
+    /// bytes.
     #[error("malformed message: {0}")]
     Malformed(#[from] postcard::Error),
+    /// Reading or writing the underlying stream failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -34,10 +49,12 @@ pub struct FrameCodec {
 }
 
 impl FrameCodec {
+    /// A codec with the limit [`MAX_FRAME_LEN`].
     pub fn new() -> Self {
         Self::with_max(MAX_FRAME_LEN)
     }
 
+    /// A codec that refuses frames over `max` bytes, read or written.
     pub fn with_max(max: usize) -> Self {
         Self { max }
     }
@@ -89,15 +106,16 @@ impl Encoder<Bytes> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let oversized = || FrameError::Oversized {
+            actual: item.len(),
+            max: self.max,
+        };
         if item.len() > self.max {
-            return Err(FrameError::Oversized {
-                actual: item.len(),
-                max: self.max,
-            });
+            return Err(oversized());
         }
+        let prefix = u32::try_from(item.len()).map_err(|_| oversized())?;
         dst.reserve(PREFIX_LEN + item.len());
-        // Fits in u32: `max` is at most MAX_FRAME_LEN in practice, and checked above.
-        dst.put_u32(item.len() as u32);
+        dst.put_u32(prefix);
         dst.extend_from_slice(&item);
         Ok(())
     }

@@ -93,10 +93,13 @@ where
     }
     match decode_message::<EnclaveMessage>(&frame)? {
         EnclaveMessage::Hello(theirs) => Ok(theirs),
+        // Both versions as the enclave saw them.
         EnclaveMessage::VersionMismatch { enclave, host } => {
             Err(HandshakeError::VersionMismatch { host, enclave })
         }
-        other => Err(HandshakeError::NotHello(format!("{other:?}"))),
+        other @ EnclaveMessage::Response { .. } => {
+            Err(HandshakeError::NotHello(format!("{other:?}")))
+        }
     }
 }
 

@@ -23,7 +23,10 @@ pub const PROTOCOL_VERSION: u32 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildFlavor {
+    /// Built without the `mock` feature: no development-only code.
     Production,
+    /// Built with the `mock` feature (mock NSM, dev-only switches): for local mode and
+    /// tests only.
     Mock,
 }
 
@@ -36,6 +39,8 @@ impl std::fmt::Display for BuildFlavor {
     }
 }
 
+/// The opening message of a connection: the host sends its own, and the enclave
+/// answers with its own if the versions match (see [`crate::wire::hello`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Must stay the first field: see the module documentation.
@@ -60,31 +65,51 @@ impl Hello {
 /// Host → enclave.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMessage {
+    /// The host's opening message. The enclave answers with its own hello, or with
+    /// [`EnclaveMessage::VersionMismatch`] and closes. A second hello makes the enclave
+    /// close the connection.
     Hello(Hello),
-    Request { id: u64, request: Request },
+    /// A `request` under an `id` the host chose. The enclave answers with an
+    /// [`EnclaveMessage::Response`] carrying the same id, in whatever order requests finish.
+    Request {
+        /// Chosen by the host; the response carries it back.
+        id: u64,
+        /// What the host asks for.
+        request: Request,
+    },
 }
 
 /// Enclave → host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EnclaveMessage {
+    /// The enclave's answer to the host's hello when their protocol versions match.
     Hello(Hello),
     /// Sent instead of `Hello` when the versions differ; the enclave then closes.
     VersionMismatch {
+        /// The enclave's protocol version.
         enclave: u32,
+        /// The protocol version the host announced.
         host: u32,
     },
+    /// The answer to the [`HostMessage::Request`] with the same id.
     Response {
+        /// The id of the request this answers.
         id: u64,
+        /// The result, or the refusal with its stable code and message.
         response: Result<Response, WireError>,
     },
 }
 
+/// What the host asks the enclave to do, one per [`HostMessage::Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// A no-op round trip, used by readiness checks and benchmarks. `delay_ms` is
     /// honoured only by mock builds (tests use it to stand in for a slow KMS call);
     /// production enclaves answer at once.
-    Ping { delay_ms: u32 },
+    Ping {
+        /// Mock builds only: answer after this long.
+        delay_ms: u32,
+    },
     /// Short-lived AWS credentials for the enclave's own KMS calls, pushed by the host
     /// (which resolves them from the instance role) and refreshed before expiry.
     SetCredentials(AwsCredentials),
@@ -92,50 +117,72 @@ pub enum Request {
     /// hash itself, for its own network; `network_passphrase` is what the caller
     /// believes, and a mismatch is refused.
     Sign {
+        /// The network the caller means; the enclave refuses any but its own (`wrong_network`).
         network_passphrase: String,
         /// Raw XDR of a TransactionEnvelope.
         transaction: Vec<u8>,
+        /// The keys to sign with, 1 to 20. Each must be a required signer of the
+        /// transaction and pass the signing policy, or nothing is signed.
         signers: Vec<KeyMaterial>,
     },
     /// Sign a Soroban authorization entry (address credentials) for the account it
     /// names, valid through `signature_expiration_ledger`. The enclave computes the
     /// payload itself, for its own network.
     AuthorizeSoroban {
+        /// The network the caller means; the enclave refuses any but its own (`wrong_network`).
         network_passphrase: String,
         /// Raw XDR of a SorobanAuthorizationEntry.
         entry: Vec<u8>,
+        /// The last ledger the signature is valid for (above 0); the enclave writes it
+        /// into the entry and signs over it.
         signature_expiration_ledger: u32,
+        /// The key to sign with: it must be the account the entry authorizes for.
         signer: KeyMaterial,
     },
 }
 
+/// What the enclave answers to a [`Request`] that succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    /// The answer to [`Request::Ping`].
     Pong {
+        /// Which build answered.
         build: BuildFlavor,
     },
+    /// The answer to [`Request::SetCredentials`]: the credentials serve the next KMS calls.
     CredentialsStored,
+    /// The answer to [`Request::Sign`].
     Signed {
         /// Raw XDR of the envelope with the new signatures appended.
         transaction: Vec<u8>,
         /// The signature payload hash, computed by the enclave.
         hash: [u8; 32],
+        /// One per requested signer, in the order of the request.
         signatures: Vec<SignatureInfo>,
     },
+    /// The answer to [`Request::AuthorizeSoroban`].
     SorobanAuthorized {
         /// Raw XDR of the entry with the expiration ledger and signature filled in.
         entry: Vec<u8>,
         /// The authorization payload hash the signature signs.
         hash: [u8; 32],
+        /// The signature written into the entry.
         signature: SignatureInfo,
     },
 }
 
+/// Short-lived AWS credentials, resolved by the host and pushed with
+/// [`Request::SetCredentials`]. They only authenticate the enclave's own KMS calls;
+/// `Debug` redacts the secret key and the session token.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AwsCredentials {
+    /// The AWS access key id.
     pub access_key_id: String,
+    /// The AWS secret access key.
     pub secret_access_key: String,
+    /// The session token, for temporary credentials.
     pub session_token: Option<String>,
+    /// When the credentials expire, Unix seconds, if they do.
     pub expires_unix: Option<u64>,
 }
 
@@ -160,7 +207,9 @@ impl std::fmt::Debug for AwsCredentials {
 pub struct KeyMaterial {
     /// `G...`
     pub public_key: String,
+    /// How the secret is stored, hence how the enclave opens it (docs/design.md §3).
     pub format: KeyFormat,
+    /// The KMS key the enclave names in its `Decrypt` call.
     pub kms_key_id: String,
     /// KMS CiphertextBlob: of the secret (`kms-direct`) or of the data key (`envelope`).
     pub ciphertext: Vec<u8>,
@@ -168,16 +217,24 @@ pub struct KeyMaterial {
     pub sealed_seed: Option<Vec<u8>>,
 }
 
+/// The stored key formats (docs/design.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyFormat {
+    /// `kms-direct`: `ciphertext` encrypts the secret itself (raw 32 bytes or `S...`).
     KmsDirect,
+    /// `envelope`: `ciphertext` encrypts a 256-bit data key, which opens `sealed_seed`
+    /// (AES-256-GCM, with the `G...` public key as AAD).
     Envelope,
 }
 
+/// One signature the enclave made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignatureInfo {
+    /// The signing key, `G...`.
     pub public_key: String,
+    /// The signature hint: the last 4 bytes of the public key.
     pub hint: [u8; 4],
+    /// The 64-byte ed25519 signature.
     pub signature: Vec<u8>,
 }
 

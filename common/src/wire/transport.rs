@@ -16,23 +16,37 @@ use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
 /// `vsock://CID:PORT` or `unix://PATH` (`unix:PATH` is accepted too).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Endpoint {
-    Vsock { cid: u32, port: u32 },
+    /// AF_VSOCK, at context id `cid` and `port`: `vsock://CID:PORT`.
+    Vsock {
+        /// Context id: 3 is the parent instance; `u32::MAX` binds any.
+        cid: u32,
+        /// vsock port.
+        port: u32,
+    },
+    /// A Unix socket at this path (`unix://PATH`), for mock-vsock mode.
     Unix(PathBuf),
 }
 
 /// The CID that means "any local CID" for a listener (the enclave's usual choice).
 pub const VSOCK_CID_ANY: u32 = u32::MAX;
 
+/// Why a string is not an [`Endpoint`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointParseError {
+    /// Not `vsock://CID:PORT`, `unix://PATH` or `unix:PATH`; holds the input.
     #[error("endpoint {0:?}: expected vsock://CID:PORT or unix://PATH")]
     UnknownScheme(String),
+    /// The CID or the port of a vsock endpoint is not a `u32`.
     #[error("endpoint {input:?}: {what} {value:?} is not a 32-bit unsigned number")]
     BadNumber {
+        /// The whole endpoint string.
         input: String,
+        /// Which part: `CID` or `port`.
         what: &'static str,
+        /// The text found in that part.
         value: String,
     },
+    /// A `unix:` endpoint with no path; holds the input.
     #[error("endpoint {0:?}: empty Unix socket path")]
     EmptyPath(String),
 }
@@ -95,11 +109,14 @@ impl serde::Serialize for Endpoint {
 /// A connected byte stream over either transport.
 #[derive(Debug)]
 pub enum Stream {
+    /// A vsock connection.
     Vsock(VsockStream),
+    /// A Unix socket connection.
     Unix(UnixStream),
 }
 
 impl Stream {
+    /// Connects to `endpoint`.
     pub async fn connect(endpoint: &Endpoint) -> io::Result<Stream> {
         match endpoint {
             Endpoint::Vsock { cid, port } => Ok(Stream::Vsock(
@@ -171,7 +188,9 @@ impl AsyncWrite for Stream {
 /// A listening socket over either transport.
 #[derive(Debug)]
 pub enum Listener {
+    /// Listening on vsock.
     Vsock(VsockListener),
+    /// Listening on a Unix socket, whose file is removed on drop.
     Unix(UnixSocketListener),
 }
 
@@ -229,7 +248,9 @@ impl Listener {
 /// A bound Unix socket whose file is removed when this value is dropped.
 #[derive(Debug)]
 pub struct UnixSocketListener {
+    /// The bound socket.
     pub listener: UnixListener,
+    /// Removes the socket file when the listener is dropped.
     pub cleanup: UnixSocketCleanup,
 }
 
@@ -242,6 +263,7 @@ pub struct UnixSocketCleanup {
 }
 
 impl UnixSocketCleanup {
+    /// The socket file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -418,7 +440,7 @@ mod tests {
         });
         match listener.local_endpoint().unwrap() {
             Endpoint::Vsock { port, .. } => assert_ne!(port, u32::MAX),
-            other => panic!("expected a vsock endpoint, got {other}"),
+            other @ Endpoint::Unix(_) => panic!("expected a vsock endpoint, got {other}"),
         }
     }
 }

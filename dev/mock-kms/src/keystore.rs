@@ -81,7 +81,7 @@ fn context_aad(context: &BTreeMap<String, String>) -> Vec<u8> {
 pub fn random_uuid() -> String {
     let mut raw = [0u8; 16];
     rand::rng().fill_bytes(&mut raw);
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = common::hex(&raw);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],
@@ -142,7 +142,10 @@ impl KeyStore {
 
     /// Resolves a key id, ARN or alias (`alias/name` or its ARN) to a key id.
     pub fn resolve(&self, reference: &str) -> Result<String, KeyStoreError> {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let reference = reference
             .rsplit_once(":key/")
             .map_or(reference, |(_, id)| id);
@@ -178,7 +181,10 @@ impl KeyStore {
                 .unwrap_or_default(),
             material: B64.encode(material.as_ref()),
         };
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.keys.insert(key_id.clone(), stored.clone());
         if let Some(alias) = alias {
             state.aliases.insert(alias.to_string(), key_id.clone());
@@ -193,7 +199,10 @@ impl KeyStore {
     }
 
     pub fn describe(&self, key_id: &str) -> Result<KeyInfo, KeyStoreError> {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = state
             .keys
             .get(key_id)
@@ -207,7 +216,10 @@ impl KeyStore {
     }
 
     fn cipher(&self, key_id: &str) -> Result<Aes256Gcm, KeyStoreError> {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = state
             .keys
             .get(key_id)
@@ -313,6 +325,7 @@ mod tests {
 
     #[test]
     fn round_trip_context_binding_tampering_and_persistence() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kms.json");
         let store = KeyStore::open(&path, "us-east-1", "111122223333").unwrap();
@@ -356,7 +369,6 @@ mod tests {
             .decrypt(&blob, Some("alias/signer"), &ctx("GA"))
             .unwrap();
         assert_eq!(plain.as_slice(), b"secret seed");
-        use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600

@@ -3,8 +3,8 @@
 //! verifies attestation documents against a configured root, and evaluates the same
 //! key-policy JSON that ships in `kms-policy/`.
 
+pub mod key_policy;
 pub mod keystore;
-pub mod policy;
 pub mod recipient;
 pub mod server;
 

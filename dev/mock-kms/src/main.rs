@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mock_kms::policy::Policy;
+use mock_kms::key_policy::Policy;
 use mock_kms::{MockKms, MockKmsConfig};
 use tokio_util::sync::CancellationToken;
 

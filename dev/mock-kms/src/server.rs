@@ -39,8 +39,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use crate::key_policy::{Effect, Policy, RequestContext};
 use crate::keystore::{KeyInfo, KeyStore, KeyStoreError};
-use crate::policy::{Effect, Policy, RequestContext};
 use crate::recipient;
 
 /// Request bodies larger than this are refused.
@@ -80,7 +80,7 @@ impl MockKmsConfig {
             account: "111122223333".into(),
             caller_arn: "arn:aws:iam::111122223333:role/signer-host".into(),
             allowed_access_keys: None,
-            attestation_max_age: Duration::from_secs(300),
+            attestation_max_age: Duration::from_mins(5),
         }
     }
 }
@@ -151,7 +151,7 @@ impl Faults {
             clock_skew_s: self.clock_skew_s.load(Ordering::Relaxed),
         }
     }
-    fn apply(&self, update: FaultUpdate) {
+    fn apply(&self, update: &FaultUpdate) {
         if let Some(ms) = update.latency_ms {
             self.latency_ms.store(ms, Ordering::Relaxed);
         }
@@ -403,9 +403,9 @@ fn blob(field: &str, value: Option<&str>, max: usize) -> Result<Vec<u8>, KmsErro
     Ok(bytes)
 }
 
-fn required<'a>(field: &str, value: &'a Option<String>) -> Result<&'a str, KmsError> {
+fn required<'a>(field: &str, value: Option<&'a String>) -> Result<&'a str, KmsError> {
     value
-        .as_deref()
+        .map(String::as_str)
         .ok_or_else(|| invalid(format!("{field} is required")))
 }
 
@@ -504,7 +504,7 @@ impl Shared {
 
     /// Runs one operation. A plaintext leaves only as `Plaintext` without a recipient,
     /// or sealed to the attested key with one.
-    fn operation(&self, op: &str, input: Input) -> Result<Value, KmsError> {
+    fn operation(&self, op: &str, input: &Input) -> Result<Value, KmsError> {
         if let Some(alg) = input.encryption_algorithm.as_deref()
             && alg != "SYMMETRIC_DEFAULT"
         {
@@ -536,12 +536,16 @@ impl Shared {
                 Ok(self.metadata(&self.keystore.create_key(description, None)?))
             }
             "DescribeKey" => {
-                let key_id = self.keystore.resolve(required("KeyId", &input.key_id)?)?;
+                let key_id = self
+                    .keystore
+                    .resolve(required("KeyId", input.key_id.as_ref())?)?;
                 self.authorize("kms:DescribeKey", context, None)?;
                 Ok(self.metadata(&self.keystore.describe(&key_id)?))
             }
             "Encrypt" => {
-                let key_id = self.keystore.resolve(required("KeyId", &input.key_id)?)?;
+                let key_id = self
+                    .keystore
+                    .resolve(required("KeyId", input.key_id.as_ref())?)?;
                 let plaintext = Zeroizing::new(blob(
                     "Plaintext",
                     input.plaintext.as_deref(),
@@ -570,7 +574,9 @@ impl Shared {
                 deliver(json!({"KeyId": self.arn(&key_id)?}), &plaintext)
             }
             "GenerateDataKey" => {
-                let key_id = self.keystore.resolve(required("KeyId", &input.key_id)?)?;
+                let key_id = self
+                    .keystore
+                    .resolve(required("KeyId", input.key_id.as_ref())?)?;
                 let len = match (input.key_spec.as_deref(), input.number_of_bytes) {
                     (Some("AES_256"), None) => 32,
                     (Some("AES_128"), None) => 16,
@@ -618,7 +624,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, KmsError> {
     Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
-        .map(|collected| collected.to_bytes())
+        .map(http_body_util::Collected::to_bytes)
         .map_err(|e| {
             invalid(format!(
                 "request body: {e} (at most {MAX_BODY_BYTES} bytes)"
@@ -683,7 +689,7 @@ async fn handle(
         }
         let input: Input = serde_json::from_slice(&body)
             .map_err(|e| invalid(format!("request body is not the expected JSON: {e}")))?;
-        shared.operation(&op, input)
+        shared.operation(&op, &input)
     }
     .await;
     let (status, code, body) = match result {
@@ -737,7 +743,7 @@ async fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     match update.await {
         Ok(update) => {
             if let Some(update) = update {
-                shared.faults.apply(update);
+                shared.faults.apply(&update);
                 tracing::info!(faults = ?shared.faults.state(), "fault switches changed");
             }
             let body = serde_json::to_vec(&shared.faults.state()).unwrap_or_default();

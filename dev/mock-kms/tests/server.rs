@@ -18,7 +18,7 @@ use bytes::Bytes;
 use common::mock_nsm::{MockCa, MockNsm};
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Request, StatusCode};
-use mock_kms::policy::Policy;
+use mock_kms::key_policy::Policy;
 use mock_kms::{Faults, MockKms, MockKmsConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -26,9 +26,7 @@ use tokio_util::sync::CancellationToken;
 const CALLER: &str = "arn:aws:iam::111122223333:role/signer-host";
 const PUBKEY: &str = "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use common::hex;
 
 fn pcrs(fill: u8) -> BTreeMap<u8, [u8; 48]> {
     (0..3).map(|i| (i, [fill + i; 48])).collect()

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use host::client::{ApiConnection, request_once};
+use host::api_client::{ApiConnection, request_once};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -35,13 +35,12 @@ const BASELINE_MESSAGE: usize = 96;
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let mut dev_stack = None;
-    let socket = match &options.socket {
-        Some(socket) => socket.clone(),
-        None => {
-            let (child, socket) = start_dev_stack(scratch.path()).await?;
-            dev_stack = Some(child);
-            socket
-        }
+    let socket = if let Some(socket) = &options.socket {
+        socket.clone()
+    } else {
+        let (child, socket) = start_dev_stack(scratch.path()).await?;
+        dev_stack = Some(child);
+        socket
     };
     let result = run_levels(&options, &socket, scratch.path()).await;
     if let Some(mut child) = dev_stack {

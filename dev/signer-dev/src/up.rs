@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use host::client::request_once;
+use host::api_client::request_once;
 use host::config::{Config, CredentialsSource};
 use host::server::BoundHost;
 use host::store::{KeyFormat, KeyRole, KeyState, KeyStore, LockLimits, NewKey, SqliteStore};
@@ -122,15 +122,9 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     result
 }
 
-async fn run_stack(
-    options: &DevOptions,
-    dir: &Path,
-    children: &mut Children,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let kms_bin = binary(options, "signer-mock-kms")?;
-    let enclave_bin = binary(options, "signer-enclave")?;
-    let version = Command::new(&enclave_bin)
+/// The local stack needs the mock enclave; a production build would refuse Unix sockets.
+async fn refuse_production_enclave(enclave_bin: &Path) -> anyhow::Result<()> {
+    let version = Command::new(enclave_bin)
         .arg("--version")
         .output()
         .await
@@ -142,29 +136,27 @@ async fn run_stack(
             enclave_bin.display()
         );
     }
-    let db = dir.join("signer.db");
-    let kms_state = dir.join("mock-kms-state.json");
-    let nsm_ca = dir.join("mock-nsm-ca");
-    let kms_ca = dir.join("mock-kms-ca.pem");
-    let policy = dir.join("kms-key-policy.json");
-    let relay = Endpoint::Unix(dir.join("kms-relay.sock"));
-    let enclave_endpoint = Endpoint::Unix(dir.join("enclave.sock"));
-    let host_socket = dir.join("host.sock");
+    Ok(())
+}
 
-    std::fs::write(&policy, dev_policy()?)
-        .with_context(|| format!("writing {}", policy.display()))?;
-    let distribution = provision_dev_keys(&kms_bin, &kms_state, &db).await?;
-
-    // The mock KMS: prints its address once bound.
-    let mut kms = Command::new(&kms_bin)
+/// Starts the mock KMS and returns its URL (it prints its address once bound).
+async fn start_mock_kms(
+    kms_bin: &Path,
+    kms_state: &Path,
+    policy: &Path,
+    nsm_ca: &Path,
+    kms_ca: &Path,
+    children: &mut Children,
+) -> anyhow::Result<String> {
+    let mut kms = Command::new(kms_bin)
         .arg("--state")
-        .arg(&kms_state)
+        .arg(kms_state)
         .arg("--policy")
-        .arg(&policy)
+        .arg(policy)
         .arg("--nsm-ca-dir")
-        .arg(&nsm_ca)
+        .arg(nsm_ca)
         .arg("--ca-out")
-        .arg(&kms_ca)
+        .arg(kms_ca)
         .arg("--caller-arn")
         .arg(DEV_ROLE)
         .stdin(Stdio::null())
@@ -187,7 +179,27 @@ async fn run_stack(
         .strip_prefix("listening on ")
         .context("unexpected first line from the mock KMS")?
         .replace("127.0.0.1", "localhost");
+    Ok(kms_url)
+}
 
+/// Where the mock enclave listens and what it talks to.
+struct EnclaveSetup<'a> {
+    endpoint: &'a Endpoint,
+    kms_url: &'a str,
+    relay: &'a Endpoint,
+    kms_ca: &'a Path,
+    nsm_ca: &'a Path,
+    distribution: &'a str,
+}
+
+/// Starts the mock enclave and waits until its socket exists.
+async fn start_enclave(
+    options: &DevOptions,
+    enclave_bin: &Path,
+    setup: &EnclaveSetup<'_>,
+    dir: &Path,
+    children: &mut Children,
+) -> anyhow::Result<()> {
     let pcrs = options.enclave_pcrs.clone().unwrap_or_else(|| {
         DEV_PCRS
             .iter()
@@ -195,25 +207,25 @@ async fn run_stack(
             .collect::<Vec<_>>()
             .join(",")
     });
-    let enclave = Command::new(&enclave_bin)
+    let enclave = Command::new(enclave_bin)
         .arg("--listen")
-        .arg(enclave_endpoint.to_string())
+        .arg(setup.endpoint.to_string())
         .arg("--network-passphrase")
         .arg(DEV_NETWORK)
         .arg("--kms-region")
         .arg("us-east-1")
         .arg("--kms-endpoint")
-        .arg(&kms_url)
+        .arg(setup.kms_url)
         .arg("--kms-relay")
-        .arg(relay.to_string())
+        .arg(setup.relay.to_string())
         .arg("--kms-ca-pem")
-        .arg(&kms_ca)
+        .arg(setup.kms_ca)
         .arg("--mock-nsm-ca-dir")
-        .arg(&nsm_ca)
+        .arg(setup.nsm_ca)
         .arg("--mock-pcrs")
         .arg(&pcrs)
         .arg("--distribution-account")
-        .arg(&distribution)
+        .arg(setup.distribution)
         .args(
             options
                 .soroban_contracts
@@ -240,6 +252,42 @@ async fn run_stack(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+async fn run_stack(
+    options: &DevOptions,
+    dir: &Path,
+    children: &mut Children,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kms_bin = binary(options, "signer-mock-kms")?;
+    let enclave_bin = binary(options, "signer-enclave")?;
+    refuse_production_enclave(&enclave_bin).await?;
+    let db = dir.join("signer.db");
+    let kms_state = dir.join("mock-kms-state.json");
+    let nsm_ca = dir.join("mock-nsm-ca");
+    let kms_ca = dir.join("mock-kms-ca.pem");
+    let policy = dir.join("kms-key-policy.json");
+    let relay = Endpoint::Unix(dir.join("kms-relay.sock"));
+    let enclave_endpoint = Endpoint::Unix(dir.join("enclave.sock"));
+    let host_socket = dir.join("host.sock");
+
+    std::fs::write(&policy, dev_policy()?)
+        .with_context(|| format!("writing {}", policy.display()))?;
+    let distribution = provision_dev_keys(&kms_bin, &kms_state, &db).await?;
+
+    let kms_url = start_mock_kms(&kms_bin, &kms_state, &policy, &nsm_ca, &kms_ca, children).await?;
+
+    let enclave = EnclaveSetup {
+        endpoint: &enclave_endpoint,
+        kms_url: &kms_url,
+        relay: &relay,
+        kms_ca: &kms_ca,
+        nsm_ca: &nsm_ca,
+        distribution: &distribution,
+    };
+    start_enclave(options, &enclave_bin, &enclave, dir, children).await?;
 
     let mut config = Config::default();
     config.api.socket = host_socket.clone();
@@ -370,6 +418,7 @@ async fn wait_until_ready(host_socket: &Path, children: &mut Children) -> anyhow
 }
 
 async fn print_banner(dir: &Path, host_socket: &Path, kms_url: &str) {
+    use std::io::Write;
     let socket = host_socket.display();
     let keys = request_once(host_socket, Method::GET, "/v1/keys", None)
         .await
@@ -380,14 +429,13 @@ async fn print_banner(dir: &Path, host_socket: &Path, kms_url: &str) {
     for key in keys["keys"].as_array().into_iter().flatten() {
         match key["role"].as_str() {
             Some("distribution") => {
-                distribution = key["public_key"].as_str().unwrap_or("?").to_string()
+                distribution = key["public_key"].as_str().unwrap_or("?").to_string();
             }
             Some("channel") => channels += 1,
             _ => {}
         }
     }
     // A closed stdout (the terminal went away) must not bring the stack down.
-    use std::io::Write;
     let _ = writeln!(
         std::io::stdout(),
         "\nsigner-dev up: local stack is up (mock enclave, mock KMS; NOT for production)\n\

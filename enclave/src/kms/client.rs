@@ -136,7 +136,7 @@ impl KmsClient {
         for (k, v) in encryption_context {
             request = request.encryption_context(*k, *v);
         }
-        let output = request.send().await.map_err(classify_sdk_error)?;
+        let output = request.send().await.map_err(|e| classify_sdk_error(&e))?;
         output
             .ciphertext_for_recipient()
             .map(|b| b.as_ref().to_vec())
@@ -173,13 +173,13 @@ impl Kms for KmsClient {
     }
 }
 
-fn classify_sdk_error<E, R>(error: aws_sdk_kms::error::SdkError<E, R>) -> KmsError
+fn classify_sdk_error<E, R>(error: &aws_sdk_kms::error::SdkError<E, R>) -> KmsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
     use aws_sdk_kms::error::SdkError;
-    match &error {
+    match error {
         SdkError::ServiceError(service) => {
             let err = service.err();
             let code = err.code().unwrap_or("Unknown").to_string();
@@ -201,13 +201,13 @@ where
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             KmsError::Unavailable(format!(
                 "{}",
-                aws_smithy_types::error::display::DisplayErrorContext(&error)
+                aws_smithy_types::error::display::DisplayErrorContext(error)
             ))
         }
         _ => {
             let text = format!(
                 "{}",
-                aws_smithy_types::error::display::DisplayErrorContext(&error)
+                aws_smithy_types::error::display::DisplayErrorContext(error)
             );
             if text.contains("credentials") {
                 KmsError::NoCredentials(text)

@@ -31,9 +31,7 @@ pub enum RecipientError {
     ContentDecryption,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use common::hex;
 
 pub struct RecipientKey {
     key: OaepPrivateDecryptingKey,
@@ -46,7 +44,7 @@ impl std::fmt::Debug for RecipientKey {
         // Never print key material; the key id identifies it.
         f.debug_struct("RecipientKey")
             .field("subject_key_id", &hex(&self.key_id))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -149,14 +147,14 @@ pub(crate) mod tests {
             let mut out = vec![tag];
             let len = content.len();
             if len < 0x80 {
-                out.push(len as u8);
+                out.push(u8::try_from(len).unwrap());
             } else {
                 let bytes: Vec<u8> = len
                     .to_be_bytes()
                     .into_iter()
                     .skip_while(|&b| b == 0)
                     .collect();
-                out.push(0x80 | bytes.len() as u8);
+                out.push(0x80 | u8::try_from(bytes.len()).unwrap());
                 out.extend(bytes);
             }
             out.extend_from_slice(content);

@@ -26,7 +26,10 @@ impl NitroNsm {
 
 impl Nsm for NitroNsm {
     fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError> {
-        let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        let fd = self
+            .fd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let request = Request::Attestation {
             user_data: None,
             nonce: None,
@@ -42,7 +45,10 @@ impl Nsm for NitroNsm {
 
 impl Drop for NitroNsm {
     fn drop(&mut self) {
-        let fd = *self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        let fd = *self
+            .fd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         nsm_exit(fd);
     }
 }

@@ -21,12 +21,12 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+            Err(rejection) => Err(json_rejection(&rejection)),
         }
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
+fn json_rejection(rejection: &JsonRejection) -> ApiError {
     let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ErrorCode::PayloadTooLarge
     } else {

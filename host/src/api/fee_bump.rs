@@ -11,7 +11,6 @@ use super::json::decode_base64;
 use super::sign::SignAnswer;
 use super::state::AppState;
 use crate::signing::FeeChoice;
-use common::wire::ErrorCode;
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -45,15 +44,9 @@ pub async fn fee_bump(
     let network = state.signing.network(request.network_passphrase)?;
     let envelope = decode_envelope(&decode_base64("transaction", &request.transaction)?)
         .map_err(|e| ApiError(e.into()))?;
-    let fee = match (request.base_fee, request.max_fee) {
-        (Some(base), None) => FeeChoice::BaseFee(base),
-        (None, Some(max)) => FeeChoice::MaxFee(max),
-        _ => {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                "give exactly one of base_fee or max_fee, greater than zero",
-            ));
-        }
+    let fee = FeeChoice {
+        base_fee: request.base_fee,
+        max_fee: request.max_fee,
     };
     let bumped = state
         .signing

@@ -35,15 +35,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Once shutdown has begun, requests that arrive on connections still open are
-/// refused with `shutting_down` (503) instead of starting work that may be cut off;
-/// requests already running finish.
+/// Once shutdown has begun, requests that would start new work (signing, key
+/// registration, acquiring a channel) and arrive on connections still open are refused
+/// with `shutting_down` (503); requests already running finish. Reads (health,
+/// readiness, listings) and the clean-up calls (release, unlock) still answer, so
+/// probes see the drain and callers can free what they hold.
 async fn refuse_while_shutting_down(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if state.shutdown.is_cancelled() {
+    let clean_up = matches!(
+        request.uri().path(),
+        "/v1/channels/release" | "/v1/channels/unlock"
+    );
+    let starts_work = request.method() != axum::http::Method::GET && !clean_up;
+    if starts_work && state.shutdown.is_cancelled() {
         return ApiError::new(
             ErrorCode::ShuttingDown,
             "signer-host is shutting down; retry on another instance or after the restart",
@@ -62,4 +69,111 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use common::wire::transport::Endpoint;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use super::router;
+    use crate::api::AppState;
+    use crate::enclave_client::EnclaveClient;
+    use crate::signing::Signing;
+    use crate::store::{LockLimits, SqliteStore};
+
+    fn state(dir: &std::path::Path) -> AppState {
+        let stop = CancellationToken::new();
+        let enclave = EnclaveClient::start(
+            Endpoint::Unix(dir.join("no-enclave.sock")),
+            Duration::from_secs(1),
+            Duration::from_millis(100),
+            stop,
+        );
+        let store = Arc::new(
+            SqliteStore::open(
+                &dir.join("signer.db"),
+                LockLimits::default(),
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+        );
+        AppState {
+            signing: Signing::new(
+                enclave.clone(),
+                store.clone(),
+                None,
+                Default::default(),
+                true,
+            ),
+            enclave,
+            store,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    async fn status_and_code(app: axum::Router, path: &str) -> (StatusCode, String) {
+        answer(app, Request::get(path).body(Body::empty()).unwrap()).await
+    }
+
+    async fn call(app: axum::Router, path: &str, body: &'static str) -> (StatusCode, String) {
+        let request = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        answer(app, request).await
+    }
+
+    async fn answer(app: axum::Router, request: Request<Body>) -> (StatusCode, String) {
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    }
+
+    #[tokio::test]
+    async fn requests_after_shutdown_began_are_refused_with_shutting_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let shutdown = state.shutdown.clone();
+        let app = router(state, 1024);
+        assert_eq!(
+            status_and_code(app.clone(), "/v1/channels").await,
+            (StatusCode::OK, String::new())
+        );
+        shutdown.cancel();
+        // Reads and clean-up still answer during the drain.
+        assert_eq!(
+            status_and_code(app.clone(), "/v1/channels").await,
+            (StatusCode::OK, String::new())
+        );
+        assert_eq!(
+            call(
+                app.clone(),
+                "/v1/channels/unlock",
+                r#"{"tx_hashes": ["0000000000000000000000000000000000000000000000000000000000000000"]}"#
+            )
+            .await,
+            (StatusCode::OK, String::new())
+        );
+        // New work is refused.
+        assert_eq!(
+            call(app, "/v1/channels/acquire", "{}").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting_down".to_string())
+        );
+    }
 }

@@ -16,7 +16,7 @@ use clap::Subcommand;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::client::request_once;
+use crate::api_client::request_once;
 use crate::config::DEFAULT_API_SOCKET;
 
 /// Every subcommand.

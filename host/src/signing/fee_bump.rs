@@ -11,13 +11,13 @@ use stellar_xdr::{
 use super::{SignKind, SignedEnvelope, Signing};
 use crate::store::KeyState;
 
-/// How the caller sets the fee-bump's fee.
+/// How the caller sets the fee-bump's fee: exactly one of the two, above zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeeChoice {
+pub struct FeeChoice {
     /// Per operation: the bump pays `base_fee × (operations + 1)`.
-    BaseFee(i64),
+    pub base_fee: Option<i64>,
     /// The total fee, directly.
-    MaxFee(i64),
+    pub max_fee: Option<i64>,
 }
 
 /// A signed fee-bump.
@@ -56,9 +56,9 @@ fn inner_of(envelope: TransactionEnvelope) -> Result<TransactionV1Envelope, Wire
 /// protocol counts the bump itself as one more operation).
 fn fee_for(inner: &TransactionV1Envelope, choice: FeeChoice) -> Result<i64, WireError> {
     let operations = inner.tx.operations.len() as i64;
-    let fee = match choice {
-        FeeChoice::BaseFee(base) if base > 0 => base.saturating_mul(operations + 1),
-        FeeChoice::MaxFee(max) if max > 0 => max,
+    let fee = match (choice.base_fee, choice.max_fee) {
+        (Some(base), None) if base > 0 => base.saturating_mul(operations + 1),
+        (None, Some(max)) if max > 0 => max,
         _ => {
             return Err(refuse(
                 ErrorCode::BadRequest,

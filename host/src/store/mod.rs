@@ -39,6 +39,26 @@ pub trait AuditLog: Send + Sync {
     fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
 }
 
+/// The channel pool (docs/design.md §5). Methods block.
+pub trait ChannelLocks: Send + Sync {
+    /// Locks a random idle channel account for `duration` (default lock when `None`).
+    fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError>;
+    /// Failure path: frees the account if `lock_token` still holds it.
+    fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError>;
+    /// Success path: frees the accounts whose recorded transaction is one of `hashes`.
+    fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError>;
+    /// A transaction sourced by `account` was signed: remember its hash (the inner hash
+    /// of a fee-bump) and keep the account locked until the transaction can no longer
+    /// land (`max_time_unix_s` plus the margin). Returns the new `locked_until_ms`.
+    fn record_signed(
+        &self,
+        account: &str,
+        tx_hash: &str,
+        max_time_unix_s: Option<u64>,
+    ) -> Result<i64, StoreError>;
+    fn summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError>;
+}
+
 /// A whole store: keys, channel locks and audit, plus health.
 pub trait Store: KeyStore + ChannelLocks + AuditLog + std::fmt::Debug {
     /// A cheap round trip, for readiness checks.
@@ -137,7 +157,7 @@ impl Default for LockLimits {
     fn default() -> Self {
         Self {
             default_lock: Duration::from_secs(30),
-            max_lock: Duration::from_secs(300),
+            max_lock: Duration::from_mins(5),
             max_time_margin: Duration::from_secs(30),
         }
     }

@@ -1,10 +1,6 @@
 //! The records every store backend reads and writes.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
-
-use super::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,24 +132,4 @@ pub struct ChannelRow {
     pub locked_at_ms: Option<i64>,
     pub locked_until_ms: Option<i64>,
     pub tx_hash: Option<String>,
-}
-
-/// The channel pool (docs/design.md §5). Methods block.
-pub trait ChannelLocks: Send + Sync {
-    /// Locks a random idle channel account for `duration` (default lock when `None`).
-    fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError>;
-    /// Failure path: frees the account if `lock_token` still holds it.
-    fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError>;
-    /// Success path: frees the accounts whose recorded transaction is one of `hashes`.
-    fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError>;
-    /// A transaction sourced by `account` was signed: remember its hash (the inner hash
-    /// of a fee-bump) and keep the account locked until the transaction can no longer
-    /// land (`max_time_unix_s` plus the margin). Returns the new `locked_until_ms`.
-    fn record_signed(
-        &self,
-        account: &str,
-        tx_hash: &str,
-        max_time_unix_s: Option<u64>,
-    ) -> Result<i64, StoreError>;
-    fn summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError>;
 }

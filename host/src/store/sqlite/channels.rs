@@ -22,17 +22,17 @@ const PICK_FROM: i64 = 16;
 fn new_token() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    common::hex(&bytes)
 }
 
 impl ChannelLocks for SqliteStore {
     fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError> {
-        let policy = self.limits;
-        let duration = duration.unwrap_or(policy.default_lock);
-        if duration.is_zero() || duration > policy.max_lock {
+        let limits = self.limits;
+        let duration = duration.unwrap_or(limits.default_lock);
+        if duration.is_zero() || duration > limits.max_lock {
             return Err(StoreError::InvalidLockDuration {
                 requested_ms: duration.as_millis() as u64,
-                max_ms: policy.max_lock.as_millis() as u64,
+                max_ms: limits.max_lock.as_millis() as u64,
             });
         }
         let now = self.now();
@@ -150,14 +150,14 @@ impl ChannelLocks for SqliteStore {
         max_time_unix_s: Option<u64>,
     ) -> Result<i64, StoreError> {
         let now = self.now();
-        let policy = self.limits;
+        let limits = self.limits;
         // Without a maxTime the transaction could land at any time; the signing policy
         // refuses those for channel accounts, so this only guards the store itself.
         let until = match max_time_unix_s {
             Some(max_time) => (max_time as i64)
                 .saturating_mul(1000)
-                .saturating_add(policy.max_time_margin.as_millis() as i64),
-            None => now.saturating_add(policy.max_lock.as_millis() as i64),
+                .saturating_add(limits.max_time_margin.as_millis() as i64),
+            None => now.saturating_add(limits.max_lock.as_millis() as i64),
         };
         let mut conn = self.pool.get()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

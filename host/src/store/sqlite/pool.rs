@@ -41,7 +41,11 @@ impl Drop for Pooled<'_> {
         if let Some(conn) = self.conn.take() {
             // A connection left inside a transaction (a panic mid-way) is not reused.
             if conn.is_autocommit() {
-                let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let mut idle = self
+                    .pool
+                    .idle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if idle.len() < MAX_IDLE {
                     idle.push(conn);
                 }
@@ -64,7 +68,11 @@ impl Pool {
     }
 
     pub fn get(&self) -> Result<Pooled<'_>, StoreError> {
-        let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reused = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
         let conn = match reused {
             Some(conn) => conn,
             None => self.open().map_err(|source| StoreError::Open {

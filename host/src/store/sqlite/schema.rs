@@ -7,7 +7,7 @@ use crate::store::StoreError;
 
 const MIGRATIONS: &[&str] = &[
     // 1: keys, channel locks, audit log.
-    r#"
+    r"
     CREATE TABLE keys (
         public_key      TEXT PRIMARY KEY
                         CHECK (length(public_key) = 56 AND substr(public_key, 1, 1) = 'G'),
@@ -52,7 +52,7 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-    "#,
+    ",
 ];
 
 /// The schema version this build writes.

@@ -195,7 +195,7 @@ fn lock_durations_default_and_cap() {
     assert_eq!(f.store.acquire(None).unwrap().locked_until_ms, now + 30_000);
     assert_eq!(
         f.store
-            .acquire(Some(Duration::from_secs(300)))
+            .acquire(Some(Duration::from_mins(5)))
             .unwrap()
             .locked_until_ms,
         now + 300_000
@@ -404,7 +404,7 @@ fn sixty_four_concurrent_acquirers_never_share_an_account() {
     let exhausted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     let summary = f.store.summary(false).unwrap();
     assert_eq!(summary.locked, 0);
-    assert_eq!(summary.idle, ACCOUNTS as u64);
+    assert_eq!(summary.idle, u64::from(ACCOUNTS));
     eprintln!(
         "{} acquisitions, {exhausted} met an exhausted pool",
         THREADS * ROUNDS

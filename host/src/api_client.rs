@@ -56,7 +56,7 @@ impl ApiConnection {
         body: Option<&serde_json::Value>,
     ) -> Result<(StatusCode, serde_json::Value), ClientError> {
         let (status, bytes) = self
-            .request_raw(method, path, body.map(|b| b.to_string()))
+            .request_raw(method, path, body.map(std::string::ToString::to_string))
             .await?;
         let json = if bytes.is_empty() {
             serde_json::Value::Null

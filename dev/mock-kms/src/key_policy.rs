@@ -165,8 +165,7 @@ fn parse_statement(index: usize, value: &Value) -> Result<Statement, PolicyError
     let name = value
         .get("Sid")
         .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("#{index}"));
+        .map_or_else(|| format!("#{index}"), str::to_string);
     let problem = |problem: String| PolicyError::Statement {
         statement: name.clone(),
         problem,
