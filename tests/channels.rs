@@ -381,7 +381,8 @@ fn channel_payment(source: &str, max_time_ahead: u64) -> String {
             }),
             memo: Memo::None,
             operations: vec![Operation {
-                source_account: None,
+                // A user's account moves the funds: the channel only sequences and pays.
+                source_account: Some(MuxedAccount::Ed25519(Uint256([0x75; 32]))),
                 body: OperationBody::BumpSequence(BumpSequenceOp {
                     bump_to: SequenceNumber(2),
                 }),

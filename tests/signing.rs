@@ -32,7 +32,8 @@ fn payment(source: &str, destination: &str) -> TransactionEnvelope {
         .unwrap()
         .as_secs();
     let operation = Operation {
-        source_account: None,
+        // A user's account moves the funds: the channel only sequences and pays.
+        source_account: Some(MuxedAccount::Ed25519(Uint256([0x75; 32]))),
         body: OperationBody::Payment(PaymentOp {
             destination: MuxedAccount::Ed25519(Uint256(raw(destination))),
             asset: Asset::Native,
@@ -89,7 +90,7 @@ async fn post_sign(dev: &Dev, body: serde_json::Value) -> (StatusCode, serde_jso
 /// Asks `key` to sign its own payment and expects a refusal with `status` and `code`.
 async fn expect_refusal(dev: &Dev, key: &str, distribution: &str, status: StatusCode, code: &str) {
     let request = json!({"transaction": b64(&payment(key, distribution)), "signers": [key]});
-    let (actual, body) = post_sign(&dev, request).await;
+    let (actual, body) = post_sign(dev, request).await;
     assert_eq!(
         (actual, body["error"]["code"].as_str()),
         (status, Some(code)),

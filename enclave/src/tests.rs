@@ -622,3 +622,196 @@ async fn without_a_signing_context_only_pings_are_answered() {
         .unwrap_err();
     assert_eq!(refusal.code, ErrorCode::KmsUnavailable);
 }
+
+fn rule_of(refusal: &WireError) -> &str {
+    refusal
+        .message
+        .split_once("signing policy rule ")
+        .map_or("", |(_, rest)| rest.split(':').next().unwrap_or(""))
+}
+
+/// The hostile host's attempts from the "hostile host" issue, straight to the
+/// dispatcher: each refused with its rule named and before any KMS call.
+#[tokio::test]
+async fn hostile_host_requests_are_refused_by_rule_before_any_kms_call() {
+    use stellar_xdr::{
+        AccountId as Xid, BeginSponsoringFutureReservesOp, CreateAccountOp, DecoratedSignature,
+        FeeBumpTransaction, FeeBumpTransactionEnvelope, FeeBumpTransactionExt,
+        FeeBumpTransactionInnerTx, PublicKey as Xpk,
+    };
+    let enclave = enclave();
+    let now = common::now_unix_secs();
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let distribution = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &DISTRIBUTION_SEED);
+    // 1. A channel paying with its own funds (empty operation source).
+    let drain = envelope(
+        account(&CHANNEL_SEED),
+        vec![Operation {
+            source_account: None,
+            body: OperationBody::Payment(PaymentOp {
+                destination: account(&OTHER_SEED),
+                asset: stellar_xdr::Asset::Native,
+                amount: 1_000_000_000,
+            }),
+        }],
+        Some(now + 60),
+    );
+    // 2. The distribution paying a fee-bump around a transaction nobody signed.
+    let TransactionEnvelope::Tx(unsigned_inner) = decode_envelope(&channel_payment(now)).unwrap()
+    else {
+        panic!("v1")
+    };
+    let third_party = TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
+        tx: FeeBumpTransaction {
+            fee_source: account(&DISTRIBUTION_SEED),
+            fee: 1_000,
+            inner_tx: FeeBumpTransactionInnerTx::Tx(unsigned_inner),
+            ext: FeeBumpTransactionExt::V0,
+        },
+        signatures: Default::default(),
+    })
+    .to_xdr(Limits::none())
+    .unwrap();
+    // 3. "Provisioning" that sponsors an account whose key this signer does not hold.
+    let stranger = Xid(Xpk::PublicKeyTypeEd25519(Uint256(raw(&OTHER_SEED))));
+    let sponsor_stranger = envelope(
+        account(&DISTRIBUTION_SEED),
+        vec![
+            Operation {
+                source_account: None,
+                body: OperationBody::BeginSponsoringFutureReserves(
+                    BeginSponsoringFutureReservesOp {
+                        sponsored_id: stranger.clone(),
+                    },
+                ),
+            },
+            Operation {
+                source_account: None,
+                body: OperationBody::CreateAccount(CreateAccountOp {
+                    destination: stranger,
+                    starting_balance: 0,
+                }),
+            },
+        ],
+        Some(now + 60),
+    );
+    let attempts = [
+        (drain, channel.clone(), "channel_not_operation_source"),
+        (third_party, distribution.clone(), "fee_bump_inner_unsigned"),
+        (
+            sponsor_stranger,
+            distribution.clone(),
+            "sponsorship_unheld_account",
+        ),
+    ];
+    for (xdr, signer, rule) in attempts {
+        let refusal = refused(sign(&enclave, xdr, vec![signer]).await);
+        assert_eq!(refusal.code, ErrorCode::PolicyViolation, "{refusal:?}");
+        assert_eq!(rule_of(&refusal), rule, "{refusal:?}");
+    }
+    // 4. Twenty existing signatures plus one more: refused before KMS, not after.
+    let TransactionEnvelope::Tx(mut full) = decode_envelope(&channel_payment(now)).unwrap() else {
+        panic!("v1")
+    };
+    full.signatures = vec![
+        DecoratedSignature {
+            hint: stellar_xdr::SignatureHint([0; 4]),
+            signature: vec![0u8; 64].try_into().unwrap(),
+        };
+        20
+    ]
+    .try_into()
+    .unwrap();
+    let full = TransactionEnvelope::Tx(full)
+        .to_xdr(Limits::none())
+        .unwrap();
+    let refusal = refused(sign(&enclave, full, vec![channel.clone()]).await);
+    assert_eq!(refusal.code, ErrorCode::TooManySignatures, "{refusal:?}");
+    // 5. The same key twice.
+    let refusal = refused(
+        sign(
+            &enclave,
+            channel_payment(now),
+            vec![channel.clone(), channel],
+        )
+        .await,
+    );
+    assert_eq!(refusal.code, ErrorCode::BadRequest, "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 0);
+}
+
+/// Ordinary traffic still signs: a fee-bump of a transaction its source signed, and
+/// provisioning of a key this signer holds.
+#[tokio::test]
+async fn ordinary_fee_bumps_and_provisioning_are_signed() {
+    use stellar_xdr::{
+        AccountId as Xid, BeginSponsoringFutureReservesOp, CreateAccountOp, FeeBumpTransaction,
+        FeeBumpTransactionEnvelope, FeeBumpTransactionExt, FeeBumpTransactionInnerTx,
+        PublicKey as Xpk,
+    };
+    let enclave = enclave();
+    let now = common::now_unix_secs();
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let distribution = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &DISTRIBUTION_SEED);
+    let Response::Signed { transaction, .. } = sign(&enclave, channel_payment(now), vec![channel])
+        .await
+        .unwrap()
+    else {
+        panic!("not signed")
+    };
+    let TransactionEnvelope::Tx(signed_inner) = decode_envelope(&transaction).unwrap() else {
+        panic!("v1")
+    };
+    let bump = TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
+        tx: FeeBumpTransaction {
+            fee_source: account(&DISTRIBUTION_SEED),
+            fee: 1_000,
+            inner_tx: FeeBumpTransactionInnerTx::Tx(signed_inner),
+            ext: FeeBumpTransactionExt::V0,
+        },
+        signatures: Default::default(),
+    })
+    .to_xdr(Limits::none())
+    .unwrap();
+    sign(&enclave, bump, vec![distribution.clone()])
+        .await
+        .unwrap();
+
+    let fresh = kms_direct(&enclave.kms, &SECOND_CHANNEL_SEED, &SECOND_CHANNEL_SEED);
+    let new = Xid(Xpk::PublicKeyTypeEd25519(Uint256(raw(
+        &SECOND_CHANNEL_SEED,
+    ))));
+    let provisioning = envelope(
+        account(&DISTRIBUTION_SEED),
+        vec![
+            Operation {
+                source_account: None,
+                body: OperationBody::BeginSponsoringFutureReserves(
+                    BeginSponsoringFutureReservesOp {
+                        sponsored_id: new.clone(),
+                    },
+                ),
+            },
+            Operation {
+                source_account: None,
+                body: OperationBody::CreateAccount(CreateAccountOp {
+                    destination: new,
+                    starting_balance: 0,
+                }),
+            },
+            Operation {
+                source_account: Some(account(&SECOND_CHANNEL_SEED)),
+                body: OperationBody::EndSponsoringFutureReserves,
+            },
+        ],
+        Some(now + 60),
+    );
+    let Response::Signed { signatures, .. } =
+        sign(&enclave, provisioning, vec![distribution, fresh])
+            .await
+            .unwrap()
+    else {
+        panic!("not signed")
+    };
+    assert_eq!(signatures.len(), 2);
+}

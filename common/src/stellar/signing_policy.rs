@@ -14,7 +14,9 @@
 //!   (no contract creation), unless `distribution_unrestricted`. Channel accounts never
 //!   authorize Soroban invocations: they exist to source transactions, not to hold value.
 
-use stellar_xdr::{ContractId, Hash, Operation, OperationBody, ScAddress, TransactionEnvelope};
+use stellar_xdr::{
+    ContractId, Hash, Operation, OperationBody, ScAddress, TransactionEnvelope, Uint256,
+};
 
 use crate::stellar::envelope::account_key as muxed;
 
@@ -46,6 +48,24 @@ pub struct PolicyViolation {
     pub rule: &'static str,
     /// What broke the rule, e.g. the operation index, the fee or the `maxTime`.
     pub detail: String,
+}
+
+/// Whether `signatures` hold a valid ed25519 signature of `hash` by `key`, matched by
+/// hint first (a Stellar decorated signature names its key by the last four bytes).
+fn signed_by(
+    signatures: &[stellar_xdr::DecoratedSignature],
+    key: &[u8; 32],
+    hash: &[u8; 32],
+) -> bool {
+    let Ok(verifying) = ed25519_dalek::VerifyingKey::from_bytes(key) else {
+        return false;
+    };
+    let hint = crate::stellar::envelope::signature_hint(key);
+    signatures.iter().any(|decorated| {
+        decorated.hint.0 == hint
+            && ed25519_dalek::Signature::from_slice(decorated.signature.as_slice())
+                .is_ok_and(|signature| verifying.verify_strict(hash, &signature).is_ok())
+    })
 }
 
 #[cfg(feature = "wire")]
@@ -166,70 +186,157 @@ fn violation(rule: &'static str, detail: impl Into<String>) -> PolicyViolation {
     }
 }
 
+/// What one signing request asks of the enclave: the envelope, every key the request
+/// names (distinct), the time and the network the enclave signs for.
+#[derive(Debug, Clone, Copy)]
+pub struct SignatureRequest<'a> {
+    /// The decoded envelope.
+    pub envelope: &'a TransactionEnvelope,
+    /// Every key the request asks to sign with, raw.
+    pub signers: &'a [[u8; 32]],
+    /// Now, in Unix seconds.
+    pub now_unix: u64,
+    /// SHA-256 of the network passphrase the enclave signs for.
+    pub network_id: [u8; 32],
+}
+
+/// The parts of a (v0 or v1) transaction the rules look at.
+struct TxView<'a> {
+    source: [u8; 32],
+    operations: &'a [Operation],
+    fee: i64,
+    max_time: Option<u64>,
+}
+
+impl<'a> TxView<'a> {
+    fn of(envelope: &'a TransactionEnvelope) -> Option<TxView<'a>> {
+        match envelope {
+            TransactionEnvelope::Tx(e) => Some(Self::v1(&e.tx)),
+            TransactionEnvelope::TxV0(e) => Some(TxView {
+                source: e.tx.source_account_ed25519.0,
+                operations: &e.tx.operations,
+                fee: i64::from(e.tx.fee),
+                max_time: e
+                    .tx
+                    .time_bounds
+                    .as_ref()
+                    .map(|t| t.max_time.0)
+                    .filter(|t| *t != 0),
+            }),
+            TransactionEnvelope::TxFeeBump(_) => None,
+        }
+    }
+
+    fn v1(tx: &'a stellar_xdr::Transaction) -> TxView<'a> {
+        TxView {
+            source: muxed(&tx.source_account),
+            operations: &tx.operations,
+            fee: i64::from(tx.fee),
+            max_time: crate::stellar::envelope::max_time(tx),
+        }
+    }
+
+    /// An operation's source: its own, or (when empty) the transaction's.
+    fn source_of(&self, op: &Operation) -> [u8; 32] {
+        op.source_account.as_ref().map_or(self.source, muxed)
+    }
+}
+
 impl SigningPolicy {
-    /// Whether `signer` may sign `envelope` at `now_unix`.
+    /// Whether `signer` (one of `request.signers`) may sign `request.envelope`.
     pub fn check(
         &self,
-        envelope: &TransactionEnvelope,
+        request: &SignatureRequest<'_>,
         signer: &[u8; 32],
-        now_unix: u64,
     ) -> Result<(), PolicyViolation> {
         let is_distribution = *signer == self.distribution;
-        let (source, operations, fee, max_time): (_, &[Operation], i64, Option<u64>) =
-            match envelope {
-                TransactionEnvelope::TxFeeBump(e) => {
-                    if !is_distribution {
-                        return Err(violation(
-                            "fee_bump_fee_source",
-                            "only the distribution account pays for fee-bumps",
-                        ));
-                    }
-                    if e.tx.fee > self.max_fee_bump_fee {
-                        return Err(violation(
-                            "fee_bump_fee_cap",
-                            format!(
-                                "fee {} exceeds the cap of {}",
-                                e.tx.fee, self.max_fee_bump_fee
-                            ),
-                        ));
-                    }
-                    return Ok(());
-                }
-                TransactionEnvelope::Tx(e) => (
-                    muxed(&e.tx.source_account),
-                    &e.tx.operations,
-                    i64::from(e.tx.fee),
-                    crate::stellar::envelope::max_time(&e.tx),
-                ),
-                TransactionEnvelope::TxV0(e) => (
-                    e.tx.source_account_ed25519.0,
-                    &e.tx.operations,
-                    i64::from(e.tx.fee),
-                    e.tx.time_bounds
-                        .as_ref()
-                        .map(|t| t.max_time.0)
-                        .filter(|t| *t != 0),
-                ),
+        let Some(tx) = TxView::of(request.envelope) else {
+            let TransactionEnvelope::TxFeeBump(bump) = request.envelope else {
+                unreachable!("TxView::of is None only for fee-bumps")
             };
+            if !is_distribution {
+                return Err(violation(
+                    "fee_bump_fee_source",
+                    "only the distribution account pays for fee-bumps",
+                ));
+            }
+            return self.check_fee_bump(bump, request.network_id);
+        };
         if is_distribution {
-            return self.check_distribution(operations);
+            return self.check_distribution(&tx, request);
         }
-        if source != *signer {
-            return self.check_channel_as_operation_source(operations, signer);
-        }
-        if operations
-            .iter()
-            .any(|op| op.source_account.as_ref().map(muxed) == Some(*signer))
-        {
+        self.check_channel(&tx, signer, request.now_unix)
+    }
+
+    /// A channel's signature: as the transaction source it pays the fee and its
+    /// sequence is consumed; as an operation source (explicit, or empty in its own
+    /// transaction) its account acts. It acts only to end a sponsorship, to merge into
+    /// the distribution account, or to sequence and pay for a Soroban invocation whose
+    /// authorizations all use address credentials (so it never authorizes anything).
+    fn check_channel(
+        &self,
+        tx: &TxView<'_>,
+        channel: &[u8; 32],
+        now_unix: u64,
+    ) -> Result<(), PolicyViolation> {
+        let own = tx.source == *channel;
+        for (index, op) in tx.operations.iter().enumerate() {
+            if tx.source_of(op) != *channel || self.channel_may_act(op) {
+                continue;
+            }
+            let (rule, whose) = if own {
+                (
+                    "channel_not_operation_source",
+                    "its own transaction (an empty operation source is the transaction source)",
+                )
+            } else {
+                ("channel_operation_source", "another account's transaction")
+            };
             return Err(violation(
-                "channel_not_operation_source",
-                "a channel account may not be the source of an operation in its own transaction",
+                rule,
+                format!(
+                    "operation {index} ({}) would act as the channel account in {whose}; \
+                     channels act only to end a sponsorship, merge into the distribution \
+                     account or pay for a Soroban call they do not authorize",
+                    op.body.name()
+                ),
             ));
         }
-        let Some(max_time) = max_time else {
+        if own {
+            self.check_fee_and_time(tx, now_unix, self.max_fee)?;
+        }
+        Ok(())
+    }
+
+    fn channel_may_act(&self, op: &Operation) -> bool {
+        match &op.body {
+            OperationBody::EndSponsoringFutureReserves
+            | OperationBody::ExtendFootprintTtl(_)
+            | OperationBody::RestoreFootprint(_) => true,
+            OperationBody::AccountMerge(destination) => muxed(destination) == self.distribution,
+            OperationBody::InvokeHostFunction(invoke) => invoke.auth.iter().all(|entry| {
+                matches!(
+                    entry.credentials,
+                    stellar_xdr::SorobanCredentials::Address(_)
+                )
+            }),
+            _ => false,
+        }
+    }
+
+    /// `maxTime` set and within the window, and the fee at most `max_fee`: a paying
+    /// account's exposure ends soon and costs little.
+    fn check_fee_and_time(
+        &self,
+        tx: &TxView<'_>,
+        now_unix: u64,
+        max_fee: i64,
+    ) -> Result<(), PolicyViolation> {
+        let Some(max_time) = tx.max_time else {
             return Err(violation(
                 "max_time_required",
-                "channel transactions must set maxTime, so the channel's lock can end",
+                "transactions this signer pays for must set maxTime, so the exposure (and a \
+                 channel's lock) can end",
             ));
         };
         if max_time > now_unix.saturating_add(self.max_time_window_secs) {
@@ -241,13 +348,130 @@ impl SigningPolicy {
                 ),
             ));
         }
-        if fee > self.max_fee {
+        if tx.fee > max_fee {
             return Err(violation(
                 "fee_cap",
-                format!("fee {fee} exceeds the cap of {}", self.max_fee),
+                format!("fee {} exceeds the cap of {max_fee}", tx.fee),
             ));
         }
         Ok(())
+    }
+
+    /// A fee-bump the distribution account pays: capped, around an inner transaction its
+    /// source has signed (verified here: hint and ed25519 signature over the inner
+    /// payload), in which the distribution account neither is the source nor acts.
+    fn check_fee_bump(
+        &self,
+        bump: &stellar_xdr::FeeBumpTransactionEnvelope,
+        network_id: [u8; 32],
+    ) -> Result<(), PolicyViolation> {
+        if bump.tx.fee > self.max_fee_bump_fee {
+            return Err(violation(
+                "fee_bump_fee_cap",
+                format!(
+                    "fee {} exceeds the cap of {}",
+                    bump.tx.fee, self.max_fee_bump_fee
+                ),
+            ));
+        }
+        let stellar_xdr::FeeBumpTransactionInnerTx::Tx(inner) = &bump.tx.inner_tx;
+        let tx = TxView::v1(&inner.tx);
+        if tx.source == self.distribution
+            || tx
+                .operations
+                .iter()
+                .any(|op| tx.source_of(op) == self.distribution)
+        {
+            return Err(violation(
+                "fee_bump_inner_distribution",
+                "the distribution account may not be the source of the inner transaction \
+                 or of any of its operations",
+            ));
+        }
+        let inner_envelope = TransactionEnvelope::Tx(inner.clone());
+        let hash = crate::stellar::envelope::transaction_hash(&inner_envelope, network_id)
+            .map_err(|e| violation("fee_bump_inner_unsigned", e.to_string()))?;
+        if !signed_by(&inner.signatures, &tx.source, &hash) {
+            return Err(violation(
+                "fee_bump_inner_unsigned",
+                format!(
+                    "the inner transaction carries no valid signature by its source {}",
+                    stellar_strkey::ed25519::PublicKey(tx.source)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The distribution account signs only provisioning (sponsoring accounts whose keys
+    /// sign the same request: the enclave proves it holds them) and retirement merges
+    /// from such accounts, with the fee cap and maxTime window, unless unrestricted.
+    fn check_distribution(
+        &self,
+        tx: &TxView<'_>,
+        request: &SignatureRequest<'_>,
+    ) -> Result<(), PolicyViolation> {
+        if self.distribution_unrestricted {
+            return Ok(());
+        }
+        let held =
+            |account: &[u8; 32]| *account != self.distribution && request.signers.contains(account);
+        for (index, op) in tx.operations.iter().enumerate() {
+            let unheld = |account: &[u8; 32]| {
+                violation(
+                    "sponsorship_unheld_account",
+                    format!(
+                        "operation {index} ({}) concerns {}, whose key does not sign this \
+                         request; the distribution account provisions and retires only \
+                         accounts whose keys this signer holds",
+                        op.body.name(),
+                        stellar_strkey::ed25519::PublicKey(*account)
+                    ),
+                )
+            };
+            match &op.body {
+                OperationBody::BeginSponsoringFutureReserves(begin) => {
+                    let stellar_xdr::PublicKey::PublicKeyTypeEd25519(Uint256(sponsored)) =
+                        &begin.sponsored_id.0;
+                    if !held(sponsored) {
+                        return Err(unheld(sponsored));
+                    }
+                }
+                OperationBody::CreateAccount(create) if create.starting_balance == 0 => {
+                    let stellar_xdr::PublicKey::PublicKeyTypeEd25519(Uint256(created)) =
+                        &create.destination.0;
+                    if !held(created) {
+                        return Err(unheld(created));
+                    }
+                }
+                OperationBody::EndSponsoringFutureReserves => {
+                    let sponsored = tx.source_of(op);
+                    if !held(&sponsored) {
+                        return Err(unheld(&sponsored));
+                    }
+                }
+                OperationBody::AccountMerge(destination)
+                    if muxed(destination) == self.distribution =>
+                {
+                    let retired = tx.source_of(op);
+                    if !held(&retired) {
+                        return Err(unheld(&retired));
+                    }
+                }
+                _ => {
+                    return Err(violation(
+                        "distribution_provisioning_only",
+                        format!(
+                            "operation {index} ({}) is not a channel-provisioning step; the \
+                             distribution account signs only fee-bumps and provisioning \
+                             transactions",
+                            op.body.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        self.check_fee_and_time(tx, request.now_unix, self.max_fee)
     }
 
     /// Whether `signer` may sign a Soroban authorization entry.
@@ -285,60 +509,6 @@ impl SigningPolicy {
                     format!(
                         "invocation {index} is {what}; the distribution account authorizes calls \
                          only to the contracts its policy lists"
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn check_distribution(&self, operations: &[Operation]) -> Result<(), PolicyViolation> {
-        if self.distribution_unrestricted {
-            return Ok(());
-        }
-        for (index, op) in operations.iter().enumerate() {
-            let allowed = match &op.body {
-                OperationBody::BeginSponsoringFutureReserves(_)
-                | OperationBody::EndSponsoringFutureReserves => true,
-                OperationBody::CreateAccount(create) => create.starting_balance == 0,
-                OperationBody::AccountMerge(destination) => muxed(destination) == self.distribution,
-                _ => false,
-            };
-            if !allowed {
-                return Err(violation(
-                    "distribution_provisioning_only",
-                    format!(
-                        "operation {index} ({}) is not a channel-provisioning step; the distribution \
-                         account signs only fee-bumps and provisioning transactions",
-                        op.body.name()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn check_channel_as_operation_source(
-        &self,
-        operations: &[Operation],
-        signer: &[u8; 32],
-    ) -> Result<(), PolicyViolation> {
-        for (index, op) in operations.iter().enumerate() {
-            if op.source_account.as_ref().map(muxed) != Some(*signer) {
-                continue;
-            }
-            let allowed = match &op.body {
-                OperationBody::EndSponsoringFutureReserves => true,
-                OperationBody::AccountMerge(destination) => muxed(destination) == self.distribution,
-                _ => false,
-            };
-            if !allowed {
-                return Err(violation(
-                    "channel_operation_source",
-                    format!(
-                        "operation {index} ({}) has a channel account as source; channels sign \
-                         other transactions only to end sponsorship or merge into the distribution account",
-                        op.body.name()
                     ),
                 ));
             }
@@ -479,53 +649,166 @@ mod tests {
         result.unwrap_err().rule
     }
 
-    #[test]
-    fn channel_transactions() {
-        let p = policy();
-        let ok = tx(CHAN, 200, NOW + 60, vec![op(None, payment_to(DIST))]);
-        p.check(&ok, &CHAN, NOW).unwrap();
-        let own_op = tx(CHAN, 200, NOW + 60, vec![op(Some(CHAN), payment_to(DIST))]);
-        assert_eq!(
-            rule(p.check(&own_op, &CHAN, NOW)),
-            "channel_not_operation_source"
-        );
-        let unbounded = tx(CHAN, 200, 0, vec![op(None, payment_to(DIST))]);
-        assert_eq!(rule(p.check(&unbounded, &CHAN, NOW)), "max_time_required");
-        let far = tx(CHAN, 200, NOW + 301, vec![op(None, payment_to(DIST))]);
-        assert_eq!(rule(p.check(&far, &CHAN, NOW)), "max_time_window");
-        let edge = tx(CHAN, 200, NOW + 300, vec![op(None, payment_to(DIST))]);
-        p.check(&edge, &CHAN, NOW).unwrap();
-        let dear = tx(CHAN, 10_001, NOW + 60, vec![op(None, payment_to(DIST))]);
-        assert_eq!(rule(p.check(&dear, &CHAN, NOW)), "fee_cap");
+    const USER: [u8; 32] = [0x05; 32];
+    const NETWORK: &str = "Test SDF Network ; September 2015";
+
+    /// A request naming `signers`, at NOW, on the test network.
+    fn req<'a>(envelope: &'a TransactionEnvelope, signers: &'a [[u8; 32]]) -> SignatureRequest<'a> {
+        SignatureRequest {
+            envelope,
+            signers,
+            now_unix: NOW,
+            network_id: crate::stellar::envelope::network_id(NETWORK),
+        }
+    }
+
+    /// Checks `envelope` for `signer`, as the only key named.
+    fn alone(
+        p: &SigningPolicy,
+        envelope: &TransactionEnvelope,
+        signer: [u8; 32],
+    ) -> Result<(), PolicyViolation> {
+        p.check(&req(envelope, &[signer]), &signer)
+    }
+
+    fn invoke(credentials: SorobanCredentials) -> OperationBody {
+        OperationBody::InvokeHostFunction(InvokeHostFunctionOp {
+            host_function: HostFunction::InvokeContract(InvokeContractArgs {
+                contract_address: ScAddress::Contract(ContractId(Hash(TOKEN))),
+                function_name: "transfer".try_into().unwrap(),
+                args: VecM::default(),
+            }),
+            auth: vec![SorobanAuthorizationEntry {
+                credentials,
+                root_invocation: call(TOKEN, vec![]),
+            }]
+            .try_into()
+            .unwrap(),
+        })
     }
 
     #[test]
-    fn distribution_signs_provisioning_and_fee_bumps_only() {
+    fn channel_transactions_move_other_accounts_funds_only() {
         let p = policy();
-        let provisioning = tx(
-            DIST,
-            300,
+        let ok = tx(CHAN, 200, NOW + 60, vec![op(Some(USER), payment_to(DIST))]);
+        alone(&p, &ok, CHAN).unwrap();
+        // An empty operation source is the channel itself: it would pay its own XLM.
+        for body in [
+            payment_to(USER),
+            OperationBody::AccountMerge(MuxedAccount::Ed25519(Uint256(USER))),
+            OperationBody::SetOptions(SetOptionsOp {
+                inflation_dest: None,
+                clear_flags: None,
+                set_flags: None,
+                master_weight: Some(0),
+                low_threshold: None,
+                med_threshold: None,
+                high_threshold: None,
+                home_domain: None,
+                signer: None,
+            }),
+            OperationBody::ChangeTrust(ChangeTrustOp {
+                line: ChangeTrustAsset::Native,
+                limit: 1,
+            }),
+            invoke(SorobanCredentials::SourceAccount),
+        ] {
+            for source in [None, Some(CHAN)] {
+                let own = tx(CHAN, 200, NOW + 60, vec![op(source, body.clone())]);
+                assert_eq!(
+                    rule(alone(&p, &own, CHAN)),
+                    "channel_not_operation_source",
+                    "{body:?}"
+                );
+            }
+        }
+        // What a channel may do itself: retire into the distribution account, and pay
+        // for a Soroban call it does not authorize (with its footprint companions).
+        let retire = OperationBody::AccountMerge(MuxedAccount::Ed25519(Uint256(DIST)));
+        alone(&p, &tx(CHAN, 200, NOW + 60, vec![op(None, retire)]), CHAN).unwrap();
+        let relayed = invoke(SorobanCredentials::Address(SorobanAddressCredentials {
+            address: ScAddress::Account(AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(USER)))),
+            nonce: 1,
+            signature_expiration_ledger: 10,
+            signature: ScVal::Void,
+        }));
+        let extend = OperationBody::ExtendFootprintTtl(ExtendFootprintTtlOp {
+            ext: ExtensionPoint::V0,
+            extend_to: 100,
+        });
+        alone(
+            &p,
+            &tx(
+                CHAN,
+                200,
+                NOW + 60,
+                vec![op(None, relayed), op(None, extend)],
+            ),
+            CHAN,
+        )
+        .unwrap();
+
+        let unbounded = tx(CHAN, 200, 0, vec![op(Some(USER), payment_to(DIST))]);
+        assert_eq!(rule(alone(&p, &unbounded, CHAN)), "max_time_required");
+        let far = tx(CHAN, 200, NOW + 301, vec![op(Some(USER), payment_to(DIST))]);
+        assert_eq!(rule(alone(&p, &far, CHAN)), "max_time_window");
+        let edge = tx(CHAN, 200, NOW + 300, vec![op(Some(USER), payment_to(DIST))]);
+        alone(&p, &edge, CHAN).unwrap();
+        let dear = tx(
+            CHAN,
+            10_001,
             NOW + 60,
+            vec![op(Some(USER), payment_to(DIST))],
+        );
+        assert_eq!(rule(alone(&p, &dear, CHAN)), "fee_cap");
+    }
+
+    fn provisioning(new: [u8; 32], fee: u32, max_time: u64) -> TransactionEnvelope {
+        tx(
+            DIST,
+            fee,
+            max_time,
             vec![
                 op(
                     None,
                     OperationBody::BeginSponsoringFutureReserves(BeginSponsoringFutureReservesOp {
-                        sponsored_id: AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(NEW))),
+                        sponsored_id: AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(new))),
                     }),
                 ),
                 op(
                     None,
                     OperationBody::CreateAccount(CreateAccountOp {
-                        destination: AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(NEW))),
+                        destination: AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(new))),
                         starting_balance: 0,
                     }),
                 ),
-                op(Some(NEW), OperationBody::EndSponsoringFutureReserves),
+                op(Some(new), OperationBody::EndSponsoringFutureReserves),
             ],
-        );
-        p.check(&provisioning, &DIST, NOW).unwrap();
+        )
+    }
+
+    #[test]
+    fn distribution_provisions_and_retires_only_accounts_whose_keys_sign_the_request() {
+        let p = policy();
+        let both = [DIST, NEW];
+        let envelope = provisioning(NEW, 300, NOW + 60);
+        p.check(&req(&envelope, &both), &DIST).unwrap();
         // The new channel signs its EndSponsoringFutureReserves.
-        p.check(&provisioning, &NEW, NOW).unwrap();
+        p.check(&req(&envelope, &both), &NEW).unwrap();
+        // Sponsoring an account whose key does not sign: this signer does not hold it.
+        assert_eq!(
+            rule(alone(&p, &envelope, DIST)),
+            "sponsorship_unheld_account"
+        );
+        // The distribution pays like a channel: capped fee, maxTime within the window.
+        let dear = provisioning(NEW, 10_001, NOW + 60);
+        assert_eq!(rule(p.check(&req(&dear, &both), &DIST)), "fee_cap");
+        let unbounded = provisioning(NEW, 300, 0);
+        assert_eq!(
+            rule(p.check(&req(&unbounded, &both), &DIST)),
+            "max_time_required"
+        );
+
         let funded = tx(
             DIST,
             100,
@@ -539,30 +822,31 @@ mod tests {
             )],
         );
         assert_eq!(
-            rule(p.check(&funded, &DIST, NOW)),
+            rule(p.check(&req(&funded, &both), &DIST)),
             "distribution_provisioning_only"
         );
         let pays = tx(DIST, 100, NOW + 60, vec![op(None, payment_to(CHAN))]);
         assert_eq!(
-            rule(p.check(&pays, &DIST, NOW)),
+            rule(alone(&p, &pays, DIST)),
             "distribution_provisioning_only"
         );
         let unrestricted = SigningPolicy {
             distribution_unrestricted: true,
             ..policy()
         };
-        unrestricted.check(&pays, &DIST, NOW).unwrap();
+        alone(&unrestricted, &pays, DIST).unwrap();
 
-        let merge = tx(
-            CHAN,
-            100,
-            NOW + 60,
-            vec![op(
-                Some(NEW),
-                OperationBody::AccountMerge(MuxedAccount::Ed25519(Uint256(DIST))),
-            )],
+        // Retirement: a held channel merges into the distribution account.
+        let retire = OperationBody::AccountMerge(MuxedAccount::Ed25519(Uint256(DIST)));
+        let merge = tx(DIST, 100, NOW + 60, vec![op(Some(NEW), retire.clone())]);
+        p.check(&req(&merge, &both), &DIST).unwrap();
+        p.check(&req(&merge, &both), &NEW).unwrap();
+        assert_eq!(rule(alone(&p, &merge, DIST)), "sponsorship_unheld_account");
+        let from_user = tx(DIST, 100, NOW + 60, vec![op(Some(USER), retire)]);
+        assert_eq!(
+            rule(alone(&p, &from_user, DIST)),
+            "sponsorship_unheld_account"
         );
-        p.check(&merge, &NEW, NOW).unwrap();
         let merge_elsewhere = tx(
             CHAN,
             100,
@@ -573,34 +857,125 @@ mod tests {
             )],
         );
         assert_eq!(
-            rule(p.check(&merge_elsewhere, &NEW, NOW)),
+            rule(alone(&p, &merge_elsewhere, NEW)),
             "channel_operation_source"
         );
+    }
 
-        let TransactionEnvelope::Tx(inner) =
-            tx(CHAN, 100, NOW + 60, vec![op(None, payment_to(DIST))])
-        else {
+    /// A v1 transaction by `source`, signed by `signer_seed` for `network`.
+    fn signed_inner(
+        source: [u8; 32],
+        ops: Vec<Operation>,
+        signer_seed: [u8; 32],
+        network: &str,
+    ) -> TransactionV1Envelope {
+        let TransactionEnvelope::Tx(inner) = tx(source, 100, NOW + 60, ops) else {
             unreachable!()
         };
-        let bump = |fee: i64, payer: [u8; 32]| {
-            TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
-                tx: FeeBumpTransaction {
-                    fee_source: MuxedAccount::Ed25519(Uint256(payer)),
-                    fee,
-                    inner_tx: FeeBumpTransactionInnerTx::Tx(inner.clone()),
-                    ext: FeeBumpTransactionExt::V0,
-                },
-                signatures: VecM::default(),
-            })
-        };
-        p.check(&bump(50_000, DIST), &DIST, NOW).unwrap();
+        sign_inner(inner, signer_seed, network)
+    }
+
+    fn sign_inner(
+        mut inner: TransactionV1Envelope,
+        signer_seed: [u8; 32],
+        network: &str,
+    ) -> TransactionV1Envelope {
+        use ed25519_dalek::Signer;
+        let key = ed25519_dalek::SigningKey::from_bytes(&signer_seed);
+        let hash = crate::stellar::envelope::transaction_hash(
+            &TransactionEnvelope::Tx(inner.clone()),
+            crate::stellar::envelope::network_id(network),
+        )
+        .unwrap();
+        let public = key.verifying_key().to_bytes();
+        inner.signatures = vec![DecoratedSignature {
+            hint: SignatureHint(crate::stellar::envelope::signature_hint(&public)),
+            signature: key.sign(&hash).to_bytes().to_vec().try_into().unwrap(),
+        }]
+        .try_into()
+        .unwrap();
+        inner
+    }
+
+    fn bump(fee: i64, payer: [u8; 32], inner: TransactionV1Envelope) -> TransactionEnvelope {
+        TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
+            tx: FeeBumpTransaction {
+                fee_source: MuxedAccount::Ed25519(Uint256(payer)),
+                fee,
+                inner_tx: FeeBumpTransactionInnerTx::Tx(inner),
+                ext: FeeBumpTransactionExt::V0,
+            },
+            signatures: VecM::default(),
+        })
+    }
+
+    #[test]
+    fn fee_bumps_only_around_transactions_their_source_signed() {
+        let p = policy();
+        let user_seed = [0x33; 32];
+        let user = ed25519_dalek::SigningKey::from_bytes(&user_seed)
+            .verifying_key()
+            .to_bytes();
+        let payment = || vec![op(None, payment_to(CHAN))];
+        let good = signed_inner(user, payment(), user_seed, NETWORK);
+        alone(&p, &bump(50_000, DIST, good.clone()), DIST).unwrap();
         assert_eq!(
-            rule(p.check(&bump(50_001, DIST), &DIST, NOW)),
+            rule(alone(&p, &bump(50_001, DIST, good.clone()), DIST)),
             "fee_bump_fee_cap"
         );
         assert_eq!(
-            rule(p.check(&bump(400, CHAN), &CHAN, NOW)),
+            rule(alone(&p, &bump(400, CHAN, good), CHAN)),
             "fee_bump_fee_source"
+        );
+
+        let mut unsigned = signed_inner(user, payment(), user_seed, NETWORK);
+        unsigned.signatures = VecM::default();
+        let by_someone_else = signed_inner(user, payment(), [0x44; 32], NETWORK);
+        let other_network = signed_inner(
+            user,
+            payment(),
+            user_seed,
+            "Public Global Stellar Network ; September 2015",
+        );
+        let mut tampered = signed_inner(user, payment(), user_seed, NETWORK);
+        tampered.tx.fee += 1;
+        for inner in [unsigned, by_someone_else, other_network, tampered] {
+            assert_eq!(
+                rule(alone(&p, &bump(500, DIST, inner), DIST)),
+                "fee_bump_inner_unsigned"
+            );
+        }
+        // A muxed inner source resolves to its G key.
+        let mut muxed = signed_inner(user, payment(), user_seed, NETWORK);
+        muxed.tx.source_account = MuxedAccount::MuxedEd25519(MuxedAccountMed25519 {
+            id: 7,
+            ed25519: Uint256(user),
+        });
+        let muxed = sign_inner(muxed, user_seed, NETWORK);
+        alone(&p, &bump(500, DIST, muxed), DIST).unwrap();
+        // The distribution account never acts inside a transaction it bumps.
+        let dist_seed = [0x55; 32];
+        let dist = ed25519_dalek::SigningKey::from_bytes(&dist_seed)
+            .verifying_key()
+            .to_bytes();
+        let p = SigningPolicy {
+            distribution: dist,
+            ..policy()
+        };
+        let own = signed_inner(dist, payment(), dist_seed, NETWORK);
+        assert_eq!(
+            rule(alone(&p, &bump(500, dist, own), dist)),
+            "fee_bump_inner_distribution"
+        );
+        let acts = signed_inner(
+            user,
+            vec![op(Some(dist), payment_to(CHAN))],
+            user_seed,
+            NETWORK,
+        );
+        assert_eq!(
+            rule(alone(&p, &bump(500, dist, acts), dist)),
+            "fee_bump_inner_distribution"
         );
     }
 }

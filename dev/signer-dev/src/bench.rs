@@ -208,7 +208,8 @@ fn benchmark_payment(channel: &str) -> anyhow::Result<Vec<u8>> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let operation = Operation {
-        source_account: None,
+        // A user's account moves the funds: the channel only sequences and pays.
+        source_account: Some(MuxedAccount::Ed25519(Uint256([0x75; 32]))),
         body: OperationBody::Payment(PaymentOp {
             destination: MuxedAccount::Ed25519(Uint256(account)),
             asset: Asset::Native,

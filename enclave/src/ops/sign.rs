@@ -2,11 +2,13 @@
 
 use common::stellar::envelope::{
     MAX_SIGNATURES, add_signature, decode_envelope, encode_envelope, required_signers,
-    signature_hint, transaction_hash,
+    signature_hint, signatures, transaction_hash,
 };
 use common::wire::messages::{KeyMaterial, Response, SignatureInfo};
 use common::wire::{ErrorCode, WireError};
 use futures_util::future::join_all;
+
+use common::stellar::signing_policy::SignatureRequest;
 
 use crate::context::SigningContext;
 use crate::key_use::{parse_public_key, sign_with_key};
@@ -27,12 +29,22 @@ pub async fn sign_transaction(
         ));
     }
     let mut envelope = decode_envelope(transaction)?;
+    let raw_signers = signers
+        .iter()
+        .map(|key| parse_public_key(&key.public_key))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Everything that needs no seed is checked before any KMS call.
+    check_signature_count(&envelope, &raw_signers)?;
     // docs/design.md §2 invariant 3: sign only as a required signer of this envelope.
     let required = required_signers(&envelope);
-    let now = common::now_unix_secs();
-    for key in signers {
-        let raw = parse_public_key(&key.public_key)?;
-        if !required.contains(&raw) {
+    let request = SignatureRequest {
+        envelope: &envelope,
+        signers: &raw_signers,
+        now_unix: common::now_unix_secs(),
+        network_id: context.network_id,
+    };
+    for (key, raw) in signers.iter().zip(&raw_signers) {
+        if !required.contains(raw) {
             return Err(WireError::new(
                 ErrorCode::NotARequiredSigner,
                 format!(
@@ -43,7 +55,7 @@ pub async fn sign_transaction(
             ));
         }
         // Checked before any KMS call: a refused transaction costs nothing.
-        context.policy.check(&envelope, &raw, now)?;
+        context.policy.check(&request, raw)?;
     }
     // Invariant 2: the hash comes from the XDR and our own network id, never the caller.
     let hash = transaction_hash(&envelope, context.network_id)?;
@@ -64,4 +76,33 @@ pub async fn sign_transaction(
         hash,
         signatures,
     })
+}
+
+/// Each key at most once, and the envelope's existing signatures plus the new ones
+/// within the protocol's limit.
+fn check_signature_count(
+    envelope: &stellar_xdr::TransactionEnvelope,
+    signers: &[[u8; 32]],
+) -> Result<(), WireError> {
+    let mut distinct = signers.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != signers.len() {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "a signer is named twice; name each key once",
+        ));
+    }
+    let existing = signatures(envelope).len();
+    if existing + signers.len() > MAX_SIGNATURES {
+        return Err(WireError::new(
+            ErrorCode::TooManySignatures,
+            format!(
+                "the envelope carries {existing} signatures; {} more would exceed the limit \
+                 of {MAX_SIGNATURES}",
+                signers.len()
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use common::stellar::envelope::{MAX_SIGNATURES, network_id, required_signers, sequence_owner};
+use common::stellar::signing_policy::SignatureRequest;
 use common::wire::messages::{Request, Response, SignatureInfo};
 use common::wire::{ErrorCode, WireError};
 use stellar_xdr::TransactionEnvelope;
@@ -49,7 +50,7 @@ impl Signing {
         let lookup = self.lookup(signers.clone(), self.precheck).await?;
         // Every outcome from here on is audited, refusals by the host's own checks too.
         let outcome = async {
-            self.precheck_envelope(envelope, &signers, lookup.distribution.as_ref())?;
+            self.precheck_envelope(network, envelope, &signers, lookup.distribution.as_ref())?;
             let request = Request::Sign {
                 network_passphrase: network.to_string(),
                 transaction: xdr,
@@ -85,6 +86,7 @@ impl Signing {
     /// key, so a violation costs no round trip.
     fn precheck_envelope(
         &self,
+        network: &str,
         envelope: &TransactionEnvelope,
         signers: &[String],
         distribution: Option<&KeyRecord>,
@@ -95,14 +97,20 @@ impl Signing {
             return Ok(());
         };
         let policy = self.signing_policy(distribution.0)?;
-        let now = common::now_unix_secs();
+        let raw: Vec<[u8; 32]> = signers
+            .iter()
+            .filter_map(|s| stellar_strkey::ed25519::PublicKey::from_string(s).ok())
+            .map(|key| key.0)
+            .collect();
+        let request = SignatureRequest {
+            envelope,
+            signers: &raw,
+            now_unix: common::now_unix_secs(),
+            network_id: network_id(network),
+        };
         let required = required_signers(envelope);
-        for signer in signers {
-            if let Ok(key) = stellar_strkey::ed25519::PublicKey::from_string(signer)
-                && required.contains(&key.0)
-            {
-                policy.check(envelope, &key.0, now)?;
-            }
+        for key in raw.iter().filter(|key| required.contains(key)) {
+            policy.check(&request, key)?;
         }
         Ok(())
     }
