@@ -9,6 +9,7 @@ use common::stellar::signing_policy::SigningPolicy;
 use common::wire::{ErrorCode, WireError};
 
 use crate::attestor::Attestor;
+use crate::budget::SpendingLimits;
 use crate::cache::KeyCache;
 use crate::kms::Kms;
 
@@ -26,6 +27,8 @@ pub struct SigningContext {
     pub cache: Option<Arc<KeyCache>>,
     /// What the keys may sign, from this enclave's own configuration.
     pub policy: SigningPolicy,
+    /// What the distribution account may spend per window, and has spent.
+    pub limits: SpendingLimits,
 }
 
 impl SigningContext {
@@ -35,6 +38,7 @@ impl SigningContext {
         kms: Arc<dyn Kms>,
         attestor: Arc<Attestor>,
         policy: SigningPolicy,
+        limits: SpendingLimits,
     ) -> SigningContext {
         SigningContext {
             network_id: network_id(&network_passphrase),
@@ -43,6 +47,7 @@ impl SigningContext {
             attestor,
             cache: None,
             policy,
+            limits,
         }
     }
 

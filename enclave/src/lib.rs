@@ -18,6 +18,7 @@
 )]
 
 pub mod attestor;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod context;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::attestor::Attestor;
+use crate::budget::SpendingLimits;
 use crate::config::Settings;
 use crate::context::SigningContext;
 use crate::kms::client::{KmsClient, KmsSettings, PushedCredentials};
@@ -133,7 +134,19 @@ pub fn signing_context(
         Duration::from_secs(settings.attestation_rotation_secs.max(10)),
         shutdown.clone(),
     );
-    let mut context = SigningContext::new(network.clone(), Arc::new(kms), attestor, policy);
+    let budget = &settings.signing_policy;
+    info!(
+        fee_budget_stroops = budget.fee_budget_stroops,
+        max_sponsored_accounts = budget.max_sponsored_accounts,
+        window_secs = budget.budget_window_secs,
+        "distribution spending limits (reset by a restart of the enclave)"
+    );
+    let limits = SpendingLimits::new(
+        budget.fee_budget_stroops,
+        budget.max_sponsored_accounts,
+        Duration::from_secs(budget.budget_window_secs.max(1)),
+    );
+    let mut context = SigningContext::new(network.clone(), Arc::new(kms), attestor, policy, limits);
     context.cache = key_cache(settings, shutdown);
     Ok(Some(context))
 }

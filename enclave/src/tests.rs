@@ -114,13 +114,20 @@ struct Enclave {
     kms: Arc<FakeKms>,
 }
 
-/// A signing context over `kms`, with the default signing policy.
+/// A signing context over `kms`, with the default signing policy and no budget limit.
 fn context(kms: Arc<dyn Kms>) -> SigningContext {
+    context_with(
+        kms,
+        crate::budget::SpendingLimits::new(i64::MAX, u32::MAX, std::time::Duration::from_hours(1)),
+    )
+}
+
+fn context_with(kms: Arc<dyn Kms>, limits: crate::budget::SpendingLimits) -> SigningContext {
     let attestor = Attestor::new(Arc::new(FakeNsm)).unwrap();
     let policy = SigningPolicySettings::default()
         .signing_policy(raw(&DISTRIBUTION_SEED))
         .unwrap();
-    SigningContext::new(NETWORK.into(), kms, attestor, policy)
+    SigningContext::new(NETWORK.into(), kms, attestor, policy, limits)
 }
 
 fn enclave() -> Enclave {
@@ -814,4 +821,63 @@ async fn ordinary_fee_bumps_and_provisioning_are_signed() {
         panic!("not signed")
     };
     assert_eq!(signatures.len(), 2);
+}
+
+/// The distribution account's fee budget holds against a host that repeats allowed
+/// fee-bumps, and a request that fails gives its reservation back.
+#[tokio::test]
+async fn the_fee_budget_bounds_repeated_fee_bumps() {
+    use stellar_xdr::{
+        FeeBumpTransaction, FeeBumpTransactionEnvelope, FeeBumpTransactionExt,
+        FeeBumpTransactionInnerTx,
+    };
+    let kms = Arc::new(FakeKms::default());
+    let limits = crate::budget::SpendingLimits::new(2_500, 10, std::time::Duration::from_hours(1));
+    let enclave = Enclave {
+        dispatcher: Dispatcher::new(Some(context_with(kms.clone(), limits))),
+        kms,
+    };
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let distribution = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &DISTRIBUTION_SEED);
+    let Response::Signed { transaction, .. } = sign(
+        &enclave,
+        channel_payment(common::now_unix_secs()),
+        vec![channel],
+    )
+    .await
+    .unwrap() else {
+        panic!("not signed")
+    };
+    let TransactionEnvelope::Tx(inner) = decode_envelope(&transaction).unwrap() else {
+        panic!("v1")
+    };
+    let bump = |fee: i64| {
+        TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
+            tx: FeeBumpTransaction {
+                fee_source: account(&DISTRIBUTION_SEED),
+                fee,
+                inner_tx: FeeBumpTransactionInnerTx::Tx(inner.clone()),
+                ext: FeeBumpTransactionExt::V0,
+            },
+            signatures: Default::default(),
+        })
+        .to_xdr(Limits::none())
+        .unwrap()
+    };
+    sign(&enclave, bump(1_000), vec![distribution.clone()])
+        .await
+        .unwrap();
+    // KMS refuses this one: its 1,000 stroops go back to the budget.
+    enclave.kms.deny.store(true, Ordering::SeqCst);
+    let denied = refused(sign(&enclave, bump(1_000), vec![distribution.clone()]).await);
+    assert_eq!(denied.code, ErrorCode::KmsAccessDenied);
+    enclave.kms.deny.store(false, Ordering::SeqCst);
+    sign(&enclave, bump(1_000), vec![distribution.clone()])
+        .await
+        .unwrap();
+    let calls = enclave.kms.calls();
+    let refusal = refused(sign(&enclave, bump(1_000), vec![distribution]).await);
+    assert_eq!(refusal.code, ErrorCode::PolicyViolation);
+    assert_eq!(rule_of(&refusal), "fee_budget", "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), calls, "refused before any KMS call");
 }

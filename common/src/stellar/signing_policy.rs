@@ -81,6 +81,12 @@ pub const DEFAULT_MAX_TIME_WINDOW_SECS: u64 = 300;
 pub const DEFAULT_MAX_FEE: i64 = 10_000_000;
 /// Default of [`SigningPolicySettings::max_fee_bump_fee`]: 1 XLM.
 pub const DEFAULT_MAX_FEE_BUMP_FEE: i64 = 10_000_000;
+/// Default of [`SigningPolicySettings::fee_budget_stroops`]: 100 XLM per window.
+pub const DEFAULT_FEE_BUDGET_STROOPS: i64 = 1_000_000_000;
+/// Default of [`SigningPolicySettings::budget_window_secs`]: one hour.
+pub const DEFAULT_BUDGET_WINDOW_SECS: u64 = 3600;
+/// Default of [`SigningPolicySettings::max_sponsored_accounts`] per window.
+pub const DEFAULT_MAX_SPONSORED_ACCOUNTS: u32 = 1000;
 
 /// The signing policy's settings, defined once: the enclave reads them from its
 /// measured flags (`--policy-*`, `SIGNER_POLICY_*`), the host from its
@@ -138,6 +144,32 @@ pub struct SigningPolicySettings {
     )]
     #[serde(default)]
     pub soroban_contracts: Vec<String>,
+    /// Enclave only: the total fee (stroops) the distribution account may pay, fee-bumps
+    /// and provisioning together, per rolling window (rule `fee_budget`).
+    #[cfg_attr(feature = "clap", arg(
+        id = "policy_fee_budget_stroops",
+        long = "policy-fee-budget-stroops",
+        env = "SIGNER_POLICY_FEE_BUDGET_STROOPS",
+        default_value_t = DEFAULT_FEE_BUDGET_STROOPS
+    ))]
+    pub fee_budget_stroops: i64,
+    /// Enclave only: the number of accounts the distribution account may sponsor per
+    /// rolling window (rule `sponsorship_budget`).
+    #[cfg_attr(feature = "clap", arg(
+        id = "policy_max_sponsored_accounts",
+        long = "policy-max-sponsored-accounts",
+        env = "SIGNER_POLICY_MAX_SPONSORED_ACCOUNTS",
+        default_value_t = DEFAULT_MAX_SPONSORED_ACCOUNTS
+    ))]
+    pub max_sponsored_accounts: u32,
+    /// Enclave only: the rolling window of both budgets, in seconds.
+    #[cfg_attr(feature = "clap", arg(
+        id = "policy_budget_window_secs",
+        long = "policy-budget-window-secs",
+        env = "SIGNER_POLICY_BUDGET_WINDOW_SECS",
+        default_value_t = DEFAULT_BUDGET_WINDOW_SECS
+    ))]
+    pub budget_window_secs: u64,
 }
 
 impl Default for SigningPolicySettings {
@@ -148,6 +180,9 @@ impl Default for SigningPolicySettings {
             max_fee_bump_fee: DEFAULT_MAX_FEE_BUMP_FEE,
             distribution_unrestricted: false,
             soroban_contracts: Vec::new(),
+            fee_budget_stroops: DEFAULT_FEE_BUDGET_STROOPS,
+            max_sponsored_accounts: DEFAULT_MAX_SPONSORED_ACCOUNTS,
+            budget_window_secs: DEFAULT_BUDGET_WINDOW_SECS,
         }
     }
 }
@@ -266,6 +301,39 @@ impl SigningPolicy {
             return self.check_distribution(&tx, request);
         }
         self.check_channel(&tx, signer, request.now_unix)
+    }
+
+    /// What a signature by `signer` costs the distribution account: the fee it pays
+    /// (a fee-bump's, or a transaction's it sources) and the accounts it sponsors.
+    /// Zero for every other key.
+    pub fn distribution_spend(
+        &self,
+        envelope: &TransactionEnvelope,
+        signer: &[u8; 32],
+    ) -> (i64, u32) {
+        if *signer != self.distribution {
+            return (0, 0);
+        }
+        let Some(tx) = TxView::of(envelope) else {
+            let TransactionEnvelope::TxFeeBump(bump) = envelope else {
+                unreachable!("TxView::of is None only for fee-bumps")
+            };
+            return (bump.tx.fee, 0);
+        };
+        let fee = if tx.source == self.distribution {
+            tx.fee
+        } else {
+            0
+        };
+        let sponsored = tx
+            .operations
+            .iter()
+            .filter(|op| {
+                matches!(op.body, OperationBody::BeginSponsoringFutureReserves(_))
+                    && tx.source_of(op) == self.distribution
+            })
+            .count();
+        (fee, u32::try_from(sponsored).unwrap_or(u32::MAX))
     }
 
     /// A channel's signature: as the transaction source it pays the fee and its

@@ -57,6 +57,14 @@ pub async fn sign_transaction(
         // Checked before any KMS call: a refused transaction costs nothing.
         context.policy.check(&request, raw)?;
     }
+    // The distribution account's share of the window's budget, held until it signed.
+    let (fee, sponsored) = raw_signers
+        .iter()
+        .map(|raw| context.policy.distribution_spend(&envelope, raw))
+        .fold((0i64, 0u32), |(f, s), (fee, sp)| {
+            (f.saturating_add(fee), s.saturating_add(sp))
+        });
+    let reservation = context.limits.reserve(fee, sponsored)?;
     // Invariant 2: the hash comes from the XDR and our own network id, never the caller.
     let hash = transaction_hash(&envelope, context.network_id)?;
     // One KMS round trip per signer, all at once.
@@ -71,8 +79,10 @@ pub async fn sign_transaction(
             signature: signature.to_vec(),
         });
     }
+    let transaction = encode_envelope(&envelope)?;
+    reservation.commit();
     Ok(Response::Signed {
-        transaction: encode_envelope(&envelope)?,
+        transaction,
         hash,
         signatures,
     })

@@ -1,0 +1,160 @@
+//! Spending limits the host cannot lift (docs/design.md §2 invariant 8): the total fee
+//! the distribution account pays (fee-bumps and provisioning) and the number of
+//! accounts it sponsors, per rolling window, kept in enclave memory. A request reserves
+//! its share before any KMS call; a request that then fails gives it back.
+//!
+//! A restart of the enclave empties the window. That is the host's only way around the
+//! limit, and it costs a new attestation and fresh KMS calls, shows in the enclave's
+//! start-up log line, and still bounds the spend to one budget per restart.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::stellar::signing_policy::PolicyViolation;
+
+struct Spend {
+    id: u64,
+    at: Instant,
+    fee: i64,
+    sponsored: u32,
+}
+
+/// The distribution account's budget for one rolling window.
+pub struct SpendingLimits {
+    fee_budget: i64,
+    max_sponsored: u32,
+    window: Duration,
+    spent: Mutex<VecDeque<Spend>>,
+    next_id: AtomicU64,
+}
+
+/// A share of the budget held by one request; given back on drop unless committed.
+pub struct Reservation<'a> {
+    limits: &'a SpendingLimits,
+    id: Option<u64>,
+}
+
+impl Reservation<'_> {
+    /// The request signed: the spend stays in the window.
+    pub fn commit(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.limits.lock().retain(|spend| spend.id != id);
+        }
+    }
+}
+
+impl SpendingLimits {
+    /// At most `fee_budget` stroops of fees and `max_sponsored` sponsored accounts per
+    /// `window`.
+    pub fn new(fee_budget: i64, max_sponsored: u32, window: Duration) -> SpendingLimits {
+        SpendingLimits {
+            fee_budget,
+            max_sponsored,
+            window,
+            spent: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Spend>> {
+        self.spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reserves `fee` stroops and `sponsored` accounts, or names the limit it would
+    /// break. Nothing is reserved for a request that spends nothing.
+    pub fn reserve(&self, fee: i64, sponsored: u32) -> Result<Reservation<'_>, PolicyViolation> {
+        if fee == 0 && sponsored == 0 {
+            return Ok(Reservation {
+                limits: self,
+                id: None,
+            });
+        }
+        let now = Instant::now();
+        let mut spent = self.lock();
+        while spent
+            .front()
+            .is_some_and(|s| now.duration_since(s.at) >= self.window)
+        {
+            spent.pop_front();
+        }
+        let fees: i64 = spent.iter().map(|s| s.fee).sum();
+        let accounts: u32 = spent.iter().map(|s| s.sponsored).sum();
+        let window = self.window.as_secs();
+        if fees.saturating_add(fee) > self.fee_budget {
+            return Err(PolicyViolation {
+                rule: "fee_budget",
+                detail: format!(
+                    "a fee of {fee} would bring the distribution account's fees in the last \
+                     {window} s to {} stroops, above the budget of {}",
+                    fees.saturating_add(fee),
+                    self.fee_budget
+                ),
+            });
+        }
+        if accounts.saturating_add(sponsored) > self.max_sponsored {
+            return Err(PolicyViolation {
+                rule: "sponsorship_budget",
+                detail: format!(
+                    "sponsoring {sponsored} more accounts would bring the last {window} s to {}, \
+                     above the limit of {}",
+                    accounts.saturating_add(sponsored),
+                    self.max_sponsored
+                ),
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        spent.push_back(Spend {
+            id,
+            at: now,
+            fee,
+            sponsored,
+        });
+        Ok(Reservation {
+            limits: self,
+            id: Some(id),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn budgets_hold_across_requests_and_failed_requests_give_back() {
+        let limits = SpendingLimits::new(1_000, 3, Duration::from_hours(1));
+        limits.reserve(600, 1).unwrap().commit();
+        assert_eq!(limits.reserve(401, 0).err().unwrap().rule, "fee_budget");
+        assert_eq!(
+            limits.reserve(0, 3).err().unwrap().rule,
+            "sponsorship_budget"
+        );
+        // A request that fails after reserving gives its share back.
+        drop(limits.reserve(400, 2).unwrap());
+        limits.reserve(400, 2).unwrap().commit();
+        assert_eq!(limits.reserve(1, 0).err().unwrap().rule, "fee_budget");
+        // Spending nothing is never refused.
+        limits.reserve(0, 0).unwrap().commit();
+    }
+
+    #[test]
+    fn the_window_rolls() {
+        let limits = SpendingLimits::new(100, 1, Duration::from_millis(30));
+        limits.reserve(100, 1).unwrap().commit();
+        assert!(limits.reserve(1, 0).is_err());
+        std::thread::sleep(Duration::from_millis(40));
+        limits.reserve(100, 1).unwrap().commit();
+    }
+}
