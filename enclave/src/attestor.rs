@@ -12,12 +12,37 @@ use tracing::{info, warn};
 use crate::kms::recipient::{RecipientError, RecipientKey};
 use crate::nsm::{Nsm, NsmError};
 
+/// The rotation period is clamped to this range: short enough that a document is
+/// always fresh for KMS, long enough that RSA key generation stays cheap.
+pub const ROTATION_RANGE_SECS: std::ops::RangeInclusive<u64> = 10..=240;
+/// An identity older than this is never used (KMS refuses documents older than five
+/// minutes; this leaves a margin for the call itself).
+pub const MAX_IDENTITY_AGE: Duration = Duration::from_secs(270);
+/// After a failed rotation, try again this soon instead of a whole period later.
+const ROTATION_RETRY: Duration = Duration::from_secs(2);
+
+/// The rotation period for `requested_secs`, clamped to [`ROTATION_RANGE_SECS`].
+pub fn rotation_period(requested_secs: u64) -> Duration {
+    Duration::from_secs(
+        requested_secs.clamp(*ROTATION_RANGE_SECS.start(), *ROTATION_RANGE_SECS.end()),
+    )
+}
+
+/// Why no identity can be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestorError {
+    /// The RSA recipient key could not be made.
     #[error("recipient key: {0}")]
     Key(#[from] RecipientError),
+    /// The NSM refused or is absent.
     #[error("attestation: {0}")]
     Nsm(#[from] NsmError),
+    /// Rotation has failed for so long that the current document is too old to use.
+    #[error(
+        "the attestation document is {age_secs} s old, beyond the limit of {limit_secs} s; \
+         rotation keeps failing (see the enclave log)"
+    )]
+    Stale { age_secs: u64, limit_secs: u64 },
 }
 
 pub struct Identity {
@@ -29,6 +54,7 @@ pub struct Identity {
 pub struct Attestor {
     nsm: Arc<dyn Nsm>,
     current: ArcSwap<Identity>,
+    max_age: Duration,
 }
 
 fn fresh_identity(nsm: &dyn Nsm) -> Result<Identity, AttestorError> {
@@ -42,18 +68,37 @@ fn fresh_identity(nsm: &dyn Nsm) -> Result<Identity, AttestorError> {
 }
 
 impl Attestor {
+    /// An attestor whose identities are used for at most [`MAX_IDENTITY_AGE`].
     pub fn new(nsm: Arc<dyn Nsm>) -> Result<Arc<Attestor>, AttestorError> {
+        Self::with_max_age(nsm, MAX_IDENTITY_AGE)
+    }
+
+    /// An attestor whose identities are used for at most `max_age`.
+    pub fn with_max_age(
+        nsm: Arc<dyn Nsm>,
+        max_age: Duration,
+    ) -> Result<Arc<Attestor>, AttestorError> {
         let first = fresh_identity(nsm.as_ref())?;
         Ok(Arc::new(Attestor {
             nsm,
             current: ArcSwap::from_pointee(first),
+            max_age,
         }))
     }
 
-    /// The identity to use for the next KMS call. Callers keep the `Arc` for the whole
-    /// call, so a rotation in between cannot pull the key from under them.
-    pub fn current(&self) -> Arc<Identity> {
-        self.current.load_full()
+    /// The identity to use for the next KMS call, unless it is too old. Callers keep
+    /// the `Arc` for the whole call, so a rotation in between cannot pull the key from
+    /// under them.
+    pub fn current(&self) -> Result<Arc<Identity>, AttestorError> {
+        let identity = self.current.load_full();
+        let age = identity.created.elapsed();
+        if age > self.max_age {
+            return Err(AttestorError::Stale {
+                age_secs: age.as_secs(),
+                limit_secs: self.max_age.as_secs(),
+            });
+        }
+        Ok(identity)
     }
 
     pub async fn rotate(self: &Arc<Self>) -> Result<(), AttestorError> {
@@ -66,18 +111,27 @@ impl Attestor {
         Ok(())
     }
 
-    /// Rotates every `period` until `shutdown`.
+    /// Rotates every `period` (clamped to [`ROTATION_RANGE_SECS`]) until `shutdown`;
+    /// a failed rotation is retried after a short pause.
     pub fn spawn_rotation(self: &Arc<Self>, period: Duration, shutdown: CancellationToken) {
         let this = self.clone();
+        let period = rotation_period(period.as_secs());
         tokio::spawn(async move {
+            let mut pause = period;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(period) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
                 match this.rotate().await {
-                    Ok(()) => info!("rotated the KMS recipient key and attestation document"),
-                    Err(e) => warn!(error = %e, "rotation failed; keeping the current identity"),
+                    Ok(()) => {
+                        info!("rotated the KMS recipient key and attestation document");
+                        pause = period;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?ROTATION_RETRY, "rotation failed; keeping the current identity while it is fresh");
+                        pause = ROTATION_RETRY;
+                    }
                 }
             }
         });
@@ -94,9 +148,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nsm = MockNsmDevice::new(dir.path(), &Default::default()).unwrap();
         let attestor = Attestor::new(Arc::new(nsm)).unwrap();
-        let before = attestor.current();
+        let before = attestor.current().unwrap();
         attestor.rotate().await.unwrap();
-        let after = attestor.current();
+        let after = attestor.current().unwrap();
         assert_ne!(
             before.recipient.subject_key_id(),
             after.recipient.subject_key_id()

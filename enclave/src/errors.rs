@@ -3,6 +3,7 @@
 
 use common::wire::{ErrorCode, WireError};
 
+use crate::attestor::AttestorError;
 use crate::keys::KeyError;
 use crate::kms::KmsError;
 use crate::kms::recipient::RecipientError;
@@ -45,6 +46,15 @@ impl From<RecipientError> for WireError {
         WireError::new(
             ErrorCode::KmsUnavailable,
             format!("cannot open KMS's answer: {e}"),
+        )
+    }
+}
+
+impl From<AttestorError> for WireError {
+    fn from(e: AttestorError) -> WireError {
+        WireError::new(
+            ErrorCode::KmsUnavailable,
+            format!("no usable attestation: {e}"),
         )
     }
 }

@@ -56,7 +56,7 @@ async fn decrypt_and_sign(
     {
         return Ok(sign_checked(&seed, &key.public_key, hash)?);
     }
-    let identity = context.attestor.current();
+    let identity = context.attestor.current()?;
     let encryption_context = [("pubkey", key.public_key.as_str())];
     let answer = context
         .kms

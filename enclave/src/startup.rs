@@ -107,10 +107,10 @@ pub fn signing_context(
         max_fee = policy.max_fee,
         max_fee_bump_fee = policy.max_fee_bump_fee,
         distribution_unrestricted = policy.distribution_unrestricted,
-        soroban_contracts = ?policy
-            .soroban_contracts
+        soroban_calls = ?policy
+            .soroban_calls
             .iter()
-            .map(|id| stellar_strkey::Contract(*id).to_string())
+            .map(ToString::to_string)
             .collect::<Vec<_>>(),
         "signing policy"
     );
@@ -131,7 +131,7 @@ pub fn signing_context(
     let kms = KmsClient::new(kms_settings, PushedCredentials::default())?;
     let attestor = Attestor::new(open_nsm(settings)?)?;
     attestor.spawn_rotation(
-        Duration::from_secs(settings.attestation_rotation_secs.max(10)),
+        Duration::from_secs(settings.attestation_rotation_secs),
         shutdown.clone(),
     );
     let budget = &settings.signing_policy;

@@ -881,3 +881,35 @@ async fn the_fee_budget_bounds_repeated_fee_bumps() {
     assert_eq!(rule_of(&refusal), "fee_budget", "{refusal:?}");
     assert_eq!(enclave.kms.calls(), calls, "refused before any KMS call");
 }
+
+/// An identity older than its limit is never handed to KMS.
+#[tokio::test]
+async fn a_stale_attestation_is_never_used() {
+    let kms = Arc::new(FakeKms::default());
+    let attestor = Attestor::with_max_age(Arc::new(FakeNsm), std::time::Duration::ZERO).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let policy = SigningPolicySettings::default()
+        .signing_policy(raw(&DISTRIBUTION_SEED))
+        .unwrap();
+    let limits =
+        crate::budget::SpendingLimits::new(i64::MAX, u32::MAX, std::time::Duration::from_hours(1));
+    let context = SigningContext::new(NETWORK.into(), kms.clone(), attestor, policy, limits);
+    let enclave = Enclave {
+        dispatcher: Dispatcher::new(Some(context)),
+        kms,
+    };
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let refusal = refused(
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![channel],
+        )
+        .await,
+    );
+    assert_eq!(refusal.code, ErrorCode::KmsUnavailable, "{refusal:?}");
+    assert!(refusal.message.contains("attestation"), "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 0);
+    assert_eq!(crate::attestor::rotation_period(1).as_secs(), 10);
+    assert_eq!(crate::attestor::rotation_period(100_000).as_secs(), 240);
+}

@@ -35,8 +35,8 @@ pub struct SigningPolicy {
     /// Lets the distribution account sign anything it is a required signer of, and
     /// authorize any Soroban invocation.
     pub distribution_unrestricted: bool,
-    /// Contracts (raw 32-byte ids) the distribution account may authorize calls to.
-    pub soroban_contracts: Vec<[u8; 32]>,
+    /// The (contract, function) calls the distribution account may authorize.
+    pub soroban_calls: Vec<AllowedCall>,
 }
 
 /// A refusal by the signing policy. Over the wire it becomes `policy_violation`,
@@ -197,21 +197,63 @@ impl SigningPolicySettings {
             max_fee: self.max_fee,
             max_fee_bump_fee: self.max_fee_bump_fee,
             distribution_unrestricted: self.distribution_unrestricted,
-            soroban_contracts: self
+            soroban_calls: self
                 .soroban_contracts
                 .iter()
                 .filter(|c| !c.trim().is_empty())
-                .map(|c| parse_contract_id(c))
+                .map(|c| parse_allowed_call(c))
                 .collect::<Result<_, _>>()?,
         })
     }
 }
 
-/// A contract address (`C...`) as the raw id the policy lists.
-pub fn parse_contract_id(text: &str) -> Result<[u8; 32], String> {
-    stellar_strkey::Contract::from_string(text.trim())
+/// One entry of the Soroban allow-list: a contract, and the one function of it the
+/// distribution account may authorize calls to (`None`: any of its functions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedCall {
+    /// The contract's raw id.
+    pub contract: [u8; 32],
+    /// The function name, a Soroban symbol.
+    pub function: Option<String>,
+}
+
+impl std::fmt::Display for AllowedCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", stellar_strkey::Contract(self.contract))?;
+        match &self.function {
+            Some(function) => write!(f, ":{function}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `C...` (any function of the contract) or `C...:function` (that function only).
+pub fn parse_allowed_call(text: &str) -> Result<AllowedCall, String> {
+    let text = text.trim();
+    let (contract, function) = match text.split_once(':') {
+        Some((contract, function)) => (contract, Some(function)),
+        None => (text, None),
+    };
+    let contract = stellar_strkey::Contract::from_string(contract)
         .map(|c| c.0)
-        .map_err(|_| format!("{text:?} is not a contract address (C...)"))
+        .map_err(|_| {
+            format!("{text:?} is not a contract address (C...), optionally with :function")
+        })?;
+    let function = match function {
+        None => None,
+        Some(name)
+            if (1..=32).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            Some(name.to_string())
+        }
+        Some(name) => {
+            return Err(format!(
+                "{name:?} is not a Soroban function name (1 to 32 of a-z, A-Z, 0-9, _)"
+            ));
+        }
+    };
+    Ok(AllowedCall { contract, function })
 }
 
 fn violation(rule: &'static str, detail: impl Into<String>) -> PolicyViolation {
@@ -561,22 +603,37 @@ impl SigningPolicy {
             .into_iter()
             .enumerate()
         {
-            let allowed = match crate::stellar::soroban::invoked_contract(invocation) {
-                Some(ScAddress::Contract(ContractId(Hash(id)))) => {
-                    self.soroban_contracts.contains(id)
-                }
-                _ => false,
+            let call = match &invocation.function {
+                stellar_xdr::SorobanAuthorizedFunction::ContractFn(args) => Some(args),
+                _ => None,
             };
+            let allowed = call.is_some_and(|args| {
+                let ScAddress::Contract(ContractId(Hash(id))) = &args.contract_address else {
+                    return false;
+                };
+                let function = args.function_name.0.as_slice();
+                self.soroban_calls.iter().any(|allowed| {
+                    allowed.contract == *id
+                        && allowed
+                            .function
+                            .as_ref()
+                            .is_none_or(|name| name.as_bytes() == function)
+                })
+            });
             if !allowed {
-                let what = match crate::stellar::soroban::invoked_contract(invocation) {
-                    Some(address) => format!("a call to {address}"),
+                let what = match call {
+                    Some(args) => format!(
+                        "a call to {}:{}",
+                        args.contract_address,
+                        String::from_utf8_lossy(args.function_name.0.as_slice())
+                    ),
                     None => "contract creation".to_string(),
                 };
                 return Err(violation(
                     "soroban_contract_not_allowed",
                     format!(
-                        "invocation {index} is {what}; the distribution account authorizes calls \
-                         only to the contracts its policy lists"
+                        "invocation {index} is {what}; the distribution account authorizes only \
+                         the (contract, function) calls its signing policy lists"
                     ),
                 ));
             }
@@ -602,7 +659,10 @@ mod tests {
             max_fee: 10_000,
             max_fee_bump_fee: 50_000,
             distribution_unrestricted: false,
-            soroban_contracts: vec![TOKEN],
+            soroban_calls: vec![AllowedCall {
+                contract: TOKEN,
+                function: None,
+            }],
         }
     }
 
@@ -634,6 +694,39 @@ mod tests {
             }),
             root_invocation: root,
         }
+    }
+
+    #[test]
+    fn soroban_allow_list_names_functions() {
+        let only_transfer = SigningPolicy {
+            soroban_calls: vec![
+                parse_allowed_call(&format!("{}:transfer", stellar_strkey::Contract(TOKEN)))
+                    .unwrap(),
+            ],
+            ..policy()
+        };
+        let transfer = auth(call(TOKEN, vec![]));
+        assert_eq!(only_transfer.check_soroban_auth(&transfer, &DIST), Ok(()));
+        let mut approve = call(TOKEN, vec![]);
+        if let SorobanAuthorizedFunction::ContractFn(args) = &mut approve.function {
+            args.function_name = "approve".try_into().unwrap();
+        }
+        let approve = auth(approve);
+        assert_eq!(
+            rule(only_transfer.check_soroban_auth(&approve, &DIST)),
+            "soroban_contract_not_allowed"
+        );
+        // A bare contract admits every function of it.
+        assert_eq!(policy().check_soroban_auth(&approve, &DIST), Ok(()));
+        for bad in [
+            "CNOTACONTRACT",
+            &format!("{}:", stellar_strkey::Contract(TOKEN)),
+            &format!("{}:a-b", stellar_strkey::Contract(TOKEN)),
+        ] {
+            assert!(parse_allowed_call(bad).is_err(), "{bad}");
+        }
+        let shown = format!("{}:transfer", stellar_strkey::Contract(TOKEN));
+        assert_eq!(parse_allowed_call(&shown).unwrap().to_string(), shown);
     }
 
     #[test]
