@@ -123,7 +123,14 @@ fn context(kms: Arc<dyn Kms>) -> SigningContext {
 }
 
 fn context_with(kms: Arc<dyn Kms>, limits: crate::budget::SpendingLimits) -> SigningContext {
-    let attestor = Attestor::new(Arc::new(FakeNsm)).unwrap();
+    context_from(kms, Attestor::new(Arc::new(FakeNsm)).unwrap(), limits)
+}
+
+fn context_from(
+    kms: Arc<dyn Kms>,
+    attestor: Arc<Attestor>,
+    limits: crate::budget::SpendingLimits,
+) -> SigningContext {
     let policy = SigningPolicySettings::default()
         .signing_policy(raw(&DISTRIBUTION_SEED))
         .unwrap();
@@ -888,12 +895,9 @@ async fn a_stale_attestation_is_never_used() {
     let kms = Arc::new(FakeKms::default());
     let attestor = Attestor::with_max_age(Arc::new(FakeNsm), std::time::Duration::ZERO).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
-    let policy = SigningPolicySettings::default()
-        .signing_policy(raw(&DISTRIBUTION_SEED))
-        .unwrap();
     let limits =
         crate::budget::SpendingLimits::new(i64::MAX, u32::MAX, std::time::Duration::from_hours(1));
-    let context = SigningContext::new(NETWORK.into(), kms.clone(), attestor, policy, limits);
+    let context = context_from(kms.clone(), attestor, limits);
     let enclave = Enclave {
         dispatcher: Dispatcher::new(Some(context)),
         kms,
