@@ -637,6 +637,45 @@ async fn without_a_signing_context_only_pings_are_answered() {
     assert_eq!(refusal.code, ErrorCode::KmsUnavailable);
 }
 
+/// A fee-bump paid by the distribution account around `inner`, as XDR.
+fn distribution_bump(inner: &stellar_xdr::TransactionV1Envelope, fee: i64) -> Vec<u8> {
+    use stellar_xdr::{
+        FeeBumpTransaction, FeeBumpTransactionEnvelope, FeeBumpTransactionExt,
+        FeeBumpTransactionInnerTx,
+    };
+    TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
+        tx: FeeBumpTransaction {
+            fee_source: account(&DISTRIBUTION_SEED),
+            fee,
+            inner_tx: FeeBumpTransactionInnerTx::Tx(inner.clone()),
+            ext: FeeBumpTransactionExt::V0,
+        },
+        signatures: Default::default(),
+    })
+    .to_xdr(Limits::none())
+    .unwrap()
+}
+
+/// The channel's payment, signed through the enclave, as the inner transaction of a bump.
+async fn signed_channel_payment(
+    enclave: &Enclave,
+    channel: KeyMaterial,
+) -> stellar_xdr::TransactionV1Envelope {
+    let Response::Signed { transaction, .. } = sign(
+        enclave,
+        channel_payment(common::now_unix_secs()),
+        vec![channel],
+    )
+    .await
+    .unwrap() else {
+        panic!("not signed")
+    };
+    let TransactionEnvelope::Tx(inner) = decode_envelope(&transaction).unwrap() else {
+        panic!("v1")
+    };
+    inner
+}
+
 fn rule_of(refusal: &WireError) -> &str {
     refusal
         .message
@@ -650,8 +689,7 @@ fn rule_of(refusal: &WireError) -> &str {
 async fn hostile_host_requests_are_refused_by_rule_before_any_kms_call() {
     use stellar_xdr::{
         AccountId as Xid, BeginSponsoringFutureReservesOp, CreateAccountOp, DecoratedSignature,
-        FeeBumpTransaction, FeeBumpTransactionEnvelope, FeeBumpTransactionExt,
-        FeeBumpTransactionInnerTx, PublicKey as Xpk,
+        PublicKey as Xpk,
     };
     let enclave = enclave();
     let now = common::now_unix_secs();
@@ -675,17 +713,7 @@ async fn hostile_host_requests_are_refused_by_rule_before_any_kms_call() {
     else {
         panic!("v1")
     };
-    let third_party = TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
-        tx: FeeBumpTransaction {
-            fee_source: account(&DISTRIBUTION_SEED),
-            fee: 1_000,
-            inner_tx: FeeBumpTransactionInnerTx::Tx(unsigned_inner),
-            ext: FeeBumpTransactionExt::V0,
-        },
-        signatures: Default::default(),
-    })
-    .to_xdr(Limits::none())
-    .unwrap();
+    let third_party = distribution_bump(&unsigned_inner, 1_000);
     // 3. "Provisioning" that sponsors an account whose key this signer does not hold.
     let stranger = Xid(Xpk::PublicKeyTypeEd25519(Uint256(raw(&OTHER_SEED))));
     let sponsor_stranger = envelope(
@@ -759,34 +787,14 @@ async fn hostile_host_requests_are_refused_by_rule_before_any_kms_call() {
 #[tokio::test]
 async fn ordinary_fee_bumps_and_provisioning_are_signed() {
     use stellar_xdr::{
-        AccountId as Xid, BeginSponsoringFutureReservesOp, CreateAccountOp, FeeBumpTransaction,
-        FeeBumpTransactionEnvelope, FeeBumpTransactionExt, FeeBumpTransactionInnerTx,
-        PublicKey as Xpk,
+        AccountId as Xid, BeginSponsoringFutureReservesOp, CreateAccountOp, PublicKey as Xpk,
     };
     let enclave = enclave();
     let now = common::now_unix_secs();
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     let distribution = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &DISTRIBUTION_SEED);
-    let Response::Signed { transaction, .. } = sign(&enclave, channel_payment(now), vec![channel])
-        .await
-        .unwrap()
-    else {
-        panic!("not signed")
-    };
-    let TransactionEnvelope::Tx(signed_inner) = decode_envelope(&transaction).unwrap() else {
-        panic!("v1")
-    };
-    let bump = TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
-        tx: FeeBumpTransaction {
-            fee_source: account(&DISTRIBUTION_SEED),
-            fee: 1_000,
-            inner_tx: FeeBumpTransactionInnerTx::Tx(signed_inner),
-            ext: FeeBumpTransactionExt::V0,
-        },
-        signatures: Default::default(),
-    })
-    .to_xdr(Limits::none())
-    .unwrap();
+    let signed_inner = signed_channel_payment(&enclave, channel).await;
+    let bump = distribution_bump(&signed_inner, 1_000);
     sign(&enclave, bump, vec![distribution.clone()])
         .await
         .unwrap();
@@ -834,10 +842,6 @@ async fn ordinary_fee_bumps_and_provisioning_are_signed() {
 /// fee-bumps, and a request that fails gives its reservation back.
 #[tokio::test]
 async fn the_fee_budget_bounds_repeated_fee_bumps() {
-    use stellar_xdr::{
-        FeeBumpTransaction, FeeBumpTransactionEnvelope, FeeBumpTransactionExt,
-        FeeBumpTransactionInnerTx,
-    };
     let kms = Arc::new(FakeKms::default());
     let limits = crate::budget::SpendingLimits::new(2_500, 10, std::time::Duration::from_hours(1));
     let enclave = Enclave {
@@ -846,31 +850,8 @@ async fn the_fee_budget_bounds_repeated_fee_bumps() {
     };
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     let distribution = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &DISTRIBUTION_SEED);
-    let Response::Signed { transaction, .. } = sign(
-        &enclave,
-        channel_payment(common::now_unix_secs()),
-        vec![channel],
-    )
-    .await
-    .unwrap() else {
-        panic!("not signed")
-    };
-    let TransactionEnvelope::Tx(inner) = decode_envelope(&transaction).unwrap() else {
-        panic!("v1")
-    };
-    let bump = |fee: i64| {
-        TransactionEnvelope::TxFeeBump(FeeBumpTransactionEnvelope {
-            tx: FeeBumpTransaction {
-                fee_source: account(&DISTRIBUTION_SEED),
-                fee,
-                inner_tx: FeeBumpTransactionInnerTx::Tx(inner.clone()),
-                ext: FeeBumpTransactionExt::V0,
-            },
-            signatures: Default::default(),
-        })
-        .to_xdr(Limits::none())
-        .unwrap()
-    };
+    let inner = signed_channel_payment(&enclave, channel).await;
+    let bump = |fee: i64| distribution_bump(&inner, fee);
     sign(&enclave, bump(1_000), vec![distribution.clone()])
         .await
         .unwrap();
