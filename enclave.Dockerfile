@@ -36,7 +36,7 @@ RUN mkdir -p common/src enclave/src host/src dev/mock-kms/src dev/signer-dev/src
     && touch common/src/lib.rs tests/harness/mod.rs \
     && for crate in enclave host dev/mock-kms; do touch "$crate/src/lib.rs" "$crate/src/main.rs"; done \
     && touch dev/signer-dev/src/main.rs \
-    && for t in stack signing soroban channels docs; do touch "tests/$t.rs"; done \
+    && for t in stack signing soroban channels hostile_host docs; do touch "tests/$t.rs"; done \
     && cargo fetch --locked
 
 COPY common common

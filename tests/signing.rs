@@ -8,62 +8,28 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use harness::stellar::{USER, account, b64, network_id, op, raw, transaction};
 use harness::{Dev, assert_no_secret_in};
 use host::store::KeyStore as _;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use stellar_xdr::{
-    Asset, Limits, Memo, MuxedAccount, Operation, OperationBody, PaymentOp, Preconditions, ReadXdr,
-    SequenceNumber, TimeBounds, TimePoint, Transaction, TransactionEnvelope, TransactionExt,
-    TransactionV1Envelope, Uint256, WriteXdr,
+    Asset, Limits, MuxedAccount, OperationBody, PaymentOp, Preconditions, ReadXdr, TimeBounds,
+    TimePoint, TransactionEnvelope, Uint256,
 };
 
-const NETWORK: &str = "Test SDF Network ; September 2015";
-
-fn raw(public_key: &str) -> [u8; 32] {
-    stellar_strkey::ed25519::PublicKey::from_string(public_key)
-        .unwrap()
-        .0
-}
-
+/// A channel-sourced payment of a user's funds (the channel only sequences and pays).
 fn payment(source: &str, destination: &str) -> TransactionEnvelope {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let operation = Operation {
-        // A user's account moves the funds: the channel only sequences and pays.
-        source_account: Some(MuxedAccount::Ed25519(Uint256([0x75; 32]))),
-        body: OperationBody::Payment(PaymentOp {
-            destination: MuxedAccount::Ed25519(Uint256(raw(destination))),
-            asset: Asset::Native,
-            amount: 10_000_000,
-        }),
-    };
-    TransactionEnvelope::Tx(TransactionV1Envelope {
-        tx: Transaction {
-            source_account: MuxedAccount::Ed25519(Uint256(raw(source))),
-            fee: 100,
-            seq_num: SequenceNumber(4_294_967_297),
-            cond: Preconditions::Time(TimeBounds {
-                min_time: TimePoint(0),
-                max_time: TimePoint(now + 120),
-            }),
-            memo: Memo::None,
-            operations: vec![operation].try_into().unwrap(),
-            ext: TransactionExt::V0,
-        },
-        signatures: Default::default(),
-    })
-}
-
-fn b64(envelope: &TransactionEnvelope) -> String {
-    B64.encode(envelope.to_xdr(Limits::none()).unwrap())
-}
-
-fn network_id() -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(NETWORK.as_bytes()).into()
+    let body = OperationBody::Payment(PaymentOp {
+        destination: account(destination),
+        asset: Asset::Native,
+        amount: 10_000_000,
+    });
+    transaction(
+        source,
+        100,
+        vec![op(Some(MuxedAccount::Ed25519(Uint256(USER))), body)],
+    )
 }
 
 async fn register(dev: &Dev, public_key: &str, kms_key_id: &str, ciphertext: &[u8]) {

@@ -6,6 +6,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use harness::stellar::{NETWORK, raw};
 use harness::{Dev, assert_no_secret_in};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -17,15 +18,8 @@ use stellar_xdr::{
     SorobanCredentials, Uint256, WriteXdr,
 };
 
-const NETWORK: &str = "Test SDF Network ; September 2015";
 const TOKEN: [u8; 32] = [0x70; 32];
 const OTHER_CONTRACT: [u8; 32] = [0x71; 32];
-
-fn raw(public_key: &str) -> [u8; 32] {
-    stellar_strkey::ed25519::PublicKey::from_string(public_key)
-        .unwrap()
-        .0
-}
 
 fn account_address(public_key: &str) -> ScAddress {
     ScAddress::Account(AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(raw(

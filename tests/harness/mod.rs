@@ -13,6 +13,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use host::api_client::request_once;
 use host::store::{AuditLog, KeyStore};
+
+pub mod stellar;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
