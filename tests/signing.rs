@@ -1,4 +1,4 @@
-//! Attested signing over the whole local stack: `signer-host dev` with the mock KMS
+//! Attested signing over the whole local stack: `signer-dev up` with the mock KMS
 //! (enforcing the shipped key-policy template), the mock enclave and its mock NSM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -220,5 +220,5 @@ async fn dev_command_brings_up_the_stack_and_ctrl_c_stops_it() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the enclave child outlived signer-host dev");
+    panic!("the enclave child outlived signer-dev up");
 }

@@ -1,4 +1,4 @@
-//! `signer-mock-kms`: the mock KMS as a process, for `signer-host dev` and manual tests.
+//! `signer-mock-kms`: the mock KMS as a process, for `signer-dev up` and manual tests.
 //! Prints exactly one line, `listening on https://ADDR`, to stdout once bound.
 
 use std::io::Write;
@@ -68,7 +68,7 @@ fn provision_dev_keys(args: &Args, channels: u32) -> anyhow::Result<()> {
         Ok(id) => id,
         Err(_) => {
             store
-                .create_key("signer-host dev keys (mock KMS)", Some(&args.alias))?
+                .create_key("signer-dev keys (mock KMS)", Some(&args.alias))?
                 .key_id
         }
     };

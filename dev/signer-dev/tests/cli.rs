@@ -1,5 +1,5 @@
 //! `signer-dev`'s command line: `up` and `bench`, with the flags the old
-//! `signer-host dev` and `signer-host bench` had.
+//! old `signer-host dev` and `signer-host bench` had.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
