@@ -29,7 +29,13 @@ pub struct SigningContext {
     pub policy: SigningPolicy,
     /// What the distribution account may spend per window, and has spent.
     pub limits: SpendingLimits,
+    /// KMS calls at once ([`MAX_CONCURRENT_KMS_CALLS`]); further signatures wait.
+    pub kms_calls: tokio::sync::Semaphore,
 }
+
+/// KMS calls the enclave makes at once, so the TLS sessions and answers it holds stay
+/// bounded however many signers the requests in flight name.
+pub const MAX_CONCURRENT_KMS_CALLS: usize = 64;
 
 impl SigningContext {
     /// A context without a key cache (per-call KMS decryption, the default).
@@ -48,6 +54,7 @@ impl SigningContext {
             cache: None,
             policy,
             limits,
+            kms_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_KMS_CALLS),
         }
     }
 

@@ -56,6 +56,12 @@ async fn decrypt_and_sign(
     {
         return Ok(sign_checked(&seed, &key.public_key, hash)?);
     }
+    // Waits for a slot: KMS calls at once are bounded (the request timeout bounds the wait).
+    let _slot = context
+        .kms_calls
+        .acquire()
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "the KMS call limiter is closed"))?;
     let identity = context.attestor.current()?;
     let encryption_context = [("pubkey", key.public_key.as_str())];
     let answer = context

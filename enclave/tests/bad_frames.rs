@@ -238,3 +238,83 @@ async fn a_slow_request_does_not_hold_up_fast_ones_on_the_same_connection() {
     fast.sort_unstable();
     assert_eq!(fast, (2..=201).collect::<Vec<u64>>());
 }
+
+/// A host that opens connection after connection: beyond the limit each is closed at
+/// once, and the connections already open keep working; a freed slot is reusable.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_and_the_rest_keep_working() {
+    let enclave = start_enclave();
+    let mut open_ones = Vec::new();
+    for _ in 0..enclave::server::MAX_CONNECTIONS {
+        open_ones.push(handshake(&enclave.socket).await);
+    }
+    let mut extra = UnixStream::connect(&enclave.socket).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut rest))
+        .await
+        .expect("the enclave kept a connection beyond its limit")
+        .unwrap();
+    let (reader, writer) = open_ones.last_mut().unwrap();
+    ping(reader, writer, 1).await;
+    drop(open_ones.pop());
+    // The slot frees once the enclave has seen the close.
+    let mut reopened = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (mut reader, mut writer) = open(&enclave.socket).await;
+        let hello = HostMessage::Hello(Hello::current("test", BuildFlavor::Production));
+        if writer.send(encode_message(&hello).unwrap()).await.is_ok()
+            && let Some(Ok(_)) = reader.next().await
+        {
+            reopened = Some((reader, writer));
+            break;
+        }
+    }
+    let (mut reader, mut writer) = reopened.expect("a freed slot is never reused");
+    ping(&mut reader, &mut writer, 2).await;
+    let log = std::fs::read_to_string(&enclave.log).unwrap();
+    assert!(log.contains("at the connection limit"), "{log}");
+}
+
+/// A flood of slow requests: the enclave takes up to its limit and answers the rest
+/// with `enclave_busy` (after its short wait for a slot), then serves again when they
+/// are done.
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_are_refused_as_busy() {
+    use common::wire::ErrorCode;
+    let enclave = start_enclave();
+    let (mut reader, mut writer) = handshake(&enclave.socket).await;
+    let extra = 4;
+    let flood = enclave::server::MAX_IN_FLIGHT + extra;
+    for id in 1..=flood as u64 {
+        let request = HostMessage::Request {
+            id,
+            // Long enough that no slot frees while the extra ones wait for one.
+            request: Request::Ping { delay_ms: 5_000 },
+        };
+        writer
+            .send(encode_message(&request).unwrap())
+            .await
+            .unwrap();
+    }
+    let (mut pongs, mut busy) = (0, 0);
+    for _ in 0..flood {
+        let frame = tokio::time::timeout(Duration::from_secs(20), reader.next())
+            .await
+            .expect("every request is answered")
+            .unwrap()
+            .unwrap();
+        match decode_message::<EnclaveMessage>(&frame).unwrap() {
+            EnclaveMessage::Response {
+                response: Ok(Response::Pong { .. }),
+                ..
+            } => pongs += 1,
+            EnclaveMessage::Response {
+                response: Err(e), ..
+            } if e.code == ErrorCode::EnclaveBusy => busy += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((pongs, busy), (enclave::server::MAX_IN_FLIGHT, extra));
+    ping(&mut reader, &mut writer, 10_000).await;
+}

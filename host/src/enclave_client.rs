@@ -30,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const OUTGOING_QUEUE: usize = 1024;
+/// A ping this often keeps an idle connection inside the enclave's idle timeout.
+const KEEPALIVE: Duration = Duration::from_mins(2);
 
 /// `signer-host` has one build: development tooling (`signer-dev`) and mocks live in
 /// other crates, so no host binary carries development-only code.
@@ -379,9 +381,19 @@ async fn run_connection(
     shutdown: &CancellationToken,
 ) -> String {
     let mut writer_task = tokio::spawn(write_queued(writer, queue));
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let reason = loop {
         let frame = tokio::select! {
             () = shutdown.cancelled() => break "host shutting down".to_string(),
+            _ = keepalive.tick() => {
+                // Id 0 is never a caller's: its answer is dropped on arrival.
+                let ping = HostMessage::Request { id: 0, request: Request::Ping { delay_ms: 0 } };
+                if let Ok(frame) = encode_message(&ping) {
+                    let _ = connection.outgoing.try_send(frame);
+                }
+                continue;
+            }
             finished = &mut writer_task => break match finished {
                 Ok(Ok(())) => "writer stopped".to_string(),
                 Ok(Err(e)) => format!("write failed: {e}"),

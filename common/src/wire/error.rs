@@ -69,6 +69,8 @@ pub enum ErrorCode {
     NotEligibleForFeeBump,
     /// The transaction breaks the enclave's signing policy; the message names the rule.
     PolicyViolation,
+    /// The enclave is at its limit of requests in flight; retry shortly.
+    EnclaveBusy,
 }
 
 impl ErrorCode {
@@ -103,6 +105,7 @@ impl ErrorCode {
         ErrorCode::NoSignaturesProvided,
         ErrorCode::NotEligibleForFeeBump,
         ErrorCode::PolicyViolation,
+        ErrorCode::EnclaveBusy,
     ];
 
     /// The code's snake_case name, as in the host API's `error.code` and in serde.
@@ -137,6 +140,7 @@ impl ErrorCode {
             ErrorCode::NoSignaturesProvided => "no_signatures_provided",
             ErrorCode::NotEligibleForFeeBump => "not_eligible_for_fee_bump",
             ErrorCode::PolicyViolation => "policy_violation",
+            ErrorCode::EnclaveBusy => "enclave_busy",
         }
     }
 
@@ -167,7 +171,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::ProtocolMismatch => 502,
-            ErrorCode::EnclaveUnavailable | ErrorCode::ShuttingDown => 503,
+            ErrorCode::EnclaveUnavailable | ErrorCode::ShuttingDown | ErrorCode::EnclaveBusy => 503,
             ErrorCode::EnclaveTimeout => 504,
         }
     }
