@@ -22,7 +22,7 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (production build)");
 )]
 pub struct Settings {
     /// Where to listen for the host: vsock://CID:PORT (CID 4294967295 = any), or, in
-    /// mock builds only, unix://PATH.
+    /// mock builds only, a Unix socket as unix:PATH.
     #[arg(
         long,
         env = "SIGNER_ENCLAVE_LISTEN",
@@ -44,8 +44,8 @@ pub struct Settings {
     #[arg(long, env = "SIGNER_KMS_ENDPOINT")]
     pub kms_endpoint: Option<String>,
 
-    /// The host's KMS relay: vsock://3:8000 (the parent instance is CID 3), or unix://PATH
-    /// in mock builds.
+    /// The host's KMS relay: vsock://3:8000 (the parent instance is CID 3), or a Unix
+    /// socket as unix:PATH in mock builds.
     #[arg(long, env = "SIGNER_KMS_RELAY", default_value = "vsock://3:8000")]
     pub kms_relay: Endpoint,
 

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
-use common::wire::transport::{Endpoint, Listener};
+use common::wire::transport::Listener;
 use enclave::BUILD_FLAVOR;
 use enclave::config::Settings;
 use enclave::dispatch::Dispatcher;
@@ -15,14 +15,8 @@ use tracing::info;
 fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     common::logging::init(&settings.log_format)?;
-    for endpoint in [&settings.listen, &settings.kms_relay] {
-        if matches!(endpoint, Endpoint::Unix(_)) && !cfg!(feature = "mock") {
-            bail!(
-                "{endpoint} is a Unix socket: mock-vsock mode exists only in mock builds \
-                 (cargo build --features enclave/mock); a production enclave uses vsock"
-            );
-        }
-    }
+    // Unix-socket endpoints exist only in mock builds: a production build cannot even
+    // parse one (common's `unix-endpoints` feature is off), so it listens on vsock only.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

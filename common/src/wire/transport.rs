@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
+#[cfg(feature = "unix-endpoints")]
+use tokio::net::UnixStream;
 use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
 
 /// `vsock://CID:PORT` or `unix://PATH` (`unix:PATH` is accepted too).
@@ -23,7 +25,9 @@ pub enum Endpoint {
         /// vsock port.
         port: u32,
     },
-    /// A Unix socket at this path (`unix://PATH`), for mock-vsock mode.
+    /// A Unix socket at this path (`unix://PATH`), for mock-vsock mode. Only with the
+    /// `unix-endpoints` feature, which a production enclave build never enables.
+    #[cfg(feature = "unix-endpoints")]
     Unix(PathBuf),
 }
 
@@ -33,8 +37,15 @@ pub const VSOCK_CID_ANY: u32 = u32::MAX;
 /// Why a string is not an [`Endpoint`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointParseError {
-    /// Not `vsock://CID:PORT`, `unix://PATH` or `unix:PATH`; holds the input.
-    #[error("endpoint {0:?}: expected vsock://CID:PORT or unix://PATH")]
+    /// Not `vsock://CID:PORT` (or, with `unix-endpoints`, `unix://PATH`); holds the input.
+    #[cfg_attr(
+        feature = "unix-endpoints",
+        error("endpoint {0:?}: expected vsock://CID:PORT or unix://PATH")
+    )]
+    #[cfg_attr(
+        not(feature = "unix-endpoints"),
+        error("endpoint {0:?}: expected vsock://CID:PORT (this build has vsock only)")
+    )]
     UnknownScheme(String),
     /// The CID or the port of a vsock endpoint is not a `u32`.
     #[error("endpoint {input:?}: {what} {value:?} is not a 32-bit unsigned number")]
@@ -73,21 +84,32 @@ impl FromStr for Endpoint {
                 port: number("port", port)?,
             });
         }
-        let path = input
-            .strip_prefix("unix://")
-            .or_else(|| input.strip_prefix("unix:"))
-            .ok_or_else(|| EndpointParseError::UnknownScheme(input.to_string()))?;
-        if path.is_empty() {
-            return Err(EndpointParseError::EmptyPath(input.to_string()));
-        }
-        Ok(Endpoint::Unix(PathBuf::from(path)))
+        parse_unix(input)
     }
+}
+
+#[cfg(feature = "unix-endpoints")]
+fn parse_unix(input: &str) -> Result<Endpoint, EndpointParseError> {
+    let path = input
+        .strip_prefix("unix://")
+        .or_else(|| input.strip_prefix("unix:"))
+        .ok_or_else(|| EndpointParseError::UnknownScheme(input.to_string()))?;
+    if path.is_empty() {
+        return Err(EndpointParseError::EmptyPath(input.to_string()));
+    }
+    Ok(Endpoint::Unix(PathBuf::from(path)))
+}
+
+#[cfg(not(feature = "unix-endpoints"))]
+fn parse_unix(input: &str) -> Result<Endpoint, EndpointParseError> {
+    Err(EndpointParseError::UnknownScheme(input.to_string()))
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
+            #[cfg(feature = "unix-endpoints")]
             Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
         }
     }
@@ -112,6 +134,7 @@ pub enum Stream {
     /// A vsock connection.
     Vsock(VsockStream),
     /// A Unix socket connection.
+    #[cfg(feature = "unix-endpoints")]
     Unix(UnixStream),
 }
 
@@ -122,6 +145,7 @@ impl Stream {
             Endpoint::Vsock { cid, port } => Ok(Stream::Vsock(
                 VsockStream::connect(VsockAddr::new(*cid, *port)).await?,
             )),
+            #[cfg(feature = "unix-endpoints")]
             Endpoint::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
         }
     }
@@ -135,6 +159,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Vsock(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "unix-endpoints")]
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -148,6 +173,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Vsock(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "unix-endpoints")]
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -155,6 +181,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Vsock(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "unix-endpoints")]
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -162,6 +189,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Vsock(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "unix-endpoints")]
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -173,6 +201,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Vsock(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "unix-endpoints")]
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -180,6 +209,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Vsock(s) => s.is_write_vectored(),
+            #[cfg(feature = "unix-endpoints")]
             Stream::Unix(s) => s.is_write_vectored(),
         }
     }
@@ -191,16 +221,20 @@ pub enum Listener {
     /// Listening on vsock.
     Vsock(VsockListener),
     /// Listening on a Unix socket, whose file is removed on drop.
+    #[cfg(feature = "unix-endpoints")]
     Unix(UnixSocketListener),
 }
 
 impl Listener {
     /// Binds `endpoint`. Unix sockets get mode `unix_mode` (see [`bind_unix`]).
     pub fn bind(endpoint: &Endpoint, unix_mode: u32) -> io::Result<Listener> {
+        #[cfg(not(feature = "unix-endpoints"))]
+        let _ = unix_mode;
         match endpoint {
             Endpoint::Vsock { cid, port } => Ok(Listener::Vsock(VsockListener::bind(
                 VsockAddr::new(*cid, *port),
             )?)),
+            #[cfg(feature = "unix-endpoints")]
             Endpoint::Unix(path) => Ok(Listener::Unix(bind_unix(path, unix_mode)?)),
         }
     }
@@ -215,6 +249,7 @@ impl Listener {
                     format!("vsock://{}:{}", addr.cid(), addr.port()),
                 ))
             }
+            #[cfg(feature = "unix-endpoints")]
             Listener::Unix(l) => {
                 let (stream, _) = l.listener.accept().await?;
                 let peer = match stream.peer_cred() {
@@ -240,6 +275,7 @@ impl Listener {
                     port: addr.port(),
                 })
             }
+            #[cfg(feature = "unix-endpoints")]
             Listener::Unix(l) => Ok(Endpoint::Unix(l.cleanup.path.clone())),
         }
     }
@@ -330,7 +366,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixSocketListener> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "unix-endpoints"))]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
