@@ -8,14 +8,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+
+use crate::keys::{Seed, seed_from_slice};
 
 /// A seed is cached per public key *and* ciphertext: a re-encrypted or rotated key
 /// never hits an older entry.
 type CacheKey = (String, [u8; 32]);
 
 struct Entry {
-    seed: Zeroizing<[u8; 32]>,
+    seed: Seed,
     expires: Instant,
     uses_left: u32,
 }
@@ -40,7 +41,7 @@ impl KeyCache {
     }
 
     /// A copy of the cached seed, counting one use; `None` when absent, expired or used up.
-    pub fn take(&self, public_key: &str, ciphertext: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+    pub fn take(&self, public_key: &str, ciphertext: &[u8]) -> Option<Seed> {
         let key = Self::key(public_key, ciphertext);
         let mut entries = self
             .entries
@@ -52,7 +53,7 @@ impl KeyCache {
             return None;
         }
         entry.uses_left -= 1;
-        let seed = Zeroizing::new(*entry.seed);
+        let seed = seed_from_slice(&entry.seed[..])?;
         if entry.uses_left == 0 {
             entries.remove(&key);
         }
@@ -64,8 +65,11 @@ impl KeyCache {
         if self.max_uses <= 1 {
             return;
         }
+        let Some(seed) = seed_from_slice(seed) else {
+            return;
+        };
         let entry = Entry {
-            seed: Zeroizing::new(*seed),
+            seed,
             expires: Instant::now() + self.ttl,
             uses_left: self.max_uses - 1,
         };

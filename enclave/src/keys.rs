@@ -1,5 +1,6 @@
-//! Key formats (docs/design.md §3), opened only here. Every secret lives in a `Zeroizing`
-//! buffer or a `ZeroizeOnDrop` type and is dropped as soon as the signature exists.
+//! Key formats (docs/design.md §3), opened only here. Every secret lives in a [`Seed`]
+//! (boxed, wiped on drop), a `Zeroizing` buffer or a `ZeroizeOnDrop` type, and is
+//! dropped as soon as the signature exists.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -23,11 +24,46 @@ pub enum KeyError {
     BadPublicKey(String),
 }
 
+/// A seed on the heap, wiped on drop. Boxed so that moving it (returning it, storing it
+/// in the cache's map, which moves entries when it grows) moves a pointer and never
+/// leaves an unwiped copy of the bytes behind.
+pub struct Seed(Box<[u8; 32]>);
+
+impl std::ops::Deref for Seed {
+    type Target = [u8; 32];
+    fn deref(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the bytes: a seed must not reach a log line or an error message.
+        f.write_str("Seed(redacted)")
+    }
+}
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.0);
+    }
+}
+
+/// A [`Seed`] holding `bytes` (exactly 32), copied straight into its heap buffer.
+pub fn seed_from_slice(bytes: &[u8]) -> Option<Seed> {
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut seed = Seed(Box::new([0u8; 32]));
+    seed.0.copy_from_slice(bytes);
+    Some(seed)
+}
+
 /// The seed of a `kms-direct` secret: `aws kms encrypt` of the raw 32 bytes or of the
 /// `S...` strkey (surrounding whitespace tolerated, as a file with a newline).
-pub fn seed_from_kms_direct(plaintext: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-    if let Ok(raw) = <[u8; 32]>::try_from(plaintext) {
-        return Ok(Zeroizing::new(raw));
+pub fn seed_from_kms_direct(plaintext: &[u8]) -> Result<Seed, KeyError> {
+    if let Some(seed) = seed_from_slice(plaintext) {
+        return Ok(seed);
     }
     let text = std::str::from_utf8(plaintext).map(str::trim).map_err(|_| {
         KeyError::UnrecognisedSecret {
@@ -35,7 +71,14 @@ pub fn seed_from_kms_direct(plaintext: &[u8]) -> Result<Zeroizing<[u8; 32]>, Key
         }
     })?;
     match stellar_strkey::ed25519::PrivateKey::from_string(text) {
-        Ok(key) => Ok(Zeroizing::new(key.0)),
+        Ok(mut key) => {
+            let seed = seed_from_slice(&key.0);
+            // The strkey decoder's own copy is wiped here, not left on the stack.
+            zeroize::Zeroize::zeroize(&mut key.0);
+            seed.ok_or(KeyError::UnrecognisedSecret {
+                len: plaintext.len(),
+            })
+        }
         Err(_) => Err(KeyError::UnrecognisedSecret {
             len: plaintext.len(),
         }),
@@ -48,7 +91,7 @@ pub fn open_sealed_seed(
     data_key: &[u8],
     sealed: &[u8],
     public_key: &str,
-) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+) -> Result<Seed, KeyError> {
     if data_key.len() != 32 {
         return Err(KeyError::DataKeyLength {
             len: data_key.len(),
@@ -70,9 +113,7 @@ pub fn open_sealed_seed(
             )
             .map_err(|_| KeyError::SealBroken)?,
     );
-    let mut seed = Zeroizing::new([0u8; 32]);
-    seed.copy_from_slice(&opened);
-    Ok(seed)
+    seed_from_slice(&opened).ok_or(KeyError::SealBroken)
 }
 
 /// Seals a seed under a data key (used when the enclave generates keys, and by tests).
@@ -133,6 +174,14 @@ mod tests {
     use ed25519_dalek::{Verifier, VerifyingKey};
 
     const SEED: [u8; 32] = [7u8; 32];
+
+    #[test]
+    fn seeds_never_show_their_bytes() {
+        let seed = seed_from_slice(&SEED).unwrap();
+        assert_eq!(*seed, SEED);
+        assert_eq!(format!("{seed:?}"), "Seed(redacted)");
+        assert!(seed_from_slice(&SEED[..31]).is_none());
+    }
 
     #[test]
     fn kms_direct_accepts_raw_and_strkey_seeds() {
