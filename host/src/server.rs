@@ -86,9 +86,10 @@ impl BoundHost {
             enclave.clone(),
             store.clone(),
             config.stellar.network_passphrase.clone(),
-            config.signing_policy.clone(),
+            &config.signing_policy,
             config.enclave.precheck_signing_policy,
-        );
+        )
+        .map_err(|problem| anyhow::anyhow!("signing_policy: {problem}"))?;
         let state = AppState {
             enclave,
             store,

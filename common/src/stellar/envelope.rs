@@ -97,6 +97,17 @@ pub fn transaction_hash(
         .map_err(|e| StellarError::Malformed(e.to_string()))
 }
 
+/// The hash a fee-bump's inner transaction is signed over (and appears under in ledger
+/// history), computed in place.
+pub fn inner_hash(
+    inner: &stellar_xdr::TransactionV1Envelope,
+    network_id: [u8; 32],
+) -> Result<[u8; 32], StellarError> {
+    inner
+        .hash(network_id)
+        .map_err(|e| StellarError::Malformed(e.to_string()))
+}
+
 /// The hint for a public key: its last four bytes.
 pub fn signature_hint(public_key: &[u8; 32]) -> [u8; 4] {
     [
@@ -251,11 +262,10 @@ pub fn sequence_owner(
         }),
         TransactionEnvelope::TxFeeBump(e) => {
             let FeeBumpTransactionInnerTx::Tx(inner) = &e.tx.inner_tx;
-            let inner_envelope = TransactionEnvelope::Tx(inner.clone());
             Ok(SequenceOwner {
                 account: account(&inner.tx.source_account),
                 max_time: max_time(&inner.tx),
-                hash: transaction_hash(&inner_envelope, network_id)?,
+                hash: inner_hash(inner, network_id)?,
             })
         }
     }

@@ -345,17 +345,14 @@ impl SigningPolicy {
         self.check_channel(&tx, signer, request.now_unix)
     }
 
-    /// What a signature by `signer` costs the distribution account: the fee it pays
-    /// (a fee-bump's, or a transaction's it sources) and the accounts it sponsors.
-    /// Zero for every other key.
-    pub fn distribution_spend(
-        &self,
-        envelope: &TransactionEnvelope,
-        signer: &[u8; 32],
-    ) -> (i64, u32) {
-        if *signer != self.distribution {
+    /// What the distribution account's signature on `request` costs it: the fee it pays
+    /// (a fee-bump's, or a transaction's it sources) and the accounts it sponsors. Zero
+    /// when the distribution account is not among the signers.
+    pub fn distribution_spend(&self, request: &SignatureRequest<'_>) -> (i64, u32) {
+        if !request.signers.contains(&self.distribution) {
             return (0, 0);
         }
+        let envelope = request.envelope;
         let Some(tx) = TxView::of(envelope) else {
             let TransactionEnvelope::TxFeeBump(bump) = envelope else {
                 unreachable!("TxView::of is None only for fee-bumps")
@@ -498,8 +495,7 @@ impl SigningPolicy {
                  or of any of its operations",
             ));
         }
-        let inner_envelope = TransactionEnvelope::Tx(inner.clone());
-        let hash = crate::stellar::envelope::transaction_hash(&inner_envelope, network_id)
+        let hash = crate::stellar::envelope::inner_hash(inner, network_id)
             .map_err(|e| violation("fee_bump_inner_unsigned", e.to_string()))?;
         if !signed_by(&inner.signatures, &tx.source, &hash) {
             return Err(violation(

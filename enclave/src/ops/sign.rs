@@ -58,12 +58,7 @@ pub async fn sign_transaction(
         context.policy.check(&request, raw)?;
     }
     // The distribution account's share of the window's budget, held until it signed.
-    let (fee, sponsored) = raw_signers
-        .iter()
-        .map(|raw| context.policy.distribution_spend(&envelope, raw))
-        .fold((0i64, 0u32), |(f, s), (fee, sp)| {
-            (f.saturating_add(fee), s.saturating_add(sp))
-        });
+    let (fee, sponsored) = context.policy.distribution_spend(&request);
     let reservation = context.limits.reserve(fee, sponsored)?;
     // Invariant 2: the hash comes from the XDR and our own network id, never the caller.
     let hash = transaction_hash(&envelope, context.network_id)?;

@@ -111,9 +111,10 @@ mod tests {
                 enclave.clone(),
                 store.clone(),
                 None,
-                Default::default(),
+                &Default::default(),
                 true,
-            ),
+            )
+            .unwrap(),
             enclave,
             store,
             shutdown: CancellationToken::new(),

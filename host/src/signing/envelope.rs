@@ -47,10 +47,11 @@ impl Signing {
                 format!("name 1 to {MAX_SIGNATURES} signers, not {}", signers.len()),
             ));
         }
+        let network_id = network_id(network);
         let lookup = self.lookup(signers.clone(), self.precheck).await?;
         // Every outcome from here on is audited, refusals by the host's own checks too.
         let outcome = async {
-            self.precheck_envelope(network, envelope, &signers, lookup.distribution.as_ref())?;
+            self.precheck_envelope(network_id, envelope, &signers, lookup.distribution.as_ref())?;
             let request = Request::Sign {
                 network_passphrase: network.to_string(),
                 transaction: xdr,
@@ -70,7 +71,7 @@ impl Signing {
             }
         }
         .await;
-        let channel = sequence_owner(envelope, network_id(network)).ok();
+        let channel = sequence_owner(envelope, network_id).ok();
         self.record(
             caller_uid,
             kind,
@@ -86,7 +87,7 @@ impl Signing {
     /// key, so a violation costs no round trip.
     fn precheck_envelope(
         &self,
-        network: &str,
+        network_id: [u8; 32],
         envelope: &TransactionEnvelope,
         signers: &[String],
         distribution: Option<&KeyRecord>,
@@ -96,7 +97,7 @@ impl Signing {
         else {
             return Ok(());
         };
-        let policy = self.signing_policy(distribution.0)?;
+        let policy = self.signing_policy(distribution.0);
         let raw: Vec<[u8; 32]> = signers
             .iter()
             .filter_map(|s| stellar_strkey::ed25519::PublicKey::from_string(s).ok())
@@ -106,7 +107,7 @@ impl Signing {
             envelope,
             signers: &raw,
             now_unix: common::now_unix_secs(),
-            network_id: network_id(network),
+            network_id,
         };
         let required = required_signers(envelope);
         for key in raw.iter().filter(|key| required.contains(key)) {

@@ -56,7 +56,9 @@ pub struct Signing {
     store: SharedStore,
     /// `stellar.network_passphrase`, for requests that name no network.
     network_passphrase: Option<String>,
-    settings: SigningPolicySettings,
+    /// The host's copy of the enclave's signing policy, parsed once; the distribution
+    /// account is filled in per request from the store.
+    policy: SigningPolicy,
     precheck: bool,
 }
 
@@ -69,20 +71,21 @@ struct Lookup {
 
 impl Signing {
     /// A signing service; `precheck` turns the host's signing-policy pre-check on.
+    /// Fails only on settings that do not parse (a Soroban allow-list entry).
     pub fn new(
         enclave: EnclaveClient,
         store: SharedStore,
         network_passphrase: Option<String>,
-        settings: SigningPolicySettings,
+        settings: &SigningPolicySettings,
         precheck: bool,
-    ) -> Signing {
-        Signing {
+    ) -> Result<Signing, String> {
+        Ok(Signing {
             enclave,
             store,
             network_passphrase,
-            settings,
+            policy: settings.signing_policy([0; 32])?,
             precheck,
-        }
+        })
     }
 
     /// The network a request is for: its own, or the configured one.
@@ -97,11 +100,13 @@ impl Signing {
             })
     }
 
-    /// The enclave's signing policy as the host believes it is configured.
-    fn signing_policy(&self, distribution: [u8; 32]) -> Result<SigningPolicy, WireError> {
-        self.settings
-            .signing_policy(distribution)
-            .map_err(|e| WireError::new(ErrorCode::Internal, e))
+    /// The enclave's signing policy as the host believes it is configured, for the
+    /// stored distribution account.
+    fn signing_policy(&self, distribution: [u8; 32]) -> SigningPolicy {
+        SigningPolicy {
+            distribution,
+            ..self.policy.clone()
+        }
     }
 
     async fn lookup(

@@ -69,7 +69,7 @@ impl Signing {
                     }
                     .into());
                 }
-                self.signing_policy(account_raw)?
+                self.signing_policy(account_raw)
                     .check_soroban_auth(&entry, &account_raw)?;
             }
             let request = Request::AuthorizeSoroban {
