@@ -116,10 +116,7 @@ struct Enclave {
 
 /// A signing context over `kms`, with the default signing policy and no budget limit.
 fn context(kms: Arc<dyn Kms>) -> SigningContext {
-    context_with(
-        kms,
-        crate::budget::SpendingLimits::new(i64::MAX, u32::MAX, std::time::Duration::from_hours(1)),
-    )
+    context_with(kms, unlimited())
 }
 
 fn context_with(kms: Arc<dyn Kms>, limits: crate::budget::SpendingLimits) -> SigningContext {
@@ -137,12 +134,24 @@ fn context_from(
     SigningContext::new(NETWORK.into(), kms, attestor, policy, limits)
 }
 
+impl Enclave {
+    /// A dispatcher signing with `context`, whose KMS is `kms`.
+    fn over(kms: Arc<FakeKms>, context: SigningContext) -> Enclave {
+        Enclave {
+            dispatcher: Dispatcher::new(Some(context)),
+            kms,
+        }
+    }
+}
+
 fn enclave() -> Enclave {
     let kms = Arc::new(FakeKms::default());
-    Enclave {
-        dispatcher: Dispatcher::new(Some(context(kms.clone()))),
-        kms,
-    }
+    Enclave::over(kms.clone(), context(kms))
+}
+
+/// Spending limits no test reaches.
+fn unlimited() -> crate::budget::SpendingLimits {
+    crate::budget::SpendingLimits::new(i64::MAX, u32::MAX, std::time::Duration::from_hours(1))
 }
 
 fn raw(seed: &[u8; 32]) -> [u8; 32] {
@@ -205,6 +214,11 @@ fn envelope(source: MuxedAccount, operations: Vec<Operation>, max_time: Option<u
     })
     .to_xdr(Limits::none())
     .unwrap()
+}
+
+/// The channel's ordinary payment, signed by `key`, expected to be refused.
+async fn refused_payment(enclave: &Enclave, key: KeyMaterial) -> WireError {
+    refused(sign(enclave, channel_payment(common::now_unix_secs()), vec![key]).await)
 }
 
 async fn sign(
@@ -311,14 +325,7 @@ async fn invariant_4_an_envelope_seal_opens_only_for_its_own_public_key() {
         ciphertext: b"data key".to_vec(),
         sealed_seed: Some(sealed),
     };
-    let refusal = refused(
-        sign(
-            &enclave,
-            channel_payment(common::now_unix_secs()),
-            vec![key],
-        )
-        .await,
-    );
+    let refusal = refused_payment(&enclave, key).await;
     assert_eq!(refusal.code, ErrorCode::UnusableKey, "{refusal:?}");
 }
 
@@ -394,14 +401,7 @@ async fn invariant_3_a_key_the_policy_would_admit_is_still_not_a_required_signer
     // Another channel: not the source, not an operation source, so the channel rules
     // have nothing against it; only the required-signer check stands in the way.
     let second = kms_direct(&enclave.kms, &SECOND_CHANNEL_SEED, &SECOND_CHANNEL_SEED);
-    let refusal = refused(
-        sign(
-            &enclave,
-            channel_payment(common::now_unix_secs()),
-            vec![second],
-        )
-        .await,
-    );
+    let refusal = refused_payment(&enclave, second).await;
     assert_eq!(refusal.code, ErrorCode::NotARequiredSigner, "{refusal:?}");
     assert_eq!(enclave.kms.calls(), 0);
 }
@@ -431,10 +431,7 @@ async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
         std::time::Duration::from_mins(1),
         10,
     )));
-    let enclave = Enclave {
-        dispatcher: Dispatcher::new(Some(context)),
-        kms,
-    };
+    let enclave = Enclave::over(kms.clone(), context);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     for _ in 0..3 {
         let xdr = channel_payment(common::now_unix_secs());
@@ -465,14 +462,7 @@ async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
     enclave
         .kms
         .store(&swapped.ciphertext, &swapped.public_key, &OTHER_SEED);
-    let refusal = refused(
-        sign(
-            &enclave,
-            channel_payment(common::now_unix_secs()),
-            vec![swapped],
-        )
-        .await,
-    );
+    let refusal = refused_payment(&enclave, swapped).await;
     assert_eq!(refusal.code, ErrorCode::PublicKeyMismatch);
     assert_eq!(enclave.kms.calls(), 2);
 }
@@ -482,14 +472,7 @@ async fn a_kms_denial_is_kms_access_denied_and_signs_nothing() {
     let enclave = enclave();
     enclave.kms.deny.store(true, Ordering::SeqCst);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
-    let refusal = refused(
-        sign(
-            &enclave,
-            channel_payment(common::now_unix_secs()),
-            vec![channel],
-        )
-        .await,
-    );
+    let refusal = refused_payment(&enclave, channel).await;
     assert_eq!(refusal.code, ErrorCode::KmsAccessDenied);
 }
 
@@ -844,10 +827,7 @@ async fn ordinary_fee_bumps_and_provisioning_are_signed() {
 async fn the_fee_budget_bounds_repeated_fee_bumps() {
     let kms = Arc::new(FakeKms::default());
     let limits = crate::budget::SpendingLimits::new(2_500, 10, std::time::Duration::from_hours(1));
-    let enclave = Enclave {
-        dispatcher: Dispatcher::new(Some(context_with(kms.clone(), limits))),
-        kms,
-    };
+    let enclave = Enclave::over(kms.clone(), context_with(kms.clone(), limits));
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     let distribution = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &DISTRIBUTION_SEED);
     let inner = signed_channel_payment(&enclave, channel).await;
@@ -876,22 +856,10 @@ async fn a_stale_attestation_is_never_used() {
     let kms = Arc::new(FakeKms::default());
     let attestor = Attestor::with_max_age(Arc::new(FakeNsm), std::time::Duration::ZERO).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
-    let limits =
-        crate::budget::SpendingLimits::new(i64::MAX, u32::MAX, std::time::Duration::from_hours(1));
-    let context = context_from(kms.clone(), attestor, limits);
-    let enclave = Enclave {
-        dispatcher: Dispatcher::new(Some(context)),
-        kms,
-    };
+    let context = context_from(kms.clone(), attestor, unlimited());
+    let enclave = Enclave::over(kms.clone(), context);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
-    let refusal = refused(
-        sign(
-            &enclave,
-            channel_payment(common::now_unix_secs()),
-            vec![channel],
-        )
-        .await,
-    );
+    let refusal = refused_payment(&enclave, channel).await;
     assert_eq!(refusal.code, ErrorCode::KmsUnavailable, "{refusal:?}");
     assert!(refusal.message.contains("attestation"), "{refusal:?}");
     assert_eq!(enclave.kms.calls(), 0);
