@@ -21,12 +21,55 @@ struct Spend {
     sponsored: u32,
 }
 
+/// The spends in the window, oldest first, and their running totals (kept with them so
+/// a check costs the same however many spends the window holds).
+#[derive(Default)]
+struct Window {
+    spends: VecDeque<Spend>,
+    fees: i64,
+    accounts: u32,
+}
+
+impl Window {
+    fn push(&mut self, spend: Spend) {
+        self.fees = self.fees.saturating_add(spend.fee);
+        self.accounts = self.accounts.saturating_add(spend.sponsored);
+        self.spends.push_back(spend);
+    }
+
+    fn forget(&mut self, spend: &Spend) {
+        self.fees = self.fees.saturating_sub(spend.fee);
+        self.accounts = self.accounts.saturating_sub(spend.sponsored);
+    }
+
+    /// Drops the spends older than `window`.
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while let Some(oldest) = self.spends.front() {
+            if now.duration_since(oldest.at) < window {
+                break;
+            }
+            if let Some(oldest) = self.spends.pop_front() {
+                self.forget(&oldest);
+            }
+        }
+    }
+
+    /// Gives back the spend `id` (a request that failed after reserving).
+    fn refund(&mut self, id: u64) {
+        if let Some(index) = self.spends.iter().position(|s| s.id == id)
+            && let Some(spend) = self.spends.remove(index)
+        {
+            self.forget(&spend);
+        }
+    }
+}
+
 /// The distribution account's budget for one rolling window.
 pub struct SpendingLimits {
     fee_budget: i64,
     max_sponsored: u32,
     window: Duration,
-    spent: Mutex<VecDeque<Spend>>,
+    spent: Mutex<Window>,
     next_id: AtomicU64,
 }
 
@@ -46,7 +89,7 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            self.limits.lock().retain(|spend| spend.id != id);
+            self.limits.lock().refund(id);
         }
     }
 }
@@ -59,12 +102,12 @@ impl SpendingLimits {
             fee_budget,
             max_sponsored,
             window,
-            spent: Mutex::new(VecDeque::new()),
+            spent: Mutex::new(Window::default()),
             next_id: AtomicU64::new(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Spend>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
         self.spent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -81,14 +124,8 @@ impl SpendingLimits {
         }
         let now = Instant::now();
         let mut spent = self.lock();
-        while spent
-            .front()
-            .is_some_and(|s| now.duration_since(s.at) >= self.window)
-        {
-            spent.pop_front();
-        }
-        let fees: i64 = spent.iter().map(|s| s.fee).sum();
-        let accounts: u32 = spent.iter().map(|s| s.sponsored).sum();
+        spent.expire(now, self.window);
+        let (fees, accounts) = (spent.fees, spent.accounts);
         let window = self.window.as_secs();
         if fees.saturating_add(fee) > self.fee_budget {
             return Err(PolicyViolation {
@@ -113,7 +150,7 @@ impl SpendingLimits {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        spent.push_back(Spend {
+        spent.push(Spend {
             id,
             at: now,
             fee,
