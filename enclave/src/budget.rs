@@ -116,6 +116,8 @@ impl SpendingLimits {
     /// Reserves `fee` stroops and `sponsored` accounts, or names the limit it would
     /// break. Nothing is reserved for a request that spends nothing.
     pub fn reserve(&self, fee: i64, sponsored: u32) -> Result<Reservation<'_>, PolicyViolation> {
+        // Never below zero: a spend can only use the budget, not add to it.
+        let fee = fee.max(0);
         if fee == 0 && sponsored == 0 {
             return Ok(Reservation {
                 limits: self,

@@ -472,7 +472,9 @@ impl SigningPolicy {
         bump: &stellar_xdr::FeeBumpTransactionEnvelope,
         network_id: [u8; 32],
     ) -> Result<(), PolicyViolation> {
-        if bump.tx.fee > self.max_fee_bump_fee {
+        // A fee below 1 is never valid, and a negative one must not be able to offset
+        // the distribution account's budget.
+        if bump.tx.fee < 1 || bump.tx.fee > self.max_fee_bump_fee {
             return Err(violation(
                 "fee_bump_fee_cap",
                 format!(
@@ -1080,6 +1082,12 @@ mod tests {
             rule(alone(&p, &bump(50_001, DIST, good.clone()), DIST)),
             "fee_bump_fee_cap"
         );
+        for fee in [i64::MIN, -1, 0] {
+            assert_eq!(
+                rule(alone(&p, &bump(fee, DIST, good.clone()), DIST)),
+                "fee_bump_fee_cap"
+            );
+        }
         assert_eq!(
             rule(alone(&p, &bump(400, CHAN, good), CHAN)),
             "fee_bump_fee_source"
