@@ -253,10 +253,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    /// Only the parser's message and the position: the TOML error's own `Display`
+    /// quotes the offending line, which may hold a secret (a static secret access key).
+    #[error("{path}:{line}:{column}: {message}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("{field}: {problem}")]
     Invalid {
@@ -266,6 +270,17 @@ pub enum ConfigError {
     /// A configuration written for an older release.
     #[error("{path}: {hint}")]
     Renamed { path: PathBuf, hint: &'static str },
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = before.split(|&b| b == b'\n').count();
+    (line, before.len() - line_start + 1)
 }
 
 impl Config {
@@ -282,9 +297,14 @@ impl Config {
                            its `precheck` is now `precheck_signing_policy` in [enclave]",
                 };
             }
+            let (line, column) = source
+                .span()
+                .map_or((0, 0), |span| line_and_column(&text, span.start));
             ConfigError::Parse {
                 path: path.to_path_buf(),
-                source: Box::new(source),
+                line,
+                column,
+                message: source.message().to_string(),
             }
         })?;
         config.validate()?;
@@ -407,6 +427,25 @@ mod tests {
             "hunter2"
         );
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_parse_error_gives_the_position_and_never_quotes_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signer.toml");
+        // The secret is well formed; the line's trailing garbage is the error.
+        std::fs::write(
+            &path,
+            "[kms]\ncredentials = \"static\"\nstatic_secret_access_key = \"hunter2\" trailing\n",
+        )
+        .unwrap();
+        let error = Config::load(&path).unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            matches!(error, ConfigError::Parse { line: 3, .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
