@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use host::api_client::request_once;
 use host::store::{AuditLog, KeyStore};
 
+pub mod raw_enclave;
 pub mod stellar;
 use hyper::{Method, StatusCode};
 use serde_json::Value;

@@ -17,13 +17,12 @@ pub use soroban::SorobanAuthorized;
 
 use common::stellar::envelope::{SequenceOwner, hex};
 use common::stellar::signing_policy::{SigningPolicy, SigningPolicySettings};
-use common::wire::messages::{KeyFormat as WireKeyFormat, KeyMaterial, Request, Response};
+use common::wire::messages::{KeyMaterial, Request, Response};
 use common::wire::{ErrorCode, WireError};
 
 use crate::enclave_client::EnclaveClient;
 use crate::store::{
-    AuditEntry, KeyFormat, KeyRecord, KeyState, SharedStore, StoreError, active_distribution,
-    blocking,
+    AuditEntry, KeyRecord, KeyState, SharedStore, StoreError, active_distribution, blocking,
 };
 
 /// What was asked for, as the audit log names it.
@@ -182,7 +181,7 @@ fn active_material(keys: Vec<(String, Option<KeyRecord>)>) -> Result<Vec<KeyMate
     keys.into_iter()
         .map(|(public_key, key)| {
             key.filter(|k| k.state == KeyState::Active)
-                .map(key_material)
+                .map(KeyMaterial::from)
                 .ok_or_else(|| {
                     WireError::new(
                         ErrorCode::UnknownKey,
@@ -191,20 +190,6 @@ fn active_material(keys: Vec<(String, Option<KeyRecord>)>) -> Result<Vec<KeyMate
                 })
         })
         .collect()
-}
-
-/// A stored key as the enclave receives it: its public key and ciphertexts.
-fn key_material(key: KeyRecord) -> KeyMaterial {
-    KeyMaterial {
-        public_key: key.public_key,
-        format: match key.format {
-            KeyFormat::KmsDirect => WireKeyFormat::KmsDirect,
-            KeyFormat::Envelope => WireKeyFormat::Envelope,
-        },
-        kms_key_id: key.kms_key_id,
-        ciphertext: key.kms_ciphertext,
-        sealed_seed: key.sealed_seed,
-    }
 }
 
 fn unexpected(answer: &Response) -> WireError {

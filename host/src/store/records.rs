@@ -1,5 +1,6 @@
 //! The records every store backend reads and writes.
 
+use common::wire::messages::{KeyFormat as WireKeyFormat, KeyMaterial};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,4 +133,20 @@ pub struct ChannelRow {
     pub locked_at_ms: Option<i64>,
     pub locked_until_ms: Option<i64>,
     pub tx_hash: Option<String>,
+}
+
+/// A stored key as the enclave receives it: its public key and ciphertexts.
+impl From<KeyRecord> for KeyMaterial {
+    fn from(key: KeyRecord) -> KeyMaterial {
+        KeyMaterial {
+            public_key: key.public_key,
+            format: match key.format {
+                KeyFormat::KmsDirect => WireKeyFormat::KmsDirect,
+                KeyFormat::Envelope => WireKeyFormat::Envelope,
+            },
+            kms_key_id: key.kms_key_id,
+            ciphertext: key.kms_ciphertext,
+            sealed_seed: key.sealed_seed,
+        }
+    }
 }
