@@ -48,6 +48,24 @@ impl std::fmt::Debug for RecipientKey {
     }
 }
 
+/// One DER tag-length-value.
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len().to_be_bytes();
+    let significant = &len[len.iter().take_while(|&&b| b == 0).count()..];
+    let mut out = vec![tag];
+    match significant {
+        [] => out.push(0),
+        [short] if *short < 0x80 => out.push(*short),
+        long => {
+            // At most 8 length bytes: usize is at most 64 bits.
+            out.push(u8::try_from(long.len()).map_or(0x88, |n| 0x80 | n));
+            out.extend_from_slice(long);
+        }
+    }
+    out.extend_from_slice(content);
+    out
+}
+
 impl RecipientKey {
     pub fn generate() -> Result<RecipientKey, RecipientError> {
         let key = PrivateDecryptingKey::generate(KeySize::Rsa2048)
@@ -60,6 +78,20 @@ impl RecipientKey {
         let key = PrivateDecryptingKey::from_pkcs8(der)
             .map_err(|e| RecipientError::KeyRejected(e.to_string()))?;
         Self::from_key(key)
+    }
+
+    /// From a PKCS#1 `RSAPrivateKey` in DER, as OpenSSL writes it (the fixtures' keys,
+    /// the fuzz targets), wrapped in the PKCS#8 `PrivateKeyInfo` aws-lc-rs reads.
+    pub fn from_pkcs1(pkcs1: &[u8]) -> Result<RecipientKey, RecipientError> {
+        // AlgorithmIdentifier { rsaEncryption, NULL }
+        const RSA_ENCRYPTION: [u8; 15] = [
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
+            0x00,
+        ];
+        let mut body = vec![0x02, 0x01, 0x00]; // version 0
+        body.extend_from_slice(&RSA_ENCRYPTION);
+        body.extend(der_tlv(0x04, pkcs1));
+        Self::from_pkcs8(&der_tlv(0x30, &body))
     }
 
     fn from_key(key: PrivateDecryptingKey) -> Result<RecipientKey, RecipientError> {
@@ -141,41 +173,8 @@ pub(crate) mod tests {
         std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
     }
 
-    /// Wraps a PKCS#1 RSAPrivateKey in a PKCS#8 PrivateKeyInfo (aws-lc-rs reads PKCS#8).
-    pub(crate) fn pkcs1_to_pkcs8(pkcs1: &[u8]) -> Vec<u8> {
-        fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-            let mut out = vec![tag];
-            let len = content.len();
-            if len < 0x80 {
-                out.push(u8::try_from(len).unwrap());
-            } else {
-                let bytes: Vec<u8> = len
-                    .to_be_bytes()
-                    .into_iter()
-                    .skip_while(|&b| b == 0)
-                    .collect();
-                out.push(0x80 | u8::try_from(bytes.len()).unwrap());
-                out.extend(bytes);
-            }
-            out.extend_from_slice(content);
-            out
-        }
-        let rsa_encryption = [
-            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-        ];
-        let mut algorithm = rsa_encryption.to_vec();
-        algorithm.extend_from_slice(&[0x05, 0x00]);
-        let mut body = vec![0x02, 0x01, 0x00];
-        body.extend(tlv(0x30, &algorithm));
-        body.extend(tlv(0x04, pkcs1));
-        tlv(0x30, &body)
-    }
-
     fn fixture_key(dir: &str) -> RecipientKey {
-        RecipientKey::from_pkcs8(&pkcs1_to_pkcs8(&fixture(&format!(
-            "{dir}/recipient-rsa2048.pkcs1.der"
-        ))))
-        .unwrap()
+        RecipientKey::from_pkcs1(&fixture(&format!("{dir}/recipient-rsa2048.pkcs1.der"))).unwrap()
     }
 
     #[test]
