@@ -54,18 +54,20 @@ RUN target="$(uname -m)-unknown-linux-musl" \
     && touch -d "@${SOURCE_DATE_EPOCH}" /out/signer-enclave \
     && /out/signer-enclave --version
 
-# The measured configuration. Required: NETWORK_PASSPHRASE, KMS_REGION,
-# DISTRIBUTION_ACCOUNT. The rest have the enclave's own defaults.
+# The measured configuration. Required: NETWORK_PASSPHRASE, KMS_KEY_ARN,
+# DISTRIBUTION_ACCOUNT. The rest have the enclave's own defaults (KMS_REGION: the
+# key ARN's).
 ARG NETWORK_PASSPHRASE
-ARG KMS_REGION
+ARG KMS_KEY_ARN
 ARG DISTRIBUTION_ACCOUNT
 RUN test -n "$NETWORK_PASSPHRASE" || { echo "build argument NETWORK_PASSPHRASE is required" >&2; exit 1; }; \
-    test -n "$KMS_REGION" || { echo "build argument KMS_REGION is required" >&2; exit 1; }; \
+    test -n "$KMS_KEY_ARN" || { echo "build argument KMS_KEY_ARN is required" >&2; exit 1; }; \
     test -n "$DISTRIBUTION_ACCOUNT" || { echo "build argument DISTRIBUTION_ACCOUNT is required" >&2; exit 1; }
 
 FROM scratch
 ARG NETWORK_PASSPHRASE
-ARG KMS_REGION
+ARG KMS_KEY_ARN
+ARG KMS_REGION=""
 ARG DISTRIBUTION_ACCOUNT
 ARG KMS_ENDPOINT=""
 ARG POLICY_MAX_TIME_WINDOW_SECS=300
@@ -80,6 +82,7 @@ ARG KEY_CACHE_TTL_SECS=0
 ARG KEY_CACHE_MAX_USES=100
 ARG ATTESTATION_ROTATION_SECS=120
 ENV SIGNER_NETWORK_PASSPHRASE="${NETWORK_PASSPHRASE}" \
+    SIGNER_KMS_KEY_ARN="${KMS_KEY_ARN}" \
     SIGNER_KMS_REGION="${KMS_REGION}" \
     SIGNER_DISTRIBUTION_ACCOUNT="${DISTRIBUTION_ACCOUNT}" \
     SIGNER_KMS_ENDPOINT="${KMS_ENDPOINT}" \

@@ -45,6 +45,18 @@ async fn keys_register_once_and_an_empty_pool_is_its_own_error() {
     let (status, body) = stack.post("/v1/keys", bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "bad_request");
+    // An alias could be repointed, and the enclave uses only its measured key ARN.
+    let mut alias = register_body(6, "channel");
+    alias["kms_key_id"] = json!("alias/signer");
+    let (status, body) = stack.post("/v1/keys", alias).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a KMS key ARN"),
+        "{body}"
+    );
 
     let (_, keys) = stack.get("/v1/keys?role=channel").await;
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2);

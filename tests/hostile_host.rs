@@ -301,6 +301,17 @@ async fn what_only_a_host_could_send_is_refused(
         "{swapped:?}"
     );
 
+    // The record of the right key, under another KMS key (one in the host's own AWS
+    // account, or an alias it could repoint): refused before any KMS call.
+    let mut other_kms_key = material(&channels[1]);
+    other_kms_key.kms_key_id = "arn:aws:kms:us-east-1:444455556666:key/attacker".into();
+    let (code, message) = refusal(
+        enclave
+            .sign(NETWORK, payment.clone(), vec![other_kms_key])
+            .await,
+    );
+    assert_eq!(code, ErrorCode::KmsKeyMismatch, "{message}");
+
     let twice = vec![material(&channels[1]); 2];
     let (code, message) = refusal(enclave.sign(NETWORK, payment.clone(), twice).await);
     assert_eq!(code, ErrorCode::BadRequest, "{message}");

@@ -22,6 +22,7 @@
 
 #[cfg(feature = "attestation")]
 pub mod attestation;
+pub mod kms_key;
 pub mod logging;
 #[cfg(feature = "mock")]
 pub mod mock_nsm;

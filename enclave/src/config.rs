@@ -36,7 +36,12 @@ pub struct Settings {
     #[arg(long, env = "SIGNER_NETWORK_PASSPHRASE")]
     pub network_passphrase: Option<String>,
 
-    /// AWS region of the KMS key.
+    /// The KMS key, by full key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID). Every KMS
+    /// call names it, and the enclave uses a plaintext only when KMS's answer names it.
+    #[arg(long, env = "SIGNER_KMS_KEY_ARN")]
+    pub kms_key_arn: Option<String>,
+
+    /// AWS region of the KMS key (default: the key ARN's region; must equal it).
     #[arg(long, env = "SIGNER_KMS_REGION")]
     pub kms_region: Option<String>,
 

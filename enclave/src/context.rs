@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use common::kms_key::KmsKeyArn;
+
 use common::stellar::envelope::network_id;
 use common::stellar::signing_policy::SigningPolicy;
 use common::wire::{ErrorCode, WireError};
@@ -21,6 +23,9 @@ pub struct SigningContext {
     pub network_id: [u8; 32],
     /// KMS, reached over the host's relay with TLS ending here.
     pub kms: Arc<dyn Kms>,
+    /// The one KMS key this enclave uses (measured): named in every call, and required
+    /// in every answer.
+    pub kms_key_arn: KmsKeyArn,
     /// The RSA recipient key and the attestation document binding it.
     pub attestor: Arc<Attestor>,
     /// Opt-in: decrypted seeds kept for a bounded time and number of uses.
@@ -42,6 +47,7 @@ impl SigningContext {
     pub fn new(
         network_passphrase: String,
         kms: Arc<dyn Kms>,
+        kms_key_arn: KmsKeyArn,
         attestor: Arc<Attestor>,
         policy: SigningPolicy,
         limits: SpendingLimits,
@@ -50,6 +56,7 @@ impl SigningContext {
             network_id: network_id(&network_passphrase),
             network_passphrase,
             kms,
+            kms_key_arn,
             attestor,
             cache: None,
             policy,

@@ -19,6 +19,7 @@ impl From<KmsError> for WireError {
                 ErrorCode::NoCredentials
             }
             KmsError::Settings(_) => ErrorCode::Internal,
+            KmsError::KeyMismatch { .. } => ErrorCode::KmsKeyMismatch,
             KmsError::Throttled(_)
             | KmsError::Unavailable(_)
             | KmsError::Other { .. }

@@ -13,7 +13,7 @@ use crate::context::SigningContext;
 use crate::keys::{open_sealed_seed, seed_from_kms_direct, sign_checked};
 
 /// A `G...` strkey as raw bytes, or `bad_request`.
-pub fn parse_public_key(public_key: &str) -> Result<[u8; 32], WireError> {
+fn parse_public_key(public_key: &str) -> Result<[u8; 32], WireError> {
     stellar_strkey::ed25519::PublicKey::from_string(public_key)
         .map(|key| key.0)
         .map_err(|_| {
@@ -22,6 +22,25 @@ pub fn parse_public_key(public_key: &str) -> Result<[u8; 32], WireError> {
                 format!("{public_key:?} is not a G... key"),
             )
         })
+}
+
+/// The raw public key of `key`, once its record is one this enclave can use: a `G...`
+/// key under the measured KMS key. Checked for every signer before any KMS call.
+pub fn check_key_material(
+    context: &SigningContext,
+    key: &KeyMaterial,
+) -> Result<[u8; 32], WireError> {
+    let raw = parse_public_key(&key.public_key)?;
+    if key.kms_key_id != context.kms_key_arn.as_str() {
+        return Err(WireError::new(
+            ErrorCode::KmsKeyMismatch,
+            format!(
+                "{} is stored under KMS key {:?}; this enclave uses only its measured key {}",
+                key.public_key, key.kms_key_id, context.kms_key_arn
+            ),
+        ));
+    }
+    Ok(raw)
 }
 
 /// Decrypts `key`, checks it against its public key (docs/design.md §2 invariant 4),
@@ -64,15 +83,17 @@ async fn decrypt_and_sign(
         .map_err(|_| WireError::new(ErrorCode::Internal, "the KMS call limiter is closed"))?;
     let identity = context.attestor.current()?;
     let encryption_context = [("pubkey", key.public_key.as_str())];
+    let measured_key = context.kms_key_arn.as_str();
     let answer = context
         .kms
         .decrypt_for_recipient(
             &key.ciphertext,
-            Some(&key.kms_key_id),
+            measured_key,
             &encryption_context,
             &identity.attestation_document,
         )
-        .await?;
+        .await?
+        .for_key(measured_key)?;
     let plaintext = identity.recipient.open(&answer)?;
     let seed = match key.format {
         KeyFormat::KmsDirect => seed_from_kms_direct(&plaintext)?,

@@ -11,6 +11,8 @@ use anyhow::bail;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use common::kms_key::KmsKeyArn;
+
 use crate::attestor::Attestor;
 use crate::budget::SpendingLimits;
 use crate::config::Settings;
@@ -75,24 +77,26 @@ fn kms_roots(settings: &Settings) -> anyhow::Result<rustls::RootCertStore> {
     })
 }
 
-/// The signing context. Signing needs a network, a KMS region and the distribution
+/// The signing context. Signing needs a network, the KMS key ARN and the distribution
 /// account: production builds refuse to start without them; mock builds may run as a
 /// bare transport endpoint (protocol tests) and answer only pings.
 pub fn signing_context(
     settings: &Settings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<SigningContext>> {
-    let (Some(network), Some(region), Some(distribution)) = (
+    let (Some(network), Some(key_arn), Some(distribution)) = (
         &settings.network_passphrase,
-        &settings.kms_region,
+        &settings.kms_key_arn,
         &settings.distribution_account,
     ) else {
         if cfg!(feature = "mock") {
-            info!("no --network-passphrase/--kms-region/--distribution-account: signing disabled");
+            info!("no --network-passphrase/--kms-key-arn/--distribution-account: signing disabled");
             return Ok(None);
         }
-        bail!("--network-passphrase, --kms-region and --distribution-account are required");
+        bail!("--network-passphrase, --kms-key-arn and --distribution-account are required");
     };
+    let key_arn: KmsKeyArn = key_arn.parse()?;
+    let region = kms_region(settings.kms_region.as_deref(), &key_arn)?;
     let distribution =
         stellar_strkey::ed25519::PublicKey::from_string(distribution).map_err(|_| {
             anyhow::anyhow!("--distribution-account {distribution:?} is not a G... key")
@@ -121,7 +125,7 @@ pub fn signing_context(
         .filter(|endpoint| !endpoint.trim().is_empty())
         .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
     let kms_settings = KmsSettings {
-        region: region.clone(),
+        region,
         endpoint_url,
         relay: settings.kms_relay.clone(),
         roots: kms_roots(settings)?,
@@ -146,9 +150,32 @@ pub fn signing_context(
         budget.max_sponsored_accounts,
         Duration::from_secs(budget.budget_window_secs.max(1)),
     );
-    let mut context = SigningContext::new(network.clone(), Arc::new(kms), attestor, policy, limits);
+    info!(kms_key_arn = %key_arn, "the one KMS key this enclave uses");
+    let mut context = SigningContext::new(
+        network.clone(),
+        Arc::new(kms),
+        key_arn,
+        attestor,
+        policy,
+        limits,
+    );
     context.cache = key_cache(settings, shutdown);
     Ok(Some(context))
+}
+
+/// The KMS region: the key ARN's, which `--kms-region` may repeat but not contradict
+/// (calls to another region's endpoint could never use the measured key).
+fn kms_region(configured: Option<&str>, key_arn: &KmsKeyArn) -> anyhow::Result<String> {
+    match configured
+        .map(str::trim)
+        .filter(|region| !region.is_empty())
+    {
+        None => Ok(key_arn.region().to_string()),
+        Some(region) if region == key_arn.region() => Ok(region.to_string()),
+        Some(region) => {
+            bail!("--kms-region {region} differs from the region of --kms-key-arn {key_arn}")
+        }
+    }
 }
 
 /// The opt-in key cache and its sweeper, when a TTL is set.
@@ -179,4 +206,22 @@ fn key_cache(
         "key cache ON: decrypted seeds stay in enclave memory within these bounds"
     );
     Some(cache)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_region_comes_from_the_key_arn_and_may_not_contradict_it() {
+        let arn: KmsKeyArn = "arn:aws:kms:eu-west-1:111122223333:key/abc"
+            .parse()
+            .unwrap();
+        assert_eq!(kms_region(None, &arn).unwrap(), "eu-west-1");
+        assert_eq!(kms_region(Some(""), &arn).unwrap(), "eu-west-1");
+        assert_eq!(kms_region(Some("eu-west-1"), &arn).unwrap(), "eu-west-1");
+        let error = kms_region(Some("us-east-1"), &arn).unwrap_err().to_string();
+        assert!(error.contains("differs"), "{error}");
+    }
 }

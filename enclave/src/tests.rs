@@ -24,10 +24,12 @@ use crate::attestor::Attestor;
 use crate::context::SigningContext;
 use crate::dispatch::Dispatcher;
 use crate::keys::{public_key_of, seal_seed};
-use crate::kms::{Kms, KmsError};
+use crate::kms::{Kms, KmsError, RecipientAnswer};
 use crate::nsm::{Nsm, NsmError};
 
 const NETWORK: &str = "Test SDF Network ; September 2015";
+/// The enclave's measured KMS key.
+const KEY_ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/test";
 const DISTRIBUTION_SEED: [u8; 32] = [0xd1; 32];
 const CHANNEL_SEED: [u8; 32] = [0xc1; 32];
 const OTHER_SEED: [u8; 32] = [0x0f; 32];
@@ -57,6 +59,22 @@ struct FakeKms {
     calls: AtomicUsize,
     deny: std::sync::atomic::AtomicBool,
     credentials: Mutex<Option<AwsCredentials>>,
+    /// The KeyId each call named.
+    requested_key_ids: Mutex<Vec<String>>,
+    /// The KeyId the answers name.
+    answered_key_id: Mutex<AnsweredKeyId>,
+}
+
+/// What the fake KMS says about the key it used.
+#[derive(Debug, Clone, Default)]
+enum AnsweredKeyId {
+    /// The requested key, as KMS does.
+    #[default]
+    Requested,
+    /// Another key.
+    Other(String),
+    /// No KeyId at all.
+    Absent,
 }
 
 impl FakeKms {
@@ -79,12 +97,16 @@ impl Kms for FakeKms {
     fn decrypt_for_recipient<'a>(
         &'a self,
         ciphertext_blob: &'a [u8],
-        _key_id: Option<&'a str>,
+        key_id: &'a str,
         encryption_context: &'a [(&'a str, &'a str)],
         attestation_document: &'a [u8],
-    ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+    ) -> BoxFuture<'a, Result<RecipientAnswer, KmsError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            self.requested_key_ids
+                .lock()
+                .unwrap()
+                .push(key_id.to_string());
             if self.deny.load(Ordering::SeqCst) {
                 return Err(KmsError::AccessDenied("PCR0 does not match".into()));
             }
@@ -95,11 +117,21 @@ impl Kms for FakeKms {
             if encryption_context != [("pubkey", entry.context_pubkey.as_str())] {
                 return Err(KmsError::InvalidCiphertext("encryption context".into()));
             }
-            mock_kms::recipient::envelope(attestation_document, &entry.plaintext).map_err(|e| {
-                KmsError::Other {
-                    code: "Fake".into(),
-                    message: e.to_string(),
-                }
+            let ciphertext_for_recipient =
+                mock_kms::recipient::envelope(attestation_document, &entry.plaintext).map_err(
+                    |e| KmsError::Other {
+                        code: "Fake".into(),
+                        message: e.to_string(),
+                    },
+                )?;
+            let answered = self.answered_key_id.lock().unwrap().clone();
+            Ok(RecipientAnswer {
+                key_id: match answered {
+                    AnsweredKeyId::Requested => Some(key_id.to_string()),
+                    AnsweredKeyId::Other(other) => Some(other),
+                    AnsweredKeyId::Absent => None,
+                },
+                ciphertext_for_recipient,
             })
         })
     }
@@ -131,7 +163,14 @@ fn context_from(
     let policy = SigningPolicySettings::default()
         .signing_policy(raw(&DISTRIBUTION_SEED))
         .unwrap();
-    SigningContext::new(NETWORK.into(), kms, attestor, policy, limits)
+    SigningContext::new(
+        NETWORK.into(),
+        kms,
+        KEY_ARN.parse().unwrap(),
+        attestor,
+        policy,
+        limits,
+    )
 }
 
 impl Enclave {
@@ -172,7 +211,7 @@ fn kms_direct(kms: &FakeKms, public_key_seed: &[u8; 32], seed: &[u8; 32]) -> Key
     KeyMaterial {
         public_key,
         format: KeyFormat::KmsDirect,
-        kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/test".into(),
+        kms_key_id: KEY_ARN.into(),
         ciphertext,
         sealed_seed: None,
     }
@@ -321,7 +360,7 @@ async fn invariant_4_an_envelope_seal_opens_only_for_its_own_public_key() {
     let key = KeyMaterial {
         public_key: channel,
         format: KeyFormat::Envelope,
-        kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/test".into(),
+        kms_key_id: KEY_ARN.into(),
         ciphertext: b"data key".to_vec(),
         sealed_seed: Some(sealed),
     };
@@ -477,6 +516,60 @@ async fn a_kms_denial_is_kms_access_denied_and_signs_nothing() {
 }
 
 #[tokio::test]
+async fn every_kms_call_names_the_measured_key_and_a_record_under_another_is_refused_first() {
+    let enclave = enclave();
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let signed = sign(
+        &enclave,
+        channel_payment(common::now_unix_secs()),
+        vec![channel.clone()],
+    )
+    .await;
+    assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
+    assert_eq!(*enclave.kms.requested_key_ids.lock().unwrap(), [KEY_ARN]);
+
+    // A host that relabels a record (an alias, its own account's key) gets no KMS call.
+    for other in [
+        "alias/signer",
+        "arn:aws:kms:us-east-1:444455556666:key/test",
+        "",
+    ] {
+        let relabelled = KeyMaterial {
+            kms_key_id: other.into(),
+            ..channel.clone()
+        };
+        let before = enclave.kms.calls();
+        let refusal = refused_payment(&enclave, relabelled).await;
+        assert_eq!(
+            refusal.code,
+            ErrorCode::KmsKeyMismatch,
+            "{other}: {refusal:?}"
+        );
+        assert!(refusal.message.contains(KEY_ARN), "{refusal:?}");
+        assert_eq!(enclave.kms.calls(), before, "{other}: KMS was called");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_about_another_kms_key_is_never_opened() {
+    let enclave = enclave();
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    for answered in [
+        AnsweredKeyId::Other("arn:aws:kms:us-east-1:444455556666:key/attacker".into()),
+        AnsweredKeyId::Absent,
+    ] {
+        *enclave.kms.answered_key_id.lock().unwrap() = answered.clone();
+        let refusal = refused_payment(&enclave, channel.clone()).await;
+        assert_eq!(
+            refusal.code,
+            ErrorCode::KmsKeyMismatch,
+            "{answered:?}: {refusal:?}"
+        );
+        assert!(refusal.message.contains(KEY_ARN), "{refusal:?}");
+    }
+}
+
+#[tokio::test]
 async fn an_answer_for_another_recipient_key_is_not_opened() {
     /// A KMS (or a host in the middle) answering with an envelope for a key that is not
     /// the enclave's current recipient key.
@@ -485,13 +578,20 @@ async fn an_answer_for_another_recipient_key_is_not_opened() {
         fn decrypt_for_recipient<'a>(
             &'a self,
             _: &'a [u8],
-            _: Option<&'a str>,
+            key_id: &'a str,
             _: &'a [(&'a str, &'a str)],
             _: &'a [u8],
-        ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+        ) -> BoxFuture<'a, Result<RecipientAnswer, KmsError>> {
             Box::pin(async move {
                 let other = crate::kms::recipient::RecipientKey::generate().unwrap();
-                Ok(mock_kms::recipient::envelope(other.public_key_der(), &CHANNEL_SEED).unwrap())
+                Ok(RecipientAnswer {
+                    key_id: Some(key_id.to_string()),
+                    ciphertext_for_recipient: mock_kms::recipient::envelope(
+                        other.public_key_der(),
+                        &CHANNEL_SEED,
+                    )
+                    .unwrap(),
+                })
             })
         }
         fn set_credentials(&self, _: AwsCredentials) {}

@@ -20,13 +20,16 @@ use enclave::attestor::Attestor;
 use enclave::budget::SpendingLimits;
 use enclave::context::SigningContext;
 use enclave::dispatch::Dispatcher;
-use enclave::kms::{Kms, KmsError};
+use enclave::kms::{Kms, KmsError, RecipientAnswer};
 use enclave::nsm::{Nsm, NsmError};
 use futures_util::future::BoxFuture;
 use stellar_xdr::{Limits, ReadXdr, SorobanAuthorizationEntry, TransactionEnvelope};
 
 /// The network the fuzzed enclave signs for.
 pub const NETWORK: &str = "Test SDF Network ; September 2015";
+
+/// The fuzzed enclave's measured KMS key; the seeds' key records name it.
+pub const KEY_ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/fuzz";
 
 /// The distribution account's seed; seeds that exercise distribution rules sign with it.
 pub const DISTRIBUTION_SEED: [u8; 32] = [0xd1; 32];
@@ -165,10 +168,10 @@ impl Kms for ScriptedKms {
     fn decrypt_for_recipient<'a>(
         &'a self,
         _ciphertext_blob: &'a [u8],
-        _key_id: Option<&'a str>,
+        key_id: &'a str,
         _encryption_context: &'a [(&'a str, &'a str)],
         attestation_document: &'a [u8],
-    ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+    ) -> BoxFuture<'a, Result<RecipientAnswer, KmsError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let plaintext = self
@@ -179,11 +182,16 @@ impl Kms for ScriptedKms {
             if plaintext.is_empty() {
                 return Err(KmsError::AccessDenied("scripted denial".into()));
             }
-            mock_kms::recipient::envelope(attestation_document, &plaintext).map_err(|e| {
-                KmsError::Other {
-                    code: "Scripted".into(),
-                    message: e.to_string(),
-                }
+            let ciphertext_for_recipient =
+                mock_kms::recipient::envelope(attestation_document, &plaintext).map_err(|e| {
+                    KmsError::Other {
+                        code: "Scripted".into(),
+                        message: e.to_string(),
+                    }
+                })?;
+            Ok(RecipientAnswer {
+                key_id: Some(key_id.to_string()),
+                ciphertext_for_recipient,
             })
         })
     }
@@ -229,7 +237,15 @@ impl FuzzEnclave {
             std::time::Duration::from_secs(settings.budget_window_secs),
         );
         let attestor = Attestor::new(Arc::new(FakeNsm)).expect("a recipient key");
-        let context = SigningContext::new(NETWORK.into(), kms.clone(), attestor, policy, limits);
+        let key_arn = KEY_ARN.parse().expect("a key ARN");
+        let context = SigningContext::new(
+            NETWORK.into(),
+            kms.clone(),
+            key_arn,
+            attestor,
+            policy,
+            limits,
+        );
         FuzzEnclave {
             runtime,
             dispatcher: Dispatcher::new(Some(context)),

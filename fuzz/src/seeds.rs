@@ -13,7 +13,7 @@ use stellar_xdr::{
     SorobanCredentials, TimeBounds, TimePoint, TransactionEnvelope, Uint256,
 };
 
-use crate::{DISTRIBUTION_SEED, NETWORK, RequestInput, fixtures, public_key, strkey};
+use crate::{DISTRIBUTION_SEED, KEY_ARN, NETWORK, RequestInput, fixtures, public_key, strkey};
 
 /// Each target's name and its seed inputs.
 pub fn corpora() -> Vec<(&'static str, Vec<Vec<u8>>)> {
@@ -50,7 +50,7 @@ fn key(seed: &[u8; 32]) -> KeyMaterial {
     KeyMaterial {
         public_key: strkey(seed),
         format: KeyFormat::KmsDirect,
-        kms_key_id: "alias/fuzz".into(),
+        kms_key_id: KEY_ARN.into(),
         ciphertext: vec![0xc7; 64],
         sealed_seed: None,
     }

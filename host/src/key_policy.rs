@@ -2,6 +2,7 @@
 //! `nitro-cli build-enclave` / `describe-eif` print them. Several builds may be admitted
 //! at once (a rollout: old and new PCRs both allowed, then the old removed).
 
+use common::kms_key::KmsKeyArn;
 use serde_json::Value;
 
 /// The shipped template; the local stack and the tests render this very file.
@@ -13,14 +14,10 @@ pub const TEMPLATE_IMAGE_SHA384: &str =
 pub const IAM_TEMPLATE: &str = include_str!("../../kms-policy/instance-role-policy.json.tmpl");
 
 /// The instance role's IAM policy for one KMS key.
-pub fn render_iam(key_arn: &str) -> Result<String, RenderError> {
-    if !key_arn.starts_with("arn:aws") || !key_arn.contains(":kms:") || !key_arn.contains(":key/") {
-        return Err(RenderError::BadArgument(format!(
-            "{key_arn:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"
-        )));
-    }
-    let policy: Value = serde_json::from_str(&IAM_TEMPLATE.replace("${KMS_KEY_ARN}", key_arn))
-        .map_err(|e| RenderError::BadTemplate(e.to_string()))?;
+pub fn render_iam(key_arn: &KmsKeyArn) -> Result<String, RenderError> {
+    let policy: Value =
+        serde_json::from_str(&IAM_TEMPLATE.replace("${KMS_KEY_ARN}", key_arn.as_str()))
+            .map_err(|e| RenderError::BadTemplate(e.to_string()))?;
     serde_json::to_string_pretty(&policy).map_err(|e| RenderError::BadTemplate(e.to_string()))
 }
 
@@ -99,21 +96,18 @@ impl Variant {
     }
 }
 
-/// Fills `template` for `account`, the host's instance `role_arn`, and every build in
-/// `builds` (one normally; two during a rollout). Each statement that names a
+/// Fills `template` for the key `key_arn` (its account administers it; the enclave's
+/// statement names the key itself, so the policy cannot admit a build to another key),
+/// the host's instance `role_arn`, and every build in `builds` (one normally; two
+/// during a rollout). Each statement that names a
 /// measurement placeholder is repeated once per build, so a rollout admits exactly the
 /// old and the new image, never a mix of one's PCR0 with the other's PCR1.
 pub fn render(
     template: &str,
-    account: &str,
+    key_arn: &KmsKeyArn,
     role_arn: &str,
     builds: &[Measurements],
 ) -> Result<String, RenderError> {
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(RenderError::BadArgument(format!(
-            "account {account:?} is not a 12-digit AWS account id"
-        )));
-    }
     if !role_arn.starts_with("arn:aws") || !role_arn.contains(":role/") {
         return Err(RenderError::BadArgument(format!(
             "{role_arn:?} is not an IAM role ARN"
@@ -132,7 +126,8 @@ pub fn render(
     }
     let mut policy: Value = serde_json::from_str(
         &template
-            .replace("${ACCOUNT_ID}", account)
+            .replace("${ACCOUNT_ID}", key_arn.account())
+            .replace("${KMS_KEY_ARN}", key_arn.as_str())
             .replace("${HOST_ROLE_ARN}", role_arn),
     )
     .map_err(|e| RenderError::BadTemplate(format!("the template is not JSON: {e}")))?;
@@ -230,18 +225,24 @@ mod tests {
     fn arguments_are_checked() {
         let m = parse_measurements(&sample("build-enclave-output.json")).unwrap();
         let role = "arn:aws:iam::111122223333:role/signer-host";
-        assert!(render(TEMPLATE, "1111", role, std::slice::from_ref(&m)).is_err());
-        assert!(
-            render(
-                TEMPLATE,
-                "111122223333",
-                "signer-host",
-                std::slice::from_ref(&m)
-            )
-            .is_err()
-        );
-        assert!(render(TEMPLATE, "111122223333", role, &[]).is_err());
-        let text = render(TEMPLATE, "111122223333", role, &[m]).unwrap();
-        assert!(!text.contains("${"));
+        let key: KmsKeyArn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd"
+            .parse()
+            .unwrap();
+        assert!(render(TEMPLATE, &key, "signer-host", std::slice::from_ref(&m)).is_err());
+        assert!(render(TEMPLATE, &key, role, &[]).is_err());
+        for template in [TEMPLATE, TEMPLATE_IMAGE_SHA384] {
+            let text = render(template, &key, role, std::slice::from_ref(&m)).unwrap();
+            assert!(!text.contains("${"));
+            // The account of the key administers it; the enclave's statement names the key.
+            assert!(text.contains("arn:aws:iam::111122223333:root"));
+            let policy: Value = serde_json::from_str(&text).unwrap();
+            let enclave = policy["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["Sid"] == "OnlyTheMeasuredEnclaveDecrypts")
+                .unwrap();
+            assert_eq!(enclave["Resource"], key.as_str());
+        }
     }
 }

@@ -5,10 +5,16 @@
 
 use std::collections::BTreeMap;
 
+use common::kms_key::KmsKeyArn;
 use host::key_policy::{Measurements, TEMPLATE, Variant, render, render_iam};
 use mock_kms::key_policy::{Effect, Policy, RequestContext};
 
 const ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
+const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+fn key() -> KmsKeyArn {
+    KEY.parse().unwrap()
+}
 
 fn build(fill: &str) -> Measurements {
     Measurements {
@@ -30,6 +36,7 @@ fn decrypt(principal: &str, pcrs: Option<&Measurements>) -> RequestContext {
     RequestContext {
         principal_arn: principal.to_string(),
         action: "kms:Decrypt".into(),
+        resource: KEY.into(),
         keys,
     }
 }
@@ -37,7 +44,7 @@ fn decrypt(principal: &str, pcrs: Option<&Measurements>) -> RequestContext {
 /// The rendered `variant` admits the role with each of `admitted`, denies it with each
 /// of `denied`, and denies it without an attestation by the explicit Deny.
 fn assert_admits(variant: Variant, admitted: &[Measurements], denied: &[Measurements]) {
-    let text = render(variant.template(), "111122223333", ROLE, admitted).unwrap();
+    let text = render(variant.template(), &key(), ROLE, admitted).unwrap();
     let policy = Policy::parse(&text).unwrap();
     for build in admitted {
         assert_eq!(
@@ -73,7 +80,7 @@ fn rollout_policy_admits_old_and_new_builds_only() {
 
 #[test]
 fn the_account_administers_but_cannot_decrypt() {
-    let text = render(TEMPLATE, "111122223333", ROLE, &[build("a0")]).unwrap();
+    let text = render(TEMPLATE, &key(), ROLE, &[build("a0")]).unwrap();
     let policy = Policy::parse(&text).unwrap();
     let root = "arn:aws:iam::111122223333:root";
     // Not even with an attestation of the right build.
@@ -114,7 +121,7 @@ fn image_sha384_variant_admits_the_image_and_nothing_without_attestation() {
     let (image, other) = (build("a0"), build("ee"));
     let text = render(
         Variant::ImageSha384.template(),
-        "111122223333",
+        &key(),
         ROLE,
         std::slice::from_ref(&image),
     )
@@ -126,8 +133,8 @@ fn image_sha384_variant_admits_the_image_and_nothing_without_attestation() {
 
 #[test]
 fn instance_role_policy_names_one_key_and_requires_an_attestation() {
-    let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
-    let text = render_iam(arn).unwrap();
+    let arn = KEY;
+    let text = render_iam(&key()).unwrap();
     let policy: serde_json::Value = serde_json::from_str(&text).unwrap();
     for statement in policy["Statement"].as_array().unwrap() {
         assert_eq!(statement["Resource"], arn);
@@ -139,5 +146,17 @@ fn instance_role_policy_names_one_key_and_requires_an_attestation() {
             );
         }
     }
-    assert!(render_iam("arn:aws:iam::111122223333:role/x").is_err());
+}
+
+#[test]
+fn the_policy_admits_the_measured_build_to_its_own_key_only() {
+    let text = render(TEMPLATE, &key(), ROLE, &[build("a0")]).unwrap();
+    let policy = Policy::parse(&text).unwrap();
+    let mut other_key = decrypt(ROLE, Some(&build("a0")));
+    other_key.resource = "arn:aws:kms:eu-west-1:111122223333:key/other".into();
+    assert_eq!(policy.evaluate(&other_key).effect, Effect::Deny);
+    assert_eq!(
+        policy.evaluate(&decrypt(ROLE, Some(&build("a0")))).effect,
+        Effect::Allow
+    );
 }

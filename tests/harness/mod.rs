@@ -227,7 +227,7 @@ pub fn register_body(i: u32, role: &str) -> serde_json::Value {
     serde_json::json!({
         "public_key": test_account(i),
         "role": role,
-        "kms_key_id": "alias/test",
+        "kms_key_id": "arn:aws:kms:us-east-1:111122223333:key/test",
         "ciphertext": base64::engine::general_purpose::STANDARD.encode(fake_ciphertext(i)),
     })
 }

@@ -71,6 +71,9 @@ pub enum ErrorCode {
     PolicyViolation,
     /// The enclave is at its limit of requests in flight; retry shortly.
     EnclaveBusy,
+    /// The key's record, or KMS's answer, names another KMS key than the one the
+    /// enclave's measured settings name.
+    KmsKeyMismatch,
 }
 
 impl ErrorCode {
@@ -106,6 +109,7 @@ impl ErrorCode {
         ErrorCode::NotEligibleForFeeBump,
         ErrorCode::PolicyViolation,
         ErrorCode::EnclaveBusy,
+        ErrorCode::KmsKeyMismatch,
     ];
 
     /// The code's snake_case name, as in the host API's `error.code` and in serde.
@@ -141,6 +145,7 @@ impl ErrorCode {
             ErrorCode::NotEligibleForFeeBump => "not_eligible_for_fee_bump",
             ErrorCode::PolicyViolation => "policy_violation",
             ErrorCode::EnclaveBusy => "enclave_busy",
+            ErrorCode::KmsKeyMismatch => "kms_key_mismatch",
         }
     }
 
@@ -158,7 +163,8 @@ impl ErrorCode {
             ErrorCode::UnknownKey => 404,
             ErrorCode::PublicKeyMismatch
             | ErrorCode::UnusableKey
-            | ErrorCode::KmsInvalidCiphertext => 422,
+            | ErrorCode::KmsInvalidCiphertext
+            | ErrorCode::KmsKeyMismatch => 422,
             ErrorCode::KmsUnavailable | ErrorCode::NoCredentials => 503,
             ErrorCode::NotFound | ErrorCode::UnknownChannelAccount => 404,
             ErrorCode::LockTokenMismatch | ErrorCode::KeyExists => 409,

@@ -50,6 +50,8 @@ struct Statement {
     /// `None` means `"*"`.
     principals: Option<Vec<String>>,
     actions: Vec<String>,
+    /// `*` (this key, in a key policy) or key ARNs, possibly with wildcards.
+    resources: Vec<String>,
     conditions: Vec<Condition>,
 }
 
@@ -64,6 +66,8 @@ pub struct RequestContext {
     pub principal_arn: String,
     /// e.g. `kms:Decrypt`.
     pub action: String,
+    /// The ARN of the key the request acts on (empty for `CreateKey`).
+    pub resource: String,
     /// Condition keys present in this request, e.g. `kms:RecipientAttestation:PCR0`
     /// (lower-case hex) or `kms:EncryptionContext:pubkey`.
     pub keys: BTreeMap<String, String>,
@@ -204,6 +208,12 @@ fn parse_statement(index: usize, value: &Value) -> Result<Statement, PolicyError
         .get("Action")
         .and_then(strings)
         .ok_or_else(|| problem("Action must be a string or a list of strings".into()))?;
+    // KMS accepts a statement without a Resource but ignores it; refusing it here
+    // catches the template mistake instead.
+    let resources = value
+        .get("Resource")
+        .and_then(strings)
+        .ok_or_else(|| problem("Resource must be \"*\" or key ARNs".into()))?;
     let mut conditions = Vec::new();
     if let Some(block) = value.get("Condition") {
         let block = block
@@ -243,6 +253,7 @@ fn parse_statement(index: usize, value: &Value) -> Result<Statement, PolicyError
         effect,
         principals,
         actions,
+        resources,
         conditions,
     })
 }
@@ -283,7 +294,11 @@ impl Statement {
             .actions
             .iter()
             .any(|a| wildcard_match(&a.to_ascii_lowercase(), &action));
-        principal_ok && action_ok && self.conditions.iter().all(|c| c.holds(request))
+        let resource_ok = self
+            .resources
+            .iter()
+            .any(|r| r == "*" || wildcard_match(r, &request.resource));
+        principal_ok && action_ok && resource_ok && self.conditions.iter().all(|c| c.holds(request))
     }
 }
 
@@ -323,6 +338,7 @@ mod tests {
     use super::*;
 
     const ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
+    const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/test";
 
     fn policy(pcr0: &str) -> Policy {
         Policy::parse(&format!(
@@ -359,6 +375,7 @@ mod tests {
         RequestContext {
             principal_arn: ROLE.to_string(),
             action: action.to_string(),
+            resource: KEY.to_string(),
             keys,
         }
     }
@@ -421,19 +438,42 @@ mod tests {
     #[test]
     fn unsupported_constructs_are_refused_at_load() {
         let bad = r#"{"Statement": {"Effect": "Allow", "Principal": "*", "Action": "kms:*",
-                      "Condition": {"NumericLessThan": {"x": "1"}}}}"#;
+                      "Resource": "*", "Condition": {"NumericLessThan": {"x": "1"}}}}"#;
         assert!(matches!(
             Policy::parse(bad),
             Err(PolicyError::Statement { .. })
         ));
         assert!(Policy::parse("{").is_err());
-        let single =
+        let without_resource =
             r#"{"Statement": {"Effect": "Allow", "Principal": "*", "Action": "kms:Encrypt"}}"#;
+        assert!(matches!(
+            Policy::parse(without_resource),
+            Err(PolicyError::Statement { .. })
+        ));
+        let single = r#"{"Statement": {"Effect": "Allow", "Principal": "*",
+                         "Action": "kms:Encrypt", "Resource": "*"}}"#;
         let p = Policy::parse(single).unwrap();
         assert_eq!(
             p.evaluate(&request("kms:Encrypt", None)).effect,
             Effect::Allow
         );
+    }
+
+    #[test]
+    fn a_statement_naming_another_key_does_not_apply() {
+        let policy = |resource: &str| {
+            Policy::parse(&format!(
+                r#"{{"Statement": {{"Effect": "Allow", "Principal": "*",
+                     "Action": "kms:Decrypt", "Resource": "{resource}"}}}}"#
+            ))
+            .unwrap()
+        };
+        let decrypt = request("kms:Decrypt", None);
+        for allowing in ["*", KEY, "arn:aws:kms:us-east-1:111122223333:key/*"] {
+            assert_eq!(policy(allowing).evaluate(&decrypt).effect, Effect::Allow);
+        }
+        let other = "arn:aws:kms:us-east-1:111122223333:key/other";
+        assert_eq!(policy(other).evaluate(&decrypt).effect, Effect::Deny);
     }
 
     #[test]

@@ -274,17 +274,8 @@ impl KeyStore {
         requested: Option<&str>,
         context: &BTreeMap<String, String>,
     ) -> Result<(String, Zeroizing<Vec<u8>>), KeyStoreError> {
-        let rest = blob
-            .strip_prefix(MAGIC)
-            .ok_or(KeyStoreError::InvalidCiphertext)?;
-        let (&id_len, rest) = rest.split_first().ok_or(KeyStoreError::InvalidCiphertext)?;
-        let id_len = id_len as usize;
-        if rest.len() < id_len + 12 + 16 {
-            return Err(KeyStoreError::InvalidCiphertext);
-        }
-        let key_id = std::str::from_utf8(&rest[..id_len])
-            .map_err(|_| KeyStoreError::InvalidCiphertext)?
-            .to_string();
+        let (key_id, rest) = split_blob(blob)?;
+        let id_len = key_id.len();
         if let Some(requested) = requested {
             let requested = self.resolve(requested)?;
             if requested != key_id {
@@ -313,6 +304,29 @@ impl KeyStore {
             .map_err(|_| KeyStoreError::InvalidCiphertext)?;
         Ok((key_id, Zeroizing::new(plaintext)))
     }
+}
+
+/// `MAGIC || id_len || key id || nonce(12) || ciphertext+tag(16+)`: the key id, and the
+/// blob after the magic and length byte.
+fn split_blob(blob: &[u8]) -> Result<(String, &[u8]), KeyStoreError> {
+    let rest = blob
+        .strip_prefix(MAGIC)
+        .ok_or(KeyStoreError::InvalidCiphertext)?;
+    let (&id_len, rest) = rest.split_first().ok_or(KeyStoreError::InvalidCiphertext)?;
+    let id_len = id_len as usize;
+    if rest.len() < id_len + 12 + 16 {
+        return Err(KeyStoreError::InvalidCiphertext);
+    }
+    let key_id = std::str::from_utf8(&rest[..id_len])
+        .map_err(|_| KeyStoreError::InvalidCiphertext)?
+        .to_string();
+    Ok((key_id, rest))
+}
+
+/// The key a ciphertext blob names (KMS reads it from the blob's header), so a request
+/// can be authorized against that key before anything is decrypted.
+pub fn blob_key_id(blob: &[u8]) -> Result<String, KeyStoreError> {
+    split_blob(blob).map(|(key_id, _)| key_id)
 }
 
 #[cfg(test)]

@@ -410,12 +410,18 @@ fn required<'a>(field: &str, value: Option<&'a String>) -> Result<&'a str, KmsEr
 }
 
 impl Shared {
+    /// Evaluates the key policy for `action` on the key `key_id` (`None`: CreateKey).
     fn authorize(
         &self,
         action: &str,
+        key_id: Option<&str>,
         context: &BTreeMap<String, String>,
         attested: Option<&Attested>,
     ) -> Result<(), KmsError> {
+        let resource = match key_id {
+            Some(key_id) => self.arn(key_id)?,
+            None => String::new(),
+        };
         let mut keys: BTreeMap<String, String> = context
             .iter()
             .map(|(k, v)| (format!("kms:EncryptionContext:{k}"), v.clone()))
@@ -431,6 +437,7 @@ impl Shared {
         let decision = self.policy.evaluate(&RequestContext {
             principal_arn: self.caller_arn.clone(),
             action: action.to_string(),
+            resource,
             keys,
         });
         match decision.effect {
@@ -531,7 +538,7 @@ impl Shared {
         };
         match op {
             "CreateKey" => {
-                self.authorize("kms:CreateKey", context, None)?;
+                self.authorize("kms:CreateKey", None, context, None)?;
                 let description = input.description.as_deref().unwrap_or_default();
                 Ok(self.metadata(&self.keystore.create_key(description, None)?))
             }
@@ -539,7 +546,7 @@ impl Shared {
                 let key_id = self
                     .keystore
                     .resolve(required("KeyId", input.key_id.as_ref())?)?;
-                self.authorize("kms:DescribeKey", context, None)?;
+                self.authorize("kms:DescribeKey", Some(&key_id), context, None)?;
                 Ok(self.metadata(&self.keystore.describe(&key_id)?))
             }
             "Encrypt" => {
@@ -551,7 +558,7 @@ impl Shared {
                     input.plaintext.as_deref(),
                     MAX_PLAINTEXT,
                 )?);
-                self.authorize("kms:Encrypt", context, None)?;
+                self.authorize("kms:Encrypt", Some(&key_id), context, None)?;
                 let sealed = self.keystore.encrypt(&key_id, &plaintext, context)?;
                 Ok(
                     json!({"CiphertextBlob": B64.encode(sealed), "KeyId": self.arn(&key_id)?,
@@ -567,7 +574,13 @@ impl Shared {
                 if let Some(requested) = &input.key_id {
                     self.keystore.resolve(requested)?;
                 }
-                self.authorize("kms:Decrypt", context, attested.as_ref())?;
+                // Authorized against the key the blob names, as KMS does.
+                // A blob naming a key we never had is simply not ours.
+                let blob_key = crate::keystore::blob_key_id(&sealed)
+                    .ok()
+                    .filter(|key_id| self.keystore.describe(key_id).is_ok())
+                    .ok_or(KeyStoreError::InvalidCiphertext)?;
+                self.authorize("kms:Decrypt", Some(&blob_key), context, attested.as_ref())?;
                 let (key_id, plaintext) =
                     self.keystore
                         .decrypt(&sealed, input.key_id.as_deref(), context)?;
@@ -577,17 +590,13 @@ impl Shared {
                 let key_id = self
                     .keystore
                     .resolve(required("KeyId", input.key_id.as_ref())?)?;
-                let len = match (input.key_spec.as_deref(), input.number_of_bytes) {
-                    (Some("AES_256"), None) => 32,
-                    (Some("AES_128"), None) => 16,
-                    (None, Some(n @ 1..=1024)) => n as usize,
-                    (spec, bytes) => {
-                        return Err(invalid(format!(
-                            "expected KeySpec AES_256 or AES_128, or NumberOfBytes 1 to 1024, not both; got KeySpec {spec:?}, NumberOfBytes {bytes:?}"
-                        )));
-                    }
-                };
-                self.authorize("kms:GenerateDataKey", context, attested.as_ref())?;
+                let len = data_key_length(input)?;
+                self.authorize(
+                    "kms:GenerateDataKey",
+                    Some(&key_id),
+                    context,
+                    attested.as_ref(),
+                )?;
                 let mut data_key = Zeroizing::new(vec![0u8; len]);
                 rand::rng().fill_bytes(&mut data_key);
                 let sealed = self.keystore.encrypt(&key_id, &data_key, context)?;
@@ -600,6 +609,18 @@ impl Shared {
                 format!("operation {other:?} is not implemented by this mock"),
             )),
         }
+    }
+}
+
+/// GenerateDataKey's length: `KeySpec` or `NumberOfBytes`, exactly one.
+fn data_key_length(input: &Input) -> Result<usize, KmsError> {
+    match (input.key_spec.as_deref(), input.number_of_bytes) {
+        (Some("AES_256"), None) => Ok(32),
+        (Some("AES_128"), None) => Ok(16),
+        (None, Some(n @ 1..=1024)) => Ok(n as usize),
+        (spec, bytes) => Err(invalid(format!(
+            "expected KeySpec AES_256 or AES_128, or NumberOfBytes 1 to 1024, not both; got KeySpec {spec:?}, NumberOfBytes {bytes:?}"
+        ))),
     }
 }
 

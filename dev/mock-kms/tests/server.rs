@@ -50,7 +50,7 @@ fn pcr_policy(fill: u8) -> Policy {
 
 fn open_policy() -> Policy {
     Policy::parse(&format!(
-        r#"{{"Statement":{{"Effect":"Allow","Principal":{{"AWS":"{CALLER}"}},"Action":"kms:*"}}}}"#
+        r#"{{"Statement":{{"Effect":"Allow","Principal":{{"AWS":"{CALLER}"}},"Action":"kms:*","Resource":"*"}}}}"#
     ))
     .unwrap()
 }
@@ -502,7 +502,8 @@ fn binary_prints_its_address_and_exits_cleanly_on_sigterm() {
         path
     };
     let root = file("root.pem", ca.root_pem());
-    let policy = r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*"}}"#;
+    let policy =
+        r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}}"#;
     let policy = file("policy.json", policy);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signer-mock-kms"))
         .args(["--state".as_ref(), dir.path().join("kms.json").as_os_str()])

@@ -42,7 +42,6 @@ pub const DEV_PCRS: [(u8, &str); 3] = [
         "d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2",
     ),
 ];
-const DEV_ACCOUNT: &str = "111122223333";
 const DEV_ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
 const DEV_CHANNELS: u32 = 8;
 
@@ -60,14 +59,15 @@ pub struct DevOptions {
     pub soroban_contracts: Vec<String>,
 }
 
-/// The shipped key-policy template, rendered for the development PCRs.
-pub fn dev_policy() -> anyhow::Result<String> {
+/// The shipped key-policy template, rendered for the development PCRs and the mock
+/// KMS key `key_arn`.
+pub fn dev_policy(key_arn: &str) -> anyhow::Result<String> {
     let build = host::key_policy::Measurements {
         pcrs: DEV_PCRS.map(|(_, value)| value.to_string()),
     };
     Ok(host::key_policy::render(
         host::key_policy::TEMPLATE,
-        DEV_ACCOUNT,
+        &key_arn.parse()?,
         DEV_ROLE,
         &[build],
     )?)
@@ -190,6 +190,8 @@ struct EnclaveSetup<'a> {
     kms_ca: &'a Path,
     nsm_ca: &'a Path,
     distribution: &'a str,
+    /// The mock KMS key the development keys are under: the enclave's measured key.
+    kms_key_arn: &'a str,
 }
 
 /// Starts the mock enclave and waits until its socket exists.
@@ -212,8 +214,8 @@ async fn start_enclave(
         .arg(setup.endpoint.to_string())
         .arg("--network-passphrase")
         .arg(DEV_NETWORK)
-        .arg("--kms-region")
-        .arg("us-east-1")
+        .arg("--kms-key-arn")
+        .arg(setup.kms_key_arn)
         .arg("--kms-endpoint")
         .arg(setup.kms_url)
         .arg("--kms-relay")
@@ -273,9 +275,10 @@ async fn run_stack(
     let enclave_endpoint = Endpoint::Unix(dir.join("enclave.sock"));
     let host_socket = dir.join("host.sock");
 
-    std::fs::write(&policy, dev_policy()?)
+    // The keys first: the policy names the mock KMS key they are under.
+    let (distribution, kms_key_arn) = provision_dev_keys(&kms_bin, &kms_state, &db).await?;
+    std::fs::write(&policy, dev_policy(&kms_key_arn)?)
         .with_context(|| format!("writing {}", policy.display()))?;
-    let distribution = provision_dev_keys(&kms_bin, &kms_state, &db).await?;
 
     let kms_url = start_mock_kms(&kms_bin, &kms_state, &policy, &nsm_ca, &kms_ca, children).await?;
 
@@ -286,6 +289,7 @@ async fn run_stack(
         kms_ca: &kms_ca,
         nsm_ca: &nsm_ca,
         distribution: &distribution,
+        kms_key_arn: &kms_key_arn,
     };
     start_enclave(options, &enclave_bin, &enclave, dir, children).await?;
 
@@ -318,17 +322,22 @@ async fn run_stack(
 }
 
 /// Fills an empty store with one distribution and some channel keys, encrypted by the
-/// mock KMS in the kms-direct format, and returns the distribution account. A
+/// mock KMS in the kms-direct format, and returns the distribution account and the ARN
+/// of the KMS key they are under. A
 /// development shortcut: production keys are generated inside the enclave or imported
 /// by the operator.
-async fn provision_dev_keys(kms_bin: &Path, kms_state: &Path, db: &Path) -> anyhow::Result<String> {
+async fn provision_dev_keys(
+    kms_bin: &Path,
+    kms_state: &Path,
+    db: &Path,
+) -> anyhow::Result<(String, String)> {
     let store = SqliteStore::open(db, LockLimits::default(), Duration::from_secs(5))?;
-    let distribution = || -> anyhow::Result<Option<String>> {
+    let distribution = || -> anyhow::Result<Option<(String, String)>> {
         Ok(store
             .list_keys(Some(KeyRole::Distribution))?
             .into_iter()
             .next()
-            .map(|k| k.public_key))
+            .map(|k| (k.public_key, k.kms_key_id)))
     };
     if let Some(existing) = distribution()? {
         return Ok(existing);

@@ -17,7 +17,7 @@ use aws_sdk_kms::types::{KeyEncryptionMechanism, RecipientInfo};
 use common::wire::transport::Endpoint;
 
 use super::connector::RelayHttpClient;
-use super::{Kms, KmsError};
+use super::{Kms, KmsError, RecipientAnswer};
 use common::wire::messages::AwsCredentials;
 use futures_util::future::BoxFuture;
 
@@ -117,10 +117,10 @@ impl KmsClient {
     async fn decrypt(
         &self,
         ciphertext_blob: &[u8],
-        key_id: Option<&str>,
+        key_id: &str,
         encryption_context: &[(&str, &str)],
         attestation_document: &[u8],
-    ) -> Result<Vec<u8>, KmsError> {
+    ) -> Result<RecipientAnswer, KmsError> {
         let recipient = RecipientInfo::builder()
             .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
             .attestation_document(Blob::new(attestation_document))
@@ -129,18 +129,19 @@ impl KmsClient {
             .client
             .decrypt()
             .ciphertext_blob(Blob::new(ciphertext_blob))
+            .key_id(key_id)
             .recipient(recipient);
-        if let Some(key_id) = key_id {
-            request = request.key_id(key_id);
-        }
         for (k, v) in encryption_context {
             request = request.encryption_context(*k, *v);
         }
         let output = request.send().await.map_err(|e| classify_sdk_error(&e))?;
-        output
-            .ciphertext_for_recipient()
-            .map(|b| b.as_ref().to_vec())
-            .ok_or(KmsError::MissingCiphertextForRecipient)
+        Ok(RecipientAnswer {
+            key_id: output.key_id().map(str::to_string),
+            ciphertext_for_recipient: output
+                .ciphertext_for_recipient()
+                .map(|b| b.as_ref().to_vec())
+                .ok_or(KmsError::MissingCiphertextForRecipient)?,
+        })
     }
 }
 
@@ -148,10 +149,10 @@ impl Kms for KmsClient {
     fn decrypt_for_recipient<'a>(
         &'a self,
         ciphertext_blob: &'a [u8],
-        key_id: Option<&'a str>,
+        key_id: &'a str,
         encryption_context: &'a [(&'a str, &'a str)],
         attestation_document: &'a [u8],
-    ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+    ) -> BoxFuture<'a, Result<RecipientAnswer, KmsError>> {
         Box::pin(self.decrypt(
             ciphertext_blob,
             key_id,

@@ -14,18 +14,43 @@ use futures_util::future::BoxFuture;
 /// [`client::KmsClient`]; unit tests put a fake behind it so the enclave's decisions
 /// are tested in-process.
 pub trait Kms: Send + Sync {
-    /// `Decrypt` with a `Recipient`: the answer is KMS's `CiphertextForRecipient` (a CMS
-    /// envelope for the recipient key in `attestation_document`), never a plaintext.
+    /// `Decrypt` with a `Recipient`, naming `key_id` (the measured key ARN): the answer
+    /// is KMS's `CiphertextForRecipient` (a CMS envelope for the recipient key in
+    /// `attestation_document`), never a plaintext, with the key KMS says it used.
     fn decrypt_for_recipient<'a>(
         &'a self,
         ciphertext_blob: &'a [u8],
-        key_id: Option<&'a str>,
+        key_id: &'a str,
         encryption_context: &'a [(&'a str, &'a str)],
         attestation_document: &'a [u8],
-    ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>>;
+    ) -> BoxFuture<'a, Result<RecipientAnswer, KmsError>>;
 
     /// Replaces the AWS credentials KMS calls are signed with.
     fn set_credentials(&self, credentials: AwsCredentials);
+}
+
+/// What KMS answered to a `Recipient` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientAnswer {
+    /// The ARN of the key KMS used, as its TLS-authenticated answer names it.
+    pub key_id: Option<String>,
+    /// The CMS envelope for the enclave's recipient key.
+    pub ciphertext_for_recipient: Vec<u8>,
+}
+
+impl RecipientAnswer {
+    /// The envelope, if KMS used the `expected` key: an answer about any other key
+    /// (one the host's own AWS account may control) is never opened.
+    pub fn for_key(self, expected: &str) -> Result<Vec<u8>, KmsError> {
+        if self.key_id.as_deref() == Some(expected) {
+            Ok(self.ciphertext_for_recipient)
+        } else {
+            Err(KmsError::KeyMismatch {
+                expected: expected.to_string(),
+                actual: self.key_id.unwrap_or_else(|| "no KeyId".to_string()),
+            })
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,4 +80,6 @@ pub enum KmsError {
     MissingCiphertextForRecipient,
     #[error("bad KMS settings: {0}")]
     Settings(String),
+    #[error("KMS answered for key {actual}, not the measured key {expected}")]
+    KeyMismatch { expected: String, actual: String },
 }

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use common::stellar::signing_policy::SignatureRequest;
 
 use crate::context::SigningContext;
-use crate::key_use::{parse_public_key, sign_with_key};
+use crate::key_use::{check_key_material, sign_with_key};
 
 /// Signs `transaction` (raw XDR) with each of `signers`, each of which must be a
 /// required signer that the signing policy admits.
@@ -31,7 +31,7 @@ pub async fn sign_transaction(
     let mut envelope = decode_envelope(transaction)?;
     let raw_signers = signers
         .iter()
-        .map(|key| parse_public_key(&key.public_key))
+        .map(|key| check_key_material(context, key))
         .collect::<Result<Vec<_>, _>>()?;
     // Everything that needs no seed is checked before any KMS call.
     check_signature_count(&envelope, &raw_signers)?;

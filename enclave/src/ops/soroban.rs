@@ -10,7 +10,7 @@ use common::wire::messages::{KeyMaterial, Response, SignatureInfo};
 use common::wire::{ErrorCode, WireError};
 
 use crate::context::SigningContext;
-use crate::key_use::{parse_public_key, sign_with_key};
+use crate::key_use::{check_key_material, sign_with_key};
 
 /// Signs `entry` (raw XDR) with `signer`, valid through `signature_expiration_ledger`.
 pub async fn authorize_soroban(
@@ -24,7 +24,7 @@ pub async fn authorize_soroban(
     let mut entry = decode_auth_entry(entry)?;
     // The signer must be the very account the entry authorizes for.
     let account = authorizing_account(&entry)?;
-    let raw = parse_public_key(&signer.public_key)?;
+    let raw = check_key_material(context, signer)?;
     if raw != account {
         return Err(WireError::new(
             ErrorCode::NotARequiredSigner,

@@ -31,12 +31,13 @@ impl From<SignatureInfo> for SignatureOut {
 
 /// Base64 XDR from a request, or `malformed_transaction`.
 pub fn decode_base64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
-    B64.decode(text.trim()).map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedTransaction,
-            format!("{field} is not base64: {e}"),
-        )
-    })
+    decode_base64_or(ErrorCode::MalformedTransaction, field, text)
+}
+
+/// Base64 bytes from a request, or an error with `code`.
+pub fn decode_base64_or(code: ErrorCode, field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(text.trim())
+        .map_err(|e| ApiError::new(code, format!("{field} is not base64: {e}")))
 }
 
 /// Base64 for an answer.

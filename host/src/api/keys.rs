@@ -2,13 +2,14 @@
 
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
-use base64::Engine;
+
 use common::wire::ErrorCode;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Caller};
+use super::json::decode_base64_or;
 use super::state::AppState;
 use crate::store::blocking;
 use crate::store::{AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, NewKey};
@@ -59,14 +60,13 @@ pub async fn register(
             "only kms-direct keys can be registered; envelope keys are generated inside the enclave",
         ));
     }
-    let ciphertext = base64::engine::general_purpose::STANDARD
-        .decode(request.ciphertext.trim())
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                format!("ciphertext is not base64: {e}"),
-            )
-        })?;
+    // The enclave signs only with keys under its one measured KMS key, named by ARN;
+    // an alias or bare id would be stored only to be refused at every signature.
+    request
+        .kms_key_id
+        .parse::<common::kms_key::KmsKeyArn>()
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("kms_key_id: {e}")))?;
+    let ciphertext = decode_base64_or(ErrorCode::BadRequest, "ciphertext", &request.ciphertext)?;
     let key = NewKey {
         public_key: request.public_key.clone(),
         role: request.role,

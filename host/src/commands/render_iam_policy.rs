@@ -9,7 +9,7 @@ use crate::key_policy::render_iam;
 pub struct RenderIamPolicyArgs {
     /// ARN of the KMS key (arn:aws:kms:REGION:ACCOUNT:key/ID).
     #[arg(long)]
-    pub key_arn: String,
+    pub key_arn: common::kms_key::KmsKeyArn,
 }
 
 /// Prints the IAM policy JSON.

@@ -11,9 +11,10 @@ use crate::key_policy::{Variant, parse_measurements, render};
 /// Flags of `render-key-policy`.
 #[derive(Debug, Args)]
 pub struct RenderKeyPolicyArgs {
-    /// 12-digit AWS account id (administers the key, cannot decrypt).
+    /// ARN of the KMS key (arn:aws:kms:REGION:ACCOUNT:key/ID): the enclave's measured
+    /// `--kms-key-arn`. Its account administers the key but cannot decrypt.
     #[arg(long)]
-    pub account: String,
+    pub key_arn: common::kms_key::KmsKeyArn,
     /// ARN of the parent instance's IAM role.
     #[arg(long)]
     pub role: String,
@@ -36,7 +37,7 @@ pub fn run(args: &RenderKeyPolicyArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        render(args.variant.template(), &args.account, &args.role, &builds)?
+        render(args.variant.template(), &args.key_arn, &args.role, &builds)?
     );
     Ok(())
 }
