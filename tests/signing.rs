@@ -580,3 +580,107 @@ async fn an_enclave_with_other_measurements_is_denied_by_the_key_policy() {
     let logs = dev.stop();
     assert_no_secret_in(&logs, &seeds);
 }
+
+#[tokio::test]
+async fn keys_generated_in_the_enclave_are_stored_sealed_and_sign() {
+    let (dev, distribution, channels) = stack().await;
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/keys/generate",
+            Some(json!({"role": "channel", "count": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let generated: Vec<String> = body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| {
+            assert_eq!(key["role"], "channel");
+            assert_eq!(key["format"], "envelope");
+            assert_eq!(key["state"], "active");
+            key["public_key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(generated.len(), 5);
+    let measured_key = stored_key(&dev, &distribution).kms_key_id;
+    for public_key in &generated {
+        assert!(!channels.contains(public_key));
+        let stored = stored_key(&dev, public_key);
+        assert_eq!(stored.format, host::store::KeyFormat::Envelope);
+        assert_eq!(stored.kms_key_id, measured_key);
+        assert_eq!(stored.sealed_seed.as_ref().map(Vec::len), Some(60));
+    }
+    assert_eq!(dev.keys("channel").await.len(), 8 + 5);
+
+    // The same through the CLI an operator runs.
+    let output = std::process::Command::new(harness::workspace_bin("signer-host"))
+        .args(["keys", "--socket"])
+        .arg(dev.socket())
+        .args(["generate", "--role", "channel", "--count", "2"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["keys"].as_array().unwrap().len(), 2, "{printed}");
+    assert_eq!(dev.keys("channel").await.len(), 8 + 5 + 2);
+
+    // A generated key signs through KMS and the enclave like any other.
+    let envelope = payment(&generated[0], &distribution);
+    let (status, body) = post_sign(
+        &dev,
+        json!({"transaction": b64(&envelope), "signers": [generated[0]]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let signed = TransactionEnvelope::from_xdr(
+        B64.decode(body["transaction"].as_str().unwrap()).unwrap(),
+        Limits::none(),
+    )
+    .unwrap();
+    let TransactionEnvelope::Tx(signed) = signed else {
+        panic!("not a v1 envelope")
+    };
+    let signature = Signature::from_slice(&signed.signatures[0].signature.0).unwrap();
+    VerifyingKey::from_bytes(&raw(&generated[0]))
+        .unwrap()
+        .verify(&envelope.hash(network_id()).unwrap(), &signature)
+        .unwrap();
+
+    // A distribution key only while none is active; counts within bounds.
+    for (request, status, code) in [
+        (
+            json!({"role": "distribution", "count": 1}),
+            StatusCode::CONFLICT,
+            "key_exists",
+        ),
+        (
+            json!({"role": "channel", "count": 0}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            json!({"role": "channel", "count": 101}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ] {
+        let (actual, body) = dev
+            .call(Method::POST, "/v1/keys/generate", Some(request))
+            .await;
+        assert_eq!(
+            (actual, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    let generated_rows = dev
+        .audit()
+        .into_iter()
+        .filter(|row| row.entry.kind == "key_generated")
+        .count();
+    assert_eq!(generated_rows, 5 + 2);
+    // The generated seeds and data keys (in `seeds()`) never reach a log.
+    finish(dev, &[]);
+}

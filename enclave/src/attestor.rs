@@ -101,6 +101,11 @@ impl Attestor {
         Ok(identity)
     }
 
+    /// Random bytes from the NSM (see [`Nsm::random`]).
+    pub fn nsm_random(&self) -> Result<Vec<u8>, NsmError> {
+        self.nsm.random()
+    }
+
     pub async fn rotate(self: &Arc<Self>) -> Result<(), AttestorError> {
         let this = self.clone();
         // RSA key generation takes tens of milliseconds: keep it off the async workers.

@@ -10,7 +10,7 @@ use common::stellar::envelope::network_id;
 use common::stellar::signing_policy::SigningPolicy;
 use common::wire::{ErrorCode, WireError};
 
-use crate::attestor::Attestor;
+use crate::attestor::{Attestor, Identity};
 use crate::budget::SpendingLimits;
 use crate::cache::KeyCache;
 use crate::kms::Kms;
@@ -63,6 +63,18 @@ impl SigningContext {
             limits,
             kms_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_KMS_CALLS),
         }
+    }
+
+    /// A turn at KMS: a slot of the bounded KMS calls (waited for; the request timeout
+    /// bounds the wait) and the attested identity to call with, kept for the whole call.
+    pub async fn kms_turn(
+        &self,
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, Arc<Identity>), WireError> {
+        let slot =
+            self.kms_calls.acquire().await.map_err(|_| {
+                WireError::new(ErrorCode::Internal, "the KMS call limiter is closed")
+            })?;
+        Ok((slot, self.attestor.current()?))
     }
 
     /// Refuses a caller who believes it talks to another network (docs/design.md §2

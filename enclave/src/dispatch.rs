@@ -61,6 +61,9 @@ impl Dispatcher {
                 )
                 .await
             }
+            Request::GenerateKeys { count } => {
+                ops::generate::generate_keys(self.context()?, count).await
+            }
         }
     }
 

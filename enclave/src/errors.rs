@@ -23,7 +23,8 @@ impl From<KmsError> for WireError {
             KmsError::Throttled(_)
             | KmsError::Unavailable(_)
             | KmsError::Other { .. }
-            | KmsError::MissingCiphertextForRecipient => ErrorCode::KmsUnavailable,
+            | KmsError::MissingCiphertextForRecipient
+            | KmsError::MissingCiphertextBlob => ErrorCode::KmsUnavailable,
         };
         WireError::new(code, e.to_string())
     }
@@ -34,6 +35,7 @@ impl From<KeyError> for WireError {
         let code = match &e {
             KeyError::PublicKeyMismatch { .. } => ErrorCode::PublicKeyMismatch,
             KeyError::BadPublicKey(_) => ErrorCode::BadRequest,
+            KeyError::WeakRandom { .. } => ErrorCode::Internal,
             KeyError::UnrecognisedSecret { .. }
             | KeyError::DataKeyLength { .. }
             | KeyError::SealBroken => ErrorCode::UnusableKey,

@@ -75,13 +75,7 @@ async fn decrypt_and_sign(
     {
         return Ok(sign_checked(&seed, &key.public_key, hash)?);
     }
-    // Waits for a slot: KMS calls at once are bounded (the request timeout bounds the wait).
-    let _slot = context
-        .kms_calls
-        .acquire()
-        .await
-        .map_err(|_| WireError::new(ErrorCode::Internal, "the KMS call limiter is closed"))?;
-    let identity = context.attestor.current()?;
+    let (_slot, identity) = context.kms_turn().await?;
     let encryption_context = [("pubkey", key.public_key.as_str())];
     let measured_key = context.kms_key_arn.as_str();
     let answer = context

@@ -22,6 +22,8 @@ pub enum KeyError {
     PublicKeyMismatch { expected: String, derived: String },
     #[error("{0:?} is not a Stellar account public key")]
     BadPublicKey(String),
+    #[error("the random source gave {len} bytes, expected at least 32")]
+    WeakRandom { len: usize },
 }
 
 /// A seed on the heap, wiped on drop. Boxed so that moving it (returning it, storing it
@@ -57,6 +59,22 @@ pub fn seed_from_slice(bytes: &[u8]) -> Option<Seed> {
     let mut seed = Seed(Box::new([0u8; 32]));
     seed.0.copy_from_slice(bytes);
     Some(seed)
+}
+
+/// A new seed: the OS RNG's bytes XOR the NSM's, drawn straight into the seed's own
+/// buffer (no copy left behind), so it is unpredictable while either source is.
+pub fn draw_seed(nsm_random: &[u8]) -> Result<Seed, KeyError> {
+    let Some(nsm_random) = nsm_random.get(..32) else {
+        return Err(KeyError::WeakRandom {
+            len: nsm_random.len(),
+        });
+    };
+    let mut seed = Seed(Box::new([0u8; 32]));
+    aws_lc_rs::rand::fill(&mut seed.0[..]).map_err(|_| KeyError::WeakRandom { len: 0 })?;
+    for (byte, nsm) in seed.0.iter_mut().zip(nsm_random) {
+        *byte ^= nsm;
+    }
+    Ok(seed)
 }
 
 /// The seed of a `kms-direct` secret: `aws kms encrypt` of the raw 32 bytes or of the

@@ -24,7 +24,7 @@ use crate::attestor::Attestor;
 use crate::context::SigningContext;
 use crate::dispatch::Dispatcher;
 use crate::keys::{public_key_of, seal_seed};
-use crate::kms::{Kms, KmsError, RecipientAnswer};
+use crate::kms::{GeneratedDataKey, Kms, KmsError, RecipientAnswer};
 use crate::nsm::{Nsm, NsmError};
 
 const NETWORK: &str = "Test SDF Network ; September 2015";
@@ -42,6 +42,12 @@ struct FakeNsm;
 impl Nsm for FakeNsm {
     fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError> {
         Ok(public_key.to_vec())
+    }
+
+    fn random(&self) -> Result<Vec<u8>, NsmError> {
+        let mut bytes = vec![0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).unwrap();
+        Ok(bytes)
     }
 }
 
@@ -132,6 +138,36 @@ impl Kms for FakeKms {
                     AnsweredKeyId::Absent => None,
                 },
                 ciphertext_for_recipient,
+            })
+        })
+    }
+
+    fn generate_data_key_for_recipient<'a>(
+        &'a self,
+        key_id: &'a str,
+        encryption_context: &'a [(&'a str, &'a str)],
+        attestation_document: &'a [u8],
+    ) -> BoxFuture<'a, Result<GeneratedDataKey, KmsError>> {
+        Box::pin(async move {
+            let [("pubkey", public_key)] = encryption_context else {
+                return Err(KmsError::InvalidCiphertext("encryption context".into()));
+            };
+            let mut data_key = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut data_key).unwrap();
+            let ciphertext = format!("data key of {public_key}").into_bytes();
+            self.store(&ciphertext, public_key, &data_key);
+            // Decrypt of the new ciphertext then answers like KMS, counted and checked.
+            let answer = self
+                .decrypt_for_recipient(
+                    &ciphertext,
+                    key_id,
+                    encryption_context,
+                    attestation_document,
+                )
+                .await?;
+            Ok(GeneratedDataKey {
+                answer,
+                ciphertext_blob: ciphertext,
             })
         })
     }
@@ -594,6 +630,14 @@ async fn an_answer_for_another_recipient_key_is_not_opened() {
                 })
             })
         }
+        fn generate_data_key_for_recipient<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [(&'a str, &'a str)],
+            _: &'a [u8],
+        ) -> BoxFuture<'a, Result<GeneratedDataKey, KmsError>> {
+            Box::pin(async { Err(KmsError::Unavailable("not used here".into())) })
+        }
         fn set_credentials(&self, _: AwsCredentials) {}
     }
     let dispatcher = Dispatcher::new(Some(context(Arc::new(Elsewhere))));
@@ -965,4 +1009,77 @@ async fn a_stale_attestation_is_never_used() {
     assert_eq!(enclave.kms.calls(), 0);
     assert_eq!(crate::attestor::rotation_period(1).as_secs(), 10);
     assert_eq!(crate::attestor::rotation_period(100_000).as_secs(), 240);
+}
+
+async fn generate(enclave: &Enclave, count: u32) -> Result<Vec<KeyMaterial>, WireError> {
+    match enclave
+        .dispatcher
+        .handle(Request::GenerateKeys { count })
+        .await?
+    {
+        Response::KeysGenerated { keys } => Ok(keys),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn generated_keys_are_sealed_under_the_measured_key_and_sign() {
+    let enclave = enclave();
+    let keys = generate(&enclave, 3).await.unwrap();
+    assert_eq!(keys.len(), 3);
+    let distinct: std::collections::HashSet<_> = keys.iter().map(|k| &k.public_key).collect();
+    assert_eq!(distinct.len(), 3, "{keys:?}");
+    assert_eq!(*enclave.kms.requested_key_ids.lock().unwrap(), [KEY_ARN; 3]);
+    for key in &keys {
+        assert_eq!(key.format, KeyFormat::Envelope);
+        assert_eq!(key.kms_key_id, KEY_ARN);
+        assert_eq!(key.sealed_seed.as_ref().map(Vec::len), Some(12 + 32 + 16));
+    }
+    // A generated key signs: as a channel, sequencing another account's payment.
+    let channel = keys[0].clone();
+    let source = stellar_strkey::ed25519::PublicKey::from_string(&channel.public_key).unwrap();
+    let payment = Operation {
+        source_account: Some(account(&OTHER_SEED)),
+        body: OperationBody::Payment(PaymentOp {
+            destination: account(&DISTRIBUTION_SEED),
+            asset: stellar_xdr::Asset::Native,
+            amount: 10,
+        }),
+    };
+    let xdr = envelope(
+        MuxedAccount::Ed25519(Uint256(source.0)),
+        vec![payment],
+        Some(common::now_unix_secs() + 60),
+    );
+    let Response::Signed {
+        hash, signatures, ..
+    } = sign(&enclave, xdr, vec![channel]).await.unwrap()
+    else {
+        panic!("not signed");
+    };
+    let signature = ed25519_dalek::Signature::from_slice(&signatures[0].signature).unwrap();
+    VerifyingKey::from_bytes(&source.0)
+        .unwrap()
+        .verify(&hash, &signature)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn generation_counts_are_bounded_before_any_kms_call() {
+    let enclave = enclave();
+    for count in [0, 101] {
+        let refusal = generate(&enclave, count).await.unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::BadRequest, "{refusal:?}");
+    }
+    assert_eq!(enclave.kms.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_data_key_for_another_kms_key_seals_nothing() {
+    let enclave = enclave();
+    *enclave.kms.answered_key_id.lock().unwrap() =
+        AnsweredKeyId::Other("arn:aws:kms:us-east-1:444455556666:key/attacker".into());
+    let refusal = generate(&enclave, 2).await.unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::KmsKeyMismatch, "{refusal:?}");
+    assert!(refusal.message.contains(KEY_ARN), "{refusal:?}");
 }

@@ -20,7 +20,7 @@ use enclave::attestor::Attestor;
 use enclave::budget::SpendingLimits;
 use enclave::context::SigningContext;
 use enclave::dispatch::Dispatcher;
-use enclave::kms::{Kms, KmsError, RecipientAnswer};
+use enclave::kms::{GeneratedDataKey, Kms, KmsError, RecipientAnswer};
 use enclave::nsm::{Nsm, NsmError};
 use futures_util::future::BoxFuture;
 use stellar_xdr::{Limits, ReadXdr, SorobanAuthorizationEntry, TransactionEnvelope};
@@ -154,6 +154,11 @@ impl Nsm for FakeNsm {
     fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError> {
         Ok(public_key.to_vec())
     }
+
+    /// Fixed: the seed mixes in the OS RNG, and fuzzing needs no unpredictability.
+    fn random(&self) -> Result<Vec<u8>, NsmError> {
+        Ok(vec![0x5a; 32])
+    }
 }
 
 /// Answers every `Decrypt` with the plaintext of the current input, as a real CMS
@@ -192,6 +197,24 @@ impl Kms for ScriptedKms {
             Ok(RecipientAnswer {
                 key_id: Some(key_id.to_string()),
                 ciphertext_for_recipient,
+            })
+        })
+    }
+
+    /// The scripted plaintext is the data key; its "blob" is a fixed marker.
+    fn generate_data_key_for_recipient<'a>(
+        &'a self,
+        key_id: &'a str,
+        encryption_context: &'a [(&'a str, &'a str)],
+        attestation_document: &'a [u8],
+    ) -> BoxFuture<'a, Result<GeneratedDataKey, KmsError>> {
+        Box::pin(async move {
+            let answer = self
+                .decrypt_for_recipient(b"", key_id, encryption_context, attestation_document)
+                .await?;
+            Ok(GeneratedDataKey {
+                answer,
+                ciphertext_blob: b"scripted data key".to_vec(),
             })
         })
     }
@@ -316,6 +339,12 @@ fn assert_kms_was_due(request: &Request) {
                 "KMS called for another network"
             );
             assert!(*signature_expiration_ledger > 0, "KMS called for ledger 0");
+        }
+        Request::GenerateKeys { count } => {
+            assert!(
+                (1..=common::wire::messages::MAX_GENERATED_KEYS).contains(count),
+                "KMS called to generate {count} keys"
+            );
         }
         Request::Ping { .. } | Request::SetCredentials(_) => {
             panic!("KMS called for {request:?}")

@@ -105,6 +105,7 @@ pub fn requests() -> Vec<Vec<u8>> {
         );
     }
     push(&Request::Ping { delay_ms: 0 }, &[]);
+    push(&Request::GenerateKeys { count: 2 }, &[0x42; 32]);
     requests
 }
 

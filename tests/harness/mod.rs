@@ -336,8 +336,8 @@ impl Dev {
             .collect()
     }
 
-    /// The development seeds, read back through the mock KMS's key store: what must never
-    /// appear in any log.
+    /// Every stored key's secrets (seeds, and the data keys of `envelope` keys), read
+    /// back through the mock KMS's key store: what must never appear in any log.
     pub fn seeds(&self) -> Vec<[u8; 32]> {
         let store = mock_kms::keystore::KeyStore::open(
             &self.state().join("mock-kms-state.json"),
@@ -351,17 +351,21 @@ impl Dev {
             std::time::Duration::from_secs(5),
         )
         .unwrap();
-        db.list_keys(None)
-            .unwrap()
-            .into_iter()
-            .filter_map(|k| {
-                let context = BTreeMap::from([("pubkey".to_string(), k.public_key.clone())]);
-                store
-                    .decrypt(&k.kms_ciphertext, None, &context)
-                    .ok()
-                    .map(|(_, plain)| <[u8; 32]>::try_from(plain.as_slice()).unwrap())
-            })
-            .collect()
+        let mut secrets = Vec::new();
+        for key in db.list_keys(None).unwrap() {
+            let context = BTreeMap::from([("pubkey".to_string(), key.public_key.clone())]);
+            let Ok((_, plain)) = store.decrypt(&key.kms_ciphertext, None, &context) else {
+                continue;
+            };
+            // kms-direct: the seed; envelope: the data key, which opens the seed.
+            secrets.push(<[u8; 32]>::try_from(plain.as_slice()).unwrap());
+            if let Some(sealed) = &key.sealed_seed {
+                let seed = enclave::keys::open_sealed_seed(&plain, sealed, &key.public_key)
+                    .expect("a stored envelope key opens");
+                secrets.push(*seed);
+            }
+        }
+        secrets
     }
 
     /// The newest audit-log rows, newest first.

@@ -139,7 +139,18 @@ pub enum Request {
         /// The key to sign with: it must be the account the entry authorizes for.
         signer: KeyMaterial,
     },
+    /// Generate `count` new keys (1 to [`MAX_GENERATED_KEYS`]) inside the enclave: each
+    /// seed drawn from the NSM and the OS, sealed (`envelope` format) under a data key
+    /// from KMS's `GenerateDataKey` for the measured KMS key, and forgotten. The answer
+    /// carries public keys and ciphertexts only.
+    GenerateKeys {
+        /// How many keys.
+        count: u32,
+    },
 }
+
+/// The most keys one [`Request::GenerateKeys`] makes.
+pub const MAX_GENERATED_KEYS: u32 = 100;
 
 /// What the enclave answers to a [`Request`] that succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +179,12 @@ pub enum Response {
         hash: [u8; 32],
         /// The signature written into the entry.
         signature: SignatureInfo,
+    },
+    /// The answer to [`Request::GenerateKeys`]: each new key as the host stores it
+    /// (`envelope` format: the data key's KMS ciphertext and the sealed seed).
+    KeysGenerated {
+        /// One per key asked for.
+        keys: Vec<KeyMaterial>,
     },
 }
 

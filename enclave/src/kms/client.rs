@@ -13,11 +13,11 @@ use aws_sdk_kms::config::timeout::TimeoutConfig;
 use aws_sdk_kms::config::{BehaviorVersion, IdentityCache, Region};
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{KeyEncryptionMechanism, RecipientInfo};
+use aws_sdk_kms::types::{DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
 use common::wire::transport::Endpoint;
 
 use super::connector::RelayHttpClient;
-use super::{Kms, KmsError, RecipientAnswer};
+use super::{GeneratedDataKey, Kms, KmsError, RecipientAnswer};
 use common::wire::messages::AwsCredentials;
 use futures_util::future::BoxFuture;
 
@@ -121,10 +121,7 @@ impl KmsClient {
         encryption_context: &[(&str, &str)],
         attestation_document: &[u8],
     ) -> Result<RecipientAnswer, KmsError> {
-        let recipient = RecipientInfo::builder()
-            .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
-            .attestation_document(Blob::new(attestation_document))
-            .build();
+        let recipient = recipient_info(attestation_document);
         let mut request = self
             .client
             .decrypt()
@@ -141,6 +138,40 @@ impl KmsClient {
                 .ciphertext_for_recipient()
                 .map(|b| b.as_ref().to_vec())
                 .ok_or(KmsError::MissingCiphertextForRecipient)?,
+        })
+    }
+
+    /// `GenerateDataKey` (AES_256) with a `Recipient`: the plaintext data key reaches
+    /// only the attested recipient key.
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        encryption_context: &[(&str, &str)],
+        attestation_document: &[u8],
+    ) -> Result<GeneratedDataKey, KmsError> {
+        let recipient = recipient_info(attestation_document);
+        let mut request = self
+            .client
+            .generate_data_key()
+            .key_id(key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .recipient(recipient);
+        for (k, v) in encryption_context {
+            request = request.encryption_context(*k, *v);
+        }
+        let output = request.send().await.map_err(|e| classify_sdk_error(&e))?;
+        Ok(GeneratedDataKey {
+            answer: RecipientAnswer {
+                key_id: output.key_id().map(str::to_string),
+                ciphertext_for_recipient: output
+                    .ciphertext_for_recipient()
+                    .map(|b| b.as_ref().to_vec())
+                    .ok_or(KmsError::MissingCiphertextForRecipient)?,
+            },
+            ciphertext_blob: output
+                .ciphertext_blob()
+                .map(|b| b.as_ref().to_vec())
+                .ok_or(KmsError::MissingCiphertextBlob)?,
         })
     }
 }
@@ -161,6 +192,15 @@ impl Kms for KmsClient {
         ))
     }
 
+    fn generate_data_key_for_recipient<'a>(
+        &'a self,
+        key_id: &'a str,
+        encryption_context: &'a [(&'a str, &'a str)],
+        attestation_document: &'a [u8],
+    ) -> BoxFuture<'a, Result<GeneratedDataKey, KmsError>> {
+        Box::pin(self.generate_data_key(key_id, encryption_context, attestation_document))
+    }
+
     fn set_credentials(&self, credentials: AwsCredentials) {
         let expires = credentials
             .expires_unix
@@ -172,6 +212,15 @@ impl Kms for KmsClient {
             expires,
         );
     }
+}
+
+/// `Recipient`: KMS answers for the RSA key in the attestation document, never in the
+/// clear.
+fn recipient_info(attestation_document: &[u8]) -> RecipientInfo {
+    RecipientInfo::builder()
+        .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
+        .attestation_document(Blob::new(attestation_document))
+        .build()
 }
 
 fn classify_sdk_error<E, R>(error: &aws_sdk_kms::error::SdkError<E, R>) -> KmsError

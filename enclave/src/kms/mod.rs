@@ -25,6 +25,16 @@ pub trait Kms: Send + Sync {
         attestation_document: &'a [u8],
     ) -> BoxFuture<'a, Result<RecipientAnswer, KmsError>>;
 
+    /// `GenerateDataKey` (AES-256) with a `Recipient`, for `key_id` (the measured key
+    /// ARN): the data key comes back only as a CMS envelope for the recipient key, next
+    /// to its `CiphertextBlob` for storage.
+    fn generate_data_key_for_recipient<'a>(
+        &'a self,
+        key_id: &'a str,
+        encryption_context: &'a [(&'a str, &'a str)],
+        attestation_document: &'a [u8],
+    ) -> BoxFuture<'a, Result<GeneratedDataKey, KmsError>>;
+
     /// Replaces the AWS credentials KMS calls are signed with.
     fn set_credentials(&self, credentials: AwsCredentials);
 }
@@ -53,6 +63,15 @@ impl RecipientAnswer {
     }
 }
 
+/// What KMS answered to `GenerateDataKey` with a `Recipient`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedDataKey {
+    /// The data key for the recipient key, and the key KMS used.
+    pub answer: RecipientAnswer,
+    /// The data key encrypted under the KMS key: what the host stores.
+    pub ciphertext_blob: Vec<u8>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KmsError {
     #[error("KMS denied access: {0}")]
@@ -78,6 +97,8 @@ pub enum KmsError {
     Other { code: String, message: String },
     #[error("KMS answered without a CiphertextForRecipient")]
     MissingCiphertextForRecipient,
+    #[error("KMS answered GenerateDataKey without a CiphertextBlob")]
+    MissingCiphertextBlob,
     #[error("bad KMS settings: {0}")]
     Settings(String),
     #[error("KMS answered for key {actual}, not the measured key {expected}")]

@@ -28,4 +28,11 @@ impl Nsm for MockNsmDevice {
             .attest(Some(public_key), None, None)
             .map_err(|e| NsmError::Refused(e.to_string()))
     }
+
+    /// No hardware here: the OS RNG stands in (the seed mixes it in a second time).
+    fn random(&self) -> Result<Vec<u8>, NsmError> {
+        let mut bytes = vec![0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| NsmError::Refused("OS RNG".into()))?;
+        Ok(bytes)
+    }
 }

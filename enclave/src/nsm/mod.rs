@@ -17,4 +17,8 @@ pub enum NsmError {
 pub trait Nsm: Send + Sync + 'static {
     /// An attestation document binding `public_key` (DER SubjectPublicKeyInfo).
     fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError>;
+
+    /// Random bytes from the NSM's hardware source (at least 32), mixed into every
+    /// seed the enclave generates with the OS's own RNG.
+    fn random(&self) -> Result<Vec<u8>, NsmError>;
 }

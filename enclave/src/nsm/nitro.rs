@@ -41,6 +41,18 @@ impl Nsm for NitroNsm {
             _ => Err(NsmError::Refused("unexpected response".into())),
         }
     }
+
+    fn random(&self) -> Result<Vec<u8>, NsmError> {
+        let fd = self
+            .fd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match nsm_process_request(*fd, Request::GetRandom) {
+            Response::GetRandom { random } => Ok(random),
+            Response::Error(code) => Err(NsmError::Refused(format!("{code:?}"))),
+            _ => Err(NsmError::Refused("unexpected response".into())),
+        }
+    }
 }
 
 impl Drop for NitroNsm {

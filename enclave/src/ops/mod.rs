@@ -1,8 +1,9 @@
 //! One file per operation the host may ask for. Each takes the signing context and the
 //! request's fields, decides from the enclave's own settings, and calls
 //! [`crate::key_use::sign_with_key`] only once every check has passed, so a refused
-//! request costs no KMS call.
+//! request costs no KMS call. `generate` makes new keys and signs nothing.
 
 pub mod credentials;
+pub mod generate;
 pub mod sign;
 pub mod soroban;

@@ -12,7 +12,11 @@ use super::extract::{ApiJson, Caller};
 use super::json::decode_base64_or;
 use super::state::AppState;
 use crate::store::blocking;
-use crate::store::{AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, NewKey};
+use crate::store::{
+    AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, NewKey, active_distribution,
+};
+use common::wire::messages::{MAX_GENERATED_KEYS, Request, Response};
+use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,4 +103,113 @@ pub async fn register(
     })?;
     tracing::info!(public_key = %stored.public_key, role = stored.role.as_str(), uid = ?caller.uid, "key registered");
     Ok((StatusCode::CREATED, axum::Json(stored)))
+}
+
+/// Asks the enclave for new keys (`envelope` format, generated and sealed inside it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateKeys {
+    role: KeyRole,
+    count: u32,
+}
+
+/// How long the enclave may take for `count` keys: one KMS call each, a bounded number
+/// at once, plus slack for KMS latency.
+fn generation_timeout(count: u32) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(200) * count
+}
+
+/// One at a time: the check that no distribution key is active, and the insert.
+static DISTRIBUTION_GENERATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn generate(
+    State(state): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    ApiJson(request): ApiJson<GenerateKeys>,
+) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    let GenerateKeys { role, count } = request;
+    if !(1..=MAX_GENERATED_KEYS).contains(&count) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("count: 1 to {MAX_GENERATED_KEYS} keys at once, not {count}"),
+        ));
+    }
+    let _distribution_guard = if role == KeyRole::Distribution {
+        if count != 1 {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("there is one distribution key; count must be 1, not {count}"),
+            ));
+        }
+        let guard = DISTRIBUTION_GENERATION.lock().await;
+        let store = state.store.clone();
+        if let Some(active) = blocking(move || active_distribution(store.as_ref())).await? {
+            return Err(ApiError::new(
+                ErrorCode::KeyExists,
+                format!(
+                    "distribution key {} is active; a new one is generated only while none is",
+                    active.public_key
+                ),
+            ));
+        }
+        Some(guard)
+    } else {
+        None
+    };
+    let answer = state
+        .enclave
+        .call_with_timeout(Request::GenerateKeys { count }, generation_timeout(count))
+        .await
+        .map_err(|e| ApiError::from(e.to_wire()))?;
+    let keys = match answer {
+        Response::KeysGenerated { keys } if keys.len() == count as usize => keys,
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the enclave answered {count} keys with {other:?}"),
+            ));
+        }
+    };
+    let new_keys: Vec<NewKey> = keys
+        .into_iter()
+        .map(|key| NewKey {
+            public_key: key.public_key,
+            role,
+            format: KeyFormat::Envelope,
+            kms_key_id: key.kms_key_id,
+            kms_ciphertext: key.ciphertext,
+            sealed_seed: key.sealed_seed,
+            state: KeyState::Active,
+        })
+        .collect();
+    let summary: Vec<serde_json::Value> = new_keys
+        .iter()
+        .map(|key| {
+            json!({
+                "public_key": key.public_key,
+                "role": key.role.as_str(),
+                "format": key.format.as_str(),
+                "state": key.state.as_str(),
+            })
+        })
+        .collect();
+    let store = state.store.clone();
+    blocking(move || {
+        // Durable (fsynced) before the answer: a key the caller hears of is never lost.
+        store.insert_keys(&new_keys)?;
+        for key in &new_keys {
+            store.append_audit(&AuditEntry {
+                caller_uid: caller.uid,
+                public_key: Some(key.public_key.clone()),
+                tx_hash: None,
+                kind: "key_generated".into(),
+                outcome: "ok".into(),
+                detail: Some(format!("{} {}", key.role.as_str(), key.format.as_str())),
+            })?;
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(count, role = role.as_str(), uid = ?caller.uid, "keys generated in the enclave");
+    Ok((StatusCode::CREATED, axum::Json(json!({ "keys": summary }))))
 }

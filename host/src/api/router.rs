@@ -21,6 +21,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/fee-bump", post(fee_bump::fee_bump))
         .route("/v1/soroban/authorize", post(soroban::authorize))
         .route("/v1/keys", get(keys::list).post(keys::register))
+        .route("/v1/keys/generate", post(keys::generate))
         .route("/v1/channels", get(channels::summary))
         .route("/v1/channels/acquire", post(channels::acquire))
         .route("/v1/channels/release", post(channels::release))

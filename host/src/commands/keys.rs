@@ -15,6 +15,18 @@ pub enum KeysCommand {
         #[arg(long)]
         role: Option<String>,
     },
+    /// Generate keys inside the enclave (`envelope` format: sealed there under a data
+    /// key from KMS, never seen by the host); stored durably before the answer.
+    ///
+    /// Example: `signer-host keys generate --role channel --count 10`
+    Generate {
+        /// distribution (only while none is active; count 1) or channel.
+        #[arg(long)]
+        role: String,
+        /// How many, 1 to 100.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
 }
 
 /// Runs one keys subcommand against the host at `socket`.
@@ -26,6 +38,10 @@ pub async fn run(socket: &Path, command: KeysCommand) -> anyhow::Result<()> {
                 None => "/v1/keys".to_string(),
             };
             call(socket, Method::GET, &path, None).await
+        }
+        KeysCommand::Generate { role, count } => {
+            let body = serde_json::json!({ "role": role, "count": count });
+            call(socket, Method::POST, "/v1/keys/generate", Some(body)).await
         }
     }
 }

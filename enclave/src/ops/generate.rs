@@ -1,0 +1,90 @@
+//! `GenerateKeys`: new keys born here. Each seed is drawn from the NSM and the OS RNG,
+//! sealed in the `envelope` format under a data key that KMS's `GenerateDataKey` sent
+//! only to this enclave's attested recipient key, for the measured KMS key (docs/design.md
+//! §2 invariants 5 and 9), checked to reopen to the same public key, and forgotten. The
+//! host receives public keys and ciphertexts, never a seed or a data key.
+
+use std::time::Instant;
+
+use common::wire::messages::{KeyFormat, KeyMaterial, MAX_GENERATED_KEYS, Response};
+use common::wire::{ErrorCode, WireError};
+use futures_util::future::join_all;
+use tracing::info;
+use zeroize::Zeroizing;
+
+use crate::context::SigningContext;
+use crate::keys::{draw_seed, open_sealed_seed, public_key_of, seal_seed};
+
+/// Generates `count` keys; all or nothing.
+pub async fn generate_keys(context: &SigningContext, count: u32) -> Result<Response, WireError> {
+    if !(1..=MAX_GENERATED_KEYS).contains(&count) {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("generate 1 to {MAX_GENERATED_KEYS} keys at once, not {count}"),
+        ));
+    }
+    // Concurrent, bounded by the KMS call limiter each one waits on.
+    let keys = join_all((0..count).map(|_| generate_one(context)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Response::KeysGenerated { keys })
+}
+
+async fn generate_one(context: &SigningContext) -> Result<KeyMaterial, WireError> {
+    let started = Instant::now();
+    let nsm_random = Zeroizing::new(context.attestor.nsm_random().map_err(|e| {
+        WireError::new(
+            ErrorCode::Internal,
+            format!("the NSM gave no random bytes: {e}"),
+        )
+    })?);
+    let seed = draw_seed(&nsm_random)?;
+    let public_key = public_key_of(&seed);
+    let measured_key = context.kms_key_arn.as_str();
+    let (_slot, identity) = context.kms_turn().await?;
+    let generated = context
+        .kms
+        .generate_data_key_for_recipient(
+            measured_key,
+            &[("pubkey", public_key.as_str())],
+            &identity.attestation_document,
+        )
+        .await?;
+    let envelope = generated.answer.for_key(measured_key)?;
+    let data_key = identity.recipient.open(&envelope)?;
+    let data_key: &[u8; 32] = data_key.as_slice().try_into().map_err(|_| {
+        WireError::new(
+            ErrorCode::KmsUnavailable,
+            format!(
+                "KMS sent a data key of {} bytes, expected 32",
+                data_key.len()
+            ),
+        )
+    })?;
+    let mut nonce = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut nonce)
+        .map_err(|_| WireError::new(ErrorCode::Internal, "no random nonce"))?;
+    let sealed = seal_seed(data_key, &seed, &public_key, nonce);
+    // What the host stores must open to this very key, or nothing is returned.
+    let reopened = open_sealed_seed(data_key, &sealed, &public_key)?;
+    if public_key_of(&reopened) != public_key {
+        return Err(WireError::new(
+            ErrorCode::Internal,
+            "a sealed seed did not reopen to its public key",
+        ));
+    }
+    info!(
+        public_key = %public_key,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "key generated"
+    );
+    Ok(KeyMaterial {
+        public_key,
+        format: KeyFormat::Envelope,
+        kms_key_id: measured_key.to_string(),
+        ciphertext: generated.ciphertext_blob,
+        sealed_seed: Some(sealed),
+    })
+    // `seed`, `reopened` and the data key are wiped here.
+}
