@@ -64,8 +64,10 @@ impl FromStr for KmsKeyArn {
                 && s.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
-        if arn != "arn" || !label(partition) || !partition.starts_with("aws") {
-            return Err(error("it must start with arn:aws"));
+        // China and GovCloud have other endpoints and IAM ARNs than the ones this
+        // build derives and renders; refuse them rather than half-support them.
+        if arn != "arn" || partition != "aws" {
+            return Err(error("it must start with arn:aws: (the aws partition)"));
         }
         if service != "kms" {
             return Err(error("the service must be kms"));
@@ -81,12 +83,15 @@ impl FromStr for KmsKeyArn {
                 "the resource must be key/<key id> (an alias is not accepted)",
             ));
         };
+        // KMS names keys in lower case, and its answers are compared byte for byte.
         let key_id_ok = (1..=64).contains(&key_id.len())
             && key_id
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !key_id_ok {
-            return Err(error("the key id is missing or malformed"));
+            return Err(error(
+                "the key id is missing or malformed (lower-case letters, digits, '-')",
+            ));
         }
         let region_start = arn.len() + partition.len() + service.len() + 3;
         let region_end = region_start + region.len();
@@ -118,10 +123,10 @@ mod tests {
                 .unwrap();
         assert_eq!(arn.region(), "us-east-1");
         assert_eq!(arn.account(), "111122223333");
-        let china: KmsKeyArn = "arn:aws-cn:kms:cn-north-1:111122223333:key/mrk-1234abcd"
+        let multi_region: KmsKeyArn = "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd"
             .parse()
             .unwrap();
-        assert_eq!(china.region(), "cn-north-1");
+        assert_eq!(multi_region.region(), "eu-west-1");
     }
 
     #[test]
@@ -139,6 +144,11 @@ mod tests {
             ("arn:aws:kms:us-east-1:111122223333:key/", "key id"),
             ("arn:aws:kms:us-east-1:111122223333:key/a:b", "key id"),
             ("urn:aws:kms:us-east-1:111122223333:key/abc", "arn:aws"),
+            (
+                "arn:aws-cn:kms:cn-north-1:111122223333:key/abc",
+                "aws partition",
+            ),
+            ("arn:aws:kms:us-east-1:111122223333:key/ABC", "lower-case"),
         ] {
             let error = text.parse::<KmsKeyArn>().unwrap_err();
             assert!(error.reason.contains(reason), "{text}: {error}");

@@ -36,6 +36,8 @@ pub struct SigningContext {
     pub limits: SpendingLimits,
     /// KMS calls at once ([`MAX_CONCURRENT_KMS_CALLS`]); further signatures wait.
     pub kms_calls: tokio::sync::Semaphore,
+    /// Held by the one key generation allowed at a time.
+    pub generation: tokio::sync::Mutex<()>,
 }
 
 /// KMS calls the enclave makes at once, so the TLS sessions and answers it holds stay
@@ -62,11 +64,12 @@ impl SigningContext {
             policy,
             limits,
             kms_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_KMS_CALLS),
+            generation: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// A turn at KMS: a slot of the bounded KMS calls (waited for; the request timeout
-    /// bounds the wait) and the attested identity to call with, kept for the whole call.
+    /// A turn at KMS: a slot of the bounded KMS calls (waited for, in order) and the
+    /// attested identity to call with, kept for the whole call.
     pub async fn kms_turn(
         &self,
     ) -> Result<(tokio::sync::SemaphorePermit<'_>, Arc<Identity>), WireError> {

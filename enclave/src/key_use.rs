@@ -68,6 +68,9 @@ async fn decrypt_and_sign(
     key: &KeyMaterial,
     hash: &[u8; 32],
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
+    // The callers check every signer before any KMS call; checked again here so no
+    // future caller can skip it.
+    check_key_material(context, key)?;
     if let Some(seed) = context
         .cache
         .as_ref()

@@ -71,10 +71,15 @@ pub fn draw_seed(nsm_random: &[u8]) -> Result<Seed, KeyError> {
     };
     let mut seed = Seed(Box::new([0u8; 32]));
     aws_lc_rs::rand::fill(&mut seed.0[..]).map_err(|_| KeyError::WeakRandom { len: 0 })?;
-    for (byte, nsm) in seed.0.iter_mut().zip(nsm_random) {
-        *byte ^= nsm;
-    }
+    mix_into(&mut seed.0, nsm_random);
     Ok(seed)
+}
+
+/// `seed ^= other`, byte by byte: the mixing step of [`draw_seed`].
+fn mix_into(seed: &mut [u8; 32], other: &[u8]) {
+    for (byte, mixed) in seed.iter_mut().zip(other) {
+        *byte ^= mixed;
+    }
 }
 
 /// The seed of a `kms-direct` secret: `aws kms encrypt` of the raw 32 bytes or of the
@@ -188,6 +193,23 @@ pub fn sign_checked(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_seed_mixes_both_sources_and_needs_32_nsm_bytes() {
+        let mut seed = [0b1010_1010u8; 32];
+        mix_into(&mut seed, &[0b0110_0110u8; 32]);
+        assert_eq!(seed, [0b1100_1100u8; 32]);
+        assert!(matches!(
+            draw_seed(&[7; 31]),
+            Err(KeyError::WeakRandom { len: 31 })
+        ));
+        // The OS contributes: the same NSM bytes never give the same seed twice.
+        let nsm = [0x42u8; 32];
+        let (first, second) = (draw_seed(&nsm).unwrap(), draw_seed(&nsm).unwrap());
+        assert_ne!(*first, *second);
+        assert_ne!(*first, nsm);
+    }
+
     use super::*;
     use ed25519_dalek::{Verifier, VerifyingKey};
 

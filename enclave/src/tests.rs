@@ -69,6 +69,9 @@ struct FakeKms {
     requested_key_ids: Mutex<Vec<String>>,
     /// The KeyId the answers name.
     answered_key_id: Mutex<AnsweredKeyId>,
+    /// GenerateDataKey calls in flight now, and at most.
+    generating: AtomicUsize,
+    peak_generating: AtomicUsize,
 }
 
 /// What the fake KMS says about the key it used.
@@ -152,6 +155,11 @@ impl Kms for FakeKms {
             let [("pubkey", public_key)] = encryption_context else {
                 return Err(KmsError::InvalidCiphertext("encryption context".into()));
             };
+            // In flight for a moment, as a real call is, so concurrency shows.
+            let now = self.generating.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak_generating.fetch_max(now, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            self.generating.fetch_sub(1, Ordering::SeqCst);
             let mut data_key = [0u8; 32];
             aws_lc_rs::rand::fill(&mut data_key).unwrap();
             let ciphertext = format!("data key of {public_key}").into_bytes();
@@ -1065,6 +1073,19 @@ async fn generated_keys_are_sealed_under_the_measured_key_and_sign() {
 }
 
 #[tokio::test]
+async fn one_generation_at_a_time_and_few_kms_calls_at_once() {
+    let enclave = Arc::new(enclave());
+    let (first, second) = tokio::join!(generate(&enclave, 100), generate(&enclave, 1));
+    assert_eq!(first.unwrap().len(), 100);
+    assert_eq!(second.unwrap_err().code, ErrorCode::EnclaveBusy);
+    let peak = enclave.kms.peak_generating.load(Ordering::SeqCst);
+    assert!(
+        (2..=crate::ops::generate::GENERATION_CONCURRENCY).contains(&peak),
+        "peak {peak}"
+    );
+}
+
+#[tokio::test]
 async fn generation_counts_are_bounded_before_any_kms_call() {
     let enclave = enclave();
     for count in [0, 101] {
@@ -1077,9 +1098,17 @@ async fn generation_counts_are_bounded_before_any_kms_call() {
 #[tokio::test]
 async fn a_data_key_for_another_kms_key_seals_nothing() {
     let enclave = enclave();
-    *enclave.kms.answered_key_id.lock().unwrap() =
-        AnsweredKeyId::Other("arn:aws:kms:us-east-1:444455556666:key/attacker".into());
-    let refusal = generate(&enclave, 2).await.unwrap_err();
-    assert_eq!(refusal.code, ErrorCode::KmsKeyMismatch, "{refusal:?}");
-    assert!(refusal.message.contains(KEY_ARN), "{refusal:?}");
+    for answered in [
+        AnsweredKeyId::Other("arn:aws:kms:us-east-1:444455556666:key/attacker".into()),
+        AnsweredKeyId::Absent,
+    ] {
+        *enclave.kms.answered_key_id.lock().unwrap() = answered.clone();
+        let refusal = generate(&enclave, 2).await.unwrap_err();
+        assert_eq!(
+            refusal.code,
+            ErrorCode::KmsKeyMismatch,
+            "{answered:?}: {refusal:?}"
+        );
+        assert!(refusal.message.contains(KEY_ARN), "{refusal:?}");
+    }
 }

@@ -146,13 +146,19 @@ impl KeyStore {
             .state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let reference = reference
-            .rsplit_once(":key/")
-            .map_or(reference, |(_, id)| id);
-        let reference = match reference.split_once(":alias/") {
-            Some((_, alias)) => format!("alias/{alias}"),
-            None => reference.to_string(),
+        // An ARN must be this store's region and account, as KMS resolves only its own.
+        let own_prefix = format!("arn:aws:kms:{}:{}:", self.region, self.account);
+        let reference = if reference.starts_with("arn:") {
+            reference
+                .strip_prefix(&own_prefix)
+                .ok_or_else(|| KeyStoreError::NotFound(reference.to_string()))?
+        } else {
+            reference
         };
+        let reference = reference
+            .strip_prefix("key/")
+            .unwrap_or(reference)
+            .to_string();
         let id = match state.aliases.get(&reference) {
             Some(id) => id.clone(),
             None => reference.clone(),
@@ -346,6 +352,22 @@ mod tests {
         let key = store.create_key("dev", Some("alias/signer")).unwrap();
         assert_eq!(store.resolve("alias/signer").unwrap(), key.key_id);
         assert_eq!(store.resolve(&key.arn).unwrap(), key.key_id);
+        assert_eq!(
+            store
+                .resolve("arn:aws:kms:us-east-1:111122223333:alias/signer")
+                .unwrap(),
+            key.key_id
+        );
+        // The same key id in another account's or region's ARN is not this key.
+        for other in [
+            key.arn.replace("111122223333", "444455556666"),
+            key.arn.replace("us-east-1", "eu-west-1"),
+        ] {
+            assert!(matches!(
+                store.resolve(&other),
+                Err(KeyStoreError::NotFound(_))
+            ));
+        }
         let blob = store
             .encrypt(&key.key_id, b"secret seed", &ctx("GA"))
             .unwrap();

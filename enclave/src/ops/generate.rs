@@ -8,14 +8,20 @@ use std::time::Instant;
 
 use common::wire::messages::{KeyFormat, KeyMaterial, MAX_GENERATED_KEYS, Response};
 use common::wire::{ErrorCode, WireError};
-use futures_util::future::join_all;
+use futures_util::{StreamExt, TryStreamExt};
 use tracing::info;
 use zeroize::Zeroizing;
 
 use crate::context::SigningContext;
 use crate::keys::{draw_seed, open_sealed_seed, public_key_of, seal_seed};
 
-/// Generates `count` keys; all or nothing.
+/// KMS calls one generation makes at once: enough to hide KMS latency, few enough that
+/// signing keeps most of the KMS slots and quota.
+pub const GENERATION_CONCURRENCY: usize = 8;
+
+/// Generates `count` keys; all or nothing (the first failure stops the rest). One
+/// generation runs at a time: a flood of requests gets `enclave_busy`, not a queue of
+/// thousands of KMS calls ahead of every signature.
 pub async fn generate_keys(context: &SigningContext, count: u32) -> Result<Response, WireError> {
     if !(1..=MAX_GENERATED_KEYS).contains(&count) {
         return Err(WireError::new(
@@ -23,11 +29,17 @@ pub async fn generate_keys(context: &SigningContext, count: u32) -> Result<Respo
             format!("generate 1 to {MAX_GENERATED_KEYS} keys at once, not {count}"),
         ));
     }
-    // Concurrent, bounded by the KMS call limiter each one waits on.
-    let keys = join_all((0..count).map(|_| generate_one(context)))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let Ok(_one_at_a_time) = context.generation.try_lock() else {
+        return Err(WireError::new(
+            ErrorCode::EnclaveBusy,
+            "another key generation is running; retry when it has finished",
+        ));
+    };
+    let keys = futures_util::stream::iter(0..count)
+        .map(|_| generate_one(context))
+        .buffer_unordered(GENERATION_CONCURRENCY)
+        .try_collect()
+        .await?;
     Ok(Response::KeysGenerated { keys })
 }
 

@@ -90,6 +90,11 @@ pub enum StoreError {
     InvalidLockDuration { requested_ms: u64, max_ms: u64 },
     #[error("key {0} is already stored")]
     KeyExists(String),
+    #[error(
+        "distribution key {active} is active; another ({new}) can be stored only once it is \
+         retired"
+    )]
+    DistributionExists { active: String, new: String },
     #[error("invalid key record: {0}")]
     InvalidKey(String),
     #[error(
@@ -121,7 +126,9 @@ impl StoreError {
             StoreError::InvalidLockDuration { .. } | StoreError::InvalidKey(_) => {
                 ErrorCode::BadRequest
             }
-            StoreError::KeyExists(_) => ErrorCode::KeyExists,
+            StoreError::KeyExists(_) | StoreError::DistributionExists { .. } => {
+                ErrorCode::KeyExists
+            }
             StoreError::SchemaTooNew { .. }
             | StoreError::Open { .. }
             | StoreError::Sqlite(_)

@@ -70,6 +70,23 @@ impl KeyStore for SqliteStore {
         let result = (|| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for key in keys {
+                if key.role == KeyRole::Distribution && key.state == KeyState::Active {
+                    // The unique index is the guarantee; this names the key in the way.
+                    let active: Option<String> = tx
+                        .query_row(
+                            "SELECT public_key FROM keys \
+                             WHERE role = 'distribution' AND state = 'active'",
+                            [],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    if let Some(active) = active.filter(|active| *active != key.public_key) {
+                        return Err(StoreError::DistributionExists {
+                            active,
+                            new: key.public_key.clone(),
+                        });
+                    }
+                }
                 let inserted = tx.execute(
                     "INSERT INTO keys (public_key, role, format, kms_key_id, kms_ciphertext, \
                      sealed_seed, state, created_at_ms, updated_at_ms) \

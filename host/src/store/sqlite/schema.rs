@@ -53,6 +53,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     ",
+    // 2: at most one active distribution key, whichever route or host stores it.
+    r"
+    CREATE UNIQUE INDEX keys_one_active_distribution ON keys (role)
+        WHERE role = 'distribution' AND state = 'active';
+    ",
 ];
 
 /// The schema version this build writes.

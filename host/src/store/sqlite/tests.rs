@@ -134,6 +134,48 @@ fn keys_are_validated_stored_listed_and_never_duplicated() {
 }
 
 #[test]
+fn one_active_distribution_key_at_a_time() {
+    let f = Fixture::new(0);
+    let distribution = |i: u32, state: KeyState| NewKey {
+        role: KeyRole::Distribution,
+        state,
+        ..channel(i)
+    };
+    f.store
+        .insert_keys(&[distribution(100, KeyState::Active)])
+        .unwrap();
+    for batch in [
+        vec![distribution(101, KeyState::Active)],
+        vec![channel(1), distribution(102, KeyState::Active)],
+    ] {
+        assert!(matches!(
+            f.store.insert_keys(&batch),
+            Err(StoreError::DistributionExists { active, .. }) if active == test_account(100)
+        ));
+    }
+    assert!(f.store.key(&test_account(1)).unwrap().is_none());
+    // Two in one batch: the second finds the first.
+    let f2 = Fixture::new(0);
+    assert!(matches!(
+        f2.store.insert_keys(&[
+            distribution(1, KeyState::Active),
+            distribution(2, KeyState::Active)
+        ]),
+        Err(StoreError::DistributionExists { .. })
+    ));
+    // A pending one may wait beside it; once the first is retired, another is active.
+    f.store
+        .insert_keys(&[distribution(103, KeyState::Pending)])
+        .unwrap();
+    f.store
+        .set_key_state(&test_account(100), KeyState::Retired)
+        .unwrap();
+    f.store
+        .insert_keys(&[distribution(104, KeyState::Active)])
+        .unwrap();
+}
+
+#[test]
 fn pending_and_retired_channels_are_not_in_the_pool() {
     let f = Fixture::new(0);
     let mut pending = channel(1);
