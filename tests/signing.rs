@@ -508,7 +508,10 @@ async fn an_envelope_format_key_opens_its_sealed_seed_and_signs() {
     let (envelope_key, envelope_seed) = random_account();
     let mut data_key = [0u8; 32];
     aws_lc_rs::rand::fill(&mut data_key).unwrap();
-    let context = BTreeMap::from([("pubkey".to_string(), envelope_key.clone())]);
+    let context = BTreeMap::from([
+        ("format".to_string(), "envelope".to_string()),
+        ("pubkey".to_string(), envelope_key.clone()),
+    ]);
     let wrapped = kms_store.encrypt(&key_id, &data_key, &context).unwrap();
     let sealed = enclave::keys::seal_seed(&data_key, &envelope_seed, &envelope_key, [7; 12]);
     host::store::SqliteStore::open(

@@ -10,7 +10,7 @@ use common::wire::{ErrorCode, WireError};
 use tracing::{info, warn};
 
 use crate::context::SigningContext;
-use crate::keys::{open_sealed_seed, seed_from_kms_direct, sign_checked};
+use crate::keys::{kms_context, open_sealed_seed, seed_from_kms_direct, sign_checked};
 
 /// A `G...` strkey as raw bytes, or `bad_request`.
 fn parse_public_key(public_key: &str) -> Result<[u8; 32], WireError> {
@@ -79,7 +79,7 @@ async fn decrypt_and_sign(
         return Ok(sign_checked(&seed, &key.public_key, hash)?);
     }
     let (_slot, identity) = context.kms_turn().await?;
-    let encryption_context = [("pubkey", key.public_key.as_str())];
+    let encryption_context = kms_context(key.format, &key.public_key);
     let measured_key = context.kms_key_arn.as_str();
     let answer = context
         .kms

@@ -4,6 +4,7 @@
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use common::wire::messages::KeyFormat;
 use ed25519_dalek::{Signer, SigningKey};
 use zeroize::Zeroizing;
 
@@ -59,6 +60,16 @@ pub fn seed_from_slice(bytes: &[u8]) -> Option<Seed> {
     let mut seed = Seed(Box::new([0u8; 32]));
     seed.0.copy_from_slice(bytes);
     Some(seed)
+}
+
+/// The KMS encryption context of a stored key (docs/design.md §3): its public key, and
+/// for `envelope` keys the format too, so a data key can never be presented (and
+/// opened) as a `kms-direct` seed.
+pub fn kms_context(format: KeyFormat, public_key: &str) -> Vec<(&'static str, &str)> {
+    match format {
+        KeyFormat::KmsDirect => vec![("pubkey", public_key)],
+        KeyFormat::Envelope => vec![("format", "envelope"), ("pubkey", public_key)],
+    }
 }
 
 /// A new seed: the OS RNG's bytes XOR the NSM's, drawn straight into the seed's own

@@ -53,7 +53,7 @@ impl Nsm for FakeNsm {
 
 /// What a stored ciphertext decrypts to, and under which encryption context.
 struct Entry {
-    context_pubkey: String,
+    context: Vec<(String, String)>,
     plaintext: Vec<u8>,
 }
 
@@ -87,11 +87,19 @@ enum AnsweredKeyId {
 }
 
 impl FakeKms {
+    /// A `kms-direct` ciphertext (context `pubkey` only).
     fn store(&self, ciphertext: &[u8], context_pubkey: &str, plaintext: &[u8]) {
+        self.store_with(ciphertext, &[("pubkey", context_pubkey)], plaintext);
+    }
+
+    fn store_with(&self, ciphertext: &[u8], context: &[(&str, &str)], plaintext: &[u8]) {
         self.entries.lock().unwrap().insert(
             ciphertext.to_vec(),
             Entry {
-                context_pubkey: context_pubkey.to_string(),
+                context: context
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
                 plaintext: plaintext.to_vec(),
             },
         );
@@ -123,7 +131,12 @@ impl Kms for FakeKms {
             let entry = entries
                 .get(ciphertext_blob)
                 .ok_or_else(|| KmsError::InvalidCiphertext("unknown ciphertext".into()))?;
-            if encryption_context != [("pubkey", entry.context_pubkey.as_str())] {
+            let same_context = encryption_context.len() == entry.context.len()
+                && encryption_context
+                    .iter()
+                    .zip(&entry.context)
+                    .all(|((k, v), (ek, ev))| k == ek && v == ev);
+            if !same_context {
                 return Err(KmsError::InvalidCiphertext("encryption context".into()));
             }
             let ciphertext_for_recipient =
@@ -152,7 +165,8 @@ impl Kms for FakeKms {
         attestation_document: &'a [u8],
     ) -> BoxFuture<'a, Result<GeneratedDataKey, KmsError>> {
         Box::pin(async move {
-            let [("pubkey", public_key)] = encryption_context else {
+            let Some((_, public_key)) = encryption_context.iter().find(|(k, _)| *k == "pubkey")
+            else {
                 return Err(KmsError::InvalidCiphertext("encryption context".into()));
             };
             // In flight for a moment, as a real call is, so concurrency shows.
@@ -163,7 +177,7 @@ impl Kms for FakeKms {
             let mut data_key = [0u8; 32];
             aws_lc_rs::rand::fill(&mut data_key).unwrap();
             let ciphertext = format!("data key of {public_key}").into_bytes();
-            self.store(&ciphertext, public_key, &data_key);
+            self.store_with(&ciphertext, encryption_context, &data_key);
             // Decrypt of the new ciphertext then answers like KMS, counted and checked.
             let answer = self
                 .decrypt_for_recipient(
@@ -400,7 +414,11 @@ async fn invariant_4_an_envelope_seal_opens_only_for_its_own_public_key() {
         &public_key_of(&OTHER_SEED),
         [3; 12],
     );
-    enclave.kms.store(b"data key", &channel, &data_key);
+    enclave.kms.store_with(
+        b"data key",
+        &crate::keys::kms_context(KeyFormat::Envelope, &channel),
+        &data_key,
+    );
     let key = KeyMaterial {
         public_key: channel,
         format: KeyFormat::Envelope,
@@ -1038,27 +1056,29 @@ async fn generated_keys_are_sealed_under_the_measured_key_and_sign() {
     let distinct: std::collections::HashSet<_> = keys.iter().map(|k| &k.public_key).collect();
     assert_eq!(distinct.len(), 3, "{keys:?}");
     assert_eq!(*enclave.kms.requested_key_ids.lock().unwrap(), [KEY_ARN; 3]);
+    // Invariant 1: what crosses to the host holds neither a seed nor a data key.
+    let wire = postcard::to_stdvec(&Response::KeysGenerated { keys: keys.clone() }).unwrap();
     for key in &keys {
         assert_eq!(key.format, KeyFormat::Envelope);
         assert_eq!(key.kms_key_id, KEY_ARN);
-        assert_eq!(key.sealed_seed.as_ref().map(Vec::len), Some(12 + 32 + 16));
+        let sealed = key.sealed_seed.as_ref().unwrap();
+        assert_eq!(sealed.len(), 12 + 32 + 16);
+        let data_key = enclave.kms.entries.lock().unwrap()[&key.ciphertext]
+            .plaintext
+            .clone();
+        let seed = crate::keys::open_sealed_seed(&data_key, sealed, &key.public_key).unwrap();
+        assert_eq!(public_key_of(&seed), key.public_key);
+        for secret in [data_key.as_slice(), seed.as_slice()] {
+            assert!(
+                !wire.windows(32).any(|window| window == secret),
+                "a secret crossed the boundary"
+            );
+        }
     }
     // A generated key signs: as a channel, sequencing another account's payment.
     let channel = keys[0].clone();
     let source = stellar_strkey::ed25519::PublicKey::from_string(&channel.public_key).unwrap();
-    let payment = Operation {
-        source_account: Some(account(&OTHER_SEED)),
-        body: OperationBody::Payment(PaymentOp {
-            destination: account(&DISTRIBUTION_SEED),
-            asset: stellar_xdr::Asset::Native,
-            amount: 10,
-        }),
-    };
-    let xdr = envelope(
-        MuxedAccount::Ed25519(Uint256(source.0)),
-        vec![payment],
-        Some(common::now_unix_secs() + 60),
-    );
+    let xdr = payment_sequenced_by(&channel.public_key);
     let Response::Signed {
         hash, signatures, ..
     } = sign(&enclave, xdr, vec![channel]).await.unwrap()
@@ -1093,6 +1113,36 @@ async fn generation_counts_are_bounded_before_any_kms_call() {
         assert_eq!(refusal.code, ErrorCode::BadRequest, "{refusal:?}");
     }
     assert_eq!(enclave.kms.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_generated_key_presented_as_kms_direct_is_refused_by_kms() {
+    let enclave = enclave();
+    let mut key = generate(&enclave, 1).await.unwrap().remove(0);
+    key.format = KeyFormat::KmsDirect;
+    key.sealed_seed = None;
+    let xdr = payment_sequenced_by(&key.public_key);
+    let refusal = sign(&enclave, xdr, vec![key]).await.unwrap_err();
+    // The data key's context names its format: KMS will not open it as a seed.
+    assert_eq!(refusal.code, ErrorCode::KmsInvalidCiphertext, "{refusal:?}");
+}
+
+/// A payment of another account's funds, sequenced and paid for by `channel` (G...).
+fn payment_sequenced_by(channel: &str) -> Vec<u8> {
+    let source = stellar_strkey::ed25519::PublicKey::from_string(channel).unwrap();
+    let payment = Operation {
+        source_account: Some(account(&OTHER_SEED)),
+        body: OperationBody::Payment(PaymentOp {
+            destination: account(&DISTRIBUTION_SEED),
+            asset: stellar_xdr::Asset::Native,
+            amount: 10,
+        }),
+    };
+    envelope(
+        MuxedAccount::Ed25519(Uint256(source.0)),
+        vec![payment],
+        Some(common::now_unix_secs() + 60),
+    )
 }
 
 #[tokio::test]

@@ -353,7 +353,10 @@ impl Dev {
         .unwrap();
         let mut secrets = Vec::new();
         for key in db.list_keys(None).unwrap() {
-            let context = BTreeMap::from([("pubkey".to_string(), key.public_key.clone())]);
+            let mut context = BTreeMap::from([("pubkey".to_string(), key.public_key.clone())]);
+            if key.sealed_seed.is_some() {
+                context.insert("format".to_string(), "envelope".to_string());
+            }
             let Ok((_, plain)) = store.decrypt(&key.kms_ciphertext, None, &context) else {
                 continue;
             };

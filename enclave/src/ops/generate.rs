@@ -13,7 +13,7 @@ use tracing::info;
 use zeroize::Zeroizing;
 
 use crate::context::SigningContext;
-use crate::keys::{draw_seed, open_sealed_seed, public_key_of, seal_seed};
+use crate::keys::{draw_seed, kms_context, open_sealed_seed, public_key_of, seal_seed};
 
 /// KMS calls one generation makes at once: enough to hide KMS latency, few enough that
 /// signing keeps most of the KMS slots and quota.
@@ -59,7 +59,7 @@ async fn generate_one(context: &SigningContext) -> Result<KeyMaterial, WireError
         .kms
         .generate_data_key_for_recipient(
             measured_key,
-            &[("pubkey", public_key.as_str())],
+            &kms_context(KeyFormat::Envelope, &public_key),
             &identity.attestation_document,
         )
         .await?;

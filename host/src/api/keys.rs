@@ -83,15 +83,8 @@ pub async fn register(
     let store = state.store.clone();
     let public_key = request.public_key;
     let stored = blocking(move || {
-        store.insert_keys(std::slice::from_ref(&key))?;
-        store.append_audit(&AuditEntry {
-            caller_uid: caller.uid,
-            public_key: Some(key.public_key.clone()),
-            tx_hash: None,
-            kind: "key_registered".into(),
-            outcome: "ok".into(),
-            detail: Some(format!("{} {}", key.role.as_str(), key.format.as_str())),
-        })?;
+        let audit = key_audit(caller.uid, "key_registered", &key);
+        store.insert_keys_audited(std::slice::from_ref(&key), &[audit])?;
         store.key(&key.public_key)
     })
     .await?;
@@ -195,21 +188,27 @@ pub async fn generate(
         .collect();
     let store = state.store.clone();
     blocking(move || {
-        // Durable (fsynced) before the answer: a key the caller hears of is never lost.
-        store.insert_keys(&new_keys)?;
-        for key in &new_keys {
-            store.append_audit(&AuditEntry {
-                caller_uid: caller.uid,
-                public_key: Some(key.public_key.clone()),
-                tx_hash: None,
-                kind: "key_generated".into(),
-                outcome: "ok".into(),
-                detail: Some(format!("{} {}", key.role.as_str(), key.format.as_str())),
-            })?;
-        }
-        Ok(())
+        // Durable (fsynced) before the answer, with its audit rows in the same commit:
+        // a key the caller hears of is never lost, and none is stored unrecorded.
+        let audit: Vec<AuditEntry> = new_keys
+            .iter()
+            .map(|key| key_audit(caller.uid, "key_generated", key))
+            .collect();
+        store.insert_keys_audited(&new_keys, &audit)
     })
     .await?;
     tracing::info!(count, role = role.as_str(), uid = ?caller.uid, "keys generated in the enclave");
     Ok((StatusCode::CREATED, axum::Json(json!({ "keys": summary }))))
+}
+
+/// The audit row recording that `key` was stored by `kind` (registered, generated).
+fn key_audit(caller_uid: Option<u32>, kind: &str, key: &NewKey) -> AuditEntry {
+    AuditEntry {
+        caller_uid,
+        public_key: Some(key.public_key.clone()),
+        tx_hash: None,
+        kind: kind.into(),
+        outcome: "ok".into(),
+        detail: Some(format!("{} {}", key.role.as_str(), key.format.as_str())),
+    }
 }

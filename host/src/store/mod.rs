@@ -22,7 +22,11 @@ use common::wire::{ErrorCode, WireError};
 /// Stored keys. Key writes are durable before they return.
 pub trait KeyStore: Send + Sync {
     /// Stores keys in one transaction: either all are stored or none.
-    fn insert_keys(&self, keys: &[NewKey]) -> Result<(), StoreError>;
+    fn insert_keys(&self, keys: &[NewKey]) -> Result<(), StoreError> {
+        self.insert_keys_audited(keys, &[])
+    }
+    /// Stores keys and the audit rows that record it in one transaction.
+    fn insert_keys_audited(&self, keys: &[NewKey], audit: &[AuditEntry]) -> Result<(), StoreError>;
     /// Moves a key to another state (pending → active → retired).
     fn set_key_state(&self, public_key: &str, state: KeyState) -> Result<(), StoreError>;
     /// One key by its public key.

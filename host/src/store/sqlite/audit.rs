@@ -5,22 +5,32 @@ use super::SqliteStore;
 use crate::store::{AuditEntry, AuditLog, AuditRow, StoreError};
 use rusqlite::params;
 
+/// One audit row, on `conn` (a transaction, when the row must commit with other writes).
+pub(super) fn insert_audit(
+    conn: &rusqlite::Connection,
+    now_ms: i64,
+    entry: &AuditEntry,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO audit_log (at_ms, caller_uid, public_key, tx_hash, kind, outcome, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            now_ms,
+            entry.caller_uid,
+            entry.public_key,
+            entry.tx_hash,
+            entry.kind,
+            entry.outcome,
+            entry.detail
+        ],
+    )?;
+    Ok(())
+}
+
 impl AuditLog for SqliteStore {
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let conn = self.pool.get()?;
-        conn.execute(
-            "INSERT INTO audit_log (at_ms, caller_uid, public_key, tx_hash, kind, outcome, detail) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                self.now(),
-                entry.caller_uid,
-                entry.public_key,
-                entry.tx_hash,
-                entry.kind,
-                entry.outcome,
-                entry.detail
-            ],
-        )?;
+        insert_audit(&conn, self.now(), entry)?;
         Ok(())
     }
 

@@ -2,7 +2,9 @@
 //! can open.
 
 use super::SqliteStore;
-use crate::store::{KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, StoreError};
+use crate::store::{
+    AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, StoreError,
+};
 use rusqlite::{OptionalExtension, params};
 
 fn validate(key: &NewKey) -> Result<(), StoreError> {
@@ -57,9 +59,9 @@ fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 impl KeyStore for SqliteStore {
-    /// Stores keys in one transaction, durably (fsync of the database and its
-    /// directory) before returning: either all are stored or none.
-    fn insert_keys(&self, keys: &[NewKey]) -> Result<(), StoreError> {
+    /// Stores keys and their audit rows in one transaction, durably (fsync of the
+    /// database and its directory) before returning: either all are stored or none.
+    fn insert_keys_audited(&self, keys: &[NewKey], audit: &[AuditEntry]) -> Result<(), StoreError> {
         for key in keys {
             validate(key)?;
         }
@@ -111,6 +113,9 @@ impl KeyStore for SqliteStore {
                         params![key.public_key],
                     )?;
                 }
+            }
+            for entry in audit {
+                super::audit::insert_audit(&tx, now, entry)?;
             }
             tx.commit()?;
             Ok(())
