@@ -278,6 +278,11 @@ fn kms_direct(kms: &FakeKms, public_key_seed: &[u8; 32], seed: &[u8; 32]) -> Key
 /// A channel-sourced payment of another account's funds (that account is the operation
 /// source), with a maxTime: what the channel rules admit.
 fn channel_payment(now: u64) -> Vec<u8> {
+    payment_by(account(&CHANNEL_SEED), now)
+}
+
+/// The same payment, sequenced and paid for by `channel`.
+fn payment_by(channel: MuxedAccount, now: u64) -> Vec<u8> {
     let payment = Operation {
         source_account: Some(account(&OTHER_SEED)),
         body: OperationBody::Payment(PaymentOp {
@@ -286,7 +291,7 @@ fn channel_payment(now: u64) -> Vec<u8> {
             amount: 10,
         }),
     };
-    envelope(account(&CHANNEL_SEED), vec![payment], Some(now + 60))
+    envelope(channel, vec![payment], Some(now + 60))
 }
 
 fn envelope(source: MuxedAccount, operations: Vec<Operation>, max_time: Option<u64>) -> Vec<u8> {
@@ -1127,21 +1132,12 @@ async fn a_generated_key_presented_as_kms_direct_is_refused_by_kms() {
     assert_eq!(refusal.code, ErrorCode::KmsInvalidCiphertext, "{refusal:?}");
 }
 
-/// A payment of another account's funds, sequenced and paid for by `channel` (G...).
+/// The channel payment, sequenced and paid for by `channel` (G...).
 fn payment_sequenced_by(channel: &str) -> Vec<u8> {
     let source = stellar_strkey::ed25519::PublicKey::from_string(channel).unwrap();
-    let payment = Operation {
-        source_account: Some(account(&OTHER_SEED)),
-        body: OperationBody::Payment(PaymentOp {
-            destination: account(&DISTRIBUTION_SEED),
-            asset: stellar_xdr::Asset::Native,
-            amount: 10,
-        }),
-    };
-    envelope(
+    payment_by(
         MuxedAccount::Ed25519(Uint256(source.0)),
-        vec![payment],
-        Some(common::now_unix_secs() + 60),
+        common::now_unix_secs(),
     )
 }
 
