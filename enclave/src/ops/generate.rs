@@ -45,16 +45,23 @@ pub async fn generate_keys(context: &SigningContext, count: u32) -> Result<Respo
 
 async fn generate_one(context: &SigningContext) -> Result<KeyMaterial, WireError> {
     let started = Instant::now();
-    let nsm_random = Zeroizing::new(context.attestor.nsm_random().map_err(|e| {
-        WireError::new(
-            ErrorCode::Internal,
-            format!("the NSM gave no random bytes: {e}"),
-        )
-    })?);
+    // The KMS turn first, so no seed waits in memory for a slot.
+    let (_slot, identity) = context.kms_turn().await?;
+    // The NSM call is a blocking ioctl: keep it off the async workers.
+    let attestor = context.attestor.clone();
+    let nsm_random = tokio::task::spawn_blocking(move || attestor.nsm_random())
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("the NSM task failed: {e}")))?
+        .map_err(|e| {
+            WireError::new(
+                ErrorCode::Internal,
+                format!("the NSM gave no random bytes: {e}"),
+            )
+        })?;
+    let nsm_random = Zeroizing::new(nsm_random);
     let seed = draw_seed(&nsm_random)?;
     let public_key = public_key_of(&seed);
     let measured_key = context.kms_key_arn.as_str();
-    let (_slot, identity) = context.kms_turn().await?;
     let generated = context
         .kms
         .generate_data_key_for_recipient(
