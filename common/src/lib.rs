@@ -43,10 +43,34 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of hex text (either case), or `None` if it is not whole hex pairs.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn unhex_reverses_hex_and_refuses_what_is_not_hex() {
+        let bytes = [0x00, 0x9f, 0xab, 0xff];
+        assert_eq!(super::unhex(&super::hex(&bytes)), Some(bytes.to_vec()));
+        assert_eq!(super::unhex("9FAB"), Some(vec![0x9f, 0xab]));
+        for bad in ["abc", "zz", "0g", "é0"] {
+            assert_eq!(super::unhex(bad), None, "{bad}");
+        }
+    }
 }

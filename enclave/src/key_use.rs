@@ -31,6 +31,13 @@ pub fn check_key_material(
     key: &KeyMaterial,
 ) -> Result<[u8; 32], WireError> {
     let raw = parse_public_key(&key.public_key)?;
+    check_kms_key(context, key)?;
+    Ok(raw)
+}
+
+/// `key` is stored under the measured KMS key (a string comparison, cheap enough to
+/// repeat on the signing path).
+fn check_kms_key(context: &SigningContext, key: &KeyMaterial) -> Result<(), WireError> {
     if key.kms_key_id != context.kms_key_arn.as_str() {
         return Err(WireError::new(
             ErrorCode::KmsKeyMismatch,
@@ -40,7 +47,7 @@ pub fn check_key_material(
             ),
         ));
     }
-    Ok(raw)
+    Ok(())
 }
 
 /// Decrypts `key`, checks it against its public key (docs/design.md §2 invariant 4),
@@ -68,9 +75,9 @@ async fn decrypt_and_sign(
     key: &KeyMaterial,
     hash: &[u8; 32],
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
-    // The callers check every signer before any KMS call; checked again here so no
-    // future caller can skip it.
-    check_key_material(context, key)?;
+    // The callers check every signer before any KMS call; the KMS key is checked again
+    // here so no future caller can skip it (the public key is checked after decryption).
+    check_kms_key(context, key)?;
     if let Some(seed) = context
         .cache
         .as_ref()

@@ -27,11 +27,8 @@ fn parse_mock_pcrs(text: &str) -> anyhow::Result<std::collections::BTreeMap<u8, 
         let (index, value) = item
             .split_once('=')
             .with_context(|| format!("--mock-pcrs item {item:?}: expected INDEX=HEX"))?;
-        let bytes: Vec<u8> = (0..value.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(value.get(i..i + 2).unwrap_or("zz"), 16))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("--mock-pcrs {index}: not hex"))?;
+        let bytes =
+            common::unhex(value).with_context(|| format!("--mock-pcrs {index}: not hex"))?;
         let pcr: [u8; 48] = bytes
             .try_into()
             .map_err(|_| anyhow::anyhow!("--mock-pcrs {index}: expected 96 hex characters"))?;

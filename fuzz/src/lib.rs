@@ -111,11 +111,7 @@ fn decode_base64_xdr<T: ReadXdr>(value: &serde_json::Value) -> Option<T> {
 }
 
 fn decode_seed(hex: &str) -> Option<[u8; 32]> {
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<_>>()?;
-    bytes.try_into().ok()
+    common::unhex(hex)?.try_into().ok()
 }
 
 /// One `enclave_request` input: `[u16 LE length][postcard Request][KMS answer]`. The
