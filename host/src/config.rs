@@ -34,6 +34,9 @@ pub struct StellarConfig {
     /// Sent with every sign request that names no network. The enclave signs only for
     /// the network in its own measured configuration and refuses any other.
     pub network_passphrase: Option<String>,
+    /// A Stellar RPC endpoint (http:// or https://), for `signer-host channels ensure`
+    /// to read sequences and submit creation transactions. `serve` does not use it.
+    pub rpc_url: Option<String>,
 }
 
 /// Where the enclave's KMS calls go and with which credentials. The relay runs only

@@ -18,4 +18,5 @@ pub mod key_policy;
 pub mod relay;
 pub mod server;
 pub mod signing;
+pub mod stellar_rpc;
 pub mod store;

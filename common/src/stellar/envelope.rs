@@ -29,6 +29,16 @@ pub enum StellarError {
     /// The XDR does not decode (or encode) within the bounds; the text is the codec's.
     #[error("malformed transaction envelope XDR: {0}")]
     Malformed(String),
+    /// The XDR decodes, but not to these bytes: it is not the canonical encoding of what
+    /// it decodes to (the codec reads any non-1 boolean as false, for one). Refused, so
+    /// that the bytes the caller sent are exactly the transaction the policy checked.
+    #[error(
+        "transaction envelope XDR is not canonical: it decodes, but re-encodes differently from byte {first_difference}"
+    )]
+    NotCanonical {
+        /// Offset of the first byte where the input and the canonical encoding differ.
+        first_difference: usize,
+    },
     /// One more signature would exceed [`MAX_SIGNATURES`]: `count` already there, `max`
     /// allowed.
     #[error("the envelope already carries {count} signatures; the maximum is {max}")]
@@ -45,9 +55,9 @@ impl From<StellarError> for crate::wire::WireError {
     fn from(e: StellarError) -> crate::wire::WireError {
         let code = match &e {
             StellarError::TooManySignatures { .. } => crate::wire::ErrorCode::TooManySignatures,
-            StellarError::TooLarge { .. } | StellarError::Malformed(_) => {
-                crate::wire::ErrorCode::MalformedTransaction
-            }
+            StellarError::TooLarge { .. }
+            | StellarError::Malformed(_)
+            | StellarError::NotCanonical { .. } => crate::wire::ErrorCode::MalformedTransaction,
         };
         crate::wire::WireError::new(code, e.to_string())
     }
@@ -63,8 +73,9 @@ pub fn decode_envelope(xdr: &[u8]) -> Result<TransactionEnvelope, StellarError> 
     decode_bounded(xdr)
 }
 
-/// Decodes untrusted XDR of any type within the size and depth bounds.
-pub fn decode_bounded<T: ReadXdr>(xdr: &[u8]) -> Result<T, StellarError> {
+/// Decodes untrusted XDR of any type within the size and depth bounds, accepting only
+/// its canonical encoding.
+pub fn decode_bounded<T: ReadXdr + WriteXdr>(xdr: &[u8]) -> Result<T, StellarError> {
     if xdr.len() > MAX_ENVELOPE_LEN {
         return Err(StellarError::TooLarge {
             actual: xdr.len(),
@@ -75,7 +86,20 @@ pub fn decode_bounded<T: ReadXdr>(xdr: &[u8]) -> Result<T, StellarError> {
         depth: MAX_XDR_DEPTH,
         len: xdr.len(),
     };
-    T::from_xdr(xdr, limits).map_err(|e| StellarError::Malformed(e.to_string()))
+    let value =
+        T::from_xdr(xdr, limits.clone()).map_err(|e| StellarError::Malformed(e.to_string()))?;
+    let canonical = value
+        .to_xdr(limits)
+        .map_err(|e| StellarError::Malformed(e.to_string()))?;
+    if canonical != xdr {
+        let first_difference = canonical
+            .iter()
+            .zip(xdr)
+            .position(|(a, b)| a != b)
+            .unwrap_or(canonical.len().min(xdr.len()));
+        return Err(StellarError::NotCanonical { first_difference });
+    }
+    Ok(value)
 }
 
 /// Encodes an envelope to XDR.
@@ -460,6 +484,26 @@ mod tests {
         );
     }
 
+    /// A v1 envelope invoking a contract with one argument, `false`, last in the XDR.
+    fn soroban_bool_envelope() -> TransactionEnvelope {
+        use stellar_xdr::*;
+        let mut envelope = v1([1; 32], 100);
+        envelope.tx.operations = vec![Operation {
+            source_account: None,
+            body: OperationBody::InvokeHostFunction(InvokeHostFunctionOp {
+                host_function: HostFunction::InvokeContract(InvokeContractArgs {
+                    contract_address: ScAddress::Contract(ContractId(Hash([2; 32]))),
+                    function_name: "set".try_into().unwrap(),
+                    args: vec![ScVal::Bool(false)].try_into().unwrap(),
+                }),
+                auth: VecM::default(),
+            }),
+        }]
+        .try_into()
+        .unwrap();
+        TransactionEnvelope::Tx(envelope)
+    }
+
     #[test]
     fn hostile_xdr_is_rejected_without_panicking() {
         assert!(matches!(
@@ -474,6 +518,22 @@ mod tests {
             decode_envelope(&vec![0u8; MAX_ENVELOPE_LEN + 1]),
             Err(StellarError::TooLarge { .. })
         ));
+        // A Soroban argument `true` written as 2: the codec reads it as false, so the
+        // bytes would not be the transaction the policy checked.
+        let envelope = soroban_bool_envelope();
+        let canonical = encode_envelope(&envelope).unwrap();
+        assert_eq!(decode_envelope(&canonical).unwrap(), envelope);
+        // The bool's value, then the empty auth list, the ext and the signature count.
+        let at = canonical.len() - 4 * 4;
+        assert_eq!(canonical[at..at + 4], [0, 0, 0, 0]);
+        let mut two = canonical.clone();
+        two[at + 3] = 2;
+        assert_eq!(
+            decode_envelope(&two),
+            Err(StellarError::NotCanonical {
+                first_difference: at + 3
+            })
+        );
         // A v1 envelope whose operation count claims 2^32-1 entries.
         let mut huge = vec![0, 0, 0, 2];
         huge.extend_from_slice(&[0xff; 64]);

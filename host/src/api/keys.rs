@@ -104,6 +104,14 @@ pub async fn register(
 pub struct GenerateKeys {
     role: KeyRole,
     count: u32,
+    /// `active` (the default) or `pending`: channel keys whose accounts are not yet on
+    /// the ledger (`signer-host channels ensure` creates them).
+    #[serde(default = "active")]
+    state: KeyState,
+}
+
+fn active() -> KeyState {
+    KeyState::Active
 }
 
 /// How long the enclave may take for `count` keys: one KMS call each, a bounded number
@@ -120,7 +128,28 @@ pub async fn generate(
     ConnectInfo(caller): ConnectInfo<Caller>,
     ApiJson(request): ApiJson<GenerateKeys>,
 ) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
-    let GenerateKeys { role, count } = request;
+    let GenerateKeys {
+        role,
+        count,
+        state: key_state,
+    } = request;
+    if key_state == KeyState::Retired
+        || (key_state == KeyState::Pending && role != KeyRole::Channel)
+    {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "state: a generated {} key is active{}, not {}",
+                role.as_str(),
+                if role == KeyRole::Channel {
+                    " or pending"
+                } else {
+                    ""
+                },
+                key_state.as_str()
+            ),
+        ));
+    }
     if !(1..=MAX_GENERATED_KEYS).contains(&count) {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -172,7 +201,7 @@ pub async fn generate(
             kms_key_id: key.kms_key_id,
             kms_ciphertext: key.ciphertext,
             sealed_seed: key.sealed_seed,
-            state: KeyState::Active,
+            state: key_state,
         })
         .collect();
     let summary: Vec<serde_json::Value> = new_keys

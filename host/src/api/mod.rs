@@ -10,6 +10,7 @@ mod fee_bump;
 mod health;
 mod json;
 mod keys;
+mod provisioning;
 mod router;
 mod sign;
 mod soroban;

@@ -9,7 +9,7 @@ use common::wire::ErrorCode;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::{channels, fee_bump, health, keys, sign, soroban};
+use super::{channels, fee_bump, health, keys, provisioning, sign, soroban};
 
 /// The API with its error fallbacks and body limit.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -26,6 +26,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/channels/acquire", post(channels::acquire))
         .route("/v1/channels/release", post(channels::release))
         .route("/v1/channels/unlock", post(channels::unlock))
+        .route("/v1/channels/provision", post(provisioning::provision))
+        .route("/v1/channels/activate", post(provisioning::activate))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -29,6 +29,21 @@ pub enum ChannelsCommand {
         #[arg(long)]
         token: String,
     },
+    /// Grow the pool to COUNT accounts on the ledger: generate the missing channel keys
+    /// in the enclave (stored pending first), sign their sponsored creation (19 per
+    /// transaction, the distribution account sponsors), submit and confirm through
+    /// Stellar RPC, activate. A re-run after a crash reconciles pending accounts.
+    ///
+    /// Example: `signer-host channels ensure 45 --rpc-url https://soroban-testnet.stellar.org`
+    /// or, offline, `signer-host channels ensure 45 --sequence 123456789` (prints the
+    /// envelopes to submit).
+    Ensure(super::channels_ensure::EnsureArgs),
+    /// Mark pending channel accounts active once they are on the ledger (after
+    /// submitting what `ensure --sequence` printed).
+    Activate {
+        #[arg(required = true)]
+        accounts: Vec<String>,
+    },
     /// Unlock the channels of transactions seen in a ledger (success path).
     Unlock {
         /// Transaction hashes (hex); for fee-bumps, the inner transaction's hash.
@@ -55,6 +70,11 @@ pub async fn run(socket: &Path, command: ChannelsCommand) -> anyhow::Result<()> 
         ChannelsCommand::Release { account, token } => {
             let body = json!({ "account": account, "lock_token": token });
             call(socket, Method::POST, "/v1/channels/release", Some(body)).await
+        }
+        ChannelsCommand::Ensure(args) => super::channels_ensure::run(socket, args).await,
+        ChannelsCommand::Activate { accounts } => {
+            let body = json!({ "accounts": accounts });
+            call(socket, Method::POST, "/v1/channels/activate", Some(body)).await
         }
         ChannelsCommand::Unlock { tx_hashes } => {
             let body = json!({ "tx_hashes": tx_hashes });

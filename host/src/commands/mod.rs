@@ -4,6 +4,7 @@
 //! behind the host's back).
 
 pub mod channels;
+pub mod channels_ensure;
 pub mod keys;
 pub mod render_iam_policy;
 pub mod render_key_policy;

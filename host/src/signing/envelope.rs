@@ -85,7 +85,7 @@ impl Signing {
 
     /// The enclave's signing policy, checked here first with the stored distribution
     /// key, so a violation costs no round trip.
-    fn precheck_envelope(
+    pub(super) fn precheck_envelope(
         &self,
         network_id: [u8; 32],
         envelope: &TransactionEnvelope,

@@ -9,10 +9,15 @@
 
 mod envelope;
 mod fee_bump;
+mod provision;
 mod soroban;
 
 pub use envelope::SignedEnvelope;
 pub use fee_bump::{FeeBumped, FeeChoice};
+pub use provision::{
+    MAX_ACCOUNTS_PER_TRANSACTION, MAX_PROVISIONING_WINDOW_SECS, ProvisionRequest, Provisioned,
+    creation_transaction,
+};
 pub use soroban::SorobanAuthorized;
 
 use common::stellar::envelope::{SequenceOwner, hex};
@@ -34,6 +39,8 @@ pub enum SignKind {
     FeeBump,
     /// `POST /v1/soroban/authorize`.
     SorobanAuth,
+    /// `POST /v1/channels/provision`.
+    Provisioning,
 }
 
 impl SignKind {
@@ -43,6 +50,7 @@ impl SignKind {
             SignKind::Sign => "sign",
             SignKind::FeeBump => "fee_bump",
             SignKind::SorobanAuth => "soroban_auth",
+            SignKind::Provisioning => "channel_provisioning",
         }
     }
 }

@@ -27,8 +27,23 @@ pub trait KeyStore: Send + Sync {
     }
     /// Stores keys and the audit rows that record it in one transaction.
     fn insert_keys_audited(&self, keys: &[NewKey], audit: &[AuditEntry]) -> Result<(), StoreError>;
-    /// Moves a key to another state (pending → active → retired).
-    fn set_key_state(&self, public_key: &str, state: KeyState) -> Result<(), StoreError>;
+    /// Records that the pending channel accounts `accounts` were signed into the
+    /// creation transaction `provisioning`, with its audit rows, durably and in one
+    /// transaction. Fails unless every account is a pending channel key.
+    fn record_provisioning(
+        &self,
+        accounts: &[String],
+        provisioning: &Provisioning,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError>;
+    /// Moves a key to another state (pending → active → retired), with the audit rows
+    /// that record it, in one transaction.
+    fn set_key_state(
+        &self,
+        public_key: &str,
+        state: KeyState,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError>;
     /// One key by its public key.
     fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Every key, or those of one role.

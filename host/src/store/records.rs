@@ -69,6 +69,19 @@ pub struct KeyRecord {
     pub state: KeyState,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// A pending channel account: the creation transaction it was last signed into.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<Provisioning>,
+}
+
+/// The creation transaction of a channel account, recorded before it is handed out for
+/// submission: until a ledger closes after `max_time`, it may still be applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Provisioning {
+    /// Hex hash of the signed transaction.
+    pub tx_hash: String,
+    /// Its `maxTime` (Unix seconds).
+    pub max_time: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

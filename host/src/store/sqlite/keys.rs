@@ -3,7 +3,7 @@
 
 use super::SqliteStore;
 use crate::store::{
-    AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, StoreError,
+    AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, Provisioning, StoreError,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -32,7 +32,8 @@ fn validate(key: &NewKey) -> Result<(), StoreError> {
 }
 
 const KEY_COLUMNS: &str = "public_key, role, format, kms_key_id, kms_ciphertext, sealed_seed, \
-                           state, created_at_ms, updated_at_ms";
+                           state, created_at_ms, updated_at_ms, provisioning_tx_hash, \
+                           provisioning_max_time_s";
 
 fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     let text_enum = |index: usize, value: String| {
@@ -55,6 +56,16 @@ fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
         state: KeyState::parse(&state).ok_or_else(|| text_enum(6, state.clone()))?,
         created_at_ms: row.get(7)?,
         updated_at_ms: row.get(8)?,
+        provisioning: match (
+            row.get::<_, Option<String>>(9)?,
+            row.get::<_, Option<i64>>(10)?,
+        ) {
+            (Some(tx_hash), Some(max_time)) => Some(Provisioning {
+                tx_hash,
+                max_time: u64::try_from(max_time).unwrap_or_default(),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -125,9 +136,52 @@ impl KeyStore for SqliteStore {
         self.pool.sync_dir()
     }
 
+    fn record_provisioning(
+        &self,
+        accounts: &[String],
+        provisioning: &Provisioning,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let max_time = i64::try_from(provisioning.max_time)
+            .map_err(|_| StoreError::InvalidKey(format!("maxTime {}", provisioning.max_time)))?;
+        let mut conn = self.pool.get()?;
+        // Must survive power loss: a re-run relies on it not to rebuild too early.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for account in accounts {
+                let updated = tx.execute(
+                    "UPDATE keys SET provisioning_tx_hash = ?2, provisioning_max_time_s = ?3, \
+                     updated_at_ms = ?4 \
+                     WHERE public_key = ?1 AND role = 'channel' AND state = 'pending'",
+                    params![account, provisioning.tx_hash, max_time, now],
+                )?;
+                if updated == 0 {
+                    return Err(StoreError::InvalidKey(format!(
+                        "{account} is not a pending channel key"
+                    )));
+                }
+            }
+            for entry in audit {
+                super::audit::insert_audit(&tx, now, entry)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        result?;
+        self.pool.sync_dir()
+    }
+
     /// Moves a key to another state; channel accounts join the pool when they become
     /// active and leave it when retired.
-    fn set_key_state(&self, public_key: &str, state: KeyState) -> Result<(), StoreError> {
+    fn set_key_state(
+        &self,
+        public_key: &str,
+        state: KeyState,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
         let now = self.now();
         let mut conn = self.pool.get()?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -155,6 +209,9 @@ impl KeyStore for SqliteStore {
                         params![public_key],
                     )?,
                 };
+            }
+            for entry in audit {
+                super::audit::insert_audit(&tx, now, entry)?;
             }
             tx.commit()?;
             Ok(())

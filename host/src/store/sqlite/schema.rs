@@ -58,6 +58,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX keys_one_active_distribution ON keys (role)
         WHERE role = 'distribution' AND state = 'active';
     ",
+    // 3: the provisioning transaction a pending channel account was last signed into,
+    // so a re-run after a crash knows whether it may still land (docs/design.md §5).
+    r"
+    ALTER TABLE keys ADD COLUMN provisioning_tx_hash TEXT;
+    ALTER TABLE keys ADD COLUMN provisioning_max_time_s INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -168,7 +168,7 @@ fn one_active_distribution_key_at_a_time() {
         .insert_keys(&[distribution(103, KeyState::Pending)])
         .unwrap();
     f.store
-        .set_key_state(&test_account(100), KeyState::Retired)
+        .set_key_state(&test_account(100), KeyState::Retired, &[])
         .unwrap();
     f.store
         .insert_keys(&[distribution(104, KeyState::Active)])
@@ -186,11 +186,11 @@ fn pending_and_retired_channels_are_not_in_the_pool() {
         Err(StoreError::NoChannelAccountsConfigured)
     ));
     f.store
-        .set_key_state(&test_account(1), KeyState::Active)
+        .set_key_state(&test_account(1), KeyState::Active, &[])
         .unwrap();
     assert_eq!(f.store.acquire(None).unwrap().account, test_account(1));
     f.store
-        .set_key_state(&test_account(1), KeyState::Retired)
+        .set_key_state(&test_account(1), KeyState::Retired, &[])
         .unwrap();
     assert_eq!(f.store.summary(false).unwrap().total, 0);
 }

@@ -1,0 +1,470 @@
+//! `signer-host channels ensure N`: grows the channel pool to N accounts on the ledger.
+//!
+//! Keys first: the missing channel keys are generated in the enclave and stored
+//! `pending` before anything else, so no funded account is ever without its key. Then,
+//! for at most 19 accounts per transaction, the host builds and the enclave signs the
+//! sponsored creation; the host records it on the keys before handing it out. With
+//! Stellar RPC the transaction is submitted and confirmed and the accounts become
+//! `active`; without, the envelopes are printed for the operator, and `channels activate`
+//! marks the accounts once they are seen. A re-run reconciles `pending` keys against the
+//! ledger: present ones become active, absent ones are rebuilt only once their last
+//! transaction can no longer land (a ledger closed after its maxTime), so a transaction
+//! is never built twice for an account that might still be created.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::api_client::request_once;
+use crate::signing::{MAX_ACCOUNTS_PER_TRANSACTION, MAX_PROVISIONING_WINDOW_SECS};
+use crate::stellar_rpc::{StellarRpc, Submission, TransactionOutcome};
+use common::wire::messages::MAX_GENERATED_KEYS;
+
+/// How often a pending transaction's status is asked for.
+const POLL: Duration = Duration::from_millis(500);
+/// `TRY_AGAIN_LATER` answers tolerated per transaction.
+const MAX_TRY_AGAIN: u32 = 10;
+
+/// Arguments of `channels ensure`.
+#[derive(Debug, clap::Args)]
+pub struct EnsureArgs {
+    /// How many channel accounts the pool should hold.
+    pub count: usize,
+    /// Stellar RPC endpoint (overrides `[stellar] rpc_url` of --config).
+    #[arg(long, env = "SIGNER_STELLAR_RPC_URL")]
+    pub rpc_url: Option<String>,
+    /// The host's configuration file, for `[stellar] rpc_url`.
+    #[arg(long, env = "SIGNER_HOST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Without RPC: the distribution account's current sequence number. The signed
+    /// envelopes are printed, one per line, for you to submit; then run
+    /// `signer-host channels activate` with the accounts once they are on the ledger.
+    #[arg(long)]
+    pub sequence: Option<i64>,
+    /// Seconds until each transaction's maxTime (at most 300).
+    #[arg(long, default_value_t = MAX_PROVISIONING_WINDOW_SECS)]
+    pub max_time_secs: u64,
+    /// Fee per operation in stroops.
+    #[arg(long, default_value_t = 100)]
+    pub fee_per_operation: u32,
+    /// Seconds an RPC call may take.
+    #[arg(long, default_value_t = 30)]
+    pub rpc_timeout_secs: u64,
+}
+
+/// A stored channel key as the API lists it.
+#[derive(Debug, Clone)]
+struct ChannelKey {
+    public_key: String,
+    state: String,
+    provisioning: Option<(String, u64)>,
+}
+
+/// Runs `channels ensure`.
+pub async fn run(socket: &Path, args: EnsureArgs) -> anyhow::Result<()> {
+    let rpc_url = match (&args.rpc_url, &args.config) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(path)) => crate::config::Config::load(path)?.stellar.rpc_url,
+        (None, None) => None,
+    };
+    if args.max_time_secs == 0 || args.max_time_secs > MAX_PROVISIONING_WINDOW_SECS {
+        bail!("--max-time-secs: 1 to {MAX_PROVISIONING_WINDOW_SECS}");
+    }
+    let mut run = match (rpc_url, args.sequence) {
+        (Some(url), None) => {
+            let rpc = StellarRpc::new(&url, Duration::from_secs(args.rpc_timeout_secs))?;
+            Ensure::online(socket, rpc, &args).await?
+        }
+        (None, Some(sequence)) => Ensure::offline(socket, sequence, &args),
+        (Some(_), Some(_)) => bail!("give --sequence only without a Stellar RPC endpoint"),
+        (None, None) => bail!(
+            "no Stellar RPC endpoint: set [stellar] rpc_url (--config), --rpc-url or \
+             SIGNER_STELLAR_RPC_URL, or give --sequence to sign offline"
+        ),
+    };
+    run.ensure(args.count).await
+}
+
+/// One run of `ensure`.
+struct Ensure<'a> {
+    socket: &'a Path,
+    rpc: Option<StellarRpc>,
+    /// The network, as the RPC endpoint reports it (`None`: the host's configured one).
+    network: Option<String>,
+    /// Offline: the sequence the next transaction follows.
+    offline_sequence: i64,
+    max_time_secs: u64,
+    fee_per_operation: u32,
+    progress: Progress,
+}
+
+impl<'a> Ensure<'a> {
+    async fn online(
+        socket: &'a Path,
+        rpc: StellarRpc,
+        args: &EnsureArgs,
+    ) -> anyhow::Result<Ensure<'a>> {
+        let network = rpc.network().await?;
+        Ok(Ensure {
+            socket,
+            network: Some(network.passphrase),
+            rpc: Some(rpc),
+            offline_sequence: 0,
+            max_time_secs: args.max_time_secs,
+            fee_per_operation: args.fee_per_operation,
+            progress: Progress::new(),
+        })
+    }
+
+    fn offline(socket: &'a Path, sequence: i64, args: &EnsureArgs) -> Ensure<'a> {
+        Ensure {
+            socket,
+            rpc: None,
+            network: None,
+            offline_sequence: sequence,
+            max_time_secs: args.max_time_secs,
+            fee_per_operation: args.fee_per_operation,
+            progress: Progress::new(),
+        }
+    }
+
+    async fn ensure(&mut self, count: usize) -> anyhow::Result<()> {
+        let keys = self.channel_keys().await?;
+        let active = keys.iter().filter(|k| k.state == "active").count();
+        let pending: Vec<ChannelKey> = keys.into_iter().filter(|k| k.state == "pending").collect();
+        if count < active {
+            bail!(
+                "the pool holds {active} active channel accounts, more than {count}; shrinking \
+                 it (merging the surplus into the distribution account) is not supported yet"
+            );
+        }
+        let mut to_create = self.reconcile(pending).await?;
+        let active = active + self.progress.activated;
+        let known = active + to_create.len();
+        if count > known {
+            to_create.extend(self.generate(count - known).await?);
+        }
+        // A pending key beyond the count is still created: its key exists, and an
+        // account that may already be funded is never dropped.
+        self.progress.start(to_create.len());
+        for batch in to_create.chunks(MAX_ACCOUNTS_PER_TRANSACTION) {
+            self.create(batch).await?;
+        }
+        self.progress.finish();
+        let summary = call(self.socket, Method::GET, "/v1/channels", None).await?;
+        println!(
+            "channel pool: {} accounts ({} activated in this run)",
+            summary["total"], self.progress.activated
+        );
+        Ok(())
+    }
+
+    /// Pending keys against the ledger: those present become active; those whose last
+    /// transaction can no longer land (or that have none) are returned for creation.
+    async fn reconcile(&mut self, pending: Vec<ChannelKey>) -> anyhow::Result<Vec<String>> {
+        let Some(rpc) = &self.rpc else {
+            let now = common::now_unix_secs();
+            let (waiting, ready): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|k| k.provisioning.as_ref().is_some_and(|(_, max)| *max >= now));
+            if !waiting.is_empty() {
+                eprintln!(
+                    "{} pending accounts were signed into transactions that may still land; \
+                     once they are on the ledger, run `signer-host channels activate`",
+                    waiting.len()
+                );
+            }
+            return Ok(ready.into_iter().map(|k| k.public_key).collect());
+        };
+        let mut rebuild = Vec::new();
+        let mut unsettled = pending;
+        while !unsettled.is_empty() {
+            let raw: Vec<[u8; 32]> = unsettled
+                .iter()
+                .map(|k| raw_key(&k.public_key))
+                .collect::<anyhow::Result<_>>()?;
+            let present = rpc.accounts(&raw).await?;
+            let (on_ledger, absent): (Vec<_>, Vec<_>) = unsettled
+                .into_iter()
+                .partition(|k| raw_key(&k.public_key).is_ok_and(|r| present.contains_key(&r)));
+            self.progress.activated += activate(
+                self.socket,
+                on_ledger.iter().map(|k| k.public_key.clone()).collect(),
+            )
+            .await?;
+            let mut still_open = Vec::new();
+            for key in absent {
+                let Some((hash, max_time)) = &key.provisioning else {
+                    rebuild.push(key.public_key);
+                    continue;
+                };
+                let status = rpc.transaction(hash).await?;
+                let settled = match status.outcome {
+                    TransactionOutcome::Success { .. } | TransactionOutcome::Failed { .. } => true,
+                    TransactionOutcome::NotFound => status.latest_ledger_close_time > *max_time,
+                };
+                if settled {
+                    rebuild.push(key.public_key);
+                } else {
+                    still_open.push(key);
+                }
+            }
+            if !still_open.is_empty() {
+                self.progress.line(&format!(
+                    "{} pending accounts are in a transaction that may still land; waiting \
+                     for it or for its maxTime to pass",
+                    still_open.len()
+                ));
+                tokio::time::sleep(POLL * 2).await;
+            }
+            unsettled = still_open;
+        }
+        Ok(rebuild)
+    }
+
+    /// Generates `count` pending channel keys in the enclave, stored before anything
+    /// else happens.
+    async fn generate(&mut self, count: usize) -> anyhow::Result<Vec<String>> {
+        let mut generated = Vec::with_capacity(count);
+        let mut left = count;
+        while left > 0 {
+            let chunk = left.min(MAX_GENERATED_KEYS as usize);
+            let body = json!({ "role": "channel", "count": chunk, "state": "pending" });
+            let answer = call(self.socket, Method::POST, "/v1/keys/generate", Some(body)).await?;
+            let keys = answer["keys"].as_array().context("generate: no keys")?;
+            for key in keys {
+                let public_key = key["public_key"]
+                    .as_str()
+                    .context("generate: no public_key")?;
+                generated.push(public_key.to_string());
+            }
+            left -= chunk;
+            self.progress.line(&format!(
+                "generated {chunk} channel keys in the enclave (pending)"
+            ));
+        }
+        Ok(generated)
+    }
+
+    /// Signs, and with RPC submits and confirms, one creation transaction.
+    async fn create(&mut self, accounts: &[String]) -> anyhow::Result<()> {
+        let sequence = match &self.rpc {
+            Some(rpc) => {
+                let distribution = self.distribution().await?;
+                let raw = raw_key(&distribution)?;
+                let found = rpc.accounts(&[raw]).await?;
+                let Some(account) = found.get(&raw) else {
+                    bail!(
+                        "the distribution account {distribution} is not on the ledger; fund it first"
+                    );
+                };
+                account.sequence
+            }
+            None => self.offline_sequence,
+        };
+        let body = json!({
+            "accounts": accounts,
+            "sequence": sequence.to_string(),
+            "max_time_secs": self.max_time_secs,
+            "fee_per_operation": self.fee_per_operation,
+            "network_passphrase": self.network,
+        });
+        let signed = call(
+            self.socket,
+            Method::POST,
+            "/v1/channels/provision",
+            Some(body),
+        )
+        .await?;
+        let envelope = signed["transaction"]
+            .as_str()
+            .context("provision: no transaction")?;
+        let hash = signed["tx_hash"]
+            .as_str()
+            .context("provision: no tx_hash")?
+            .to_string();
+        let max_time = signed["max_time"]
+            .as_u64()
+            .context("provision: no max_time")?;
+        let Some(rpc) = &self.rpc else {
+            self.offline_sequence += 1;
+            println!("{envelope}");
+            self.progress.line(&format!(
+                "signed creation of {} accounts (tx {hash}, sequence {}); submit it, then \
+                 `signer-host channels activate {}`",
+                accounts.len(),
+                sequence + 1,
+                accounts.join(" ")
+            ));
+            self.progress.advance(accounts.len());
+            return Ok(());
+        };
+        self.progress.line(&format!(
+            "submitted creation of {} accounts (tx {hash})",
+            accounts.len()
+        ));
+        submit(rpc, envelope).await.with_context(|| {
+            format!(
+                "transaction {hash} was refused; its {} accounts stay pending, and a re-run \
+                 rebuilds them once its maxTime ({max_time}) has passed",
+                accounts.len()
+            )
+        })?;
+        let ledger = confirm(rpc, &hash, max_time).await?;
+        self.progress.activated += activate(self.socket, accounts.to_vec()).await?;
+        self.progress.line(&format!(
+            "created {} accounts in ledger {ledger} (tx {hash})",
+            accounts.len()
+        ));
+        self.progress.advance(accounts.len());
+        Ok(())
+    }
+
+    async fn channel_keys(&self) -> anyhow::Result<Vec<ChannelKey>> {
+        let answer = call(self.socket, Method::GET, "/v1/keys?role=channel", None).await?;
+        let keys = answer["keys"].as_array().context("keys: no list")?;
+        keys.iter()
+            .map(|key| {
+                let provisioning = match (
+                    key["provisioning"]["tx_hash"].as_str(),
+                    key["provisioning"]["max_time"].as_u64(),
+                ) {
+                    (Some(hash), Some(max_time)) => Some((hash.to_string(), max_time)),
+                    _ => None,
+                };
+                Ok(ChannelKey {
+                    public_key: key["public_key"]
+                        .as_str()
+                        .context("keys: no public_key")?
+                        .into(),
+                    state: key["state"].as_str().context("keys: no state")?.into(),
+                    provisioning,
+                })
+            })
+            .collect()
+    }
+
+    async fn distribution(&self) -> anyhow::Result<String> {
+        let answer = call(self.socket, Method::GET, "/v1/keys?role=distribution", None).await?;
+        answer["keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|k| k["state"] == "active"))
+            .and_then(|k| k["public_key"].as_str())
+            .map(str::to_string)
+            .context("no active distribution key: generate or register one first")
+    }
+}
+
+/// Marks pending channel accounts active; how many were pending.
+async fn activate(socket: &Path, accounts: Vec<String>) -> anyhow::Result<usize> {
+    let mut activated = 0;
+    for chunk in accounts.chunks(1000) {
+        let body = json!({ "accounts": chunk });
+        let answer = call(socket, Method::POST, "/v1/channels/activate", Some(body)).await?;
+        activated += answer["activated"].as_array().map_or(0, Vec::len);
+    }
+    Ok(activated)
+}
+
+/// Sends the envelope until it is accepted.
+async fn submit(rpc: &StellarRpc, envelope: &str) -> anyhow::Result<()> {
+    for _ in 0..MAX_TRY_AGAIN {
+        match rpc.send_transaction(envelope).await? {
+            Submission::Accepted => return Ok(()),
+            Submission::TryAgainLater => tokio::time::sleep(POLL * 2).await,
+            Submission::Refused { result } => bail!("the network refused it: {result}"),
+        }
+    }
+    bail!("Stellar RPC answered TRY_AGAIN_LATER {MAX_TRY_AGAIN} times")
+}
+
+/// Waits until the transaction is applied (its ledger) or can no longer be.
+async fn confirm(rpc: &StellarRpc, hash: &str, max_time: u64) -> anyhow::Result<u32> {
+    loop {
+        let status = rpc.transaction(hash).await?;
+        match status.outcome {
+            TransactionOutcome::Success { ledger } => return Ok(ledger),
+            TransactionOutcome::Failed { ledger, result } => {
+                bail!("transaction {hash} failed in ledger {ledger}: {result}")
+            }
+            TransactionOutcome::NotFound if status.latest_ledger_close_time > max_time => {
+                bail!(
+                    "transaction {hash} expired unapplied (maxTime {max_time}); re-run to rebuild it"
+                )
+            }
+            TransactionOutcome::NotFound => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+fn raw_key(public_key: &str) -> anyhow::Result<[u8; 32]> {
+    Ok(stellar_strkey::ed25519::PublicKey::from_string(public_key)
+        .with_context(|| format!("{public_key} is not a G... key"))?
+        .0)
+}
+
+/// One API call; an error answer becomes a failure with its code and message.
+async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let (status, answer) = request_once(socket, method, path, body.as_ref()).await?;
+    if status.is_success() {
+        return Ok(answer);
+    }
+    let code = answer["error"]["code"].as_str().unwrap_or("unknown");
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    bail!("{path}: {code} ({status}): {message}")
+}
+
+/// A progress bar on a terminal; one line per step otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    activated: usize,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            bar: None,
+            activated: 0,
+        }
+    }
+
+    fn start(&mut self, total: usize) {
+        if total > 0 && std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} accounts {msg}")
+            {
+                bar.set_style(style);
+            }
+            self.bar = Some(bar);
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(text.to_string()),
+            None => println!("{text}"),
+        }
+    }
+
+    fn advance(&self, accounts: usize) {
+        if let Some(bar) = &self.bar {
+            bar.inc(accounts as u64);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
