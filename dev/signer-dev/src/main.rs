@@ -1,8 +1,9 @@
 //! `signer-dev`: development tooling, never shipped. `up` runs the whole stack on one
 //! machine in mock-vsock mode (mock NSM, mock KMS, development keys); `bench` measures
-//! requests through it.
+//! requests through it; `stub-rpc` stands in for Stellar RPC.
 
 mod bench;
+mod stub_rpc;
 mod up;
 
 use std::path::PathBuf;
@@ -48,6 +49,25 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         soroban_contract: Vec<String>,
     },
+    /// A Stellar RPC stand-in on loopback (JSON-RPC 2.0, the published shapes) over a
+    /// small ledger, for tests and for trying `signer-host channels ensure` locally.
+    ///
+    /// Example: `signer-dev stub-rpc --listen 127.0.0.1:8000 --fund GABC...=100000000000`
+    StubRpc {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "Test SDF Network ; September 2015")]
+        network_passphrase: String,
+        /// An account that exists from the start: G...=STROOPS (repeatable).
+        #[arg(long, value_parser = parse_funded)]
+        fund: Vec<(String, i64)>,
+        /// Milliseconds between ledger closes.
+        #[arg(long, default_value_t = 250)]
+        ledger_ms: u64,
+        /// Fault: the first N account reads report sequences one too low.
+        #[arg(long, default_value_t = 0)]
+        stale_sequence_reads: u32,
+    },
     /// Measure request throughput and latency through the host and the enclave.
     Bench {
         /// Host API socket of a running stack; without it a local stack is started.
@@ -60,6 +80,17 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         clients: Vec<usize>,
     },
+}
+
+/// `G...=STROOPS`.
+fn parse_funded(text: &str) -> Result<(String, i64), String> {
+    let (key, balance) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected G...=STROOPS"))?;
+    let balance = balance
+        .parse()
+        .map_err(|_| format!("{balance:?} is not a balance in stroops"))?;
+    Ok((key.to_string(), balance))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +120,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 soroban_contracts: soroban_contract,
             };
             up::run(options, host::server::shutdown_on_signal()).await
+        }
+        Command::StubRpc {
+            listen,
+            network_passphrase,
+            fund,
+            ledger_ms,
+            stale_sequence_reads,
+        } => {
+            stub_rpc::run(stub_rpc::StubOptions {
+                listen,
+                network_passphrase,
+                funded: fund,
+                ledger_interval: std::time::Duration::from_millis(ledger_ms.max(1)),
+                stale_sequence_reads,
+            })
+            .await
         }
         Command::Bench {
             socket,
