@@ -183,7 +183,7 @@ impl StellarRpc {
         for chunk in public_keys.chunks(MAX_KEYS_PER_CALL) {
             let keys = chunk
                 .iter()
-                .map(|key| account_ledger_key(key))
+                .map(account_ledger_key)
                 .collect::<Result<Vec<_>, _>>()?;
             let answer: Answer = self.call(METHOD, json!({ "keys": keys })).await?;
             for entry in answer.entries.unwrap_or_default() {

@@ -16,6 +16,7 @@ use host::store::{AuditLog, KeyStore};
 
 pub mod raw_enclave;
 pub mod stellar;
+pub mod stub_rpc;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 

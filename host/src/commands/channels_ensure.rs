@@ -156,7 +156,7 @@ impl<'a> Ensure<'a> {
         }
         self.progress.finish();
         let summary = call(self.socket, Method::GET, "/v1/channels", None).await?;
-        println!(
+        eprintln!(
             "channel pool: {} accounts ({} activated in this run)",
             summary["total"], self.progress.activated
         );
@@ -303,10 +303,6 @@ impl<'a> Ensure<'a> {
             self.progress.advance(accounts.len());
             return Ok(());
         };
-        self.progress.line(&format!(
-            "submitted creation of {} accounts (tx {hash})",
-            accounts.len()
-        ));
         submit(rpc, envelope).await.with_context(|| {
             format!(
                 "transaction {hash} was refused; its {} accounts stay pending, and a re-run \
@@ -314,6 +310,10 @@ impl<'a> Ensure<'a> {
                 accounts.len()
             )
         })?;
+        self.progress.line(&format!(
+            "submitted creation of {} accounts (tx {hash})",
+            accounts.len()
+        ));
         let ledger = confirm(rpc, &hash, max_time).await?;
         self.progress.activated += activate(self.socket, accounts.to_vec()).await?;
         self.progress.line(&format!(
@@ -423,7 +423,8 @@ async fn call(
     bail!("{path}: {code} ({status}): {message}")
 }
 
-/// A progress bar on a terminal; one line per step otherwise.
+/// A progress bar on a terminal; one line per step otherwise, on stderr (stdout carries
+/// only the envelopes of an offline run).
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     activated: usize,
@@ -452,7 +453,7 @@ impl Progress {
     fn line(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(text.to_string()),
-            None => println!("{text}"),
+            None => eprintln!("{text}"),
         }
     }
 

@@ -10,8 +10,8 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use stellar_xdr::{
     AccountMergeResult, BeginSponsoringFutureReservesResult, CreateAccountResult,
     EndSponsoringFutureReservesResult, MuxedAccount, OperationBody, OperationResult,
-    OperationResultTr, Transaction, TransactionEnvelope, TransactionResult,
-    TransactionResultExt, TransactionResultResult,
+    OperationResultTr, Transaction, TransactionEnvelope, TransactionResult, TransactionResultExt,
+    TransactionResultResult,
 };
 
 /// Stroops per base reserve (0.5 XLM); a sponsor pays two per account it creates.
@@ -116,13 +116,19 @@ impl Ledger {
     /// `sendTransaction`: checks a transaction as a validator would before it queues it.
     pub fn admit(&mut self, envelope: TransactionEnvelope) -> ([u8; 32], Admission) {
         let Ok(hash) = transaction_hash(&envelope, self.network_id) else {
-            return ([0; 32], Admission::Error(result(0, TransactionResultResult::TxMalformed)));
+            return (
+                [0; 32],
+                Admission::Error(result(0, TransactionResultResult::TxMalformed)),
+            );
         };
         if self.applied.contains_key(&hash) || self.queue.iter().any(|(h, _)| *h == hash) {
             return (hash, Admission::Duplicate);
         }
         let TransactionEnvelope::Tx(v1) = &envelope else {
-            return (hash, Admission::Error(result(0, TransactionResultResult::TxNotSupported)));
+            return (
+                hash,
+                Admission::Error(result(0, TransactionResultResult::TxNotSupported)),
+            );
         };
         let source = key_of(&v1.tx.source_account);
         if self.queue.iter().any(|(_, queued)| match queued {
@@ -208,7 +214,7 @@ impl Ledger {
         let mut sponsoring: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
         let mut results = Vec::new();
         let mut failed = false;
-        for op in tx.operations.iter() {
+        for op in &tx.operations {
             let op_source = op.source_account.as_ref().map_or(source_key, key_of);
             let outcome = self.apply_operation(op_source, &op.body, &mut sponsoring);
             failed |= !operation_succeeded(&outcome);
@@ -251,11 +257,13 @@ impl Ledger {
                 let sponsored = account_id_key(&begin.sponsored_id);
                 OperationResultTr::BeginSponsoringFutureReserves(if sponsored == source {
                     BeginSponsoringFutureReservesResult::Malformed
-                } else if sponsoring.contains_key(&sponsored) {
-                    BeginSponsoringFutureReservesResult::AlreadySponsored
-                } else {
-                    sponsoring.insert(sponsored, source);
+                } else if let std::collections::hash_map::Entry::Vacant(entry) =
+                    sponsoring.entry(sponsored)
+                {
+                    entry.insert(source);
                     BeginSponsoringFutureReservesResult::Success
+                } else {
+                    BeginSponsoringFutureReservesResult::AlreadySponsored
                 })
             }
             OperationBody::CreateAccount(create) => {
@@ -317,7 +325,8 @@ impl Ledger {
                                 target.balance += merged.balance;
                                 target.last_modified = ledger;
                                 self.accounts.remove(&source);
-                                let sponsor = merged.sponsor.and_then(|s| self.accounts.get_mut(&s));
+                                let sponsor =
+                                    merged.sponsor.and_then(|s| self.accounts.get_mut(&s));
                                 if let Some(sponsor) = sponsor {
                                     sponsor.sponsoring_reserve -= 2 * BASE_RESERVE;
                                 }
@@ -336,7 +345,11 @@ impl Ledger {
     /// sponsored account's own reserve is its sponsor's).
     fn spendable(&self, key: [u8; 32]) -> i64 {
         self.accounts.get(&key).map_or(i64::MIN, |a| {
-            let own = if a.sponsor.is_some() { 0 } else { 2 * BASE_RESERVE };
+            let own = if a.sponsor.is_some() {
+                0
+            } else {
+                2 * BASE_RESERVE
+            };
             a.balance - own - a.sponsoring_reserve
         })
     }
@@ -366,7 +379,8 @@ fn verify_signatures(
     let required = required_signers(envelope);
     let mut used = HashSet::new();
     for key in &required {
-        let verifying = VerifyingKey::from_bytes(key).map_err(|_| TransactionResultResult::TxBadAuth)?;
+        let verifying =
+            VerifyingKey::from_bytes(key).map_err(|_| TransactionResultResult::TxBadAuth)?;
         let position = signatures(envelope).iter().position(|decorated| {
             decorated.hint.0 == key[28..]
                 && Signature::from_slice(&decorated.signature.0)

@@ -168,8 +168,12 @@ impl Stub {
         let ledger = self.ledger();
         let mut entries = Vec::new();
         for key in keys {
-            let text = key.as_str().ok_or_else(|| invalid_params("keys: strings"))?;
-            let bytes = B64.decode(text).map_err(|e| invalid_params(format!("key: {e}")))?;
+            let text = key
+                .as_str()
+                .ok_or_else(|| invalid_params("keys: strings"))?;
+            let bytes = B64
+                .decode(text)
+                .map_err(|e| invalid_params(format!("key: {e}")))?;
             let ledger_key: LedgerKey =
                 decode_bounded(&bytes).map_err(|e| invalid_params(format!("key: {e}")))?;
             let LedgerKey::Account(account_key) = ledger_key else {
@@ -179,7 +183,11 @@ impl Stub {
             let Some(account) = ledger.accounts.get(&raw) else {
                 continue;
             };
-            let sequence = if stale { account.sequence - 1 } else { account.sequence };
+            let sequence = if stale {
+                account.sequence - 1
+            } else {
+                account.sequence
+            };
             let entry = LedgerEntryData::Account(AccountEntry {
                 account_id: AccountId(PublicKey::PublicKeyTypeEd25519(Uint256(raw))),
                 balance: account.balance,
@@ -249,7 +257,11 @@ impl Stub {
             answer["status"] = json!("NOT_FOUND");
             return Ok(answer);
         };
-        answer["status"] = json!(if applied.succeeded() { "SUCCESS" } else { "FAILED" });
+        answer["status"] = json!(if applied.succeeded() {
+            "SUCCESS"
+        } else {
+            "FAILED"
+        });
         answer["applicationOrder"] = json!(applied.application_order);
         answer["feeBump"] = json!(false);
         answer["envelopeXdr"] = json!(xdr_base64(&applied.envelope));
