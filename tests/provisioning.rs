@@ -337,3 +337,72 @@ async fn offline_ensure_prints_envelopes_that_activate_accepts_once_applied() {
     assert_eq!(pool["total"], DEV_CHANNELS + 3);
     dev.stop();
 }
+
+#[tokio::test]
+async fn provisioning_refuses_anything_but_pending_channel_keys_and_writes_nothing() {
+    let dev = Dev::start(&[]);
+    let active_channel = dev.keys("channel").await.remove(0);
+    let distribution = distribution(&dev).await;
+    let (status, generated) = dev
+        .call(
+            Method::POST,
+            "/v1/keys/generate",
+            Some(json!({ "role": "channel", "count": 2, "state": "pending" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{generated}");
+    let pending: Vec<String> = generated["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["public_key"].as_str().unwrap().to_string())
+        .collect();
+    let unknown = harness::test_account(7);
+    let provision = |accounts: Vec<String>, sequence: &str, window: u64| {
+        json!({ "accounts": accounts, "sequence": sequence, "max_time_secs": window })
+    };
+    let twenty: Vec<String> = (0..20).map(harness::test_account).collect();
+    let cases = [
+        (provision(vec![active_channel.clone()], "1", 60), "bad_request", "active channel"),
+        (provision(vec![distribution.clone()], "1", 60), "bad_request", "distribution"),
+        (provision(vec![unknown.clone()], "1", 60), "unknown_key", "not stored"),
+        (provision(twenty, "1", 60), "bad_request", "1 to 19"),
+        (provision(vec![], "1", 60), "bad_request", "1 to 19"),
+        (provision(vec![pending[0].clone(), pending[0].clone()], "1", 60), "bad_request", "twice"),
+        (provision(pending.clone(), "one", 60), "bad_request", "int64"),
+        (provision(pending.clone(), "-1", 60), "bad_request", "sequence"),
+        (provision(pending.clone(), "1", 301), "bad_request", "max_time_secs"),
+        (provision(pending.clone(), "1", 0), "bad_request", "max_time_secs"),
+    ];
+    for (body, code, what) in cases {
+        let (status, answer) = dev.call(Method::POST, "/v1/channels/provision", Some(body)).await;
+        assert!(status.is_client_error(), "{what}: {status} {answer}");
+        assert_eq!(answer["error"]["code"], code, "{what}: {answer}");
+    }
+    let (_, keys) = channel_keys(&dev).await;
+    assert!(
+        keys.iter().all(|k| k["provisioning"].is_null()),
+        "no refusal recorded a transaction: {keys:?}"
+    );
+
+    let (status, answer) = dev
+        .call(
+            Method::POST,
+            "/v1/keys/generate",
+            Some(json!({ "role": "distribution", "count": 1, "state": "pending" })),
+        )
+        .await;
+    assert_eq!((status.as_u16(), &answer["error"]["code"]), (400, &json!("bad_request")));
+    for (body, code) in [
+        (json!({ "accounts": [unknown] }), "unknown_channel_account"),
+        (json!({ "accounts": [distribution] }), "unknown_channel_account"),
+        (json!({ "accounts": [] }), "bad_request"),
+    ] {
+        let (status, answer) = dev.call(Method::POST, "/v1/channels/activate", Some(body)).await;
+        assert!(status.is_client_error(), "{answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+    }
+    let (_, pool) = dev.call(Method::GET, "/v1/channels", None).await;
+    assert_eq!(pool["total"], DEV_CHANNELS, "pending keys are not in the pool");
+    dev.stop();
+}
