@@ -49,11 +49,13 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// Channel keys by state.
+/// Channel keys: (active, pending).
 async fn channel_keys(dev: &Dev) -> (Vec<Value>, Vec<Value>) {
     let (_, body) = dev.call(Method::GET, "/v1/keys?role=channel", None).await;
     let keys = body["keys"].as_array().unwrap().clone();
-    keys.into_iter().partition(|k| k["state"] == "active")
+    keys.into_iter()
+        .filter(|k| k["state"] != "retired")
+        .partition(|k| k["state"] == "active")
 }
 
 async fn distribution(dev: &Dev) -> String {
@@ -61,15 +63,20 @@ async fn distribution(dev: &Dev) -> String {
 }
 
 #[tokio::test]
-async fn ensure_creates_45_accounts_in_three_transactions_and_a_rerun_changes_nothing() {
+async fn ensure_creates_45_accounts_in_three_transactions_a_rerun_changes_nothing_and_a_smaller_count_merges()
+ {
     let dev = Dev::start(&[]);
     let distribution = distribution(&dev).await;
-    let stub = StubRpc::start(&[(&distribution, FUNDING)], &["--ledger-ms", "100"]);
+    // The dev stack's own channel accounts exist too (2 XLM each), so any can be merged.
+    let dev_channels = dev.keys("channel").await;
+    let mut funded: Vec<(&str, i64)> = vec![(&distribution, FUNDING)];
+    funded.extend(dev_channels.iter().map(|c| (c.as_str(), 20_000_000)));
+    let stub = StubRpc::start(&funded, &["--ledger-ms", "100"]);
     let target = DEV_CHANNELS + 45;
     let run = ensure(&dev, target, &["--rpc-url", &stub.url]);
     assert!(run.status.success(), "{}", text(&run));
     assert!(
-        text(&run).contains("45 activated in this run"),
+        text(&run).contains("(45 activated, 0 retired in this run)"),
         "{}",
         text(&run)
     );
@@ -78,7 +85,7 @@ async fn ensure_creates_45_accounts_in_three_transactions_and_a_rerun_changes_no
     assert_eq!(ledger["successful_transactions"], 3, "{ledger}");
     assert_eq!(ledger["transactions"], 3, "{ledger}");
     let on_ledger = stub.accounts();
-    assert_eq!(on_ledger.len(), 46, "the distribution and 45 new accounts");
+    assert_eq!(on_ledger.len(), 1 + DEV_CHANNELS + 45);
     let (active, pending) = channel_keys(&dev).await;
     assert!(pending.is_empty(), "{pending:?}");
     assert_eq!(active.len(), target);
@@ -121,16 +128,72 @@ async fn ensure_creates_45_accounts_in_three_transactions_and_a_rerun_changes_no
     let again = ensure(&dev, target, &["--rpc-url", &stub.url]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(
-        text(&again).contains("0 activated in this run"),
+        text(&again).contains("(0 activated, 0 retired in this run)"),
         "{}",
         text(&again)
     );
     assert_eq!(stub.ledger()["transactions"], 3, "a re-run submits nothing");
     assert_eq!(channel_keys(&dev).await.0.len(), target);
 
-    let shrink = ensure(&dev, DEV_CHANNELS, &["--rpc-url", &stub.url]);
-    assert!(!shrink.status.success());
+    shrinks_to_twenty(&dev, &stub).await;
     dev.stop();
+}
+
+/// Shrinking merges 33 idle accounts into the distribution account, in 2
+/// transactions, and retires their keys; an account held by a caller stays.
+async fn shrinks_to_twenty(dev: &Dev, stub: &StubRpc) {
+    let (_, lease) = dev.call(Method::POST, "/v1/channels/acquire", None).await;
+    let held = lease["account"].as_str().unwrap().to_string();
+    let shrink = ensure(dev, 20, &["--rpc-url", &stub.url]);
+    assert!(shrink.status.success(), "{}", text(&shrink));
+    assert!(
+        text(&shrink).contains("(0 activated, 33 retired in this run)"),
+        "{}",
+        text(&shrink)
+    );
+    let ledger = stub.ledger();
+    assert_eq!(ledger["successful_transactions"], 5, "{ledger}");
+    let on_ledger = stub.accounts();
+    assert_eq!(on_ledger.len(), 1 + 20);
+    let (active, pending) = channel_keys(dev).await;
+    assert_eq!((active.len(), pending.len()), (20, 0));
+    for key in &active {
+        assert!(
+            on_ledger
+                .iter()
+                .any(|a| a == key["public_key"].as_str().unwrap())
+        );
+    }
+    assert!(
+        active.iter().any(|k| k["public_key"] == held.as_str()),
+        "the locked account was not merged"
+    );
+    let (_, pool) = dev.call(Method::GET, "/v1/channels", None).await;
+    assert_eq!(pool["total"], 20);
+    let (_, all) = dev.call(Method::GET, "/v1/keys?role=channel", None).await;
+    let retired: Vec<String> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["state"] == "retired")
+        .map(|k| k["public_key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(retired.len(), 33);
+    assert!(
+        retired.iter().all(|r| !on_ledger.contains(r)),
+        "retired accounts are merged"
+    );
+    let payment = harness::stellar::transaction(&retired[0], 100, vec![]);
+    let (status, answer) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(
+                json!({ "transaction": harness::stellar::b64(&payment), "signers": [retired[0]] }),
+            ),
+        )
+        .await;
+    assert_eq!(answer["error"]["code"], "unknown_key", "{status} {answer}");
 }
 
 #[tokio::test]
@@ -149,14 +212,11 @@ async fn a_crash_after_submission_is_reconciled_against_the_ledger_without_dupli
         .spawn()
         .unwrap();
     let progress = BufReader::new(child.stderr.take().unwrap());
-    for line in progress.lines() {
-        if line
-            .unwrap()
-            .starts_with("submitted creation of 19 accounts")
-        {
-            break;
-        }
-    }
+    let submitted = progress
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("submitted the creation of 19 accounts"));
+    assert!(submitted, "the run never reported its submission");
     child.kill().unwrap();
     child.wait().unwrap();
     let (_, pending) = channel_keys(&dev).await;
@@ -358,24 +418,56 @@ async fn provisioning_refuses_anything_but_pending_channel_keys_and_writes_nothi
         .map(|k| k["public_key"].as_str().unwrap().to_string())
         .collect();
     let unknown = harness::test_account(7);
-    let provision = |accounts: Vec<String>, sequence: &str, window: u64| {
-        json!({ "accounts": accounts, "sequence": sequence, "max_time_secs": window })
-    };
+    let provision = |accounts: Vec<String>, sequence: &str, window: u64| json!({ "accounts": accounts, "sequence": sequence, "max_time_secs": window });
     let twenty: Vec<String> = (0..20).map(harness::test_account).collect();
     let cases = [
-        (provision(vec![active_channel.clone()], "1", 60), "bad_request", "active channel"),
-        (provision(vec![distribution.clone()], "1", 60), "bad_request", "distribution"),
-        (provision(vec![unknown.clone()], "1", 60), "unknown_key", "not stored"),
+        (
+            provision(vec![active_channel.clone()], "1", 60),
+            "bad_request",
+            "active channel",
+        ),
+        (
+            provision(vec![distribution.clone()], "1", 60),
+            "bad_request",
+            "distribution",
+        ),
+        (
+            provision(vec![unknown.clone()], "1", 60),
+            "unknown_key",
+            "not stored",
+        ),
         (provision(twenty, "1", 60), "bad_request", "1 to 19"),
         (provision(vec![], "1", 60), "bad_request", "1 to 19"),
-        (provision(vec![pending[0].clone(), pending[0].clone()], "1", 60), "bad_request", "twice"),
-        (provision(pending.clone(), "one", 60), "bad_request", "int64"),
-        (provision(pending.clone(), "-1", 60), "bad_request", "sequence"),
-        (provision(pending.clone(), "1", 301), "bad_request", "max_time_secs"),
-        (provision(pending.clone(), "1", 0), "bad_request", "max_time_secs"),
+        (
+            provision(vec![pending[0].clone(), pending[0].clone()], "1", 60),
+            "bad_request",
+            "twice",
+        ),
+        (
+            provision(pending.clone(), "one", 60),
+            "bad_request",
+            "int64",
+        ),
+        (
+            provision(pending.clone(), "-1", 60),
+            "bad_request",
+            "sequence",
+        ),
+        (
+            provision(pending.clone(), "1", 301),
+            "bad_request",
+            "max_time_secs",
+        ),
+        (
+            provision(pending.clone(), "1", 0),
+            "bad_request",
+            "max_time_secs",
+        ),
     ];
     for (body, code, what) in cases {
-        let (status, answer) = dev.call(Method::POST, "/v1/channels/provision", Some(body)).await;
+        let (status, answer) = dev
+            .call(Method::POST, "/v1/channels/provision", Some(body))
+            .await;
         assert!(status.is_client_error(), "{what}: {status} {answer}");
         assert_eq!(answer["error"]["code"], code, "{what}: {answer}");
     }
@@ -392,17 +484,33 @@ async fn provisioning_refuses_anything_but_pending_channel_keys_and_writes_nothi
             Some(json!({ "role": "distribution", "count": 1, "state": "pending" })),
         )
         .await;
-    assert_eq!((status.as_u16(), &answer["error"]["code"]), (400, &json!("bad_request")));
+    assert_eq!(
+        (status.as_u16(), &answer["error"]["code"]),
+        (400, &json!("bad_request"))
+    );
+    settling_refuses_keys_not_pending_for_it(&dev, &unknown, &distribution).await;
+    dev.stop();
+}
+
+/// Activation and retirement name only channel keys pending for them.
+async fn settling_refuses_keys_not_pending_for_it(dev: &Dev, unknown: &str, distribution: &str) {
     for (body, code) in [
         (json!({ "accounts": [unknown] }), "unknown_channel_account"),
-        (json!({ "accounts": [distribution] }), "unknown_channel_account"),
+        (
+            json!({ "accounts": [distribution] }),
+            "unknown_channel_account",
+        ),
         (json!({ "accounts": [] }), "bad_request"),
     ] {
-        let (status, answer) = dev.call(Method::POST, "/v1/channels/activate", Some(body)).await;
+        let (status, answer) = dev
+            .call(Method::POST, "/v1/channels/activate", Some(body))
+            .await;
         assert!(status.is_client_error(), "{answer}");
         assert_eq!(answer["error"]["code"], code, "{answer}");
     }
     let (_, pool) = dev.call(Method::GET, "/v1/channels", None).await;
-    assert_eq!(pool["total"], DEV_CHANNELS, "pending keys are not in the pool");
-    dev.stop();
+    assert_eq!(
+        pool["total"], DEV_CHANNELS,
+        "pending keys are not in the pool"
+    );
 }

@@ -28,6 +28,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/channels/unlock", post(channels::unlock))
         .route("/v1/channels/provision", post(provisioning::provision))
         .route("/v1/channels/activate", post(provisioning::activate))
+        .route("/v1/channels/withdraw", post(provisioning::withdraw))
+        .route("/v1/channels/merge", post(provisioning::merge))
+        .route("/v1/channels/retire", post(provisioning::retire))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -29,10 +29,11 @@ pub enum ChannelsCommand {
         #[arg(long)]
         token: String,
     },
-    /// Grow the pool to COUNT accounts on the ledger: generate the missing channel keys
+    /// Bring the pool to COUNT accounts on the ledger: generate the missing channel keys
     /// in the enclave (stored pending first), sign their sponsored creation (19 per
     /// transaction, the distribution account sponsors), submit and confirm through
-    /// Stellar RPC, activate. A re-run after a crash reconciles pending accounts.
+    /// Stellar RPC, activate; or merge idle surplus accounts into the distribution
+    /// account and retire their keys. A re-run after a crash reconciles pending keys.
     ///
     /// Example: `signer-host channels ensure 45 --rpc-url https://soroban-testnet.stellar.org`
     /// or, offline, `signer-host channels ensure 45 --sequence 123456789` (prints the
@@ -41,6 +42,12 @@ pub enum ChannelsCommand {
     /// Mark pending channel accounts active once they are on the ledger (after
     /// submitting what `ensure --sequence` printed).
     Activate {
+        #[arg(required = true)]
+        accounts: Vec<String>,
+    },
+    /// Retire withdrawn channel keys once their accounts are merged (after submitting
+    /// the merge that `ensure --sequence` printed); a retired key never signs again.
+    Retire {
         #[arg(required = true)]
         accounts: Vec<String>,
     },
@@ -75,6 +82,10 @@ pub async fn run(socket: &Path, command: ChannelsCommand) -> anyhow::Result<()> 
         ChannelsCommand::Activate { accounts } => {
             let body = json!({ "accounts": accounts });
             call(socket, Method::POST, "/v1/channels/activate", Some(body)).await
+        }
+        ChannelsCommand::Retire { accounts } => {
+            let body = json!({ "accounts": accounts });
+            call(socket, Method::POST, "/v1/channels/retire", Some(body)).await
         }
         ChannelsCommand::Unlock { tx_hashes } => {
             let body = json!({ "tx_hashes": tx_hashes });

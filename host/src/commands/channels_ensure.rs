@@ -1,15 +1,21 @@
-//! `signer-host channels ensure N`: grows the channel pool to N accounts on the ledger.
+//! `signer-host channels ensure N`: brings the channel pool to N accounts on the ledger.
 //!
-//! Keys first: the missing channel keys are generated in the enclave and stored
-//! `pending` before anything else, so no funded account is ever without its key. Then,
-//! for at most 19 accounts per transaction, the host builds and the enclave signs the
+//! Growing: the missing channel keys are generated in the enclave and stored `pending`
+//! before anything else, so no funded account is ever without its key. Then, for at
+//! most 19 accounts per transaction, the host builds and the enclave signs the
 //! sponsored creation; the host records it on the keys before handing it out. With
 //! Stellar RPC the transaction is submitted and confirmed and the accounts become
-//! `active`; without, the envelopes are printed for the operator, and `channels activate`
-//! marks the accounts once they are seen. A re-run reconciles `pending` keys against the
-//! ledger: present ones become active, absent ones are rebuilt only once their last
-//! transaction can no longer land (a ledger closed after its maxTime), so a transaction
-//! is never built twice for an account that might still be created.
+//! `active`; without, the envelopes are printed for the operator, and `channels
+//! activate` marks the accounts once they are seen.
+//!
+//! Shrinking: idle accounts are withdrawn from the pool (never a locked one; their keys
+//! wait, pending, for the merge), merged into the distribution account the same way,
+//! and their keys retired (`channels retire` offline).
+//!
+//! A re-run reconciles `pending` keys against the ledger: an account that is where its
+//! key waits for it to be (created: present; merged: gone) is settled; otherwise it is
+//! rebuilt only once its last transaction can no longer land (it failed, or a ledger
+//! closed after its maxTime), so no account is ever in two live transactions.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -22,6 +28,7 @@ use serde_json::{Value, json};
 use crate::api_client::request_once;
 use crate::signing::{MAX_ACCOUNTS_PER_TRANSACTION, MAX_PROVISIONING_WINDOW_SECS};
 use crate::stellar_rpc::{StellarRpc, Submission, TransactionOutcome};
+use crate::store::PendingFor;
 use common::wire::messages::MAX_GENERATED_KEYS;
 
 /// How often a pending transaction's status is asked for.
@@ -61,7 +68,39 @@ pub struct EnsureArgs {
 struct ChannelKey {
     public_key: String,
     state: String,
+    pending_for: PendingFor,
     provisioning: Option<(String, u64)>,
+}
+
+/// The API routes and words of one direction.
+struct Direction {
+    sign: &'static str,
+    settle: &'static str,
+    settled: &'static str,
+    noun: &'static str,
+    done: &'static str,
+    cli: &'static str,
+}
+
+fn direction(purpose: PendingFor) -> Direction {
+    match purpose {
+        PendingFor::Creation => Direction {
+            sign: "/v1/channels/provision",
+            settle: "/v1/channels/activate",
+            settled: "activated",
+            noun: "creation",
+            done: "created",
+            cli: "activate",
+        },
+        PendingFor::Merge => Direction {
+            sign: "/v1/channels/merge",
+            settle: "/v1/channels/retire",
+            settled: "retired",
+            noun: "merge",
+            done: "merged",
+            cli: "retire",
+        },
+    }
 }
 
 /// Runs `channels ensure`.
@@ -100,6 +139,8 @@ struct Ensure<'a> {
     max_time_secs: u64,
     fee_per_operation: u32,
     progress: Progress,
+    activated: usize,
+    retired: usize,
 }
 
 impl<'a> Ensure<'a> {
@@ -109,15 +150,10 @@ impl<'a> Ensure<'a> {
         args: &EnsureArgs,
     ) -> anyhow::Result<Ensure<'a>> {
         let network = rpc.network().await?;
-        Ok(Ensure {
-            socket,
-            network: Some(network.passphrase),
-            rpc: Some(rpc),
-            offline_sequence: 0,
-            max_time_secs: args.max_time_secs,
-            fee_per_operation: args.fee_per_operation,
-            progress: Progress::new(),
-        })
+        let mut run = Ensure::offline(socket, 0, args);
+        run.network = Some(network.passphrase);
+        run.rpc = Some(rpc);
+        Ok(run)
     }
 
     fn offline(socket: &'a Path, sequence: i64, args: &EnsureArgs) -> Ensure<'a> {
@@ -129,43 +165,73 @@ impl<'a> Ensure<'a> {
             max_time_secs: args.max_time_secs,
             fee_per_operation: args.fee_per_operation,
             progress: Progress::new(),
+            activated: 0,
+            retired: 0,
         }
     }
 
     async fn ensure(&mut self, count: usize) -> anyhow::Result<()> {
         let keys = self.channel_keys().await?;
         let active = keys.iter().filter(|k| k.state == "active").count();
-        let pending: Vec<ChannelKey> = keys.into_iter().filter(|k| k.state == "pending").collect();
-        if count < active {
-            bail!(
-                "the pool holds {active} active channel accounts, more than {count}; shrinking \
-                 it (merging the surplus into the distribution account) is not supported yet"
-            );
-        }
-        let mut to_create = self.reconcile(pending).await?;
-        let active = active + self.progress.activated;
-        let known = active + to_create.len();
+        let (creating, merging): (Vec<ChannelKey>, Vec<ChannelKey>) = keys
+            .into_iter()
+            .filter(|k| k.state == "pending")
+            .partition(|k| k.pending_for == PendingFor::Creation);
+        // An earlier run's merges finish first: those accounts already left the pool.
+        let to_merge = self.reconcile(PendingFor::Merge, merging).await?;
+        self.run_batches(PendingFor::Merge, &to_merge).await?;
+        let mut to_create = self.reconcile(PendingFor::Creation, creating).await?;
+        let known = active + self.activated + to_create.len();
         if count > known {
             to_create.extend(self.generate(count - known).await?);
         }
         // A pending key beyond the count is still created: its key exists, and an
-        // account that may already be funded is never dropped.
-        self.progress.start(to_create.len());
-        for batch in to_create.chunks(MAX_ACCOUNTS_PER_TRANSACTION) {
-            self.create(batch).await?;
+        // account that may already be funded is never dropped. Any surplus is merged.
+        self.run_batches(PendingFor::Creation, &to_create).await?;
+        let total = self.pool_total().await?;
+        if total > count {
+            let withdrawn = self.withdraw(total - count).await?;
+            if withdrawn.len() < total - count {
+                self.progress.line(&format!(
+                    "{} surplus accounts are locked (in use); re-run to merge them once free",
+                    total - count - withdrawn.len()
+                ));
+            }
+            self.run_batches(PendingFor::Merge, &withdrawn).await?;
         }
-        self.progress.finish();
-        let summary = call(self.socket, Method::GET, "/v1/channels", None).await?;
         eprintln!(
-            "channel pool: {} accounts ({} activated in this run)",
-            summary["total"], self.progress.activated
+            "channel pool: {} accounts ({} activated, {} retired in this run)",
+            self.pool_total().await?,
+            self.activated,
+            self.retired
         );
         Ok(())
     }
 
-    /// Pending keys against the ledger: those present become active; those whose last
-    /// transaction can no longer land (or that have none) are returned for creation.
-    async fn reconcile(&mut self, pending: Vec<ChannelKey>) -> anyhow::Result<Vec<String>> {
+    async fn run_batches(
+        &mut self,
+        purpose: PendingFor,
+        accounts: &[String],
+    ) -> anyhow::Result<()> {
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        self.progress.start(accounts.len(), direction(purpose).noun);
+        for batch in accounts.chunks(MAX_ACCOUNTS_PER_TRANSACTION) {
+            self.run_batch(purpose, batch).await?;
+        }
+        self.progress.finish();
+        Ok(())
+    }
+
+    /// Pending keys against the ledger: those whose account is where the key waits for
+    /// it to be are settled; those whose last transaction can no longer land (or that
+    /// have none) are returned to be (re)built; the rest are waited for.
+    async fn reconcile(
+        &mut self,
+        purpose: PendingFor,
+        pending: Vec<ChannelKey>,
+    ) -> anyhow::Result<Vec<String>> {
         let Some(rpc) = &self.rpc else {
             let now = common::now_unix_secs();
             let (waiting, ready): (Vec<_>, Vec<_>) = pending
@@ -174,8 +240,9 @@ impl<'a> Ensure<'a> {
             if !waiting.is_empty() {
                 eprintln!(
                     "{} pending accounts were signed into transactions that may still land; \
-                     once they are on the ledger, run `signer-host channels activate`",
-                    waiting.len()
+                     once applied, run `signer-host channels {}`",
+                    waiting.len(),
+                    direction(purpose).cli
                 );
             }
             return Ok(ready.into_iter().map(|k| k.public_key).collect());
@@ -183,34 +250,36 @@ impl<'a> Ensure<'a> {
         let mut rebuild = Vec::new();
         let mut unsettled = pending;
         while !unsettled.is_empty() {
-            let raw: Vec<[u8; 32]> = unsettled
+            let raw = unsettled
                 .iter()
                 .map(|k| raw_key(&k.public_key))
-                .collect::<anyhow::Result<_>>()?;
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let present = rpc.accounts(&raw).await?;
-            let (on_ledger, absent): (Vec<_>, Vec<_>) = unsettled
-                .into_iter()
-                .partition(|k| raw_key(&k.public_key).is_ok_and(|r| present.contains_key(&r)));
-            self.progress.activated += activate(
-                self.socket,
-                on_ledger.iter().map(|k| k.public_key.clone()).collect(),
-            )
-            .await?;
+            let (arrived, open): (Vec<_>, Vec<_>) = unsettled.into_iter().partition(|k| {
+                let on_ledger = raw_key(&k.public_key).is_ok_and(|r| present.contains_key(&r));
+                on_ledger == (purpose == PendingFor::Creation)
+            });
+            let arrived = arrived.into_iter().map(|k| k.public_key).collect();
+            let settled = settle(self.socket, purpose, arrived).await?;
+            match purpose {
+                PendingFor::Creation => self.activated += settled,
+                PendingFor::Merge => self.retired += settled,
+            }
             let mut still_open = Vec::new();
-            for key in absent {
+            for key in open {
                 let Some((hash, max_time)) = &key.provisioning else {
                     rebuild.push(key.public_key);
                     continue;
                 };
                 let status = rpc.transaction(hash).await?;
-                let settled = match status.outcome {
-                    TransactionOutcome::Success { .. } | TransactionOutcome::Failed { .. } => true,
-                    TransactionOutcome::NotFound => status.latest_ledger_close_time > *max_time,
+                let can_still_land = match status.outcome {
+                    TransactionOutcome::Success { .. } | TransactionOutcome::Failed { .. } => false,
+                    TransactionOutcome::NotFound => status.latest_ledger_close_time <= *max_time,
                 };
-                if settled {
-                    rebuild.push(key.public_key);
-                } else {
+                if can_still_land {
                     still_open.push(key);
+                } else {
+                    rebuild.push(key.public_key);
                 }
             }
             if !still_open.is_empty() {
@@ -224,6 +293,13 @@ impl<'a> Ensure<'a> {
             unsettled = still_open;
         }
         Ok(rebuild)
+    }
+
+    fn count_settled(&mut self, purpose: PendingFor, settled: usize) {
+        match purpose {
+            PendingFor::Creation => self.activated += settled,
+            PendingFor::Merge => self.retired += settled,
+        }
     }
 
     /// Generates `count` pending channel keys in the enclave, stored before anything
@@ -250,8 +326,32 @@ impl<'a> Ensure<'a> {
         Ok(generated)
     }
 
-    /// Signs, and with RPC submits and confirms, one creation transaction.
-    async fn create(&mut self, accounts: &[String]) -> anyhow::Result<()> {
+    /// Takes up to `count` idle accounts out of the pool.
+    async fn withdraw(&mut self, count: usize) -> anyhow::Result<Vec<String>> {
+        let body = json!({ "count": count });
+        let answer = call(
+            self.socket,
+            Method::POST,
+            "/v1/channels/withdraw",
+            Some(body),
+        )
+        .await?;
+        let accounts = answer["accounts"]
+            .as_array()
+            .context("withdraw: no accounts")?;
+        accounts
+            .iter()
+            .map(|a| {
+                a.as_str()
+                    .map(str::to_string)
+                    .context("withdraw: not an account")
+            })
+            .collect()
+    }
+
+    /// Signs, and with RPC submits and confirms, one creation or merge transaction.
+    async fn run_batch(&mut self, purpose: PendingFor, accounts: &[String]) -> anyhow::Result<()> {
+        let words = direction(purpose);
         let sequence = match &self.rpc {
             Some(rpc) => {
                 let distribution = self.distribution().await?;
@@ -273,31 +373,23 @@ impl<'a> Ensure<'a> {
             "fee_per_operation": self.fee_per_operation,
             "network_passphrase": self.network,
         });
-        let signed = call(
-            self.socket,
-            Method::POST,
-            "/v1/channels/provision",
-            Some(body),
-        )
-        .await?;
-        let envelope = signed["transaction"]
-            .as_str()
-            .context("provision: no transaction")?;
+        let signed = call(self.socket, Method::POST, words.sign, Some(body)).await?;
+        let envelope = signed["transaction"].as_str().context("no transaction")?;
         let hash = signed["tx_hash"]
             .as_str()
-            .context("provision: no tx_hash")?
+            .context("no tx_hash")?
             .to_string();
-        let max_time = signed["max_time"]
-            .as_u64()
-            .context("provision: no max_time")?;
+        let max_time = signed["max_time"].as_u64().context("no max_time")?;
         let Some(rpc) = &self.rpc else {
             self.offline_sequence += 1;
             println!("{envelope}");
             self.progress.line(&format!(
-                "signed creation of {} accounts (tx {hash}, sequence {}); submit it, then \
-                 `signer-host channels activate {}`",
+                "signed the {} of {} accounts (tx {hash}, sequence {}); submit it, then \
+                 `signer-host channels {} {}`",
+                words.noun,
                 accounts.len(),
                 sequence + 1,
+                words.cli,
                 accounts.join(" ")
             ));
             self.progress.advance(accounts.len());
@@ -306,18 +398,21 @@ impl<'a> Ensure<'a> {
         submit(rpc, envelope).await.with_context(|| {
             format!(
                 "transaction {hash} was refused; its {} accounts stay pending, and a re-run \
-                 rebuilds them once its maxTime ({max_time}) has passed",
+                 rebuilds it once its maxTime ({max_time}) has passed",
                 accounts.len()
             )
         })?;
         self.progress.line(&format!(
-            "submitted creation of {} accounts (tx {hash})",
+            "submitted the {} of {} accounts (tx {hash})",
+            words.noun,
             accounts.len()
         ));
         let ledger = confirm(rpc, &hash, max_time).await?;
-        self.progress.activated += activate(self.socket, accounts.to_vec()).await?;
+        let settled = settle(self.socket, purpose, accounts.to_vec()).await?;
+        self.count_settled(purpose, settled);
         self.progress.line(&format!(
-            "created {} accounts in ledger {ledger} (tx {hash})",
+            "{} {} accounts in ledger {ledger} (tx {hash})",
+            words.done,
             accounts.len()
         ));
         self.progress.advance(accounts.len());
@@ -336,16 +431,27 @@ impl<'a> Ensure<'a> {
                     (Some(hash), Some(max_time)) => Some((hash.to_string(), max_time)),
                     _ => None,
                 };
+                let pending_for = match key["pending_for"].as_str() {
+                    Some("merge") => PendingFor::Merge,
+                    _ => PendingFor::Creation,
+                };
                 Ok(ChannelKey {
                     public_key: key["public_key"]
                         .as_str()
                         .context("keys: no public_key")?
                         .into(),
                     state: key["state"].as_str().context("keys: no state")?.into(),
+                    pending_for,
                     provisioning,
                 })
             })
             .collect()
+    }
+
+    async fn pool_total(&self) -> anyhow::Result<usize> {
+        let summary = call(self.socket, Method::GET, "/v1/channels", None).await?;
+        let total = summary["total"].as_u64().context("channels: no total")?;
+        Ok(usize::try_from(total).unwrap_or(usize::MAX))
     }
 
     async fn distribution(&self) -> anyhow::Result<String> {
@@ -359,15 +465,21 @@ impl<'a> Ensure<'a> {
     }
 }
 
-/// Marks pending channel accounts active; how many were pending.
-async fn activate(socket: &Path, accounts: Vec<String>) -> anyhow::Result<usize> {
-    let mut activated = 0;
+/// Settles pending channel keys (creation: active; merge: retired); how many were
+/// pending.
+async fn settle(
+    socket: &Path,
+    purpose: PendingFor,
+    accounts: Vec<String>,
+) -> anyhow::Result<usize> {
+    let words = direction(purpose);
+    let mut settled = 0;
     for chunk in accounts.chunks(1000) {
         let body = json!({ "accounts": chunk });
-        let answer = call(socket, Method::POST, "/v1/channels/activate", Some(body)).await?;
-        activated += answer["activated"].as_array().map_or(0, Vec::len);
+        let answer = call(socket, Method::POST, words.settle, Some(body)).await?;
+        settled += answer[words.settled].as_array().map_or(0, Vec::len);
     }
-    Ok(activated)
+    Ok(settled)
 }
 
 /// Sends the envelope until it is accepted.
@@ -427,23 +539,18 @@ async fn call(
 /// only the envelopes of an offline run).
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    activated: usize,
 }
 
 impl Progress {
     fn new() -> Progress {
-        Progress {
-            bar: None,
-            activated: 0,
-        }
+        Progress { bar: None }
     }
 
-    fn start(&mut self, total: usize) {
+    fn start(&mut self, total: usize, what: &str) {
         if total > 0 && std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(total as u64);
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} accounts {msg}")
-            {
+            let template = format!("{what} {{bar:40}} {{pos}}/{{len}} accounts {{msg}}");
+            if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
                 bar.set_style(style);
             }
             self.bar = Some(bar);
@@ -463,8 +570,8 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
     }

@@ -1,7 +1,9 @@
-//! Channel-account creation: `POST /v1/channels/provision` builds the sponsored creation
-//! transaction for pending channel keys, has the enclave sign it with the distribution
-//! key and every new account's key in one request, and records it on the keys before
-//! the signed envelope leaves (so a re-run after a crash knows what may still land).
+//! Channel accounts entering and leaving the ledger: `POST /v1/channels/provision`
+//! builds the sponsored creation of pending channel accounts, `POST /v1/channels/merge`
+//! the merge of withdrawn ones into the distribution account. Either is signed in one
+//! enclave request by the distribution key and every account's key, and recorded on
+//! the keys before the signed envelope leaves (so a re-run after a crash knows what may
+//! still land).
 
 use std::collections::HashSet;
 
@@ -15,7 +17,7 @@ use stellar_xdr::{
 };
 
 use super::{SignKind, Signing, unexpected};
-use crate::store::{AuditEntry, KeyRecord, KeyRole, KeyState, Provisioning, blocking};
+use crate::store::{AuditEntry, KeyRecord, KeyRole, KeyState, PendingFor, Provisioning, blocking};
 
 /// Accounts per creation transaction: three operations each within the protocol's 100,
 /// and the distribution key plus one key per account within the 20 signatures.
@@ -24,10 +26,16 @@ pub const MAX_ACCOUNTS_PER_TRANSACTION: usize = 19;
 /// policy window, and how long a crashed run must wait before it may rebuild.
 pub const MAX_PROVISIONING_WINDOW_SECS: u64 = 300;
 
+/// Builds a creation or merge transaction: distribution, accounts, sequence, fee,
+/// maxTime.
+type Builder = fn([u8; 32], &[[u8; 32]], i64, u32, u64) -> Result<TransactionEnvelope, WireError>;
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct ProvisionRequest {
-    /// Pending channel keys (`G...`), 1 to [`MAX_ACCOUNTS_PER_TRANSACTION`].
+    /// Create the accounts, or merge them into the distribution account.
+    pub purpose: PendingFor,
+    /// Channel keys (`G...`) pending for `purpose`, 1 to [`MAX_ACCOUNTS_PER_TRANSACTION`].
     pub accounts: Vec<String>,
     /// The distribution account's current sequence number; the transaction uses the next.
     pub distribution_sequence: i64,
@@ -110,13 +118,42 @@ pub fn creation_transaction(
     }))
 }
 
+/// The merge of `accounts` into `distribution`, which pays the fee: one AccountMerge
+/// per account, the account as its source.
+pub fn merge_transaction(
+    distribution: [u8; 32],
+    accounts: &[[u8; 32]],
+    sequence: i64,
+    fee: u32,
+    max_time: u64,
+) -> Result<TransactionEnvelope, WireError> {
+    let operations: Vec<Operation> = accounts
+        .iter()
+        .map(|&account| Operation {
+            source_account: Some(MuxedAccount::Ed25519(Uint256(account))),
+            body: OperationBody::AccountMerge(MuxedAccount::Ed25519(Uint256(distribution))),
+        })
+        .collect();
+    let mut envelope = creation_transaction(distribution, &[], sequence, fee, max_time)?;
+    if let TransactionEnvelope::Tx(v1) = &mut envelope {
+        v1.tx.operations = operations.try_into().map_err(|_| {
+            bad_request(format!(
+                "{} accounts are too many for one transaction",
+                accounts.len()
+            ))
+        })?;
+    }
+    Ok(envelope)
+}
+
 fn bad_request(message: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::BadRequest, message)
 }
 
-/// The request's accounts, checked: distinct, within bounds, each a stored pending
-/// channel key.
+/// The request's accounts, checked: distinct, within bounds, each a stored channel key
+/// pending for `purpose`.
 fn pending_channels(
+    purpose: PendingFor,
     accounts: &[String],
     keys: Vec<(String, Option<KeyRecord>)>,
 ) -> Result<Vec<(KeyMaterial, [u8; 32])>, WireError> {
@@ -135,11 +172,16 @@ fn pending_channels(
             let key = key.ok_or_else(|| {
                 WireError::new(ErrorCode::UnknownKey, format!("{public_key} is not stored"))
             })?;
-            if key.role != KeyRole::Channel || key.state != KeyState::Pending {
+            let waits_for = key.pending_for.unwrap_or(PendingFor::Creation);
+            if key.role != KeyRole::Channel
+                || key.state != KeyState::Pending
+                || waits_for != purpose
+            {
                 return Err(bad_request(format!(
-                    "{public_key} is a {} {} key; only pending channel keys are created",
+                    "{public_key} is a {} {} key; a {} takes channel keys pending for it",
                     key.state.as_str(),
-                    key.role.as_str()
+                    key.role.as_str(),
+                    purpose.as_str()
                 )));
             }
             let raw = stellar_strkey::ed25519::PublicKey::from_string(&public_key)
@@ -179,13 +221,16 @@ impl Signing {
             &distribution.public_key,
         )
         .map_err(|_| WireError::new(ErrorCode::Internal, "stored distribution key is no G..."))?;
-        let channels = pending_channels(&request.accounts, lookup.keys)?;
+        let channels = pending_channels(request.purpose, &request.accounts, lookup.keys)?;
         let raw: Vec<[u8; 32]> = channels.iter().map(|(_, raw)| *raw).collect();
-        let operations = u32::try_from(raw.len() * 3).unwrap_or(u32::MAX);
+        let (operations_per_account, build): (usize, Builder) = match request.purpose {
+            PendingFor::Creation => (3, creation_transaction),
+            PendingFor::Merge => (1, merge_transaction),
+        };
+        let operations = u32::try_from(raw.len() * operations_per_account).unwrap_or(u32::MAX);
         let fee = request.fee_per_operation.saturating_mul(operations);
         let max_time = common::now_unix_secs() + request.window_secs;
-        let envelope =
-            creation_transaction(distribution_raw.0, &raw, next_sequence, fee, max_time)?;
+        let envelope = build(distribution_raw.0, &raw, next_sequence, fee, max_time)?;
         let mut signers: Vec<String> = vec![distribution.public_key.clone()];
         signers.extend(request.accounts.iter().cloned());
         if self.precheck {
@@ -232,7 +277,11 @@ impl Signing {
                 tx_hash: Some(provisioning.tx_hash.clone()),
                 kind: SignKind::Provisioning.as_str().into(),
                 outcome: "ok".into(),
-                detail: Some(format!("{} accounts, maxTime {max_time}", raw.len())),
+                detail: Some(format!(
+                    "{} of {} accounts, maxTime {max_time}",
+                    request.purpose.as_str(),
+                    raw.len()
+                )),
             })
             .collect();
         let store = self.store.clone();

@@ -76,6 +76,11 @@ pub trait ChannelLocks: Send + Sync {
         max_time_unix_s: Option<u64>,
     ) -> Result<i64, StoreError>;
     fn summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError>;
+    /// Takes up to `count` idle channel accounts out of the pool, to be merged into the
+    /// distribution account: their keys become pending for a merge, audited as
+    /// `channel_withdrawn` for `caller_uid`, durably. A locked account is never taken.
+    fn withdraw_idle(&self, count: u32, caller_uid: Option<u32>)
+    -> Result<Vec<String>, StoreError>;
 }
 
 /// A whole store: keys, channel locks and audit, plus health.

@@ -42,6 +42,18 @@ macro_rules! sql_text_enum {
 sql_text_enum!(KeyRole { Distribution => "distribution", Channel => "channel" });
 sql_text_enum!(KeyFormat { KmsDirect => "kms-direct", Envelope => "envelope" });
 sql_text_enum!(KeyState { Pending => "pending", Active => "active", Retired => "retired" });
+sql_text_enum!(PendingFor { Creation => "creation", Merge => "merge" });
+
+/// What a pending channel key waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingFor {
+    /// Its account is to be created (then it joins the pool).
+    Creation,
+    /// It left the pool; its account is to be merged into the distribution account
+    /// (then the key is retired).
+    Merge,
+}
 
 /// A key to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,13 +81,18 @@ pub struct KeyRecord {
     pub state: KeyState,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
-    /// A pending channel account: the creation transaction it was last signed into.
+    /// A pending channel key: what it waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_for: Option<PendingFor>,
+    /// A pending channel key: the transaction (creation or merge) it was last signed
+    /// into.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provisioning: Option<Provisioning>,
 }
 
-/// The creation transaction of a channel account, recorded before it is handed out for
-/// submission: until a ledger closes after `max_time`, it may still be applied.
+/// The creation (or merge) transaction of a channel account, recorded before it is
+/// handed out for submission: until a ledger closes after `max_time`, it may still be
+/// applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Provisioning {
     /// Hex hash of the signed transaction.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::SqliteStore;
 use crate::store::{
-    ChannelLease, ChannelLocks, ChannelRow, ChannelSummary, StoreError, UnlockOutcome,
+    AuditEntry, ChannelLease, ChannelLocks, ChannelRow, ChannelSummary, StoreError, UnlockOutcome,
     UnlockedChannel,
 };
 use rand::RngCore;
@@ -178,6 +178,44 @@ impl ChannelLocks for SqliteStore {
         };
         tx.commit()?;
         Ok(locked_until)
+    }
+
+    fn withdraw_idle(
+        &self,
+        count: u32,
+        caller_uid: Option<u32>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.write_durably(|tx, now| {
+            let mut taken = tx.prepare(
+                "DELETE FROM channel_locks WHERE public_key IN (
+                     SELECT public_key FROM channel_locks WHERE locked_until_ms <= ?1
+                     ORDER BY locked_until_ms LIMIT ?2)
+                 RETURNING public_key",
+            )?;
+            let accounts = taken
+                .query_map(params![now, count], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            for account in &accounts {
+                tx.execute(
+                    "UPDATE keys SET state = 'pending', pending_for = 'merge', \
+                     provisioning_tx_hash = NULL, provisioning_max_time_s = NULL, \
+                     updated_at_ms = ?2 WHERE public_key = ?1",
+                    params![account, now],
+                )?;
+                let entry = AuditEntry {
+                    caller_uid,
+                    public_key: Some(account.clone()),
+                    tx_hash: None,
+                    kind: "channel_withdrawn".into(),
+                    outcome: "ok".into(),
+                    detail: Some(
+                        "left the pool, to be merged into the distribution account".into(),
+                    ),
+                };
+                super::audit::insert_audit(tx, now, &entry)?;
+            }
+            Ok(accounts)
+        })
     }
 
     fn summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError> {

@@ -3,7 +3,8 @@
 
 use super::SqliteStore;
 use crate::store::{
-    AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, Provisioning, StoreError,
+    AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, PendingFor,
+    Provisioning, StoreError,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -33,7 +34,7 @@ fn validate(key: &NewKey) -> Result<(), StoreError> {
 
 const KEY_COLUMNS: &str = "public_key, role, format, kms_key_id, kms_ciphertext, sealed_seed, \
                            state, created_at_ms, updated_at_ms, provisioning_tx_hash, \
-                           provisioning_max_time_s";
+                           provisioning_max_time_s, pending_for";
 
 fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     let text_enum = |index: usize, value: String| {
@@ -66,6 +67,10 @@ fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
             }),
             _ => None,
         },
+        pending_for: match row.get::<_, Option<String>>(11)? {
+            Some(text) => Some(PendingFor::parse(&text).ok_or_else(|| text_enum(11, text))?),
+            None => None,
+        },
     })
 }
 
@@ -76,12 +81,7 @@ impl KeyStore for SqliteStore {
         for key in keys {
             validate(key)?;
         }
-        let now = self.now();
-        let mut conn = self.pool.get()?;
-        // Key material: this commit must survive power loss.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        let result = (|| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        self.write_durably(|tx, now| {
             for key in keys {
                 if key.role == KeyRole::Distribution && key.state == KeyState::Active {
                     // The unique index is the guarantee; this names the key in the way.
@@ -100,10 +100,12 @@ impl KeyStore for SqliteStore {
                         });
                     }
                 }
+                let pending_for = (key.role == KeyRole::Channel && key.state == KeyState::Pending)
+                    .then_some(PendingFor::Creation.as_str());
                 let inserted = tx.execute(
                     "INSERT INTO keys (public_key, role, format, kms_key_id, kms_ciphertext, \
-                     sealed_seed, state, created_at_ms, updated_at_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT DO NOTHING",
+                     sealed_seed, state, created_at_ms, updated_at_ms, pending_for) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9) ON CONFLICT DO NOTHING",
                     params![
                         key.public_key,
                         key.role.as_str(),
@@ -112,7 +114,8 @@ impl KeyStore for SqliteStore {
                         key.kms_ciphertext,
                         key.sealed_seed,
                         key.state.as_str(),
-                        now
+                        now,
+                        pending_for
                     ],
                 )?;
                 if inserted == 0 {
@@ -126,14 +129,10 @@ impl KeyStore for SqliteStore {
                 }
             }
             for entry in audit {
-                super::audit::insert_audit(&tx, now, entry)?;
+                super::audit::insert_audit(tx, now, entry)?;
             }
-            tx.commit()?;
             Ok(())
-        })();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        result?;
-        self.pool.sync_dir()
+        })
     }
 
     fn record_provisioning(
@@ -142,14 +141,10 @@ impl KeyStore for SqliteStore {
         provisioning: &Provisioning,
         audit: &[AuditEntry],
     ) -> Result<(), StoreError> {
-        let now = self.now();
         let max_time = i64::try_from(provisioning.max_time)
             .map_err(|_| StoreError::InvalidKey(format!("maxTime {}", provisioning.max_time)))?;
-        let mut conn = self.pool.get()?;
-        // Must survive power loss: a re-run relies on it not to rebuild too early.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        let result = (|| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Durable: a re-run relies on it not to rebuild too early.
+        self.write_durably(|tx, now| {
             for account in accounts {
                 let updated = tx.execute(
                     "UPDATE keys SET provisioning_tx_hash = ?2, provisioning_max_time_s = ?3, \
@@ -164,14 +159,10 @@ impl KeyStore for SqliteStore {
                 }
             }
             for entry in audit {
-                super::audit::insert_audit(&tx, now, entry)?;
+                super::audit::insert_audit(tx, now, entry)?;
             }
-            tx.commit()?;
             Ok(())
-        })();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        result?;
-        self.pool.sync_dir()
+        })
     }
 
     /// Moves a key to another state; channel accounts join the pool when they become
@@ -182,15 +173,12 @@ impl KeyStore for SqliteStore {
         state: KeyState,
         audit: &[AuditEntry],
     ) -> Result<(), StoreError> {
-        let now = self.now();
-        let mut conn = self.pool.get()?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        let result = (|| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        self.write_durably(|tx, now| {
             let role: Option<String> = tx
                 .query_row(
-                    "UPDATE keys SET state = ?2, updated_at_ms = ?3 WHERE public_key = ?1 \
-                     RETURNING role",
+                    "UPDATE keys SET state = ?2, updated_at_ms = ?3, pending_for = NULL, \
+                     provisioning_tx_hash = NULL, provisioning_max_time_s = NULL \
+                     WHERE public_key = ?1 RETURNING role",
                     params![public_key, state.as_str(), now],
                     |row| row.get(0),
                 )
@@ -211,14 +199,10 @@ impl KeyStore for SqliteStore {
                 };
             }
             for entry in audit {
-                super::audit::insert_audit(&tx, now, entry)?;
+                super::audit::insert_audit(tx, now, entry)?;
             }
-            tx.commit()?;
             Ok(())
-        })();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        result?;
-        self.pool.sync_dir()
+        })
     }
 
     fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError> {

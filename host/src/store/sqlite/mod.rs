@@ -75,6 +75,29 @@ impl SqliteStore {
     fn now(&self) -> i64 {
         (self.clock)()
     }
+
+    /// Runs `write` (given the transaction and the time) in one `BEGIN IMMEDIATE`
+    /// transaction committed with `synchronous=FULL`, then fsyncs the directory: for
+    /// writes that must survive power loss (key material, and what a re-run relies on).
+    /// Either all of it is stored or none.
+    fn write_durably<T>(
+        &self,
+        write: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let now = self.now();
+        let mut conn = self.pool.get()?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| -> Result<T, StoreError> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = write(&tx, now)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let value = result?;
+        self.pool.sync_dir()?;
+        Ok(value)
+    }
 }
 
 impl Store for SqliteStore {

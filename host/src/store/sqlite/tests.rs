@@ -196,6 +196,71 @@ fn pending_and_retired_channels_are_not_in_the_pool() {
 }
 
 #[test]
+fn withdrawal_takes_only_idle_accounts_and_records_why() {
+    let f = Fixture::new(5);
+    let held: Vec<String> = (0..2)
+        .map(|_| f.store.acquire(None).unwrap().account)
+        .collect();
+    let mut pending = channel(9);
+    pending.state = KeyState::Pending;
+    f.store.insert_keys(&[pending]).unwrap();
+    assert_eq!(
+        f.store.key(&test_account(9)).unwrap().unwrap().pending_for,
+        Some(PendingFor::Creation)
+    );
+
+    let taken = f.store.withdraw_idle(10, Some(1000)).unwrap();
+    assert_eq!(taken.len(), 3, "five accounts, two locked");
+    assert!(
+        taken.iter().all(|t| !held.contains(t)),
+        "a locked account is never taken"
+    );
+    for account in &taken {
+        let key = f.store.key(account).unwrap().unwrap();
+        assert_eq!(
+            (key.state, key.pending_for),
+            (KeyState::Pending, Some(PendingFor::Merge))
+        );
+    }
+    assert_eq!(f.store.summary(false).unwrap().total, 2);
+    let audit = f.store.recent_audit(10).unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.entry.kind == "channel_withdrawn")
+            .count(),
+        3
+    );
+    assert!(
+        f.store.withdraw_idle(10, None).unwrap().is_empty(),
+        "the rest are locked"
+    );
+
+    let provisioning = Provisioning {
+        tx_hash: "ab".repeat(32),
+        max_time: 1_700_000_300,
+    };
+    f.store
+        .record_provisioning(&taken, &provisioning, &[])
+        .unwrap();
+    assert_eq!(
+        f.store.key(&taken[0]).unwrap().unwrap().provisioning,
+        Some(provisioning.clone())
+    );
+    assert!(
+        f.store
+            .record_provisioning(&held[..1], &provisioning, &[])
+            .is_err(),
+        "only pending keys carry a transaction"
+    );
+    f.store
+        .set_key_state(&taken[0], KeyState::Retired, &[])
+        .unwrap();
+    let retired = f.store.key(&taken[0]).unwrap().unwrap();
+    assert_eq!((retired.pending_for, retired.provisioning), (None, None));
+}
+
+#[test]
 fn empty_pool_and_exhausted_pool_are_different_errors() {
     let empty = Fixture::new(0);
     let error = empty.store.acquire(None).unwrap_err();
