@@ -267,7 +267,11 @@ pub struct Dev {
 
 impl Dev {
     pub fn start(extra: &[&str]) -> Dev {
-        let dir = tempfile::tempdir().unwrap();
+        Dev::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// `signer-dev up` on the state a stopped stack left in `dir` (its keys).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Dev {
         let log = dir.path().join("dev.log");
         let mut child = Command::new(dev_bin())
             .arg("up")

@@ -24,7 +24,7 @@ struct Args {
     #[arg(long)]
     state: PathBuf,
     /// Key policy JSON applied to every key.
-    #[arg(long, required_unless_present = "provision_dev_keys")]
+    #[arg(long, required_unless_present = "create_dev_key")]
     policy: Option<PathBuf>,
     /// PEM root certificate that attestation documents must chain to.
     #[arg(long, conflicts_with = "nsm_ca_dir")]
@@ -34,15 +34,13 @@ struct Args {
     #[arg(long)]
     nsm_ca_dir: Option<PathBuf>,
     /// Where to write the PEM of the generated TLS CA, for clients to trust.
-    #[arg(long, required_unless_present = "provision_dev_keys")]
+    #[arg(long, required_unless_present = "create_dev_key")]
     ca_out: Option<PathBuf>,
     /// Development shortcut, not a server: create (or reuse) the KMS key `--alias`,
-    /// generate one distribution key and this many channel keys, encrypt each seed in the
-    /// kms-direct format (context {"pubkey": "G..."}), print them as JSON and exit. The
-    /// seeds exist only in this process's memory; real deployments generate keys inside
-    /// the enclave.
+    /// print `{"kms_key_arn": "..."}` and exit. The keys under it are generated inside
+    /// the (mock) enclave, as in production.
     #[arg(long)]
-    provision_dev_keys: Option<u32>,
+    create_dev_key: bool,
     #[arg(long, default_value = "alias/signer-dev")]
     alias: String,
     #[arg(long, default_value = "us-east-1")]
@@ -59,10 +57,8 @@ struct Args {
     attestation_max_age_secs: u64,
 }
 
-/// Generates and encrypts development keys; see `--provision-dev-keys`.
-fn provision_dev_keys(args: &Args, channels: u32) -> anyhow::Result<()> {
-    use base64::Engine;
-    use zeroize::Zeroizing;
+/// Creates (or reuses) the development KMS key; see `--create-dev-key`.
+fn create_dev_key(args: &Args) -> anyhow::Result<()> {
     let store = mock_kms::keystore::KeyStore::open(&args.state, &args.region, &args.account)?;
     let key_id = match store.resolve(&args.alias) {
         Ok(id) => id,
@@ -73,23 +69,7 @@ fn provision_dev_keys(args: &Args, channels: u32) -> anyhow::Result<()> {
         }
     };
     let arn = store.describe(&key_id)?.arn;
-    let mut keys = Vec::new();
-    for index in 0..=channels {
-        let mut seed = Zeroizing::new([0u8; 32]);
-        aws_lc_rs::rand::fill(seed.as_mut()).map_err(|_| anyhow::anyhow!("no randomness"))?;
-        let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
-        let public_key = format!("{}", stellar_strkey::ed25519::PublicKey(public.to_bytes()));
-        let context =
-            std::collections::BTreeMap::from([("pubkey".to_string(), public_key.clone())]);
-        let blob = store.encrypt(&key_id, seed.as_ref(), &context)?;
-        keys.push(serde_json::json!({
-            "public_key": public_key,
-            "role": if index == 0 { "distribution" } else { "channel" },
-            "kms_key_id": arn,
-            "ciphertext": base64::engine::general_purpose::STANDARD.encode(blob),
-        }));
-    }
-    println!("{}", serde_json::Value::Array(keys));
+    println!("{}", serde_json::json!({ "kms_key_arn": arn }));
     Ok(())
 }
 
@@ -97,8 +77,8 @@ fn provision_dev_keys(args: &Args, channels: u32) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     common::logging::init("text")?;
     let args = Args::parse();
-    if let Some(channels) = args.provision_dev_keys {
-        return provision_dev_keys(&args, channels);
+    if args.create_dev_key {
+        return create_dev_key(&args);
     }
     let (Some(policy_path), Some(ca_out)) = (args.policy.clone(), args.ca_out.clone()) else {
         anyhow::bail!("--policy and --ca-out are required to serve");

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use host::api_client::request_once;
 use host::config::{Config, CredentialsSource};
 use host::server::BoundHost;
-use host::store::{KeyFormat, KeyRole, KeyState, KeyStore, LockLimits, NewKey, SqliteStore};
+use host::store::{KeyRole, KeyState, KeyStore, LockLimits, SqliteStore};
 
 const READY_WAIT: Duration = Duration::from_secs(30);
 const CHILD_STOP_WAIT: Duration = Duration::from_secs(5);
@@ -44,6 +44,9 @@ pub const DEV_PCRS: [(u8, &str); 3] = [
 ];
 const DEV_ROLE: &str = "arn:aws:iam::111122223333:role/signer-host";
 const DEV_CHANNELS: u32 = 8;
+/// The distribution account the enclave measures until the first run has generated
+/// the real one (the all-zero key; nothing can sign for it).
+const PLACEHOLDER_DISTRIBUTION: &str = "GAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAWHF";
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -183,6 +186,7 @@ async fn start_mock_kms(
 }
 
 /// Where the mock enclave listens and what it talks to.
+#[derive(Clone, Copy)]
 struct EnclaveSetup<'a> {
     endpoint: &'a Endpoint,
     kms_url: &'a str,
@@ -192,6 +196,26 @@ struct EnclaveSetup<'a> {
     distribution: &'a str,
     /// The mock KMS key the development keys are under: the enclave's measured key.
     kms_key_arn: &'a str,
+}
+
+/// Stops the running enclave (the last child started) and starts it again measuring
+/// `distribution` as the distribution account.
+async fn restart_enclave(
+    options: &DevOptions,
+    enclave_bin: &Path,
+    setup: &EnclaveSetup<'_>,
+    distribution: &str,
+    dir: &Path,
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let mut running = Children(children.0.pop().into_iter().collect());
+    running.stop().await;
+    let _ = std::fs::remove_file(dir.join("enclave.sock"));
+    let setup = EnclaveSetup {
+        distribution,
+        ..*setup
+    };
+    start_enclave(options, enclave_bin, &setup, dir, children).await
 }
 
 /// Starts the mock enclave and waits until its socket exists.
@@ -275,13 +299,20 @@ async fn run_stack(
     let enclave_endpoint = Endpoint::Unix(dir.join("enclave.sock"));
     let host_socket = dir.join("host.sock");
 
-    // The keys first: the policy names the mock KMS key they are under.
-    let (distribution, kms_key_arn) = provision_dev_keys(&kms_bin, &kms_state, &db).await?;
+    // The KMS key first: the policy names it.
+    let kms_key_arn = dev_kms_key(&kms_bin, &kms_state).await?;
     std::fs::write(&policy, dev_policy(&kms_key_arn)?)
         .with_context(|| format!("writing {}", policy.display()))?;
 
     let kms_url = start_mock_kms(&kms_bin, &kms_state, &policy, &nsm_ca, &kms_ca, children).await?;
 
+    // The distribution account is a measured setting; on the first run there is none
+    // yet, so the enclave starts with a placeholder, generates it, and is restarted
+    // with it (what an operator does with a first image, README §6).
+    let stored = stored_distribution(&db)?;
+    let distribution = stored
+        .clone()
+        .unwrap_or_else(|| PLACEHOLDER_DISTRIBUTION.to_string());
     let enclave = EnclaveSetup {
         endpoint: &enclave_endpoint,
         kms_url: &kms_url,
@@ -296,13 +327,13 @@ async fn run_stack(
     let mut config = Config::default();
     config.api.socket = host_socket.clone();
     config.store.path = db;
-    config.enclave.endpoint = enclave_endpoint;
+    config.enclave.endpoint = enclave_endpoint.clone();
     config.stellar.network_passphrase = Some(DEV_NETWORK.to_string());
     config.enclave.precheck_signing_policy = !options.no_host_policy_precheck;
     config.signing_policy.soroban_contracts = options.soroban_contracts.clone();
     config.kms.region = Some("us-east-1".to_string());
     config.kms.endpoint = Some(kms_url.clone());
-    config.kms.relay_listen = relay;
+    config.kms.relay_listen = relay.clone();
     config.kms.credentials = CredentialsSource::Static;
     config.kms.static_access_key_id = Some("AKIDSIGNERDEV".to_string());
     config.kms.static_secret_access_key =
@@ -310,7 +341,19 @@ async fn run_stack(
     let host = BoundHost::bind(config)?;
     let serving = tokio::spawn(host.run(shutdown.clone()));
 
-    if let Err(e) = wait_until_ready(&host_socket, children).await {
+    let started = async {
+        wait_until_ready(&host_socket, children).await?;
+        if stored.is_none() {
+            let generated = generate_keys(&host_socket, "distribution", 1).await?;
+            let distribution = generated.first().context("no distribution key generated")?;
+            restart_enclave(options, &enclave_bin, &enclave, distribution, dir, children).await?;
+            wait_until_ready(&host_socket, children).await?;
+            generate_keys(&host_socket, "channel", DEV_CHANNELS).await?;
+            info!(%distribution, channels = DEV_CHANNELS, "generated the development keys in the enclave");
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = started.await {
         shutdown.cancel();
         let _ = serving.await;
         return Err(e);
@@ -321,73 +364,58 @@ async fn run_stack(
     serving.await.context("host task")?
 }
 
-/// Fills an empty store with one distribution and some channel keys, encrypted by the
-/// mock KMS in the kms-direct format, and returns the distribution account and the ARN
-/// of the KMS key they are under. A
-/// development shortcut: production keys are generated inside the enclave or imported
-/// by the operator.
-async fn provision_dev_keys(
-    kms_bin: &Path,
-    kms_state: &Path,
-    db: &Path,
-) -> anyhow::Result<(String, String)> {
-    let store = SqliteStore::open(db, LockLimits::default(), Duration::from_secs(5))?;
-    let distribution = || -> anyhow::Result<Option<(String, String)>> {
-        Ok(store
-            .list_keys(Some(KeyRole::Distribution))?
-            .into_iter()
-            .next()
-            .map(|k| (k.public_key, k.kms_key_id)))
-    };
-    if let Some(existing) = distribution()? {
-        return Ok(existing);
-    }
+/// The development KMS key (created on the first run), by ARN.
+async fn dev_kms_key(kms_bin: &Path, kms_state: &Path) -> anyhow::Result<String> {
     let output = Command::new(kms_bin)
         .arg("--state")
         .arg(kms_state)
-        .arg("--provision-dev-keys")
-        .arg(DEV_CHANNELS.to_string())
+        .arg("--create-dev-key")
         .stdin(Stdio::null())
         .output()
         .await
-        .context("running signer-mock-kms --provision-dev-keys")?;
+        .context("running signer-mock-kms --create-dev-key")?;
     if !output.status.success() {
         bail!(
-            "provisioning development keys failed: {}",
+            "creating the development KMS key failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let records: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
-    let mut keys = Vec::new();
-    for record in records {
-        use base64::Engine;
-        let text = |field: &str| {
-            record[field]
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    answer["kms_key_arn"]
+        .as_str()
+        .map(str::to_string)
+        .context("signer-mock-kms printed no kms_key_arn")
+}
+
+/// The stored distribution account, if a previous run generated it.
+fn stored_distribution(db: &Path) -> anyhow::Result<Option<String>> {
+    let store = SqliteStore::open(db, LockLimits::default(), Duration::from_secs(5))?;
+    Ok(store
+        .list_keys(Some(KeyRole::Distribution))?
+        .into_iter()
+        .find(|k| k.state == KeyState::Active)
+        .map(|k| k.public_key))
+}
+
+/// Generates `count` keys of `role` in the enclave, through the host API.
+async fn generate_keys(host_socket: &Path, role: &str, count: u32) -> anyhow::Result<Vec<String>> {
+    let body = serde_json::json!({ "role": role, "count": count });
+    let (status, answer) =
+        request_once(host_socket, Method::POST, "/v1/keys/generate", Some(&body)).await?;
+    if status != StatusCode::CREATED {
+        bail!("generating development {role} keys: {status} {answer}");
+    }
+    answer["keys"]
+        .as_array()
+        .context("no keys in the answer")?
+        .iter()
+        .map(|k| {
+            k["public_key"]
                 .as_str()
                 .map(str::to_string)
-                .with_context(|| format!("dev key record lacks {field}"))
-        };
-        keys.push(NewKey {
-            public_key: text("public_key")?,
-            role: if text("role")? == "distribution" {
-                KeyRole::Distribution
-            } else {
-                KeyRole::Channel
-            },
-            format: KeyFormat::KmsDirect,
-            kms_key_id: text("kms_key_id")?,
-            kms_ciphertext: base64::engine::general_purpose::STANDARD
-                .decode(text("ciphertext")?)?,
-            sealed_seed: None,
-            state: KeyState::Active,
-        });
-    }
-    store.insert_keys(&keys)?;
-    info!(
-        keys = keys.len(),
-        "provisioned development keys (mock KMS, kms-direct)"
-    );
-    distribution()?.context("provisioning produced no distribution key")
+                .context("a key without public_key")
+        })
+        .collect()
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -450,7 +478,7 @@ async fn print_banner(dir: &Path, host_socket: &Path, kms_url: &str) {
         "\nsigner-dev up: local stack is up (mock enclave, mock KMS; NOT for production)\n\
          \n  state dir      {dir}\n  host API       {socket}\n  mock KMS       {kms_url}\
          \n  network        {DEV_NETWORK}\n  distribution   {distribution}\
-         \n  channels       {channels} accounts (development keys, kms-direct via the mock KMS)\n\
+         \n  channels       {channels} accounts (generated in the enclave, envelope format)\n\
          \n  try it:\n    curl --unix-socket {socket} http://localhost/readyz\n    \
          curl --unix-socket {socket} http://localhost/v1/keys\n    \
          curl --unix-socket {socket} -XPOST http://localhost/v1/channels/acquire\n\

@@ -92,14 +92,22 @@ pub fn creation_transaction(
             ]
         })
         .collect();
+    distribution_transaction(distribution, operations, sequence, fee, max_time)
+}
+
+/// A v1 transaction by `distribution` with `operations`, valid until `max_time`.
+fn distribution_transaction(
+    distribution: [u8; 32],
+    operations: Vec<Operation>,
+    sequence: i64,
+    fee: u32,
+    max_time: u64,
+) -> Result<TransactionEnvelope, WireError> {
+    let count = operations.len();
     let operations = operations.try_into().map_err(|_| {
-        WireError::new(
-            ErrorCode::BadRequest,
-            format!(
-                "{} accounts are too many for one transaction",
-                accounts.len()
-            ),
-        )
+        bad_request(format!(
+            "{count} operations are too many for one transaction"
+        ))
     })?;
     Ok(TransactionEnvelope::Tx(TransactionV1Envelope {
         tx: Transaction {
@@ -134,16 +142,7 @@ pub fn merge_transaction(
             body: OperationBody::AccountMerge(MuxedAccount::Ed25519(Uint256(distribution))),
         })
         .collect();
-    let mut envelope = creation_transaction(distribution, &[], sequence, fee, max_time)?;
-    if let TransactionEnvelope::Tx(v1) = &mut envelope {
-        v1.tx.operations = operations.try_into().map_err(|_| {
-            bad_request(format!(
-                "{} accounts are too many for one transaction",
-                accounts.len()
-            ))
-        })?;
-    }
-    Ok(envelope)
+    distribution_transaction(distribution, operations, sequence, fee, max_time)
 }
 
 fn bad_request(message: impl Into<String>) -> WireError {
