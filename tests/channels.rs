@@ -8,16 +8,13 @@ use std::time::Duration;
 
 use harness::{Stack, fake_ciphertext, register_body, spawn_host, test_account, wait_ready_at};
 use host::api_client::{ApiConnection, request_once};
-use host::store::{ChannelLocks, KeyStore, LockLimits, SqliteStore};
+use host::store::{ChannelLocks, KeyRole, KeyStore, LockLimits, SqliteStore};
 use hyper::{Method, StatusCode};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-async fn register_channels(stack: &Stack, range: std::ops::Range<u32>) {
-    for i in range {
-        let (status, body) = stack.post("/v1/keys", register_body(i, "channel")).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
+fn register_channels(stack: &Stack, range: std::ops::Range<u32>) {
+    stack.store_active_keys(range, KeyRole::Channel);
 }
 
 #[tokio::test]
@@ -29,14 +26,49 @@ async fn keys_register_once_and_an_empty_pool_is_its_own_error() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "no_channel_accounts_configured");
 
+    // An import is stored, then checked by the enclave; this one cannot reach KMS, so
+    // the key stays pending, with the reason, and never enters the pool.
+    for (i, role) in [(1000, "distribution"), (0, "channel"), (1, "channel")] {
+        let (status, body) = stack.post("/v1/keys", register_body(i, role)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "kms_unavailable", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("stored as pending"),
+            "{body}"
+        );
+    }
+    let (_, keys) = stack.get("/v1/keys?role=distribution").await;
+    let stored = &keys["keys"][0];
+    assert_eq!(
+        (&stored["state"], &stored["format"], &stored["pending_for"]),
+        (
+            &json!("pending"),
+            &json!("kms-direct"),
+            &json!("verification")
+        )
+    );
+    assert!(
+        stored["pending_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("kms_unavailable: ")
+    );
+    assert!(stored.get("kms_ciphertext").is_none());
+    let (status, body) = stack.post("/v1/channels/acquire", json!({})).await;
+    assert_eq!(
+        body["error"]["code"], "no_channel_accounts_configured",
+        "{status}"
+    );
     let (status, body) = stack
-        .post("/v1/keys", register_body(1000, "distribution"))
+        .post("/v1/keys/verify", json!({ "public_key": test_account(0) }))
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["role"], "distribution");
-    assert_eq!(body["format"], "kms-direct");
-    assert!(body.get("kms_ciphertext").is_none());
-    register_channels(&stack, 0..2).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("kms_unavailable"))
+    );
     let (status, body) = stack.post("/v1/keys", register_body(1, "channel")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"]["code"], "key_exists");
@@ -67,7 +99,7 @@ async fn keys_register_once_and_an_empty_pool_is_its_own_error() {
 #[tokio::test]
 async fn acquire_exhaust_release_by_token_and_unlock_by_hash_over_the_api() {
     let stack = Stack::start().await;
-    register_channels(&stack, 0..2).await;
+    register_channels(&stack, 0..2);
 
     // The body may be omitted entirely.
     let (status, first) = request_once(
@@ -182,7 +214,7 @@ async fn sixty_four_clients_on_two_host_processes_never_share_an_account() {
     const CLIENTS: usize = 64;
     const ROUNDS: usize = 40;
     let stack = Stack::start().await;
-    register_channels(&stack, 0..ACCOUNTS).await;
+    register_channels(&stack, 0..ACCOUNTS);
     let (_second, second_socket) = stack.second_host("host-b").await;
     let sockets = [stack.host_socket.clone(), second_socket];
 
@@ -244,7 +276,7 @@ async fn sixty_four_clients_on_two_host_processes_never_share_an_account() {
 #[tokio::test]
 async fn a_restart_keeps_keys_and_locks() {
     let mut stack = Stack::start().await;
-    register_channels(&stack, 0..5).await;
+    register_channels(&stack, 0..5);
     let (_, lease) = stack
         .post("/v1/channels/acquire", json!({"lock_seconds": 300}))
         .await;
@@ -317,7 +349,13 @@ async fn sigkill_while_writing_keys_never_loses_or_tears_a_key() {
                         .request(Method::POST, "/v1/keys", Some(&register_body(i, "channel")))
                         .await
                     {
-                        Ok((StatusCode::CREATED, _)) => acked.push(i),
+                        // Stored, then refused verification (this enclave has no KMS):
+                        // the key is kept, pending.
+                        Ok((StatusCode::SERVICE_UNAVAILABLE, body))
+                            if body["error"]["code"] == "kms_unavailable" =>
+                        {
+                            acked.push(i);
+                        }
                         Ok((status, body)) => panic!("key {i}: {status} {body}"),
                         Err(_) => break, // the host died mid-request
                     }
@@ -367,7 +405,7 @@ async fn sigkill_while_writing_keys_never_loses_or_tears_a_key() {
         assert_eq!(key.kms_ciphertext, fake_ciphertext(i));
     }
     let pool = store.summary(false).unwrap();
-    assert_eq!(pool.total as usize, store.list_keys(None).unwrap().len());
+    assert_eq!(pool.total, 0, "unverified imports never enter the pool");
     eprintln!(
         "{} keys acknowledged across 20 SIGKILLs",
         acknowledged.len()
@@ -415,11 +453,8 @@ fn channel_payment(source: &str, max_time_ahead: u64) -> String {
 #[tokio::test]
 async fn the_host_prechecks_the_signing_policy_without_the_enclave() {
     let mut stack = Stack::start().await;
-    let (status, _) = stack
-        .post("/v1/keys", register_body(500, "distribution"))
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    register_channels(&stack, 0..1).await;
+    stack.store_active_keys(500..501, KeyRole::Distribution);
+    register_channels(&stack, 0..1);
     let mut enclave = stack.enclave.take().unwrap();
     enclave.signal(Signal::SIGKILL);
     enclave.wait_exit(Duration::from_secs(10));

@@ -32,20 +32,58 @@ fn payment(source: &str, destination: &str) -> TransactionEnvelope {
     )
 }
 
-async fn register(dev: &Dev, public_key: &str, kms_key_id: &str, ciphertext: &[u8]) {
-    let (status, body) = dev
-        .call(
-            Method::POST,
-            "/v1/keys",
-            Some(json!({
-                "public_key": public_key,
-                "role": "channel",
-                "kms_key_id": kms_key_id,
-                "ciphertext": B64.encode(ciphertext),
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+/// `POST /v1/keys` for a kms-direct channel key.
+async fn register(
+    dev: &Dev,
+    public_key: &str,
+    kms_key_id: &str,
+    ciphertext: &[u8],
+) -> (StatusCode, serde_json::Value) {
+    dev.call(
+        Method::POST,
+        "/v1/keys",
+        Some(json!({
+            "public_key": public_key,
+            "role": "channel",
+            "kms_key_id": kms_key_id,
+            "ciphertext": B64.encode(ciphertext),
+        })),
+    )
+    .await
+}
+
+/// The import of `ciphertext` as `public_key` is refused with `status` and `code` by the
+/// enclave's check: the key stays pending with that reason and signs nothing.
+async fn expect_import_refused(
+    dev: &Dev,
+    (public_key, kms_key_id, ciphertext): (&str, &str, &[u8]),
+    distribution: &str,
+    status: StatusCode,
+    code: &str,
+) {
+    let (actual, body) = register(dev, public_key, kms_key_id, ciphertext).await;
+    assert_eq!(
+        (actual, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+    let key = stored_key(dev, public_key);
+    assert_eq!(key.state, host::store::KeyState::Pending);
+    assert!(
+        key.pending_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(&format!("{code}: "))),
+        "{:?}",
+        key.pending_reason
+    );
+    expect_refusal(
+        dev,
+        public_key,
+        distribution,
+        StatusCode::NOT_FOUND,
+        "unknown_key",
+    )
+    .await;
 }
 
 /// `POST /v1/sign` with `body`.
@@ -296,10 +334,9 @@ async fn a_tampered_ciphertext_or_another_keys_encryption_context_is_refused_by_
     let mut tampered = template.kms_ciphertext.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01;
-    register(&dev, &tampered_key, &template.kms_key_id, &tampered).await;
-    expect_refusal(
+    expect_import_refused(
         &dev,
-        &tampered_key,
+        (&tampered_key, &template.kms_key_id, &tampered),
         &distribution,
         StatusCode::UNPROCESSABLE_ENTITY,
         "kms_invalid_ciphertext",
@@ -309,16 +346,13 @@ async fn a_tampered_ciphertext_or_another_keys_encryption_context_is_refused_by_
     // A genuine ciphertext registered under another public key: the encryption context
     // {"pubkey": ...} no longer matches, so KMS refuses it.
     let (wrong_context_key, _) = random_account();
-    register(
+    expect_import_refused(
         &dev,
-        &wrong_context_key,
-        &template.kms_key_id,
-        &template.kms_ciphertext,
-    )
-    .await;
-    expect_refusal(
-        &dev,
-        &wrong_context_key,
+        (
+            &wrong_context_key,
+            &template.kms_key_id,
+            &template.kms_ciphertext,
+        ),
         &distribution,
         StatusCode::UNPROCESSABLE_ENTITY,
         "kms_invalid_ciphertext",
@@ -340,17 +374,41 @@ async fn a_ciphertext_holding_another_seed_is_refused_as_public_key_mismatch() {
     let key_id = kms_store.resolve(&template.kms_key_id).unwrap();
     let context = BTreeMap::from([("pubkey".to_string(), claimed.clone())]);
     let mismatched = kms_store.encrypt(&key_id, &other_seed, &context).unwrap();
-    register(&dev, &claimed, &template.kms_key_id, &mismatched).await;
-    expect_refusal(
+    expect_import_refused(
         &dev,
-        &claimed,
+        (&claimed, &template.kms_key_id, &mismatched),
         &distribution,
         StatusCode::UNPROCESSABLE_ENTITY,
         "public_key_mismatch",
     )
     .await;
 
-    let logs = finish(dev, &[other_seed]);
+    // The genuine article: a kms-direct seed under its own public key is checked by the
+    // enclave, becomes active and signs.
+    let (imported, seed) = random_account();
+    let context = BTreeMap::from([("pubkey".to_string(), imported.clone())]);
+    let ciphertext = kms_store.encrypt(&key_id, &seed, &context).unwrap();
+    let (status, body) = register(&dev, &imported, &template.kms_key_id, &ciphertext).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "active", "{body}");
+    assert!(body.get("pending_reason").is_none(), "{body}");
+    let request =
+        json!({"transaction": b64(&payment(&imported, &distribution)), "signers": [imported]});
+    let (status, body) = post_sign(&dev, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let checks: Vec<_> = dev
+        .audit()
+        .into_iter()
+        .filter(|row| row.entry.kind == "key_verified")
+        .map(|row| (row.entry.public_key.unwrap(), row.entry.outcome))
+        .collect();
+    assert!(
+        checks.contains(&(imported.clone(), "ok".to_string())),
+        "{checks:?}"
+    );
+    assert!(checks.contains(&(claimed.clone(), "public_key_mismatch".to_string())));
+
+    let logs = finish(dev, &[other_seed, seed]);
     assert!(
         logs.contains("signing refused"),
         "a refused signature is logged"
@@ -528,6 +586,7 @@ async fn an_envelope_format_key_opens_its_sealed_seed_and_signs() {
         kms_ciphertext: wrapped,
         sealed_seed: Some(sealed),
         state: host::store::KeyState::Active,
+        pending_for: None,
     }])
     .unwrap();
     let envelope_tx = payment(&envelope_key, &distribution);

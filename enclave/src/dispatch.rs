@@ -64,6 +64,7 @@ impl Dispatcher {
             Request::GenerateKeys { count } => {
                 ops::generate::generate_keys(self.context()?, count).await
             }
+            Request::VerifyKey { key } => ops::verify_key::verify_key(self.context()?, &key).await,
         }
     }
 

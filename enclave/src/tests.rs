@@ -1158,3 +1158,33 @@ async fn a_data_key_for_another_kms_key_seals_nothing() {
         assert!(refusal.message.contains(KEY_ARN), "{refusal:?}");
     }
 }
+
+#[tokio::test]
+async fn a_key_check_proves_the_key_and_signs_nothing_a_host_could_use() {
+    let enclave = enclave();
+    let verify = |key: KeyMaterial| enclave.dispatcher.handle(Request::VerifyKey { key });
+    let good = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let Ok(Response::KeyVerified { signature }) = verify(good).await else {
+        panic!("a good key verifies");
+    };
+    let public = raw(&CHANNEL_SEED);
+    assert!(common::stellar::key_check::verify_key_check(
+        &public,
+        &signature.signature
+    ));
+    assert_eq!(signature.hint, public[28..]);
+    assert_eq!(enclave.kms.calls(), 1);
+
+    // Another key's seed under this public key: refused after decryption.
+    let swapped = kms_direct(&enclave.kms, &DISTRIBUTION_SEED, &OTHER_SEED);
+    let refusal = refused(verify(swapped).await);
+    assert_eq!(refusal.code, ErrorCode::PublicKeyMismatch, "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 2);
+
+    // A record under another KMS key: refused before any KMS call.
+    let mut elsewhere = kms_direct(&enclave.kms, &OTHER_SEED, &OTHER_SEED);
+    elsewhere.kms_key_id = "arn:aws:kms:us-east-1:444455556666:key/attacker".into();
+    let refusal = refused(verify(elsewhere).await);
+    assert_eq!(refusal.code, ErrorCode::KmsKeyMismatch, "{refusal:?}");
+    assert_eq!(enclave.kms.calls(), 2);
+}

@@ -349,6 +349,12 @@ fn assert_kms_was_due(request: &Request) {
                 "KMS called to generate {count} keys"
             );
         }
+        Request::VerifyKey { key } => {
+            assert!(
+                stellar_strkey::ed25519::PublicKey::from_string(&key.public_key).is_ok(),
+                "KMS called to verify a malformed public key"
+            );
+        }
         Request::Ping { .. } | Request::SetCredentials(_) => {
             panic!("KMS called for {request:?}")
         }

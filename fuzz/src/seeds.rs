@@ -106,6 +106,12 @@ pub fn requests() -> Vec<Vec<u8>> {
     }
     push(&Request::Ping { delay_ms: 0 }, &[]);
     push(&Request::GenerateKeys { count: 2 }, &[0x42; 32]);
+    push(
+        &Request::VerifyKey {
+            key: key(&DISTRIBUTION_SEED),
+        },
+        &DISTRIBUTION_SEED,
+    );
     requests
 }
 

@@ -133,6 +133,31 @@ impl Stack {
         self.dir.path().join("signer.db")
     }
 
+    /// Stores keys `range` of `role` as active, straight into the database the host
+    /// serves (its enclave has no KMS, so an import could never be verified): for tests
+    /// of the pool, not of import.
+    pub fn store_active_keys(&self, range: std::ops::Range<u32>, role: host::store::KeyRole) {
+        let store = host::store::SqliteStore::open(
+            &self.db_path(),
+            host::store::LockLimits::default(),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+        let keys: Vec<host::store::NewKey> = range
+            .map(|i| host::store::NewKey {
+                public_key: test_account(i),
+                role,
+                format: host::store::KeyFormat::KmsDirect,
+                kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/test".into(),
+                kms_ciphertext: fake_ciphertext(i),
+                sealed_seed: None,
+                state: host::store::KeyState::Active,
+                pending_for: None,
+            })
+            .collect();
+        host::store::KeyStore::insert_keys(&store, &keys).unwrap();
+    }
+
     pub fn restart_enclave(&mut self, generation: u32) {
         self.enclave = Some(start_enclave(
             self.dir.path(),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::wire::error::WireError;
 
 /// Bump on any change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Which enclave build answered: the host refuses nothing on this basis by itself, but
 /// operators and the dev tooling need to know when a mock build is in use.
@@ -147,6 +147,14 @@ pub enum Request {
         /// How many keys.
         count: u32,
     },
+    /// Prove a stored key works: decrypt it through KMS, check it against its public
+    /// key and sign its key-check payload (`common::stellar::key_check`), which is
+    /// fixed by the key and can never be a Stellar payload. The host activates an
+    /// imported key only once this succeeds.
+    VerifyKey {
+        /// The key, as stored.
+        key: KeyMaterial,
+    },
 }
 
 /// The most keys one [`Request::GenerateKeys`] makes.
@@ -185,6 +193,11 @@ pub enum Response {
     KeysGenerated {
         /// One per key asked for.
         keys: Vec<KeyMaterial>,
+    },
+    /// The answer to [`Request::VerifyKey`]: the key-check signature.
+    KeyVerified {
+        /// Over the key-check payload of the key.
+        signature: SignatureInfo,
     },
 }
 

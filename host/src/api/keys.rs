@@ -1,4 +1,5 @@
-//! `GET /v1/keys`, `POST /v1/keys`.
+//! `GET /v1/keys` and `POST /v1/keys/generate`; importing (`POST /v1/keys`) is in
+//! `key_import`.
 
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
@@ -9,7 +10,6 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Caller};
-use super::json::decode_base64_or;
 use super::state::AppState;
 use crate::store::blocking;
 use crate::store::{
@@ -32,70 +32,6 @@ pub async fn list(
     let store = state.store.clone();
     let keys: Vec<KeyRecord> = blocking(move || store.list_keys(query.role)).await?;
     Ok(axum::Json(json!({ "keys": keys })))
-}
-
-/// Registers an existing key in the `kms-direct` format: the operator encrypted the
-/// secret with KMS themselves (context `{"pubkey": "G..."}`), so the host only ever
-/// sees the ciphertext.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterKey {
-    public_key: String,
-    role: KeyRole,
-    kms_key_id: String,
-    /// Base64 of the KMS `CiphertextBlob`.
-    ciphertext: String,
-    #[serde(default = "default_format")]
-    format: KeyFormat,
-}
-
-fn default_format() -> KeyFormat {
-    KeyFormat::KmsDirect
-}
-
-pub async fn register(
-    State(state): State<AppState>,
-    ConnectInfo(caller): ConnectInfo<Caller>,
-    ApiJson(request): ApiJson<RegisterKey>,
-) -> Result<(StatusCode, axum::Json<KeyRecord>), ApiError> {
-    if request.format != KeyFormat::KmsDirect {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "only kms-direct keys can be registered; envelope keys are generated inside the enclave",
-        ));
-    }
-    // The enclave signs only with keys under its one measured KMS key, named by ARN;
-    // an alias or bare id would be stored only to be refused at every signature.
-    request
-        .kms_key_id
-        .parse::<common::kms_key::KmsKeyArn>()
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("kms_key_id: {e}")))?;
-    let ciphertext = decode_base64_or(ErrorCode::BadRequest, "ciphertext", &request.ciphertext)?;
-    let key = NewKey {
-        public_key: request.public_key.clone(),
-        role: request.role,
-        format: KeyFormat::KmsDirect,
-        kms_key_id: request.kms_key_id,
-        kms_ciphertext: ciphertext,
-        sealed_seed: None,
-        state: KeyState::Active,
-    };
-    let store = state.store.clone();
-    let public_key = request.public_key;
-    let stored = blocking(move || {
-        let audit = key_audit(caller.uid, "key_registered", &key);
-        store.insert_keys_audited(std::slice::from_ref(&key), &[audit])?;
-        store.key(&key.public_key)
-    })
-    .await?;
-    let stored = stored.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("{public_key} vanished after insert"),
-        )
-    })?;
-    tracing::info!(public_key = %stored.public_key, role = stored.role.as_str(), uid = ?caller.uid, "key registered");
-    Ok((StatusCode::CREATED, axum::Json(stored)))
 }
 
 /// Asks the enclave for new keys (`envelope` format, generated and sealed inside it).
@@ -133,29 +69,7 @@ pub async fn generate(
         count,
         state: key_state,
     } = request;
-    if key_state == KeyState::Retired
-        || (key_state == KeyState::Pending && role != KeyRole::Channel)
-    {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!(
-                "state: a generated {} key is active{}, not {}",
-                role.as_str(),
-                if role == KeyRole::Channel {
-                    " or pending"
-                } else {
-                    ""
-                },
-                key_state.as_str()
-            ),
-        ));
-    }
-    if !(1..=MAX_GENERATED_KEYS).contains(&count) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("count: 1 to {MAX_GENERATED_KEYS} keys at once, not {count}"),
-        ));
-    }
+    check_generation(role, count, key_state)?;
     let _distribution_guard = if role == KeyRole::Distribution {
         if count != 1 {
             return Err(ApiError::new(
@@ -202,6 +116,7 @@ pub async fn generate(
             kms_ciphertext: key.ciphertext,
             sealed_seed: key.sealed_seed,
             state: key_state,
+            pending_for: None,
         })
         .collect();
     let summary: Vec<serde_json::Value> = new_keys
@@ -230,8 +145,36 @@ pub async fn generate(
     Ok((StatusCode::CREATED, axum::Json(json!({ "keys": summary }))))
 }
 
+/// What may be generated: 1 to 100 keys, active (or pending channel keys).
+fn check_generation(role: KeyRole, count: u32, key_state: KeyState) -> Result<(), ApiError> {
+    if key_state == KeyState::Retired
+        || (key_state == KeyState::Pending && role != KeyRole::Channel)
+    {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "state: a generated {} key is active{}, not {}",
+                role.as_str(),
+                if role == KeyRole::Channel {
+                    " or pending"
+                } else {
+                    ""
+                },
+                key_state.as_str()
+            ),
+        ));
+    }
+    if !(1..=MAX_GENERATED_KEYS).contains(&count) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("count: 1 to {MAX_GENERATED_KEYS} keys at once, not {count}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The audit row recording that `key` was stored by `kind` (registered, generated).
-fn key_audit(caller_uid: Option<u32>, kind: &str, key: &NewKey) -> AuditEntry {
+pub(super) fn key_audit(caller_uid: Option<u32>, kind: &str, key: &NewKey) -> AuditEntry {
     AuditEntry {
         caller_uid,
         public_key: Some(key.public_key.clone()),

@@ -9,6 +9,7 @@ pub mod extract;
 mod fee_bump;
 mod health;
 mod json;
+mod key_import;
 mod keys;
 mod provisioning;
 mod router;

@@ -15,7 +15,7 @@ use super::extract::{ApiJson, Caller};
 use super::json::encode_base64;
 use super::state::AppState;
 use crate::signing::{MAX_PROVISIONING_WINDOW_SECS, ProvisionRequest};
-use crate::store::{AuditEntry, KeyRole, KeyState, PendingFor, StoreError, blocking};
+use crate::store::{AuditEntry, KeyRole, KeyState, LedgerChange, PendingFor, StoreError, blocking};
 
 /// Most accounts one withdrawal, activation or retirement may name.
 const MAX_SETTLE: usize = 1000;
@@ -51,7 +51,7 @@ pub async fn provision(
     caller: ConnectInfo<Caller>,
     body: ApiJson<ProvisionBody>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    sign(PendingFor::Creation, state, caller, body).await
+    sign(LedgerChange::Creation, state, caller, body).await
 }
 
 /// `POST /v1/channels/merge`: the merge of withdrawn accounts into the distribution
@@ -61,11 +61,11 @@ pub async fn merge(
     caller: ConnectInfo<Caller>,
     body: ApiJson<ProvisionBody>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    sign(PendingFor::Merge, state, caller, body).await
+    sign(LedgerChange::Merge, state, caller, body).await
 }
 
 async fn sign(
-    purpose: PendingFor,
+    purpose: LedgerChange,
     State(state): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     ApiJson(body): ApiJson<ProvisionBody>,
@@ -146,7 +146,7 @@ pub async fn activate(
     caller: ConnectInfo<Caller>,
     body: ApiJson<SettleBody>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    settle(PendingFor::Creation, state, caller, body).await
+    settle(LedgerChange::Creation, state, caller, body).await
 }
 
 /// `POST /v1/channels/retire`: withdrawn channel keys whose accounts were merged are
@@ -156,13 +156,13 @@ pub async fn retire(
     caller: ConnectInfo<Caller>,
     body: ApiJson<SettleBody>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    settle(PendingFor::Merge, state, caller, body).await
+    settle(LedgerChange::Merge, state, caller, body).await
 }
 
 /// Moves keys pending for `purpose` to where it leads (creation: active; merge:
 /// retired). Keys already there are reported, not an error, so a re-run is harmless.
 async fn settle(
-    purpose: PendingFor,
+    purpose: LedgerChange,
     State(state): State<AppState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     ApiJson(body): ApiJson<SettleBody>,
@@ -174,13 +174,13 @@ async fn settle(
         ));
     }
     let (target, kind, done, already_done) = match purpose {
-        PendingFor::Creation => (
+        LedgerChange::Creation => (
             KeyState::Active,
             "channel_activated",
             "activated",
             "already_active",
         ),
-        PendingFor::Merge => (
+        LedgerChange::Merge => (
             KeyState::Retired,
             "channel_retired",
             "retired",
@@ -199,7 +199,7 @@ async fn settle(
             let waits_for = key.pending_for.unwrap_or(PendingFor::Creation);
             if key.state == target {
                 already.push(account);
-            } else if key.state == KeyState::Pending && waits_for == purpose {
+            } else if key.state == KeyState::Pending && waits_for == purpose.pending_for() {
                 let audit = AuditEntry {
                     caller_uid: caller.uid,
                     public_key: Some(account.clone()),

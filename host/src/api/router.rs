@@ -9,7 +9,7 @@ use common::wire::ErrorCode;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::{channels, fee_bump, health, keys, provisioning, sign, soroban};
+use super::{channels, fee_bump, health, key_import, keys, provisioning, sign, soroban};
 
 /// The API with its error fallbacks and body limit.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -20,8 +20,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/sign", post(sign::sign))
         .route("/v1/fee-bump", post(fee_bump::fee_bump))
         .route("/v1/soroban/authorize", post(soroban::authorize))
-        .route("/v1/keys", get(keys::list).post(keys::register))
+        .route("/v1/keys", get(keys::list).post(key_import::register))
         .route("/v1/keys/generate", post(keys::generate))
+        .route("/v1/keys/verify", post(key_import::verify))
         .route("/v1/channels", get(channels::summary))
         .route("/v1/channels/acquire", post(channels::acquire))
         .route("/v1/channels/release", post(channels::release))

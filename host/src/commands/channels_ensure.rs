@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::api_client::request_once;
 use crate::signing::{MAX_ACCOUNTS_PER_TRANSACTION, MAX_PROVISIONING_WINDOW_SECS};
 use crate::stellar_rpc::{StellarRpc, Submission, TransactionOutcome};
-use crate::store::PendingFor;
+use crate::store::LedgerChange;
 use common::wire::messages::MAX_GENERATED_KEYS;
 
 /// How often a pending transaction's status is asked for.
@@ -68,7 +68,8 @@ pub struct EnsureArgs {
 struct ChannelKey {
     public_key: String,
     state: String,
-    pending_for: PendingFor,
+    /// `None`: an imported key waiting for its verification, not for the ledger.
+    pending_for: Option<LedgerChange>,
     provisioning: Option<(String, u64)>,
 }
 
@@ -82,9 +83,9 @@ struct Direction {
     cli: &'static str,
 }
 
-fn direction(purpose: PendingFor) -> Direction {
+fn direction(purpose: LedgerChange) -> Direction {
     match purpose {
-        PendingFor::Creation => Direction {
+        LedgerChange::Creation => Direction {
             sign: "/v1/channels/provision",
             settle: "/v1/channels/activate",
             settled: "activated",
@@ -92,7 +93,7 @@ fn direction(purpose: PendingFor) -> Direction {
             done: "created",
             cli: "activate",
         },
-        PendingFor::Merge => Direction {
+        LedgerChange::Merge => Direction {
             sign: "/v1/channels/merge",
             settle: "/v1/channels/retire",
             settled: "retired",
@@ -176,18 +177,19 @@ impl<'a> Ensure<'a> {
         let (creating, merging): (Vec<ChannelKey>, Vec<ChannelKey>) = keys
             .into_iter()
             .filter(|k| k.state == "pending")
-            .partition(|k| k.pending_for == PendingFor::Creation);
+            .filter(|k| k.pending_for.is_some())
+            .partition(|k| k.pending_for == Some(LedgerChange::Creation));
         // An earlier run's merges finish first: those accounts already left the pool.
-        let to_merge = self.reconcile(PendingFor::Merge, merging).await?;
-        self.run_batches(PendingFor::Merge, &to_merge).await?;
-        let mut to_create = self.reconcile(PendingFor::Creation, creating).await?;
+        let to_merge = self.reconcile(LedgerChange::Merge, merging).await?;
+        self.run_batches(LedgerChange::Merge, &to_merge).await?;
+        let mut to_create = self.reconcile(LedgerChange::Creation, creating).await?;
         let known = active + self.activated + to_create.len();
         if count > known {
             to_create.extend(self.generate(count - known).await?);
         }
         // A pending key beyond the count is still created: its key exists, and an
         // account that may already be funded is never dropped. Any surplus is merged.
-        self.run_batches(PendingFor::Creation, &to_create).await?;
+        self.run_batches(LedgerChange::Creation, &to_create).await?;
         let total = self.pool_total().await?;
         if total > count {
             let withdrawn = self.withdraw(total - count).await?;
@@ -197,7 +199,7 @@ impl<'a> Ensure<'a> {
                     total - count - withdrawn.len()
                 ));
             }
-            self.run_batches(PendingFor::Merge, &withdrawn).await?;
+            self.run_batches(LedgerChange::Merge, &withdrawn).await?;
         }
         eprintln!(
             "channel pool: {} accounts ({} activated, {} retired in this run)",
@@ -210,7 +212,7 @@ impl<'a> Ensure<'a> {
 
     async fn run_batches(
         &mut self,
-        purpose: PendingFor,
+        purpose: LedgerChange,
         accounts: &[String],
     ) -> anyhow::Result<()> {
         if accounts.is_empty() {
@@ -229,7 +231,7 @@ impl<'a> Ensure<'a> {
     /// have none) are returned to be (re)built; the rest are waited for.
     async fn reconcile(
         &mut self,
-        purpose: PendingFor,
+        purpose: LedgerChange,
         pending: Vec<ChannelKey>,
     ) -> anyhow::Result<Vec<String>> {
         let Some(rpc) = &self.rpc else {
@@ -257,13 +259,13 @@ impl<'a> Ensure<'a> {
             let present = rpc.accounts(&raw).await?;
             let (arrived, open): (Vec<_>, Vec<_>) = unsettled.into_iter().partition(|k| {
                 let on_ledger = raw_key(&k.public_key).is_ok_and(|r| present.contains_key(&r));
-                on_ledger == (purpose == PendingFor::Creation)
+                on_ledger == (purpose == LedgerChange::Creation)
             });
             let arrived = arrived.into_iter().map(|k| k.public_key).collect();
             let settled = settle(self.socket, purpose, arrived).await?;
             match purpose {
-                PendingFor::Creation => self.activated += settled,
-                PendingFor::Merge => self.retired += settled,
+                LedgerChange::Creation => self.activated += settled,
+                LedgerChange::Merge => self.retired += settled,
             }
             let mut still_open = Vec::new();
             for key in open {
@@ -295,10 +297,10 @@ impl<'a> Ensure<'a> {
         Ok(rebuild)
     }
 
-    fn count_settled(&mut self, purpose: PendingFor, settled: usize) {
+    fn count_settled(&mut self, purpose: LedgerChange, settled: usize) {
         match purpose {
-            PendingFor::Creation => self.activated += settled,
-            PendingFor::Merge => self.retired += settled,
+            LedgerChange::Creation => self.activated += settled,
+            LedgerChange::Merge => self.retired += settled,
         }
     }
 
@@ -350,7 +352,11 @@ impl<'a> Ensure<'a> {
     }
 
     /// Signs, and with RPC submits and confirms, one creation or merge transaction.
-    async fn run_batch(&mut self, purpose: PendingFor, accounts: &[String]) -> anyhow::Result<()> {
+    async fn run_batch(
+        &mut self,
+        purpose: LedgerChange,
+        accounts: &[String],
+    ) -> anyhow::Result<()> {
         let words = direction(purpose);
         let sequence = match &self.rpc {
             Some(rpc) => {
@@ -432,8 +438,9 @@ impl<'a> Ensure<'a> {
                     _ => None,
                 };
                 let pending_for = match key["pending_for"].as_str() {
-                    Some("merge") => PendingFor::Merge,
-                    _ => PendingFor::Creation,
+                    Some("merge") => Some(LedgerChange::Merge),
+                    Some("verification") => None,
+                    _ => Some(LedgerChange::Creation),
                 };
                 Ok(ChannelKey {
                     public_key: key["public_key"]
@@ -469,7 +476,7 @@ impl<'a> Ensure<'a> {
 /// pending.
 async fn settle(
     socket: &Path,
-    purpose: PendingFor,
+    purpose: LedgerChange,
     accounts: Vec<String>,
 ) -> anyhow::Result<usize> {
     let words = direction(purpose);

@@ -27,6 +27,12 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
+    /// Check an imported key again (it stays pending until the enclave has decrypted
+    /// it, matched its public key and made a test signature), e.g. once KMS is back or
+    /// the key policy is fixed.
+    ///
+    /// Example: `signer-host keys verify GABC...`
+    Verify { public_key: String },
 }
 
 /// Runs one keys subcommand against the host at `socket`.
@@ -38,6 +44,10 @@ pub async fn run(socket: &Path, command: KeysCommand) -> anyhow::Result<()> {
                 None => "/v1/keys".to_string(),
             };
             call(socket, Method::GET, &path, None).await
+        }
+        KeysCommand::Verify { public_key } => {
+            let body = serde_json::json!({ "public_key": public_key });
+            call(socket, Method::POST, "/v1/keys/verify", Some(body)).await
         }
         KeysCommand::Generate { role, count } => {
             let body = serde_json::json!({ "role": role, "count": count });

@@ -11,6 +11,7 @@ mod envelope;
 mod fee_bump;
 mod provision;
 mod soroban;
+mod verify_key;
 
 pub use envelope::SignedEnvelope;
 pub use fee_bump::{FeeBumped, FeeChoice};

@@ -17,7 +17,9 @@ use stellar_xdr::{
 };
 
 use super::{SignKind, Signing, unexpected};
-use crate::store::{AuditEntry, KeyRecord, KeyRole, KeyState, PendingFor, Provisioning, blocking};
+use crate::store::{
+    AuditEntry, KeyRecord, KeyRole, KeyState, LedgerChange, PendingFor, Provisioning, blocking,
+};
 
 /// Accounts per creation transaction: three operations each within the protocol's 100,
 /// and the distribution key plus one key per account within the 20 signatures.
@@ -34,7 +36,7 @@ type Builder = fn([u8; 32], &[[u8; 32]], i64, u32, u64) -> Result<TransactionEnv
 #[derive(Debug, Clone)]
 pub struct ProvisionRequest {
     /// Create the accounts, or merge them into the distribution account.
-    pub purpose: PendingFor,
+    pub purpose: LedgerChange,
     /// Channel keys (`G...`) pending for `purpose`, 1 to [`MAX_ACCOUNTS_PER_TRANSACTION`].
     pub accounts: Vec<String>,
     /// The distribution account's current sequence number; the transaction uses the next.
@@ -152,7 +154,7 @@ fn bad_request(message: impl Into<String>) -> WireError {
 /// The request's accounts, checked: distinct, within bounds, each a stored channel key
 /// pending for `purpose`.
 fn pending_channels(
-    purpose: PendingFor,
+    purpose: LedgerChange,
     accounts: &[String],
     keys: Vec<(String, Option<KeyRecord>)>,
 ) -> Result<Vec<(KeyMaterial, [u8; 32])>, WireError> {
@@ -174,7 +176,7 @@ fn pending_channels(
             let waits_for = key.pending_for.unwrap_or(PendingFor::Creation);
             if key.role != KeyRole::Channel
                 || key.state != KeyState::Pending
-                || waits_for != purpose
+                || waits_for != purpose.pending_for()
             {
                 return Err(bad_request(format!(
                     "{public_key} is a {} {} key; a {} takes channel keys pending for it",
@@ -223,8 +225,8 @@ impl Signing {
         let channels = pending_channels(request.purpose, &request.accounts, lookup.keys)?;
         let raw: Vec<[u8; 32]> = channels.iter().map(|(_, raw)| *raw).collect();
         let (operations_per_account, build): (usize, Builder) = match request.purpose {
-            PendingFor::Creation => (3, creation_transaction),
-            PendingFor::Merge => (1, merge_transaction),
+            LedgerChange::Creation => (3, creation_transaction),
+            LedgerChange::Merge => (1, merge_transaction),
         };
         let operations = u32::try_from(raw.len() * operations_per_account).unwrap_or(u32::MAX);
         let fee = request.fee_per_operation.saturating_mul(operations);

@@ -36,6 +36,13 @@ pub trait KeyStore: Send + Sync {
         provisioning: &Provisioning,
         audit: &[AuditEntry],
     ) -> Result<(), StoreError>;
+    /// Records why a pending key is still pending, with the audit rows, durably.
+    fn set_pending_reason(
+        &self,
+        public_key: &str,
+        reason: &str,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError>;
     /// Moves a key to another state (pending → active → retired), with the audit rows
     /// that record it, in one transaction.
     fn set_key_state(

@@ -42,12 +42,39 @@ macro_rules! sql_text_enum {
 sql_text_enum!(KeyRole { Distribution => "distribution", Channel => "channel" });
 sql_text_enum!(KeyFormat { KmsDirect => "kms-direct", Envelope => "envelope" });
 sql_text_enum!(KeyState { Pending => "pending", Active => "active", Retired => "retired" });
-sql_text_enum!(PendingFor { Creation => "creation", Merge => "merge" });
+sql_text_enum!(PendingFor { Verification => "verification", Creation => "creation", Merge => "merge" });
 
-/// What a pending channel key waits for.
+/// A channel account's change on the ledger: the two things a pending channel key may
+/// wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerChange {
+    /// The account is created (then it joins the pool).
+    Creation,
+    /// The account is merged into the distribution account (then its key is retired).
+    Merge,
+}
+
+impl LedgerChange {
+    /// What a key waiting for this change is pending for.
+    pub fn pending_for(self) -> PendingFor {
+        match self {
+            LedgerChange::Creation => PendingFor::Creation,
+            LedgerChange::Merge => PendingFor::Merge,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.pending_for().as_str()
+    }
+}
+
+/// What a pending key waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PendingFor {
+    /// An imported key, until the enclave has decrypted it, matched its public key and
+    /// made a test signature (then it is active).
+    Verification,
     /// Its account is to be created (then it joins the pool).
     Creation,
     /// It left the pool; its account is to be merged into the distribution account
@@ -65,6 +92,9 @@ pub struct NewKey {
     pub kms_ciphertext: Vec<u8>,
     pub sealed_seed: Option<Vec<u8>>,
     pub state: KeyState,
+    /// For a pending key, what it waits for (a pending channel key without one waits
+    /// for its account's creation).
+    pub pending_for: Option<PendingFor>,
 }
 
 /// A stored key. Ciphertexts are included: they are useless outside the enclave.
@@ -81,9 +111,12 @@ pub struct KeyRecord {
     pub state: KeyState,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
-    /// A pending channel key: what it waits for.
+    /// A pending key: what it waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_for: Option<PendingFor>,
+    /// A pending key: why it is still pending (the last refusal, `code: message`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
     /// A pending channel key: the transaction (creation or merge) it was last signed
     /// into.
     #[serde(skip_serializing_if = "Option::is_none")]

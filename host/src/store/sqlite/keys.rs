@@ -34,7 +34,7 @@ fn validate(key: &NewKey) -> Result<(), StoreError> {
 
 const KEY_COLUMNS: &str = "public_key, role, format, kms_key_id, kms_ciphertext, sealed_seed, \
                            state, created_at_ms, updated_at_ms, provisioning_tx_hash, \
-                           provisioning_max_time_s, pending_for";
+                           provisioning_max_time_s, pending_for, pending_reason";
 
 fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     let text_enum = |index: usize, value: String| {
@@ -71,6 +71,7 @@ fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
             Some(text) => Some(PendingFor::parse(&text).ok_or_else(|| text_enum(11, text))?),
             None => None,
         },
+        pending_reason: row.get(12)?,
     })
 }
 
@@ -100,8 +101,13 @@ impl KeyStore for SqliteStore {
                         });
                     }
                 }
-                let pending_for = (key.role == KeyRole::Channel && key.state == KeyState::Pending)
-                    .then_some(PendingFor::Creation.as_str());
+                let pending_for = match (key.state, key.pending_for, key.role) {
+                    (KeyState::Pending, Some(reason), _) => Some(reason.as_str()),
+                    (KeyState::Pending, None, KeyRole::Channel) => {
+                        Some(PendingFor::Creation.as_str())
+                    }
+                    _ => None,
+                };
                 let inserted = tx.execute(
                     "INSERT INTO keys (public_key, role, format, kms_key_id, kms_ciphertext, \
                      sealed_seed, state, created_at_ms, updated_at_ms, pending_for) \
@@ -165,6 +171,30 @@ impl KeyStore for SqliteStore {
         })
     }
 
+    fn set_pending_reason(
+        &self,
+        public_key: &str,
+        reason: &str,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        self.write_durably(|tx, now| {
+            let updated = tx.execute(
+                "UPDATE keys SET pending_reason = ?2, updated_at_ms = ?3 \
+                 WHERE public_key = ?1 AND state = 'pending'",
+                params![public_key, reason, now],
+            )?;
+            if updated == 0 {
+                return Err(StoreError::InvalidKey(format!(
+                    "{public_key} is not a pending key"
+                )));
+            }
+            for entry in audit {
+                super::audit::insert_audit(tx, now, entry)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Moves a key to another state; channel accounts join the pool when they become
     /// active and leave it when retired.
     fn set_key_state(
@@ -174,10 +204,30 @@ impl KeyStore for SqliteStore {
         audit: &[AuditEntry],
     ) -> Result<(), StoreError> {
         self.write_durably(|tx, now| {
+            if state == KeyState::Active {
+                // The unique index is the guarantee; this names the key in the way.
+                let active: Option<String> = tx
+                    .query_row(
+                        "SELECT public_key FROM keys WHERE role = 'distribution' \
+                         AND state = 'active' AND public_key != ?1 \
+                         AND EXISTS (SELECT 1 FROM keys WHERE public_key = ?1 \
+                                     AND role = 'distribution')",
+                        params![public_key],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(active) = active {
+                    return Err(StoreError::DistributionExists {
+                        active,
+                        new: public_key.to_string(),
+                    });
+                }
+            }
             let role: Option<String> = tx
                 .query_row(
                     "UPDATE keys SET state = ?2, updated_at_ms = ?3, pending_for = NULL, \
-                     provisioning_tx_hash = NULL, provisioning_max_time_s = NULL \
+                     pending_reason = NULL, provisioning_tx_hash = NULL, \
+                     provisioning_max_time_s = NULL \
                      WHERE public_key = ?1 RETURNING role",
                     params![public_key, state.as_str(), now],
                     |row| row.get(0),

@@ -58,13 +58,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX keys_one_active_distribution ON keys (role)
         WHERE role = 'distribution' AND state = 'active';
     ",
-    // 3: what a pending channel key waits for (its account's creation, or its merge
-    // into the distribution account on leaving the pool), and the transaction it was
-    // last signed into, so a re-run after a crash knows whether that may still land
-    // (docs/design.md §6).
+    // 3: what a pending key waits for (an imported key: the enclave's check; a channel:
+    // its account's creation, or its merge into the distribution account on leaving the
+    // pool), why it still waits, and the transaction it was last signed into, so a
+    // re-run after a crash knows whether that may still land (docs/design.md §6).
     r"
     ALTER TABLE keys ADD COLUMN pending_for TEXT
-        CHECK (pending_for IS NULL OR pending_for IN ('creation', 'merge'));
+        CHECK (pending_for IS NULL OR pending_for IN ('verification', 'creation', 'merge'));
+    ALTER TABLE keys ADD COLUMN pending_reason TEXT;
     ALTER TABLE keys ADD COLUMN provisioning_tx_hash TEXT;
     ALTER TABLE keys ADD COLUMN provisioning_max_time_s INTEGER;
     ",

@@ -23,6 +23,7 @@ fn channel(i: u32) -> NewKey {
         kms_ciphertext: vec![1, 2, 3, i as u8],
         sealed_seed: None,
         state: KeyState::Active,
+        pending_for: None,
     }
 }
 
