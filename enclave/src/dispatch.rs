@@ -65,6 +65,17 @@ impl Dispatcher {
                 ops::generate::generate_keys(self.context()?, count).await
             }
             Request::VerifyKey { key } => ops::verify_key::verify_key(self.context()?, &key).await,
+            Request::ImportWalletBackend {
+                passphrase_ciphertext,
+                channels,
+            } => {
+                ops::import::import_wallet_backend(
+                    self.context()?,
+                    &passphrase_ciphertext,
+                    &channels,
+                )
+                .await
+            }
         }
     }
 

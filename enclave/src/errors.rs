@@ -38,7 +38,8 @@ impl From<KeyError> for WireError {
             KeyError::WeakRandom { .. } => ErrorCode::Internal,
             KeyError::UnrecognisedSecret { .. }
             | KeyError::DataKeyLength { .. }
-            | KeyError::SealBroken => ErrorCode::UnusableKey,
+            | KeyError::SealBroken
+            | KeyError::WalletBackendSealBroken { .. } => ErrorCode::UnusableKey,
         };
         WireError::new(code, e.to_string())
     }

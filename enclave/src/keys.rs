@@ -25,6 +25,11 @@ pub enum KeyError {
     BadPublicKey(String),
     #[error("the random source gave {len} bytes, expected at least 32")]
     WeakRandom { len: usize },
+    #[error(
+        "{public_key}: the wallet-backend ciphertext does not open with this passphrase \
+         (base64 of a 12-byte nonce, then AES-128-GCM ciphertext and tag, {len} bytes given)"
+    )]
+    WalletBackendSealBroken { public_key: String, len: usize },
 }
 
 /// A seed on the heap, wiped on drop. Boxed so that moving it (returning it, storing it
@@ -148,6 +153,41 @@ pub fn open_sealed_seed(
             .map_err(|_| KeyError::SealBroken)?,
     );
     seed_from_slice(&opened).ok_or(KeyError::SealBroken)
+}
+
+/// The seed of a stellar/wallet-backend channel key: `nonce(12) ‖ AES-128-GCM(S...) ‖
+/// tag(16)`, no AAD, under SHA-256(passphrase)[:16] (its `DefaultPrivateKeyEncrypter`),
+/// checked against `public_key`.
+pub fn open_wallet_backend_seed(
+    passphrase: &[u8],
+    encrypted: &[u8],
+    public_key: &str,
+) -> Result<Seed, KeyError> {
+    use sha2::Digest;
+    let broken = || KeyError::WalletBackendSealBroken {
+        public_key: public_key.to_string(),
+        len: encrypted.len(),
+    };
+    let digest = Zeroizing::new(<[u8; 32]>::from(sha2::Sha256::digest(passphrase)));
+    let cipher = aes_gcm::Aes128Gcm::new_from_slice(&digest[..16]).map_err(|_| broken())?;
+    if encrypted.len() < 12 + 16 {
+        return Err(broken());
+    }
+    let (nonce, ciphertext) = encrypted.split_at(12);
+    let plaintext = Zeroizing::new(
+        cipher
+            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .map_err(|_| broken())?,
+    );
+    let seed = seed_from_kms_direct(&plaintext)?;
+    let derived = public_key_of(&seed);
+    if derived != public_key {
+        return Err(KeyError::PublicKeyMismatch {
+            expected: public_key.to_string(),
+            derived,
+        });
+    }
+    Ok(seed)
 }
 
 /// Seals a seed under a data key (used when the enclave generates keys, and by tests).

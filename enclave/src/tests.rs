@@ -1188,3 +1188,93 @@ async fn a_key_check_proves_the_key_and_signs_nothing_a_host_could_use() {
     assert_eq!(refusal.code, ErrorCode::KmsKeyMismatch, "{refusal:?}");
     assert_eq!(enclave.kms.calls(), 2);
 }
+
+/// wallet-backend's channel keys, as Python's `cryptography` encrypted them
+/// (testdata/wallet-backend-vectors.json).
+fn wallet_backend_vectors() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/wallet-backend-vectors.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn wallet_backend_key(entry: &serde_json::Value) -> common::wire::messages::WalletBackendKey {
+    use base64::Engine;
+    common::wire::messages::WalletBackendKey {
+        public_key: entry["public_key"].as_str().unwrap().into(),
+        encrypted: base64::engine::general_purpose::STANDARD
+            .decode(entry["encrypted_private_key"].as_str().unwrap())
+            .unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn wallet_backend_keys_are_opened_with_the_kms_held_passphrase_and_resealed() {
+    let vectors = wallet_backend_vectors();
+    let enclave = enclave();
+    let passphrase_ciphertext = b"passphrase ciphertext".to_vec();
+    enclave.kms.store_with(
+        &passphrase_ciphertext,
+        &[common::wire::messages::WALLET_BACKEND_PASSPHRASE_CONTEXT],
+        vectors["passphrase"].as_str().unwrap().as_bytes(),
+    );
+    let channels: Vec<_> = vectors["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(wallet_backend_key)
+        .collect();
+    let import = |channels: Vec<_>, passphrase_ciphertext: Vec<u8>| {
+        enclave.dispatcher.handle(Request::ImportWalletBackend {
+            passphrase_ciphertext,
+            channels,
+        })
+    };
+    let Ok(Response::KeysImported { keys }) =
+        import(channels.clone(), passphrase_ciphertext.clone()).await
+    else {
+        panic!("the vectors import");
+    };
+    assert_eq!(keys.len(), channels.len());
+    for (key, vector) in keys.iter().zip(vectors["channels"].as_array().unwrap()) {
+        assert_eq!(key.public_key, vector["public_key"].as_str().unwrap());
+        assert_eq!(key.format, KeyFormat::Envelope);
+        assert_eq!(key.kms_key_id, KEY_ARN);
+        // The re-sealed key signs as itself.
+        let signed = sign(
+            &enclave,
+            payment_by(
+                MuxedAccount::Ed25519(stellar_xdr::Uint256(
+                    stellar_strkey::ed25519::PublicKey::from_string(&key.public_key)
+                        .unwrap()
+                        .0,
+                )),
+                common::now_unix_secs(),
+            ),
+            vec![key.clone()],
+        )
+        .await;
+        assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
+    }
+
+    for case in vectors["refused"].as_array().unwrap() {
+        let mut batch = channels.clone();
+        batch.push(wallet_backend_key(case));
+        let refusal = refused(import(batch, passphrase_ciphertext.clone()).await);
+        assert_eq!(
+            refusal.code.as_str(),
+            case["code"].as_str().unwrap(),
+            "{}: {refusal:?}",
+            case["why"]
+        );
+    }
+    // The passphrase under another context (a kms-direct key's, say) does not open.
+    enclave.kms.store(
+        b"passphrase as a key",
+        "GABC",
+        vectors["passphrase"].as_str().unwrap().as_bytes(),
+    );
+    let refusal = refused(import(channels, b"passphrase as a key".to_vec()).await);
+    assert_eq!(refusal.code, ErrorCode::KmsInvalidCiphertext, "{refusal:?}");
+}

@@ -349,6 +349,13 @@ fn assert_kms_was_due(request: &Request) {
                 "KMS called to generate {count} keys"
             );
         }
+        Request::ImportWalletBackend { channels, .. } => {
+            assert!(
+                (1..=common::wire::messages::MAX_IMPORTED_KEYS).contains(&channels.len()),
+                "KMS called to import {} keys",
+                channels.len()
+            );
+        }
         Request::VerifyKey { key } => {
             assert!(
                 stellar_strkey::ed25519::PublicKey::from_string(&key.public_key).is_ok(),

@@ -155,7 +155,34 @@ pub enum Request {
         /// The key, as stored.
         key: KeyMaterial,
     },
+    /// Import stellar/wallet-backend channel keys (1 to [`MAX_IMPORTED_KEYS`]): the
+    /// enclave decrypts the operator's passphrase through KMS (encryption context
+    /// [`WALLET_BACKEND_PASSPHRASE_CONTEXT`]), opens each channel key with it, checks it
+    /// against its public key and re-seals it in the `envelope` format. The host never
+    /// sees a seed or the passphrase.
+    ImportWalletBackend {
+        /// The KMS `CiphertextBlob` of the passphrase, made by the operator.
+        passphrase_ciphertext: Vec<u8>,
+        /// The keys as wallet-backend stores them.
+        channels: Vec<WalletBackendKey>,
+    },
 }
+
+/// A channel key as stellar/wallet-backend stores it (`channel_accounts` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletBackendKey {
+    /// `G...`.
+    pub public_key: String,
+    /// `encrypted_private_key`, base64-decoded: nonce(12) ‖ AES-128-GCM(`S...`) ‖ tag.
+    pub encrypted: Vec<u8>,
+}
+
+/// The most keys one [`Request::ImportWalletBackend`] carries.
+pub const MAX_IMPORTED_KEYS: usize = 100;
+
+/// The encryption context of the passphrase ciphertext the operator makes with
+/// `aws kms encrypt --encryption-context purpose=wallet-backend-import`.
+pub const WALLET_BACKEND_PASSPHRASE_CONTEXT: (&str, &str) = ("purpose", "wallet-backend-import");
 
 /// The most keys one [`Request::GenerateKeys`] makes.
 pub const MAX_GENERATED_KEYS: u32 = 100;
@@ -192,6 +219,12 @@ pub enum Response {
     /// (`envelope` format: the data key's KMS ciphertext and the sealed seed).
     KeysGenerated {
         /// One per key asked for.
+        keys: Vec<KeyMaterial>,
+    },
+    /// The answer to [`Request::ImportWalletBackend`]: each key re-sealed (`envelope`
+    /// format), in the order of the request.
+    KeysImported {
+        /// One per imported key.
         keys: Vec<KeyMaterial>,
     },
     /// The answer to [`Request::VerifyKey`]: the key-check signature.

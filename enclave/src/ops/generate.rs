@@ -12,8 +12,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use tracing::info;
 use zeroize::Zeroizing;
 
+use crate::attestor::Identity;
 use crate::context::SigningContext;
-use crate::keys::{draw_seed, kms_context, open_sealed_seed, public_key_of, seal_seed};
+use crate::keys::{Seed, draw_seed, kms_context, open_sealed_seed, public_key_of, seal_seed};
 
 /// KMS calls one generation makes at once: enough to hide KMS latency, few enough that
 /// signing keeps most of the KMS slots and quota.
@@ -60,7 +61,24 @@ async fn generate_one(context: &SigningContext) -> Result<KeyMaterial, WireError
         })?;
     let nsm_random = Zeroizing::new(nsm_random);
     let seed = draw_seed(&nsm_random)?;
-    let public_key = public_key_of(&seed);
+    let key = seal_in_envelope(context, &identity, &seed).await?;
+    info!(
+        public_key = %key.public_key,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "key generated"
+    );
+    Ok(key)
+}
+
+/// Seals `seed` in the `envelope` format under a fresh data key for the measured KMS
+/// key (sent only to `identity`'s recipient key), and checks the seal reopens to the
+/// same public key: the record the host stores. Generation and import share it.
+pub(crate) async fn seal_in_envelope(
+    context: &SigningContext,
+    identity: &Identity,
+    seed: &Seed,
+) -> Result<KeyMaterial, WireError> {
+    let public_key = public_key_of(seed);
     let measured_key = context.kms_key_arn.as_str();
     let generated = context
         .kms
@@ -84,7 +102,7 @@ async fn generate_one(context: &SigningContext) -> Result<KeyMaterial, WireError
     let mut nonce = [0u8; 12];
     aws_lc_rs::rand::fill(&mut nonce)
         .map_err(|_| WireError::new(ErrorCode::Internal, "no random nonce"))?;
-    let sealed = seal_seed(data_key, &seed, &public_key, nonce);
+    let sealed = seal_seed(data_key, seed, &public_key, nonce);
     // What the host stores must open to this very key, or nothing is returned.
     let reopened = open_sealed_seed(data_key, &sealed, &public_key)?;
     if public_key_of(&reopened) != public_key {
@@ -93,11 +111,6 @@ async fn generate_one(context: &SigningContext) -> Result<KeyMaterial, WireError
             "a sealed seed did not reopen to its public key",
         ));
     }
-    info!(
-        public_key = %public_key,
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "key generated"
-    );
     Ok(KeyMaterial {
         public_key,
         format: KeyFormat::Envelope,
@@ -105,5 +118,5 @@ async fn generate_one(context: &SigningContext) -> Result<KeyMaterial, WireError
         ciphertext: generated.ciphertext_blob,
         sealed_seed: Some(sealed),
     })
-    // `seed`, `reopened` and the data key are wiped here.
+    // `reopened` and the data key are wiped here.
 }

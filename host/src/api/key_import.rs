@@ -1,6 +1,11 @@
-//! `POST /v1/keys` and `POST /v1/keys/verify`: importing an existing `kms-direct` key.
-//! It is stored pending, and becomes active only once the enclave has checked it
-//! (`crate::signing` verify_key).
+//! Importing existing keys. `POST /v1/keys` and `POST /v1/keys/verify`: a `kms-direct`
+//! key is stored pending, and becomes active only once the enclave has checked it
+//! (`crate::signing` verify_key). `POST /v1/keys/import/wallet-backend`:
+//! stellar/wallet-backend's channel keys, re-sealed inside the enclave.
+
+use std::time::Duration;
+
+use common::wire::messages::{MAX_IMPORTED_KEYS, Request, Response, WalletBackendKey};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
@@ -10,7 +15,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::extract::{ApiJson, Caller};
 use super::json::decode_base64_or;
-use super::keys::key_audit;
+use super::keys::{key_audit, store_sealed};
 use super::state::AppState;
 use crate::store::{
     KeyFormat, KeyRecord, KeyRole, KeyState, NewKey, PendingFor, StoreError, active_distribution,
@@ -141,4 +146,87 @@ async fn verified(
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a verified key vanished"))?;
     tracing::info!(public_key = %stored.public_key, "imported key verified and active");
     Ok((StatusCode::CREATED, axum::Json(stored)))
+}
+
+/// stellar/wallet-backend's channel keys: `POST /v1/keys/import/wallet-backend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalletBackendImport {
+    /// Base64 of the KMS `CiphertextBlob` of wallet-backend's
+    /// `CHANNEL_ACCOUNT_ENCRYPTION_PASSPHRASE` (context `purpose=wallet-backend-import`).
+    passphrase_ciphertext: String,
+    /// Rows of its `channel_accounts` table, 1 to 100.
+    channels: Vec<WalletBackendChannel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalletBackendChannel {
+    public_key: String,
+    /// As wallet-backend stores it: base64(nonce ‖ AES-128-GCM ciphertext ‖ tag).
+    encrypted_private_key: String,
+}
+
+/// The enclave opens each key with the passphrase (decrypted only inside it) and
+/// re-seals it in the `envelope` format; the keys are stored active (the accounts exist
+/// on the ledger already), all or none.
+pub async fn wallet_backend(
+    State(state): State<AppState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    ApiJson(request): ApiJson<WalletBackendImport>,
+) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
+    let count = request.channels.len();
+    if count == 0 || count > MAX_IMPORTED_KEYS {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("channels: 1 to {MAX_IMPORTED_KEYS} per request, not {count}"),
+        ));
+    }
+    let passphrase_ciphertext = decode_base64_or(
+        ErrorCode::BadRequest,
+        "passphrase_ciphertext",
+        &request.passphrase_ciphertext,
+    )?;
+    let channels = request
+        .channels
+        .into_iter()
+        .map(|channel| {
+            let field = format!("encrypted_private_key of {}", channel.public_key);
+            let encrypted = decode_base64_or(
+                ErrorCode::BadRequest,
+                &field,
+                channel.encrypted_private_key.trim(),
+            )?;
+            Ok(WalletBackendKey {
+                public_key: channel.public_key,
+                encrypted,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let request = Request::ImportWalletBackend {
+        passphrase_ciphertext,
+        channels,
+    };
+    let timeout = Duration::from_secs(30) + Duration::from_millis(200) * count as u32;
+    let answer = state
+        .enclave
+        .call_with_timeout(request, timeout)
+        .await
+        .map_err(|e| ApiError::from(e.to_wire()))?;
+    let keys = match answer {
+        Response::KeysImported { keys } if keys.len() == count => keys,
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the enclave answered an import of {count} keys with {other:?}"),
+            ));
+        }
+    };
+    let role_state = (KeyRole::Channel, KeyState::Active);
+    let summary = store_sealed(&state, caller.uid, role_state, keys, "key_imported").await?;
+    tracing::info!(count, uid = ?caller.uid, "wallet-backend channel keys imported");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "keys": summary })),
+    ))
 }

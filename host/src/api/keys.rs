@@ -15,7 +15,7 @@ use crate::store::blocking;
 use crate::store::{
     AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, NewKey, active_distribution,
 };
-use common::wire::messages::{MAX_GENERATED_KEYS, Request, Response};
+use common::wire::messages::{KeyMaterial, MAX_GENERATED_KEYS, Request, Response};
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +106,22 @@ pub async fn generate(
             ));
         }
     };
+    let summary =
+        store_sealed(&state, caller.uid, (role, key_state), keys, "key_generated").await?;
+    tracing::info!(count, role = role.as_str(), uid = ?caller.uid, "keys generated in the enclave");
+    Ok((StatusCode::CREATED, axum::Json(json!({ "keys": summary }))))
+}
+
+/// Stores keys the enclave sealed (`envelope` format) as `role` in `key_state`,
+/// durably and with one audit row each (`kind`), before the caller hears of them; their
+/// summaries for the answer.
+pub(super) async fn store_sealed(
+    state: &AppState,
+    caller_uid: Option<u32>,
+    (role, key_state): (KeyRole, KeyState),
+    keys: Vec<KeyMaterial>,
+    kind: &'static str,
+) -> Result<Vec<serde_json::Value>, ApiError> {
     let new_keys: Vec<NewKey> = keys
         .into_iter()
         .map(|key| NewKey {
@@ -136,13 +152,12 @@ pub async fn generate(
         // a key the caller hears of is never lost, and none is stored unrecorded.
         let audit: Vec<AuditEntry> = new_keys
             .iter()
-            .map(|key| key_audit(caller.uid, "key_generated", key))
+            .map(|key| key_audit(caller_uid, kind, key))
             .collect();
         store.insert_keys_audited(&new_keys, &audit)
     })
     .await?;
-    tracing::info!(count, role = role.as_str(), uid = ?caller.uid, "keys generated in the enclave");
-    Ok((StatusCode::CREATED, axum::Json(json!({ "keys": summary }))))
+    Ok(summary)
 }
 
 /// What may be generated: 1 to 100 keys, active (or pending channel keys).

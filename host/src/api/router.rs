@@ -23,6 +23,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/keys", get(keys::list).post(key_import::register))
         .route("/v1/keys/generate", post(keys::generate))
         .route("/v1/keys/verify", post(key_import::verify))
+        .route(
+            "/v1/keys/import/wallet-backend",
+            post(key_import::wallet_backend),
+        )
         .route("/v1/channels", get(channels::summary))
         .route("/v1/channels/acquire", post(channels::acquire))
         .route("/v1/channels/release", post(channels::release))

@@ -5,6 +5,7 @@
 
 pub mod channels;
 pub mod channels_ensure;
+pub mod import;
 pub mod keys;
 pub mod render_iam_policy;
 pub mod render_key_policy;
@@ -39,6 +40,14 @@ pub enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Import existing keys (calls a running host).
+    Import {
+        /// The host API socket.
+        #[arg(long, env = "SIGNER_HOST_SOCKET", default_value = DEFAULT_API_SOCKET)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        command: import::ImportCommand,
+    },
     /// The channel-account pool (calls a running host).
     Channels {
         /// The host API socket.
@@ -58,6 +67,7 @@ impl Command {
             Command::RenderIamPolicy(args) => render_iam_policy::run(&args),
             Command::Keys { socket, command } => keys::run(&socket, command).await,
             Command::Channels { socket, command } => channels::run(&socket, command).await,
+            Command::Import { socket, command } => import::run(&socket, command).await,
         }
     }
 }
