@@ -41,6 +41,12 @@ pub struct Settings {
     #[arg(long, env = "SIGNER_KMS_KEY_ARN")]
     pub kms_key_arn: Option<String>,
 
+    /// During a rotation of the KMS key only: the previous key, by full ARN, in the same
+    /// region. Keys still under it keep signing, and `RewrapKey` moves each to
+    /// --kms-key-arn (where every new seal goes). The build after the move drops it.
+    #[arg(long, env = "SIGNER_PREVIOUS_KMS_KEY_ARN")]
+    pub previous_kms_key_arn: Option<String>,
+
     /// AWS region of the KMS key (default: the key ARN's region; must equal it).
     #[arg(long, env = "SIGNER_KMS_REGION")]
     pub kms_region: Option<String>,

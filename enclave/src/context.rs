@@ -23,9 +23,12 @@ pub struct SigningContext {
     pub network_id: [u8; 32],
     /// KMS, reached over the host's relay with TLS ending here.
     pub kms: Arc<dyn Kms>,
-    /// The one KMS key this enclave uses (measured): named in every call, and required
-    /// in every answer.
+    /// The KMS key this enclave uses (measured): named in every call, required in
+    /// every answer, and the one every new seal goes under.
     pub kms_key_arn: KmsKeyArn,
+    /// During a rotation only (measured): the previous key, still read for keys sealed
+    /// under it until they are rewrapped. Never sealed under.
+    pub previous_kms_key_arn: Option<KmsKeyArn>,
     /// The RSA recipient key and the attestation document binding it.
     pub attestor: Arc<Attestor>,
     /// Opt-in: decrypted seeds kept for a bounded time and number of uses.
@@ -59,6 +62,7 @@ impl SigningContext {
             network_passphrase,
             kms,
             kms_key_arn,
+            previous_kms_key_arn: None,
             attestor,
             cache: None,
             policy,
@@ -66,6 +70,14 @@ impl SigningContext {
             kms_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_KMS_CALLS),
             generation: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The measured KMS key a stored key names, if it names one: the current key, or
+    /// during a rotation the previous one.
+    pub fn measured_kms_key(&self, kms_key_id: &str) -> Option<&KmsKeyArn> {
+        std::iter::once(&self.kms_key_arn)
+            .chain(self.previous_kms_key_arn.as_ref())
+            .find(|arn| arn.as_str() == kms_key_id)
     }
 
     /// A turn at KMS: a slot of the bounded KMS calls (waited for, in order) and the

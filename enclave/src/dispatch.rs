@@ -65,6 +65,7 @@ impl Dispatcher {
                 ops::generate::generate_keys(self.context()?, count).await
             }
             Request::VerifyKey { key } => ops::verify_key::verify_key(self.context()?, &key).await,
+            Request::RewrapKey { key } => ops::rewrap::rewrap_key(self.context()?, &key).await,
             Request::ImportWalletBackend {
                 passphrase_ciphertext,
                 channels,

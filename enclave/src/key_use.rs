@@ -10,7 +10,7 @@ use common::wire::{ErrorCode, WireError};
 use tracing::{info, warn};
 
 use crate::context::SigningContext;
-use crate::keys::{kms_context, open_sealed_seed, seed_from_kms_direct, sign_checked};
+use crate::keys::{Seed, kms_context, open_sealed_seed, seed_from_kms_direct, sign_checked};
 
 /// A `G...` strkey as raw bytes, or `bad_request`.
 fn parse_public_key(public_key: &str) -> Result<[u8; 32], WireError> {
@@ -35,19 +35,21 @@ pub fn check_key_material(
     Ok(raw)
 }
 
-/// `key` is stored under the measured KMS key (a string comparison, cheap enough to
-/// repeat on the signing path).
-fn check_kms_key(context: &SigningContext, key: &KeyMaterial) -> Result<(), WireError> {
-    if key.kms_key_id != context.kms_key_arn.as_str() {
-        return Err(WireError::new(
+/// The measured KMS key `key` is stored under (a string comparison, cheap enough to
+/// repeat on the signing path): the current key, or during a rotation the previous one.
+fn check_kms_key<'c>(
+    context: &'c SigningContext,
+    key: &KeyMaterial,
+) -> Result<&'c common::kms_key::KmsKeyArn, WireError> {
+    context.measured_kms_key(&key.kms_key_id).ok_or_else(|| {
+        WireError::new(
             ErrorCode::KmsKeyMismatch,
             format!(
                 "{} is stored under KMS key {:?}; this enclave uses only its measured key {}",
                 key.public_key, key.kms_key_id, context.kms_key_arn
             ),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Decrypts `key`, checks it against its public key (docs/design.md §2 invariant 4),
@@ -75,8 +77,7 @@ async fn decrypt_and_sign(
     key: &KeyMaterial,
     hash: &[u8; 32],
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
-    // The callers check every signer before any KMS call; the KMS key is checked again
-    // here so no future caller can skip it (the public key is checked after decryption).
+    // Checked before the cache too: a record naming another KMS key never signs.
     check_kms_key(context, key)?;
     if let Some(seed) = context
         .cache
@@ -85,9 +86,24 @@ async fn decrypt_and_sign(
     {
         return Ok(sign_checked(&seed, &key.public_key, hash)?);
     }
+    let seed = open_key(context, key).await?;
+    let signed = sign_checked(&seed, &key.public_key, hash)?;
+    // Only a seed proven to match its public key is ever cached.
+    if let Some(cache) = &context.cache {
+        cache.put(&key.public_key, &key.ciphertext, &seed);
+    }
+    Ok(signed)
+}
+
+/// Decrypts `key` through KMS (attested, for the measured key its record names) and
+/// returns its seed, not yet checked against its public key: callers check it (signing
+/// does, and rewrapping signs nothing until it has).
+pub async fn open_key(context: &SigningContext, key: &KeyMaterial) -> Result<Seed, WireError> {
+    // The callers check every signer before any KMS call; the KMS key is checked again
+    // here so no future caller can skip it (the public key is checked after decryption).
+    let measured_key = check_kms_key(context, key)?.as_str();
     let (_slot, identity) = context.kms_turn().await?;
     let encryption_context = kms_context(key.format, &key.public_key);
-    let measured_key = context.kms_key_arn.as_str();
     let answer = context
         .kms
         .decrypt_for_recipient(
@@ -111,12 +127,5 @@ async fn decrypt_and_sign(
             open_sealed_seed(&plaintext, sealed, &key.public_key)?
         }
     };
-    drop(plaintext);
-    let signed = sign_checked(&seed, &key.public_key, hash)?;
-    // Only a seed proven to match its public key is ever cached.
-    if let Some(cache) = &context.cache {
-        cache.put(&key.public_key, &key.ciphertext, &seed);
-    }
-    Ok(signed)
-    // `seed` (Zeroizing) is wiped here.
+    Ok(seed)
 }

@@ -147,7 +147,8 @@ pub fn signing_context(
         budget.max_sponsored_accounts,
         Duration::from_secs(budget.budget_window_secs.max(1)),
     );
-    info!(kms_key_arn = %key_arn, "the one KMS key this enclave uses");
+    let previous = previous_kms_key(settings, &key_arn)?;
+    info!(kms_key_arn = %key_arn, previous_kms_key_arn = ?previous.as_ref().map(ToString::to_string), "the KMS key this enclave uses (and, rotating, the previous one it still reads)");
     let mut context = SigningContext::new(
         network.clone(),
         Arc::new(kms),
@@ -156,12 +157,37 @@ pub fn signing_context(
         policy,
         limits,
     );
+    context.previous_kms_key_arn = previous;
     context.cache = key_cache(settings, shutdown);
     Ok(Some(context))
 }
 
 /// The KMS region: the key ARN's, which `--kms-region` may repeat but not contradict
 /// (calls to another region's endpoint could never use the measured key).
+/// The previous KMS key of a rotation build: another key, in the same region (one KMS
+/// client serves both).
+fn previous_kms_key(settings: &Settings, key_arn: &KmsKeyArn) -> anyhow::Result<Option<KmsKeyArn>> {
+    let Some(previous) = settings
+        .previous_kms_key_arn
+        .as_deref()
+        .map(str::trim)
+        // Empty means unset: the image build passes every setting, set or not.
+        .filter(|arn| !arn.is_empty())
+    else {
+        return Ok(None);
+    };
+    let previous: KmsKeyArn = previous.parse()?;
+    if previous == *key_arn {
+        bail!("--previous-kms-key-arn is --kms-key-arn itself; drop it once the rotation is done");
+    }
+    if previous.region() != key_arn.region() {
+        bail!(
+            "--previous-kms-key-arn {previous} is in another region than --kms-key-arn {key_arn}"
+        );
+    }
+    Ok(Some(previous))
+}
+
 fn kms_region(configured: Option<&str>, key_arn: &KmsKeyArn) -> anyhow::Result<String> {
     match configured
         .map(str::trim)

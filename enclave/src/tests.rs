@@ -1278,3 +1278,64 @@ async fn wallet_backend_keys_are_opened_with_the_kms_held_passphrase_and_reseale
     let refusal = refused(import(channels, b"passphrase as a key".to_vec()).await);
     assert_eq!(refusal.code, ErrorCode::KmsInvalidCiphertext, "{refusal:?}");
 }
+
+const PREVIOUS_KEY_ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/previous";
+
+#[tokio::test]
+async fn a_rotation_build_reads_both_keys_and_rewraps_to_the_current_one_only() {
+    let kms = Arc::new(FakeKms::default());
+    let mut rotating = context(kms.clone());
+    rotating.previous_kms_key_arn = Some(PREVIOUS_KEY_ARN.parse().unwrap());
+    let enclave = Enclave::over(kms.clone(), rotating);
+    let mut old = kms_direct(&kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    old.kms_key_id = PREVIOUS_KEY_ARN.into();
+    let now = common::now_unix_secs();
+
+    // Keys under the previous key still sign, named as that key to KMS.
+    let signed = sign(&enclave, channel_payment(now), vec![old.clone()]).await;
+    assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
+    assert_eq!(*kms.requested_key_ids.lock().unwrap(), [PREVIOUS_KEY_ARN]);
+
+    let rewrap = |key: KeyMaterial| enclave.dispatcher.handle(Request::RewrapKey { key });
+    let Ok(Response::KeyRewrapped { key: new }) = rewrap(old.clone()).await else {
+        panic!("a key under the previous KMS key rewraps");
+    };
+    assert_eq!(
+        (new.public_key.as_str(), new.format, new.kms_key_id.as_str()),
+        (old.public_key.as_str(), KeyFormat::Envelope, KEY_ARN)
+    );
+    kms.requested_key_ids.lock().unwrap().clear();
+    let signed = sign(&enclave, channel_payment(now), vec![new.clone()]).await;
+    assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
+    assert_eq!(*kms.requested_key_ids.lock().unwrap(), [KEY_ARN]);
+    let refusal = refused(rewrap(new.clone()).await);
+    assert_eq!(
+        refusal.code,
+        ErrorCode::BadRequest,
+        "already under the current key"
+    );
+
+    // A record under any other key is refused before KMS, rewrap or not.
+    let calls = kms.calls();
+    let mut foreign = old.clone();
+    foreign.kms_key_id = "arn:aws:kms:us-east-1:444455556666:key/attacker".into();
+    assert_eq!(
+        refused(rewrap(foreign).await).code,
+        ErrorCode::KmsKeyMismatch
+    );
+    // A seed that is not the key's own is never resealed.
+    let mut swapped = kms_direct(&kms, &SECOND_CHANNEL_SEED, &OTHER_SEED);
+    swapped.kms_key_id = PREVIOUS_KEY_ARN.into();
+    assert_eq!(
+        refused(rewrap(swapped).await).code,
+        ErrorCode::PublicKeyMismatch
+    );
+    assert_eq!(kms.calls(), calls + 1, "one decryption, no seal");
+
+    // The build after the move names only the current key: old records are refused.
+    let after = Enclave::over(kms.clone(), context(kms.clone()));
+    let refusal = refused(sign(&after, channel_payment(now), vec![old]).await);
+    assert_eq!(refusal.code, ErrorCode::KmsKeyMismatch, "{refusal:?}");
+    let signed = sign(&after, channel_payment(now), vec![new]).await;
+    assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
+}

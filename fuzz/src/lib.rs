@@ -356,7 +356,7 @@ fn assert_kms_was_due(request: &Request) {
                 channels.len()
             );
         }
-        Request::VerifyKey { key } => {
+        Request::VerifyKey { key } | Request::RewrapKey { key } => {
             assert!(
                 stellar_strkey::ed25519::PublicKey::from_string(&key.public_key).is_ok(),
                 "KMS called to verify a malformed public key"

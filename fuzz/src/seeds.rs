@@ -112,6 +112,12 @@ pub fn requests() -> Vec<Vec<u8>> {
         },
         &DISTRIBUTION_SEED,
     );
+    push(
+        &Request::RewrapKey {
+            key: key(&DISTRIBUTION_SEED),
+        },
+        &DISTRIBUTION_SEED,
+    );
     requests
 }
 

@@ -155,6 +155,12 @@ pub enum Request {
         /// The key, as stored.
         key: KeyMaterial,
     },
+    /// During a rotation of the KMS key: re-seal `key` (under the previous key, or in
+    /// the `kms-direct` format) in the `envelope` format under the current key.
+    RewrapKey {
+        /// The key, as stored.
+        key: KeyMaterial,
+    },
     /// Import stellar/wallet-backend channel keys (1 to [`MAX_IMPORTED_KEYS`]): the
     /// enclave decrypts the operator's passphrase through KMS (encryption context
     /// [`WALLET_BACKEND_PASSPHRASE_CONTEXT`]), opens each channel key with it, checks it
@@ -226,6 +232,11 @@ pub enum Response {
     KeysImported {
         /// One per imported key.
         keys: Vec<KeyMaterial>,
+    },
+    /// The answer to [`Request::RewrapKey`]: the key's new record.
+    KeyRewrapped {
+        /// Sealed under the current KMS key.
+        key: KeyMaterial,
     },
     /// The answer to [`Request::VerifyKey`]: the key-check signature.
     KeyVerified {

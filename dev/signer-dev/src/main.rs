@@ -48,6 +48,13 @@ enum Command {
         /// given to both the enclave's signing policy and the host's pre-check.
         #[arg(long, value_delimiter = ',')]
         soroban_contract: Vec<String>,
+        /// The mock KMS key (alias) the enclave uses; created on first use.
+        #[arg(long, default_value = "alias/signer-dev")]
+        kms_key_alias: String,
+        /// A rotation build: the previous mock KMS key (alias), still read until every
+        /// key is rewrapped (`signer-host keys rewrap`).
+        #[arg(long)]
+        previous_kms_key_alias: Option<String>,
     },
     /// A Stellar RPC stand-in on loopback (JSON-RPC 2.0, the published shapes) over a
     /// small ledger, for tests and for trying `signer-host channels ensure` locally.
@@ -111,8 +118,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             enclave_pcrs,
             no_host_policy_precheck,
             soroban_contract,
+            kms_key_alias,
+            previous_kms_key_alias,
         } => {
             let options = up::DevOptions {
+                kms_key_alias,
+                previous_kms_key_alias,
                 dir,
                 bin_dir,
                 enclave_pcrs,

@@ -60,6 +60,10 @@ pub struct DevOptions {
     pub no_host_policy_precheck: bool,
     /// Contracts (C...) the distribution account may authorize Soroban calls to.
     pub soroban_contracts: Vec<String>,
+    /// The mock KMS key the enclave uses, by alias.
+    pub kms_key_alias: String,
+    /// A rotation build: the previous mock KMS key, by alias.
+    pub previous_kms_key_alias: Option<String>,
 }
 
 /// The shipped key-policy template, rendered for the development PCRs and the mock
@@ -74,6 +78,21 @@ pub fn dev_policy(key_arn: &str) -> anyhow::Result<String> {
         DEV_ROLE,
         &[build],
     )?)
+}
+
+/// The development policy for every key in `key_arns` (the mock KMS applies one policy
+/// to all its keys): the enclave's statement names them all as its resource.
+fn dev_policy_for(key_arns: &[&str]) -> anyhow::Result<String> {
+    let first = key_arns.first().context("no KMS key")?;
+    let mut policy: serde_json::Value = serde_json::from_str(&dev_policy(first)?)?;
+    if let Some(statements) = policy["Statement"].as_array_mut() {
+        for statement in statements {
+            if statement["Resource"] == *first {
+                statement["Resource"] = serde_json::json!(key_arns);
+            }
+        }
+    }
+    Ok(serde_json::to_string_pretty(&policy)?)
 }
 
 fn binary(options: &DevOptions, name: &str) -> anyhow::Result<PathBuf> {
@@ -196,6 +215,8 @@ struct EnclaveSetup<'a> {
     distribution: &'a str,
     /// The mock KMS key the development keys are under: the enclave's measured key.
     kms_key_arn: &'a str,
+    /// A rotation build: the previous mock KMS key.
+    previous_kms_key_arn: Option<&'a str>,
 }
 
 /// Stops the running enclave (the last child started) and starts it again measuring
@@ -253,6 +274,12 @@ async fn start_enclave(
         .arg("--distribution-account")
         .arg(setup.distribution)
         .args(
+            setup
+                .previous_kms_key_arn
+                .iter()
+                .flat_map(|arn| ["--previous-kms-key-arn", arn]),
+        )
+        .args(
             options
                 .soroban_contracts
                 .iter()
@@ -300,8 +327,15 @@ async fn run_stack(
     let host_socket = dir.join("host.sock");
 
     // The KMS key first: the policy names it.
-    let kms_key_arn = dev_kms_key(&kms_bin, &kms_state).await?;
-    std::fs::write(&policy, dev_policy(&kms_key_arn)?)
+    let kms_key_arn = dev_kms_key(&kms_bin, &kms_state, &options.kms_key_alias).await?;
+    let previous_kms_key_arn = match &options.previous_kms_key_alias {
+        Some(alias) => Some(dev_kms_key(&kms_bin, &kms_state, alias).await?),
+        None => None,
+    };
+    let keys: Vec<&str> = std::iter::once(kms_key_arn.as_str())
+        .chain(previous_kms_key_arn.as_deref())
+        .collect();
+    std::fs::write(&policy, dev_policy_for(&keys)?)
         .with_context(|| format!("writing {}", policy.display()))?;
 
     let kms_url = start_mock_kms(&kms_bin, &kms_state, &policy, &nsm_ca, &kms_ca, children).await?;
@@ -321,6 +355,7 @@ async fn run_stack(
         nsm_ca: &nsm_ca,
         distribution: &distribution,
         kms_key_arn: &kms_key_arn,
+        previous_kms_key_arn: previous_kms_key_arn.as_deref(),
     };
     start_enclave(options, &enclave_bin, &enclave, dir, children).await?;
 
@@ -365,11 +400,13 @@ async fn run_stack(
 }
 
 /// The development KMS key (created on the first run), by ARN.
-async fn dev_kms_key(kms_bin: &Path, kms_state: &Path) -> anyhow::Result<String> {
+async fn dev_kms_key(kms_bin: &Path, kms_state: &Path, alias: &str) -> anyhow::Result<String> {
     let output = Command::new(kms_bin)
         .arg("--state")
         .arg(kms_state)
         .arg("--create-dev-key")
+        .arg("--alias")
+        .arg(alias)
         .stdin(Stdio::null())
         .output()
         .await

@@ -7,6 +7,7 @@
 pub mod credentials;
 pub mod generate;
 pub mod import;
+pub mod rewrap;
 pub mod sign;
 pub mod soroban;
 pub mod verify_key;

@@ -10,6 +10,7 @@ mod fee_bump;
 mod health;
 mod json;
 mod key_import;
+mod key_lifecycle;
 mod keys;
 mod provisioning;
 mod router;

@@ -9,7 +9,9 @@ use common::wire::ErrorCode;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::{channels, fee_bump, health, key_import, keys, provisioning, sign, soroban};
+use super::{
+    channels, fee_bump, health, key_import, key_lifecycle, keys, provisioning, sign, soroban,
+};
 
 /// The API with its error fallbacks and body limit.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -23,6 +25,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/keys", get(keys::list).post(key_import::register))
         .route("/v1/keys/generate", post(keys::generate))
         .route("/v1/keys/verify", post(key_import::verify))
+        .route("/v1/keys/rewrap", post(key_lifecycle::rewrap))
+        .route("/v1/keys/retire", post(key_lifecycle::retire))
         .route(
             "/v1/keys/import/wallet-backend",
             post(key_import::wallet_backend),

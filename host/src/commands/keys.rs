@@ -2,9 +2,12 @@
 
 use std::path::Path;
 
+use std::io::IsTerminal;
+
 use hyper::Method;
 
 use super::call;
+use crate::api_client::request_once;
 
 #[derive(Debug, clap::Subcommand)]
 /// What to do with stored keys.
@@ -33,6 +36,20 @@ pub enum KeysCommand {
     ///
     /// Example: `signer-host keys verify GABC...`
     Verify { public_key: String },
+    /// Move every key not yet under KMS key ARN to it (a rotation), one at a time,
+    /// while signing goes on: the enclave must be the rotation build, naming ARN as its
+    /// KMS key and the old key as the previous one.
+    ///
+    /// Example: `signer-host keys rewrap --to-kms-key arn:aws:kms:eu-west-1:111122223333:key/...`
+    Rewrap {
+        #[arg(long)]
+        to_kms_key: String,
+    },
+    /// Retire a key: it never signs again, and a channel leaves the pool at once. (To
+    /// shrink the pool and merge the accounts, use `channels ensure` instead.)
+    ///
+    /// Example: `signer-host keys retire GABC...`
+    Retire { public_key: String },
 }
 
 /// Runs one keys subcommand against the host at `socket`.
@@ -45,6 +62,11 @@ pub async fn run(socket: &Path, command: KeysCommand) -> anyhow::Result<()> {
             };
             call(socket, Method::GET, &path, None).await
         }
+        KeysCommand::Rewrap { to_kms_key } => rewrap_all(socket, &to_kms_key).await,
+        KeysCommand::Retire { public_key } => {
+            let body = serde_json::json!({ "public_key": public_key });
+            call(socket, Method::POST, "/v1/keys/retire", Some(body)).await
+        }
         KeysCommand::Verify { public_key } => {
             let body = serde_json::json!({ "public_key": public_key });
             call(socket, Method::POST, "/v1/keys/verify", Some(body)).await
@@ -54,4 +76,44 @@ pub async fn run(socket: &Path, command: KeysCommand) -> anyhow::Result<()> {
             call(socket, Method::POST, "/v1/keys/generate", Some(body)).await
         }
     }
+}
+
+/// Rewraps every stored key (not retired) that is not yet sealed under `to_kms_key`.
+async fn rewrap_all(socket: &Path, to_kms_key: &str) -> anyhow::Result<()> {
+    let (status, listing) = request_once(socket, Method::GET, "/v1/keys", None).await?;
+    anyhow::ensure!(status.is_success(), "listing keys: {status} {listing}");
+    let keys: Vec<String> = listing["keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|k| k["state"] != "retired")
+        .filter(|k| k["kms_key_id"] != to_kms_key || k["format"] != "envelope")
+        .filter_map(|k| k["public_key"].as_str().map(str::to_string))
+        .collect();
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(keys.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for public_key in &keys {
+        let body = serde_json::json!({ "public_key": public_key, "to_kms_key": to_kms_key });
+        let (status, answer) =
+            request_once(socket, Method::POST, "/v1/keys/rewrap", Some(&body)).await?;
+        if !status.is_success() {
+            bar.abandon();
+            anyhow::bail!(
+                "{public_key}: {} ({status}): {}; the keys before it are rewrapped, re-run to go on",
+                answer["error"]["code"].as_str().unwrap_or("unknown"),
+                answer["error"]["message"].as_str().unwrap_or("")
+            );
+        }
+        if bar.is_hidden() {
+            eprintln!("rewrapped {public_key}");
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    eprintln!("{} keys rewrapped under {to_kms_key}", keys.len());
+    Ok(())
 }

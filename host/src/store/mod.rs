@@ -36,6 +36,15 @@ pub trait KeyStore: Send + Sync {
         provisioning: &Provisioning,
         audit: &[AuditEntry],
     ) -> Result<(), StoreError>;
+    /// Swaps a key's seal (a rewrap under another KMS key) for `replacement`'s, if its
+    /// KMS ciphertext is still `expected_ciphertext`, with the audit rows, durably, in
+    /// one transaction: a signature in flight reads the old record or the new one.
+    fn replace_key_seal(
+        &self,
+        replacement: &NewKey,
+        expected_ciphertext: &[u8],
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError>;
     /// Records why a pending key is still pending, with the audit rows, durably.
     fn set_pending_reason(
         &self,

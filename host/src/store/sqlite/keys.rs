@@ -171,6 +171,41 @@ impl KeyStore for SqliteStore {
         })
     }
 
+    fn replace_key_seal(
+        &self,
+        replacement: &NewKey,
+        expected_ciphertext: &[u8],
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        validate(replacement)?;
+        self.write_durably(|tx, now| {
+            let updated = tx.execute(
+                "UPDATE keys SET format = ?2, kms_key_id = ?3, kms_ciphertext = ?4, \
+                 sealed_seed = ?5, updated_at_ms = ?6 \
+                 WHERE public_key = ?1 AND kms_ciphertext = ?7 AND state != 'retired'",
+                params![
+                    replacement.public_key,
+                    replacement.format.as_str(),
+                    replacement.kms_key_id,
+                    replacement.kms_ciphertext,
+                    replacement.sealed_seed,
+                    now,
+                    expected_ciphertext
+                ],
+            )?;
+            if updated == 0 {
+                return Err(StoreError::InvalidKey(format!(
+                    "{} changed (or was retired) while it was rewrapped; run the rewrap again",
+                    replacement.public_key
+                )));
+            }
+            for entry in audit {
+                super::audit::insert_audit(tx, now, entry)?;
+            }
+            Ok(())
+        })
+    }
+
     fn set_pending_reason(
         &self,
         public_key: &str,

@@ -262,6 +262,67 @@ fn withdrawal_takes_only_idle_accounts_and_records_why() {
 }
 
 #[test]
+fn a_rewrap_swaps_the_seal_only_if_the_record_is_unchanged() {
+    let f = Fixture::new(2);
+    let old = f.store.key(&test_account(0)).unwrap().unwrap();
+    let replacement = NewKey {
+        format: KeyFormat::Envelope,
+        kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/next".into(),
+        kms_ciphertext: vec![9; 40],
+        sealed_seed: Some(vec![7; 60]),
+        pending_for: None,
+        ..channel(0)
+    };
+    // Someone else changed the record first: nothing is swapped.
+    assert!(matches!(
+        f.store
+            .replace_key_seal(&replacement, b"another ciphertext", &[]),
+        Err(StoreError::InvalidKey(_))
+    ));
+    assert_eq!(f.store.key(&test_account(0)).unwrap().unwrap(), old);
+    f.store
+        .replace_key_seal(&replacement, &old.kms_ciphertext, &[])
+        .unwrap();
+    let new = f.store.key(&test_account(0)).unwrap().unwrap();
+    assert_eq!(
+        (
+            new.format,
+            new.kms_key_id.as_str(),
+            &new.kms_ciphertext,
+            &new.sealed_seed
+        ),
+        (
+            KeyFormat::Envelope,
+            replacement.kms_key_id.as_str(),
+            &replacement.kms_ciphertext,
+            &replacement.sealed_seed
+        )
+    );
+    assert_eq!((new.role, new.state), (old.role, old.state));
+    assert_eq!(
+        f.store.summary(false).unwrap().total,
+        2,
+        "still in the pool"
+    );
+    // A retired key is never given a new seal.
+    f.store
+        .set_key_state(&test_account(1), KeyState::Retired, &[])
+        .unwrap();
+    let retired = f.store.key(&test_account(1)).unwrap().unwrap();
+    let replacement = NewKey {
+        kms_ciphertext: vec![8; 40],
+        sealed_seed: Some(vec![7; 60]),
+        format: KeyFormat::Envelope,
+        ..channel(1)
+    };
+    assert!(
+        f.store
+            .replace_key_seal(&replacement, &retired.kms_ciphertext, &[])
+            .is_err()
+    );
+}
+
+#[test]
 fn empty_pool_and_exhausted_pool_are_different_errors() {
     let empty = Fixture::new(0);
     let error = empty.store.acquire(None).unwrap_err();
