@@ -1339,3 +1339,76 @@ async fn a_rotation_build_reads_both_keys_and_rewraps_to_the_current_one_only() 
     let signed = sign(&after, channel_payment(now), vec![new]).await;
     assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
 }
+
+/// Every answer of the key-management operations as the host receives it on the wire
+/// (the encoded frames), refusals included: no seed, data key, passphrase or `S...`
+/// strkey appears in any of them.
+#[tokio::test]
+async fn the_wire_from_key_management_carries_no_secret() {
+    let vectors = wallet_backend_vectors();
+    let kms = Arc::new(FakeKms::default());
+    let mut rotating = context(kms.clone());
+    rotating.previous_kms_key_arn = Some(PREVIOUS_KEY_ARN.parse().unwrap());
+    let enclave = Enclave::over(kms.clone(), rotating);
+    let passphrase = vectors["passphrase"].as_str().unwrap();
+    kms.store_with(
+        b"passphrase ciphertext",
+        &[common::wire::messages::WALLET_BACKEND_PASSPHRASE_CONTEXT],
+        passphrase.as_bytes(),
+    );
+    let mut old = kms_direct(&kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    old.kms_key_id = PREVIOUS_KEY_ARN.into();
+    let channels: Vec<_> = vectors["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(wallet_backend_key)
+        .collect();
+    let mut bad = channels.clone();
+    bad.push(wallet_backend_key(&vectors["refused"][0]));
+    let requests = [
+        Request::GenerateKeys { count: 3 },
+        Request::ImportWalletBackend {
+            passphrase_ciphertext: b"passphrase ciphertext".to_vec(),
+            channels,
+        },
+        Request::ImportWalletBackend {
+            passphrase_ciphertext: b"passphrase ciphertext".to_vec(),
+            channels: bad,
+        },
+        Request::RewrapKey { key: old.clone() },
+        Request::VerifyKey { key: old },
+    ];
+    let mut wire = Vec::new();
+    for (id, request) in (0u64..).zip(requests) {
+        let response = enclave.dispatcher.handle(request).await;
+        let message = common::wire::messages::EnclaveMessage::Response { id, response };
+        wire.extend_from_slice(&common::wire::frame::encode_message(&message).unwrap());
+    }
+    // Every secret there is: what the fake KMS holds (seeds, data keys, the
+    // passphrase), the seeds inside the seals, and the wallet-backend secrets.
+    let mut secrets: Vec<Vec<u8>> = vec![passphrase.as_bytes().to_vec(), CHANNEL_SEED.to_vec()];
+    for entry in kms.entries.lock().unwrap().values() {
+        secrets.push(entry.plaintext.clone());
+    }
+    for vector in vectors["channels"].as_array().unwrap() {
+        let secret = vector["secret"].as_str().unwrap();
+        secrets.push(secret.as_bytes().to_vec());
+        secrets.push(
+            stellar_strkey::ed25519::PrivateKey::from_string(secret)
+                .unwrap()
+                .0
+                .to_vec(),
+        );
+    }
+    assert!(secrets.len() > 10, "{} secrets", secrets.len());
+    for secret in &secrets {
+        assert!(
+            !wire
+                .windows(secret.len())
+                .any(|window| window == secret.as_slice()),
+            "a secret of {} bytes crossed the wire",
+            secret.len()
+        );
+    }
+}
