@@ -162,8 +162,6 @@ pub fn signing_context(
     Ok(Some(context))
 }
 
-/// The KMS region: the key ARN's, which `--kms-region` may repeat but not contradict
-/// (calls to another region's endpoint could never use the measured key).
 /// The previous KMS key of a rotation build: another key, in the same region (one KMS
 /// client serves both).
 fn previous_kms_key(settings: &Settings, key_arn: &KmsKeyArn) -> anyhow::Result<Option<KmsKeyArn>> {
@@ -188,6 +186,8 @@ fn previous_kms_key(settings: &Settings, key_arn: &KmsKeyArn) -> anyhow::Result<
     Ok(Some(previous))
 }
 
+/// The KMS region: the key ARN's, which `--kms-region` may repeat but not contradict
+/// (calls to another region's endpoint could never use the measured key).
 fn kms_region(configured: Option<&str>, key_arn: &KmsKeyArn) -> anyhow::Result<String> {
     match configured
         .map(str::trim)
