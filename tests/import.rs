@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use harness::stellar::{USER, b64, op, transaction};
-use harness::{Dev, assert_no_secret_in, host_bin};
+use harness::{Dev, assert_no_secret_in, host_bin, output_text};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use stellar_xdr::{Asset, MuxedAccount, OperationBody, PaymentOp, Uint256};
@@ -67,14 +67,6 @@ fn import(dev: &Dev, rows: &[&Value], passphrase_b64: &str) -> Output {
         .unwrap()
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[tokio::test]
 async fn wallet_backend_channel_keys_are_resealed_in_the_enclave_and_sign() {
     let vectors = vectors();
@@ -91,24 +83,24 @@ async fn wallet_backend_channel_keys_are_resealed_in_the_enclave_and_sign() {
         let run = import(&dev, &rows, &ciphertext);
         assert!(!run.status.success());
         assert!(
-            text(&run).contains(refused["code"].as_str().unwrap()),
+            output_text(&run).contains(refused["code"].as_str().unwrap()),
             "{}: {}",
             refused["why"],
-            text(&run)
+            output_text(&run)
         );
     }
     // A passphrase encrypted under another context is refused by KMS.
     let wrong_context = kms_encrypt(&dev, passphrase, ("pubkey", &distribution));
     let run = import(&dev, &channels, &wrong_context);
     assert!(
-        text(&run).contains("kms_invalid_ciphertext"),
+        output_text(&run).contains("kms_invalid_ciphertext"),
         "{}",
-        text(&run)
+        output_text(&run)
     );
     assert_eq!(dev.keys("channel").await.len(), 8, "nothing was stored");
 
     let run = import(&dev, &channels, &ciphertext);
-    assert!(run.status.success(), "{}", text(&run));
+    assert!(run.status.success(), "{}", output_text(&run));
     let (_, keys) = dev.call(Method::GET, "/v1/keys?role=channel", None).await;
     for vector in &channels {
         let key = keys["keys"]

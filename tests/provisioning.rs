@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::stellar::envelope::{decode_envelope, signatures};
 use harness::stub_rpc::StubRpc;
-use harness::{Dev, host_bin};
+use harness::{Dev, host_bin, output_text};
 use hyper::Method;
 use serde_json::{Value, json};
 use stellar_xdr::{OperationBody, Preconditions, TransactionEnvelope};
@@ -41,14 +41,6 @@ fn ensure(dev: &Dev, count: usize, args: &[&str]) -> Output {
     ensure_command(dev, count, args).output().unwrap()
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// Channel keys: (active, pending).
 async fn channel_keys(dev: &Dev) -> (Vec<Value>, Vec<Value>) {
     let (_, body) = dev.call(Method::GET, "/v1/keys?role=channel", None).await;
@@ -74,11 +66,11 @@ async fn ensure_creates_45_accounts_in_three_transactions_a_rerun_changes_nothin
     let stub = StubRpc::start(&funded, &["--ledger-ms", "100"]);
     let target = DEV_CHANNELS + 45;
     let run = ensure(&dev, target, &["--rpc-url", &stub.url]);
-    assert!(run.status.success(), "{}", text(&run));
+    assert!(run.status.success(), "{}", output_text(&run));
     assert!(
-        text(&run).contains("(45 activated, 0 retired in this run)"),
+        output_text(&run).contains("(45 activated, 0 retired in this run)"),
         "{}",
-        text(&run)
+        output_text(&run)
     );
 
     let ledger = stub.ledger();
@@ -127,11 +119,11 @@ async fn ensure_creates_45_accounts_in_three_transactions_a_rerun_changes_nothin
     assert_eq!(provisioning_rows, 3 + 45);
 
     let again = ensure(&dev, target, &["--rpc-url", &stub.url]);
-    assert!(again.status.success(), "{}", text(&again));
+    assert!(again.status.success(), "{}", output_text(&again));
     assert!(
-        text(&again).contains("(0 activated, 0 retired in this run)"),
+        output_text(&again).contains("(0 activated, 0 retired in this run)"),
         "{}",
-        text(&again)
+        output_text(&again)
     );
     assert_eq!(stub.ledger()["transactions"], 3, "a re-run submits nothing");
     assert_eq!(channel_keys(&dev).await.0.len(), target);
@@ -146,11 +138,11 @@ async fn shrinks_to_twenty(dev: &Dev, stub: &StubRpc) {
     let (_, lease) = dev.call(Method::POST, "/v1/channels/acquire", None).await;
     let held = lease["account"].as_str().unwrap().to_string();
     let shrink = ensure(dev, 20, &["--rpc-url", &stub.url]);
-    assert!(shrink.status.success(), "{}", text(&shrink));
+    assert!(shrink.status.success(), "{}", output_text(&shrink));
     assert!(
-        text(&shrink).contains("(0 activated, 33 retired in this run)"),
+        output_text(&shrink).contains("(0 activated, 33 retired in this run)"),
         "{}",
-        text(&shrink)
+        output_text(&shrink)
     );
     let ledger = stub.ledger();
     assert_eq!(ledger["successful_transactions"], 5, "{ledger}");
@@ -238,7 +230,7 @@ async fn a_crash_after_submission_is_reconciled_against_the_ledger_without_dupli
 
     let started = std::time::Instant::now();
     let rerun = ensure(&dev, target, &window);
-    assert!(rerun.status.success(), "{}", text(&rerun));
+    assert!(rerun.status.success(), "{}", output_text(&rerun));
     let (active, pending) = channel_keys(&dev).await;
     assert!(pending.is_empty());
     assert_eq!(active.len(), target, "no key was generated twice");
@@ -273,13 +265,17 @@ async fn a_refused_transaction_is_rebuilt_only_after_its_max_time() {
     let window = ["--rpc-url", &stub.url, "--max-time-secs", "2"];
     let refused = ensure(&dev, target, &window);
     assert!(!refused.status.success());
-    assert!(text(&refused).contains("txBadSeq"), "{}", text(&refused));
+    assert!(
+        output_text(&refused).contains("txBadSeq"),
+        "{}",
+        output_text(&refused)
+    );
     let (_, pending) = channel_keys(&dev).await;
     assert_eq!(pending.len(), 5);
     let first_hash = pending[0]["provisioning"]["tx_hash"].clone();
 
     let rerun = ensure(&dev, target, &window);
-    assert!(rerun.status.success(), "{}", text(&rerun));
+    assert!(rerun.status.success(), "{}", output_text(&rerun));
     let (active, pending) = channel_keys(&dev).await;
     assert!(pending.is_empty());
     assert_eq!(
@@ -316,13 +312,21 @@ async fn an_unreachable_rpc_endpoint_fails_before_any_key_is_made() {
         &["--rpc-url", &url, "--rpc-timeout-secs", "5"],
     );
     assert!(!run.status.success());
-    assert!(text(&run).contains("unreachable"), "{}", text(&run));
+    assert!(
+        output_text(&run).contains("unreachable"),
+        "{}",
+        output_text(&run)
+    );
     let (active, pending) = channel_keys(&dev).await;
     assert_eq!((active.len(), pending.len()), (DEV_CHANNELS, 0));
 
     let neither = ensure(&dev, DEV_CHANNELS + 3, &[]);
     assert!(!neither.status.success());
-    assert!(text(&neither).contains("--sequence"), "{}", text(&neither));
+    assert!(
+        output_text(&neither).contains("--sequence"),
+        "{}",
+        output_text(&neither)
+    );
     dev.stop();
 }
 
@@ -341,7 +345,7 @@ async fn offline_ensure_prints_envelopes_that_activate_accepts_once_applied() {
         .unwrap()
         .to_string();
     let run = ensure(&dev, DEV_CHANNELS + 3, &["--sequence", &sequence]);
-    assert!(run.status.success(), "{}", text(&run));
+    assert!(run.status.success(), "{}", output_text(&run));
     let stdout = String::from_utf8(run.stdout).unwrap();
     let envelope = stdout.lines().next().unwrap();
     let decoded = decode_envelope(&B64.decode(envelope).unwrap()).unwrap();
@@ -390,7 +394,7 @@ async fn offline_ensure_prints_envelopes_that_activate_accepts_once_applied() {
         .args(&accounts)
         .output()
         .unwrap();
-    assert!(activate.status.success(), "{}", text(&activate));
+    assert!(activate.status.success(), "{}", output_text(&activate));
     let (active, pending) = channel_keys(&dev).await;
     assert!(pending.is_empty());
     assert_eq!(active.len(), DEV_CHANNELS + 3);

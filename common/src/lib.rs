@@ -54,6 +54,19 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// An error with its causes, `outer: inner: ...`, so "connection refused" is not hidden
+/// behind "client error".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix_secs() -> u64 {
     std::time::SystemTime::now()

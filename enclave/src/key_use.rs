@@ -77,14 +77,13 @@ async fn decrypt_and_sign(
     key: &KeyMaterial,
     hash: &[u8; 32],
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
-    // Checked before the cache too: a record naming another KMS key never signs.
-    check_kms_key(context, key)?;
-    if let Some(seed) = context
-        .cache
-        .as_ref()
-        .and_then(|cache| cache.take(&key.public_key, &key.ciphertext))
-    {
-        return Ok(sign_checked(&seed, &key.public_key, hash)?);
+    if let Some(cache) = &context.cache {
+        // `open_key` checks the KMS key; a cached seed is checked here, so a record
+        // naming another KMS key never signs either way.
+        check_kms_key(context, key)?;
+        if let Some(seed) = cache.take(&key.public_key, &key.ciphertext) {
+            return Ok(sign_checked(&seed, &key.public_key, hash)?);
+        }
     }
     let seed = open_key(context, key).await?;
     let signed = sign_checked(&seed, &key.public_key, hash)?;

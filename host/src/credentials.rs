@@ -25,7 +25,7 @@ impl Source {
                 let c = provider
                     .provide_credentials()
                     .await
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(|e| common::error_chain(&e))?;
                 Ok(AwsCredentials {
                     access_key_id: c.access_key_id().to_string(),
                     secret_access_key: c.secret_access_key().to_string(),
@@ -38,17 +38,6 @@ impl Source {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Starts the pusher; returns at once.

@@ -291,7 +291,7 @@ impl StellarRpc {
                     .map_err(|e| RpcError::Unreachable {
                         url: self.url(),
                         method,
-                        reason: error_chain(&e),
+                        reason: common::error_chain(&e),
                     })?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
@@ -444,16 +444,4 @@ fn shape(method: &'static str, reason: &str) -> RpcError {
         method,
         reason: reason.to_string(),
     }
-}
-
-/// An error with its causes, so "connection refused" is not hidden behind "client error".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -432,6 +432,15 @@ impl Dev {
     }
 }
 
+/// A finished CLI run's stdout and stderr, for messages and assertions.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// No seed, in any common encoding, appears in `logs`.
 pub fn assert_no_secret_in(logs: &str, seeds: &[[u8; 32]]) {
     assert!(!seeds.is_empty());

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hyper::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::api_client::request_once;
+use super::request;
 use crate::signing::{MAX_ACCOUNTS_PER_TRANSACTION, MAX_PROVISIONING_WINDOW_SECS};
 use crate::stellar_rpc::{StellarRpc, Submission, TransactionOutcome};
 use crate::store::LedgerChange;
@@ -312,7 +312,8 @@ impl<'a> Ensure<'a> {
         while left > 0 {
             let chunk = left.min(MAX_GENERATED_KEYS as usize);
             let body = json!({ "role": "channel", "count": chunk, "state": "pending" });
-            let answer = call(self.socket, Method::POST, "/v1/keys/generate", Some(body)).await?;
+            let answer =
+                request(self.socket, Method::POST, "/v1/keys/generate", Some(body)).await?;
             let keys = answer["keys"].as_array().context("generate: no keys")?;
             for key in keys {
                 let public_key = key["public_key"]
@@ -331,7 +332,7 @@ impl<'a> Ensure<'a> {
     /// Takes up to `count` idle accounts out of the pool.
     async fn withdraw(&mut self, count: usize) -> anyhow::Result<Vec<String>> {
         let body = json!({ "count": count });
-        let answer = call(
+        let answer = request(
             self.socket,
             Method::POST,
             "/v1/channels/withdraw",
@@ -379,7 +380,7 @@ impl<'a> Ensure<'a> {
             "fee_per_operation": self.fee_per_operation,
             "network_passphrase": self.network,
         });
-        let signed = call(self.socket, Method::POST, words.sign, Some(body)).await?;
+        let signed = request(self.socket, Method::POST, words.sign, Some(body)).await?;
         let envelope = signed["transaction"].as_str().context("no transaction")?;
         let hash = signed["tx_hash"]
             .as_str()
@@ -426,7 +427,7 @@ impl<'a> Ensure<'a> {
     }
 
     async fn channel_keys(&self) -> anyhow::Result<Vec<ChannelKey>> {
-        let answer = call(self.socket, Method::GET, "/v1/keys?role=channel", None).await?;
+        let answer = request(self.socket, Method::GET, "/v1/keys?role=channel", None).await?;
         let keys = answer["keys"].as_array().context("keys: no list")?;
         keys.iter()
             .map(|key| {
@@ -456,13 +457,13 @@ impl<'a> Ensure<'a> {
     }
 
     async fn pool_total(&self) -> anyhow::Result<usize> {
-        let summary = call(self.socket, Method::GET, "/v1/channels", None).await?;
+        let summary = request(self.socket, Method::GET, "/v1/channels", None).await?;
         let total = summary["total"].as_u64().context("channels: no total")?;
         Ok(usize::try_from(total).unwrap_or(usize::MAX))
     }
 
     async fn distribution(&self) -> anyhow::Result<String> {
-        let answer = call(self.socket, Method::GET, "/v1/keys?role=distribution", None).await?;
+        let answer = request(self.socket, Method::GET, "/v1/keys?role=distribution", None).await?;
         answer["keys"]
             .as_array()
             .and_then(|keys| keys.iter().find(|k| k["state"] == "active"))
@@ -483,7 +484,7 @@ async fn settle(
     let mut settled = 0;
     for chunk in accounts.chunks(1000) {
         let body = json!({ "accounts": chunk });
-        let answer = call(socket, Method::POST, words.settle, Some(body)).await?;
+        let answer = request(socket, Method::POST, words.settle, Some(body)).await?;
         settled += answer[words.settled].as_array().map_or(0, Vec::len);
     }
     Ok(settled)
@@ -524,22 +525,6 @@ fn raw_key(public_key: &str) -> anyhow::Result<[u8; 32]> {
     Ok(stellar_strkey::ed25519::PublicKey::from_string(public_key)
         .with_context(|| format!("{public_key} is not a G... key"))?
         .0)
-}
-
-/// One API call; an error answer becomes a failure with its code and message.
-async fn call(
-    socket: &Path,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let (status, answer) = request_once(socket, method, path, body.as_ref()).await?;
-    if status.is_success() {
-        return Ok(answer);
-    }
-    let code = answer["error"]["code"].as_str().unwrap_or("unknown");
-    let message = answer["error"]["message"].as_str().unwrap_or("");
-    bail!("{path}: {code} ({status}): {message}")
 }
 
 /// A progress bar on a terminal; one line per step otherwise, on stderr (stdout carries

@@ -6,8 +6,7 @@ use std::io::IsTerminal;
 
 use hyper::Method;
 
-use super::call;
-use crate::api_client::request_once;
+use super::{call, request};
 
 #[derive(Debug, clap::Subcommand)]
 /// What to do with stored keys.
@@ -80,8 +79,7 @@ pub async fn run(socket: &Path, command: KeysCommand) -> anyhow::Result<()> {
 
 /// Rewraps every stored key (not retired) that is not yet sealed under `to_kms_key`.
 async fn rewrap_all(socket: &Path, to_kms_key: &str) -> anyhow::Result<()> {
-    let (status, listing) = request_once(socket, Method::GET, "/v1/keys", None).await?;
-    anyhow::ensure!(status.is_success(), "listing keys: {status} {listing}");
+    let listing = request(socket, Method::GET, "/v1/keys", None).await?;
     let keys: Vec<String> = listing["keys"]
         .as_array()
         .map(Vec::as_slice)
@@ -98,15 +96,9 @@ async fn rewrap_all(socket: &Path, to_kms_key: &str) -> anyhow::Result<()> {
     };
     for public_key in &keys {
         let body = serde_json::json!({ "public_key": public_key, "to_kms_key": to_kms_key });
-        let (status, answer) =
-            request_once(socket, Method::POST, "/v1/keys/rewrap", Some(&body)).await?;
-        if !status.is_success() {
+        if let Err(e) = request(socket, Method::POST, "/v1/keys/rewrap", Some(body)).await {
             bar.abandon();
-            anyhow::bail!(
-                "{public_key}: {} ({status}): {}; the keys before it are rewrapped, re-run to go on",
-                answer["error"]["code"].as_str().unwrap_or("unknown"),
-                answer["error"]["message"].as_str().unwrap_or("")
-            );
+            anyhow::bail!("{public_key}: {e}; the keys before it are rewrapped, re-run to go on");
         }
         if bar.is_hidden() {
             eprintln!("rewrapped {public_key}");

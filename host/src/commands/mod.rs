@@ -80,10 +80,22 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<()> {
+    let answer = request(socket, method, path, body).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+/// One API call: a successful answer's JSON; an error answer becomes a failure with its
+/// code and message.
+async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let (status, answer) = request_once(socket, method, path, body.as_ref()).await?;
     if status.is_success() {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
+        return Ok(answer);
     }
     let code = answer["error"]["code"].as_str().unwrap_or("unknown");
     let message = answer["error"]["message"].as_str().unwrap_or("");
