@@ -14,7 +14,7 @@ use crate::api::{AppState, Caller, router};
 use crate::config::Config;
 use crate::enclave_client::EnclaveClient;
 use crate::signing::Signing;
-use crate::store::{SharedStore, SqliteStore};
+use crate::store::{KeyCache, SharedStore, SqliteStore};
 
 /// A host whose socket is bound (callers can connect from now on) but not yet serving.
 #[derive(Debug)]
@@ -35,11 +35,11 @@ impl BoundHost {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let store = std::sync::Arc::new(SqliteStore::open(
+        let store = std::sync::Arc::new(KeyCache::new(SqliteStore::open(
             &config.store.path,
             config.channels.lock_limits(),
             Duration::from_millis(config.store.busy_timeout_ms),
-        )?);
+        )?));
         if let Some(parent) = config.api.socket.parent()
             && !parent.as_os_str().is_empty()
         {

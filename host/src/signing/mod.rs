@@ -28,7 +28,8 @@ use common::wire::{ErrorCode, WireError};
 
 use crate::enclave_client::EnclaveClient;
 use crate::store::{
-    AuditEntry, KeyRecord, KeyState, SharedStore, StoreError, active_distribution, blocking,
+    AuditEntry, KeyRecord, KeyState, SharedStore, SignedChannelTx, StoreError, active_distribution,
+    blocking,
 };
 
 /// What was asked for, as the audit log names it.
@@ -166,22 +167,18 @@ impl Signing {
                 detail: outcome.as_ref().err().map(|e| e.message.clone()),
             })
             .collect();
-        let signed = outcome.is_ok();
+        // The lock follows a signed channel transaction, committed with its audit rows.
+        let signed = outcome
+            .is_ok()
+            .then_some(channel)
+            .flatten()
+            .map(|owner| SignedChannelTx {
+                account: format!("{}", stellar_strkey::ed25519::PublicKey(owner.account)),
+                tx_hash: hex(&owner.hash),
+                max_time_unix_s: owner.max_time,
+            });
         let store = self.store.clone();
-        blocking(move || {
-            for row in &rows {
-                store.append_audit(row)?;
-            }
-            if signed && let Some(owner) = channel {
-                let account = format!("{}", stellar_strkey::ed25519::PublicKey(owner.account));
-                match store.record_signed(&account, &hex(&owner.hash), owner.max_time) {
-                    Ok(_) | Err(StoreError::UnknownChannelAccount(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        })
-        .await
+        blocking(move || store.record_outcome(&rows, signed.as_ref())).await
     }
 }
 

@@ -7,6 +7,7 @@
 //!
 //! All methods block; async callers run them on `spawn_blocking`.
 
+pub mod key_cache;
 mod records;
 pub mod sqlite;
 
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use key_cache::KeyCache;
 pub use records::*;
 pub use sqlite::SqliteStore;
 
@@ -64,12 +66,22 @@ pub trait KeyStore: Send + Sync {
     fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// Every key, or those of one role.
     fn list_keys(&self, role: Option<KeyRole>) -> Result<Vec<KeyRecord>, StoreError>;
+    /// A number that changes whenever any key record changes, by any writer.
+    fn key_epoch(&self) -> Result<i64, StoreError>;
 }
 
 /// The append-only audit log.
 pub trait AuditLog: Send + Sync {
     /// Appends one row.
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The outcome of one signing request: its audit rows and, when a channel's
+    /// transaction was signed, the lock kept to its `maxTime`, committed together (a
+    /// `signed` account that is not in the pool is no error: nothing to keep locked).
+    fn record_outcome(
+        &self,
+        audit: &[AuditEntry],
+        signed: Option<&SignedChannelTx>,
+    ) -> Result<(), StoreError>;
     /// The latest rows, newest first.
     fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
 }
@@ -149,6 +161,11 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database {path}: no connection: {message}")]
+    Pool { path: PathBuf, message: String },
+    /// The group-commit writer could not commit (the whole batch is rolled back).
+    #[error("store write failed: {0}")]
+    Writer(String),
     #[error("syncing {path}: {source}")]
     Sync {
         path: PathBuf,
@@ -172,6 +189,8 @@ impl StoreError {
             StoreError::SchemaTooNew { .. }
             | StoreError::Open { .. }
             | StoreError::Sqlite(_)
+            | StoreError::Pool { .. }
+            | StoreError::Writer(_)
             | StoreError::Sync { .. } => ErrorCode::StoreError,
         };
         WireError::new(code, self.to_string())

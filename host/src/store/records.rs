@@ -154,6 +154,16 @@ pub struct AuditRow {
     pub entry: AuditEntry,
 }
 
+/// A signed transaction that consumes a channel account's sequence: the lock follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedChannelTx {
+    pub account: String,
+    /// The transaction hash (the inner hash of a fee-bump), hex.
+    pub tx_hash: String,
+    /// Its `maxTime`, if it has one.
+    pub max_time_unix_s: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChannelLease {
     pub account: String,

@@ -2,7 +2,7 @@
 //! table's triggers refuse updates and deletes.
 
 use super::SqliteStore;
-use crate::store::{AuditEntry, AuditLog, AuditRow, StoreError};
+use crate::store::{AuditEntry, AuditLog, AuditRow, SignedChannelTx, StoreError};
 use rusqlite::params;
 
 /// One audit row, on `conn` (a transaction, when the row must commit with other writes).
@@ -11,27 +11,44 @@ pub(super) fn insert_audit(
     now_ms: i64,
     entry: &AuditEntry,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit_log (at_ms, caller_uid, public_key, tx_hash, kind, outcome, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            now_ms,
-            entry.caller_uid,
-            entry.public_key,
-            entry.tx_hash,
-            entry.kind,
-            entry.outcome,
-            entry.detail
-        ],
-    )?;
+    )?
+    .execute(params![
+        now_ms,
+        entry.caller_uid,
+        entry.public_key,
+        entry.tx_hash,
+        entry.kind,
+        entry.outcome,
+        entry.detail
+    ])?;
     Ok(())
 }
 
 impl AuditLog for SqliteStore {
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let conn = self.pool.get()?;
-        insert_audit(&conn, self.now(), entry)?;
-        Ok(())
+        let entry = entry.clone();
+        self.writer
+            .write(move |conn, now| Ok(insert_audit(conn, now, &entry)?))
+    }
+
+    fn record_outcome(
+        &self,
+        audit: &[AuditEntry],
+        signed: Option<&SignedChannelTx>,
+    ) -> Result<(), StoreError> {
+        let (audit, signed, limits) = (audit.to_vec(), signed.cloned(), self.limits);
+        self.writer.write(move |conn, now| {
+            for entry in &audit {
+                insert_audit(conn, now, entry)?;
+            }
+            if let Some(signed) = &signed {
+                super::channels::extend_for_signed(conn, now, limits, signed)?;
+            }
+            Ok(())
+        })
     }
 
     /// The newest `limit` entries, newest first.

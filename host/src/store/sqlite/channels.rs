@@ -1,8 +1,9 @@
 //! Channel-account locks (docs/design.md §5).
 //!
-//! Acquire is one `UPDATE … RETURNING` inside `BEGIN IMMEDIATE`: SQLite admits one
-//! writer at a time (across processes too), so two callers can never get the same
-//! account. The candidate is drawn at random from the few accounts whose locks
+//! Acquire is one `UPDATE … RETURNING` run by the group-commit writer inside
+//! `BEGIN IMMEDIATE`: SQLite admits one writer at a time (across processes too), and
+//! each write in a group sees the ones before it, so two callers can never get the
+//! same account. The candidate is drawn at random from the few accounts whose locks
 //! expired longest ago, found through the `locked_until_ms` index: the cost does not
 //! grow with the pool, and an account that just came free is the last to be reused.
 
@@ -10,11 +11,11 @@ use std::time::Duration;
 
 use super::SqliteStore;
 use crate::store::{
-    AuditEntry, ChannelLease, ChannelLocks, ChannelRow, ChannelSummary, StoreError, UnlockOutcome,
-    UnlockedChannel,
+    AuditEntry, ChannelLease, ChannelLocks, ChannelRow, ChannelSummary, LockLimits,
+    SignedChannelTx, StoreError, UnlockOutcome, UnlockedChannel,
 };
 use rand::RngCore;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// How many of the longest-idle accounts the random pick draws from.
 const PICK_FROM: i64 = 16;
@@ -23,6 +24,150 @@ fn new_token() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     common::hex(&bytes)
+}
+
+/// Locks a random account among the longest idle, on the writer's transaction.
+fn lease(
+    conn: &Connection,
+    now: i64,
+    until: i64,
+    token: String,
+) -> Result<ChannelLease, StoreError> {
+    let leased: Option<(String, i64)> = conn
+        .prepare_cached(
+            "UPDATE channel_locks
+             SET locked_at_ms = ?1, locked_until_ms = ?2, lock_token = ?3, tx_hash = NULL
+             WHERE public_key = (
+                 SELECT public_key FROM (
+                     SELECT public_key FROM channel_locks
+                     WHERE locked_until_ms <= ?1
+                     ORDER BY locked_until_ms
+                     LIMIT ?4)
+                 ORDER BY random() LIMIT 1)
+             RETURNING public_key, locked_until_ms",
+        )?
+        .query_row(params![now, until, token, PICK_FROM], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    let Some((account, locked_until_ms)) = leased else {
+        let (total, next_free): (i64, Option<i64>) = conn
+            .prepare_cached("SELECT count(*), min(locked_until_ms) FROM channel_locks")?
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        return Err(if total == 0 {
+            StoreError::NoChannelAccountsConfigured
+        } else {
+            StoreError::NoIdleChannelAccount {
+                total: total as u64,
+                next_free_in_ms: next_free.map_or(0, |t| t.saturating_sub(now).max(0) as u64),
+            }
+        });
+    };
+    Ok(ChannelLease {
+        account,
+        lock_token: token,
+        locked_until_ms,
+    })
+}
+
+fn release_lease(
+    conn: &Connection,
+    now: i64,
+    account: &str,
+    lock_token: &str,
+) -> Result<(), StoreError> {
+    // A freed account's `locked_until_ms` becomes "now": it joins the back of the idle
+    // queue, behind accounts that have been idle longer.
+    let released = conn
+        .prepare_cached(
+            "UPDATE channel_locks
+             SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?3),
+                 lock_token = NULL, tx_hash = NULL
+             WHERE public_key = ?1 AND lock_token = ?2",
+        )?
+        .execute(params![account, lock_token, now])?;
+    if released == 0 {
+        let known: bool = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM channel_locks WHERE public_key = ?1)")?
+            .query_row(params![account], |row| row.get(0))?;
+        return Err(if known {
+            StoreError::LockTokenMismatch {
+                account: account.to_string(),
+            }
+        } else {
+            StoreError::UnknownChannelAccount(account.to_string())
+        });
+    }
+    Ok(())
+}
+
+fn unlock_hashes(
+    conn: &Connection,
+    now: i64,
+    hashes: &[String],
+) -> Result<UnlockOutcome, StoreError> {
+    let mut outcome = UnlockOutcome::default();
+    let mut unlock = conn.prepare_cached(
+        "UPDATE channel_locks
+         SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?2),
+             lock_token = NULL, tx_hash = NULL
+         WHERE tx_hash = ?1
+         RETURNING public_key",
+    )?;
+    for hash in hashes {
+        let hash = hash.to_ascii_lowercase();
+        let accounts = unlock
+            .query_map(params![hash, now], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        if accounts.is_empty() {
+            outcome.unmatched.push(hash);
+            continue;
+        }
+        for account in accounts {
+            outcome.unlocked.push(UnlockedChannel {
+                account,
+                tx_hash: hash.clone(),
+            });
+        }
+    }
+    Ok(outcome)
+}
+
+/// Remembers a signed transaction's hash on its channel and keeps the lock until the
+/// transaction can no longer land. `None` when `account` is not in the pool.
+pub(super) fn extend_for_signed(
+    conn: &Connection,
+    now: i64,
+    limits: LockLimits,
+    signed: &SignedChannelTx,
+) -> Result<Option<i64>, StoreError> {
+    // Without a maxTime the transaction could land at any time; the signing policy
+    // refuses those for channel accounts, so this only guards the store itself.
+    let until = match signed.max_time_unix_s {
+        Some(max_time) => (max_time as i64)
+            .saturating_mul(1000)
+            .saturating_add(limits.max_time_margin.as_millis() as i64),
+        None => now.saturating_add(limits.max_lock.as_millis() as i64),
+    };
+    Ok(conn
+        .prepare_cached(
+            "UPDATE channel_locks
+             SET tx_hash = ?2,
+                 locked_at_ms = coalesce(locked_at_ms, ?3),
+                 locked_until_ms = max(locked_until_ms, ?4)
+             WHERE public_key = ?1
+             RETURNING locked_until_ms",
+        )?
+        .query_row(
+            params![
+                signed.account,
+                signed.tx_hash.to_ascii_lowercase(),
+                now,
+                until
+            ],
+            |row| row.get(0),
+        )
+        .optional()?)
 }
 
 impl ChannelLocks for SqliteStore {
@@ -35,112 +180,23 @@ impl ChannelLocks for SqliteStore {
                 max_ms: limits.max_lock.as_millis() as u64,
             });
         }
-        let now = self.now();
-        let until = now.saturating_add(duration.as_millis() as i64);
         let token = new_token();
-        let mut conn = self.pool.get()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let leased: Option<(String, i64)> = tx
-            .query_row(
-                "UPDATE channel_locks
-                 SET locked_at_ms = ?1, locked_until_ms = ?2, lock_token = ?3, tx_hash = NULL
-                 WHERE public_key = (
-                     SELECT public_key FROM (
-                         SELECT public_key FROM channel_locks
-                         WHERE locked_until_ms <= ?1
-                         ORDER BY locked_until_ms
-                         LIMIT ?4)
-                     ORDER BY random() LIMIT 1)
-                 RETURNING public_key, locked_until_ms",
-                params![now, until, token, PICK_FROM],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        let Some((account, locked_until_ms)) = leased else {
-            let (total, next_free): (i64, Option<i64>) = tx.query_row(
-                "SELECT count(*), min(locked_until_ms) FROM channel_locks",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )?;
-            return Err(if total == 0 {
-                StoreError::NoChannelAccountsConfigured
-            } else {
-                StoreError::NoIdleChannelAccount {
-                    total: total as u64,
-                    next_free_in_ms: next_free.map_or(0, |t| t.saturating_sub(now).max(0) as u64),
-                }
-            });
-        };
-        tx.commit()?;
-        Ok(ChannelLease {
-            account,
-            lock_token: token,
-            locked_until_ms,
+        self.writer.write(move |conn, now| {
+            let until = now.saturating_add(duration.as_millis() as i64);
+            lease(conn, now, until, token)
         })
     }
 
     fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
-        let mut conn = self.pool.get()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // A freed account's `locked_until_ms` becomes "now": it joins the back of the
-        // idle queue, behind accounts that have been idle longer.
-        let released = tx.execute(
-            "UPDATE channel_locks
-             SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?3),
-                 lock_token = NULL, tx_hash = NULL
-             WHERE public_key = ?1 AND lock_token = ?2",
-            params![account, lock_token, self.now()],
-        )?;
-        if released == 0 {
-            let known: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM channel_locks WHERE public_key = ?1)",
-                params![account],
-                |row| row.get(0),
-            )?;
-            return Err(if known {
-                StoreError::LockTokenMismatch {
-                    account: account.to_string(),
-                }
-            } else {
-                StoreError::UnknownChannelAccount(account.to_string())
-            });
-        }
-        tx.commit()?;
-        Ok(())
+        let (account, lock_token) = (account.to_string(), lock_token.to_string());
+        self.writer
+            .write(move |conn, now| release_lease(conn, now, &account, &lock_token))
     }
 
     fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
-        let now = self.now();
-        let mut conn = self.pool.get()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut outcome = UnlockOutcome::default();
-        {
-            let mut unlock = tx.prepare(
-                "UPDATE channel_locks
-                 SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?2),
-                     lock_token = NULL, tx_hash = NULL
-                 WHERE tx_hash = ?1
-                 RETURNING public_key",
-            )?;
-            for hash in hashes {
-                let hash = hash.to_ascii_lowercase();
-                let accounts = unlock
-                    .query_map(params![hash, now], |row| row.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                if accounts.is_empty() {
-                    outcome.unmatched.push(hash);
-                    continue;
-                }
-                for account in accounts {
-                    outcome.unlocked.push(UnlockedChannel {
-                        account,
-                        tx_hash: hash.clone(),
-                    });
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(outcome)
+        let hashes = hashes.to_vec();
+        self.writer
+            .write(move |conn, now| unlock_hashes(conn, now, &hashes))
     }
 
     fn record_signed(
@@ -149,35 +205,16 @@ impl ChannelLocks for SqliteStore {
         tx_hash: &str,
         max_time_unix_s: Option<u64>,
     ) -> Result<i64, StoreError> {
-        let now = self.now();
         let limits = self.limits;
-        // Without a maxTime the transaction could land at any time; the signing policy
-        // refuses those for channel accounts, so this only guards the store itself.
-        let until = match max_time_unix_s {
-            Some(max_time) => (max_time as i64)
-                .saturating_mul(1000)
-                .saturating_add(limits.max_time_margin.as_millis() as i64),
-            None => now.saturating_add(limits.max_lock.as_millis() as i64),
+        let signed = SignedChannelTx {
+            account: account.to_string(),
+            tx_hash: tx_hash.to_string(),
+            max_time_unix_s,
         };
-        let mut conn = self.pool.get()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let locked_until: Option<i64> = tx
-            .query_row(
-                "UPDATE channel_locks
-                 SET tx_hash = ?2,
-                     locked_at_ms = coalesce(locked_at_ms, ?3),
-                     locked_until_ms = max(locked_until_ms, ?4)
-                 WHERE public_key = ?1
-                 RETURNING locked_until_ms",
-                params![account, tx_hash.to_ascii_lowercase(), now, until],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let Some(locked_until) = locked_until else {
-            return Err(StoreError::UnknownChannelAccount(account.to_string()));
-        };
-        tx.commit()?;
-        Ok(locked_until)
+        self.writer.write(move |conn, now| {
+            extend_for_signed(conn, now, limits, &signed)?
+                .ok_or(StoreError::UnknownChannelAccount(signed.account))
+        })
     }
 
     fn withdraw_idle(

@@ -294,8 +294,16 @@ impl KeyStore for SqliteStore {
         let conn = self.pool.get()?;
         let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE public_key = ?1");
         Ok(conn
-            .query_row(&sql, params![public_key], read_key)
+            .prepare_cached(&sql)?
+            .query_row(params![public_key], read_key)
             .optional()?)
+    }
+
+    fn key_epoch(&self) -> Result<i64, StoreError> {
+        let conn = self.pool.get()?;
+        Ok(conn
+            .prepare_cached("SELECT value FROM key_epoch WHERE id = 1")?
+            .query_row([], |row| row.get(0))?)
     }
 
     fn list_keys(&self, role: Option<KeyRole>) -> Result<Vec<KeyRecord>, StoreError> {
@@ -304,7 +312,7 @@ impl KeyStore for SqliteStore {
             "SELECT {KEY_COLUMNS} FROM keys WHERE ?1 IS NULL OR role = ?1 \
              ORDER BY role, created_at_ms, public_key"
         );
-        let mut statement = conn.prepare(&sql)?;
+        let mut statement = conn.prepare_cached(&sql)?;
         let rows = statement.query_map(params![role.map(KeyRole::as_str)], read_key)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

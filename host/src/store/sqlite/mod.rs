@@ -8,6 +8,7 @@ mod channels;
 mod keys;
 mod pool;
 mod schema;
+mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,9 +18,16 @@ pub use schema::SCHEMA_VERSION;
 
 use super::{Clock, LockLimits, Store, StoreError, system_clock};
 
+/// Pooled connections for reads and durable key writes. Signing and channel traffic
+/// reads from the key cache and writes through the writer, so this bounds only the
+/// listings, health checks and key administration running at once.
+const MAX_CONNECTIONS: u32 = 32;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: Arc<pool::Pool>,
+    /// Lock and audit writes, group-committed.
+    writer: Arc<writer::Writer>,
     clock: Clock,
     limits: LockLimits,
 }
@@ -49,15 +57,17 @@ impl SqliteStore {
         busy_timeout: Duration,
         clock: Clock,
     ) -> Result<SqliteStore, StoreError> {
-        let pool = pool::Pool::new(path.to_path_buf(), busy_timeout);
+        let pool = pool::Pool::new(path.to_path_buf(), busy_timeout, MAX_CONNECTIONS);
         {
             let mut conn = pool.get()?;
             schema::migrate(&mut conn)?;
         }
         // The database file and its WAL now exist: make their directory entries durable.
         pool.sync_dir()?;
+        let writer = writer::Writer::start(path, busy_timeout, clock.clone())?;
         Ok(SqliteStore {
             pool: Arc::new(pool),
+            writer: Arc::new(writer),
             clock,
             limits,
         })

@@ -1,105 +1,97 @@
-//! A few SQLite connections reused across blocking calls. SQLite itself serialises
-//! writers (file locks, also across processes); WAL lets readers run alongside.
+//! SQLite connections for the store's reads and durable key writes, pooled by r2d2.
+//! SQLite itself serialises writers (file locks, also across processes); WAL lets
+//! readers run alongside. Lock and audit traffic goes through the group-commit writer
+//! (`writer.rs`) on a connection of its own.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
 use crate::store::StoreError;
 
-const MAX_IDLE: usize = 8;
+/// Enough for every hot statement of the store, so none is parsed twice.
+const STATEMENT_CACHE: usize = 64;
+
+/// Opens and checks connections for r2d2.
+#[derive(Debug)]
+pub struct Connections {
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+impl r2d2::ManageConnection for Connections {
+    type Connection = Connection;
+    type Error = rusqlite::Error;
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        open(&self.path, self.busy_timeout)
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        conn.execute_batch("")
+    }
+
+    /// A connection left inside a transaction (a panic mid-way) is not reused.
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        !conn.is_autocommit()
+    }
+}
+
+/// One connection with the store's settings.
+pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Lock traffic may lose its last commits in a power cut (a lock then simply looks
+    // expired), never in a process crash; key writes raise this to FULL for their own
+    // commit.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+pub type Pooled = r2d2::PooledConnection<Connections>;
 
 pub struct Pool {
     path: PathBuf,
-    busy_timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
-}
-
-pub struct Pooled<'a> {
-    pool: &'a Pool,
-    conn: Option<Connection>,
-}
-
-impl std::ops::Deref for Pooled<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        // Always Some until drop.
-        self.conn.as_ref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl std::ops::DerefMut for Pooled<'_> {
-    fn deref_mut(&mut self) -> &mut Connection {
-        self.conn.as_mut().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl Drop for Pooled<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // A connection left inside a transaction (a panic mid-way) is not reused.
-            if conn.is_autocommit() {
-                let mut idle = self
-                    .pool
-                    .idle
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if idle.len() < MAX_IDLE {
-                    idle.push(conn);
-                }
-            }
-        }
-    }
+    connections: r2d2::Pool<Connections>,
 }
 
 impl Pool {
-    pub fn new(path: PathBuf, busy_timeout: Duration) -> Pool {
-        Pool {
-            path,
-            busy_timeout,
-            idle: Mutex::new(Vec::new()),
-        }
+    /// A pool of at most `max_connections`; a caller waits up to `busy_timeout` for one.
+    pub fn new(path: PathBuf, busy_timeout: Duration, max_connections: u32) -> Pool {
+        let connections = r2d2::Pool::builder()
+            .max_size(max_connections.max(1))
+            // Idle connections are kept (opening one costs more than a statement) and
+            // opened lazily, so a short-lived CLI run opens only what it uses.
+            .min_idle(Some(0))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_on_check_out(false)
+            .connection_timeout(busy_timeout.max(Duration::from_millis(100)))
+            .build_unchecked(Connections {
+                path: path.clone(),
+                busy_timeout,
+            });
+        Pool { path, connections }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn get(&self) -> Result<Pooled<'_>, StoreError> {
-        let reused = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        let conn = match reused {
-            Some(conn) => conn,
-            None => self.open().map_err(|source| StoreError::Open {
-                path: self.path.clone(),
-                source,
-            })?,
-        };
-        Ok(Pooled {
-            pool: self,
-            conn: Some(conn),
+    pub fn get(&self) -> Result<Pooled, StoreError> {
+        self.connections.get().map_err(|e| StoreError::Pool {
+            path: self.path.clone(),
+            message: e.to_string(),
         })
-    }
-
-    fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(self.busy_timeout)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Lock traffic may lose its last commits in a power cut (a lock then simply
-        // looks expired); key writes raise this to FULL for their own commit.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        Ok(conn)
     }
 
     /// fsyncs the directory holding the database, so that newly created files (the

@@ -69,6 +69,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE keys ADD COLUMN provisioning_tx_hash TEXT;
     ALTER TABLE keys ADD COLUMN provisioning_max_time_s INTEGER;
     ",
+    // 4: a counter every change to `keys` moves, whoever makes it (another host, the
+    // offline CLI), so a host's in-memory key cache can see that it is stale.
+    r"
+    CREATE TABLE key_epoch (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO key_epoch (id, value) VALUES (1, 0);
+    CREATE TRIGGER keys_epoch_insert AFTER INSERT ON keys
+        BEGIN UPDATE key_epoch SET value = value + 1 WHERE id = 1; END;
+    CREATE TRIGGER keys_epoch_update AFTER UPDATE ON keys
+        BEGIN UPDATE key_epoch SET value = value + 1 WHERE id = 1; END;
+    CREATE TRIGGER keys_epoch_delete AFTER DELETE ON keys
+        BEGIN UPDATE key_epoch SET value = value + 1 WHERE id = 1; END;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -602,3 +602,120 @@ fn the_audit_log_is_append_only() {
     let delete = conn.execute("DELETE FROM audit_log", []);
     assert!(delete.unwrap_err().to_string().contains("append-only"));
 }
+
+/// Writes from many threads land in shared group commits, each answered with its own
+/// result: a refused release among them fails alone, and every answered write's rows
+/// are there.
+#[test]
+fn group_commit_answers_each_write_with_its_own_result() {
+    const THREADS: u32 = 32;
+    let f = Fixture::new(THREADS);
+    let barrier = Arc::new(Barrier::new(THREADS as usize));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let store = f.store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let lease = store.acquire(None).unwrap();
+                let wrong = store.release(&lease.account, "not-the-token");
+                assert!(matches!(wrong, Err(StoreError::LockTokenMismatch { .. })));
+                let row = AuditEntry {
+                    caller_uid: Some(i),
+                    public_key: Some(lease.account.clone()),
+                    tx_hash: Some(format!("{i:064x}")),
+                    kind: "sign".into(),
+                    outcome: "ok".into(),
+                    detail: None,
+                };
+                let signed = SignedChannelTx {
+                    account: lease.account.clone(),
+                    tx_hash: format!("{i:064x}"),
+                    max_time_unix_s: Some(1_700_000_100),
+                };
+                store.record_outcome(&[row], Some(&signed)).unwrap();
+                lease.account
+            })
+        })
+        .collect();
+    let accounts: HashSet<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        accounts.len(),
+        THREADS as usize,
+        "an account was leased twice"
+    );
+    assert_eq!(f.store.recent_audit(1000).unwrap().len(), THREADS as usize);
+    let summary = f.store.summary(true).unwrap();
+    assert_eq!(summary.locked, u64::from(THREADS));
+    let hashes: Vec<String> = (0..THREADS).map(|i| format!("{i:064x}")).collect();
+    let unlocked = f.store.unlock_by_tx_hashes(&hashes).unwrap();
+    assert_eq!(unlocked.unlocked.len(), THREADS as usize);
+}
+
+/// When the group cannot commit (here another process holds SQLite's write lock past
+/// the busy timeout), every write in it fails and nothing is handed out or written.
+#[test]
+fn a_group_that_cannot_commit_fails_all_its_writes_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signer.db");
+    let store = SqliteStore::open(&path, LockLimits::default(), Duration::from_millis(50)).unwrap();
+    store.insert_keys(&[channel(1)]).unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let failed = store.acquire(None);
+    assert!(
+        matches!(&failed, Err(StoreError::Writer(message)) if message.contains("locked")),
+        "{failed:?}"
+    );
+    let audit = AuditEntry {
+        caller_uid: None,
+        public_key: None,
+        tx_hash: None,
+        kind: "sign".into(),
+        outcome: "ok".into(),
+        detail: None,
+    };
+    assert!(store.record_outcome(&[audit], None).is_err());
+    other.execute_batch("ROLLBACK").unwrap();
+    assert!(store.recent_audit(10).unwrap().is_empty());
+    assert_eq!(store.summary(false).unwrap().locked, 0);
+    // The writer carries on once the lock is free.
+    store.acquire(None).unwrap();
+}
+
+/// The host's key cache: its own writes are seen at once; another process's within
+/// the epoch check.
+#[test]
+fn the_key_cache_sees_its_own_writes_at_once_and_others_within_the_epoch_check() {
+    let f = Fixture::new(2);
+    let cached = KeyCache::new(f.store.clone());
+    let (first, second) = (test_account(0), test_account(1));
+    assert_eq!(cached.key(&first).unwrap().unwrap().state, KeyState::Active);
+    assert_eq!(
+        cached.key(&second).unwrap().unwrap().state,
+        KeyState::Active
+    );
+    cached
+        .set_key_state(&first, KeyState::Retired, &[])
+        .unwrap();
+    assert_eq!(
+        cached.key(&first).unwrap().unwrap().state,
+        KeyState::Retired
+    );
+    // Another writer on the same database: a second store, as another host would be.
+    let other = SqliteStore::open(
+        f.store.path(),
+        LockLimits::default(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    other
+        .set_key_state(&second, KeyState::Retired, &[])
+        .unwrap();
+    std::thread::sleep(crate::store::key_cache::EPOCH_CHECK + Duration::from_millis(50));
+    assert_eq!(
+        cached.key(&second).unwrap().unwrap().state,
+        KeyState::Retired
+    );
+    assert!(cached.key(&test_account(9)).unwrap().is_none());
+}

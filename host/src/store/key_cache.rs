@@ -1,0 +1,253 @@
+//! Key records in memory for the signing path, in front of any backend. A record
+//! changes only through the `KeyStore` writes (state, pending reason, seal), which
+//! clear the cache here at once; changes made elsewhere (another host on the same
+//! database, the offline CLI) are seen through the backend's key epoch, checked at most
+//! every [`EPOCH_CHECK`]. Nothing cached is secret: records hold KMS ciphertexts only.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use super::{
+    AuditEntry, AuditLog, AuditRow, ChannelLease, ChannelLocks, ChannelSummary, KeyRecord, KeyRole,
+    KeyState, KeyStore, NewKey, Provisioning, SignedChannelTx, Store, StoreError, UnlockOutcome,
+};
+
+/// How stale a record changed by another process may be, at most.
+pub const EPOCH_CHECK: Duration = Duration::from_millis(250);
+/// A bound on memory: past it the cache starts over.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Default)]
+struct Entries {
+    keys: HashMap<String, KeyRecord>,
+    /// The distribution keys, as `list_keys(Some(Distribution))` returns them.
+    distribution: Option<Vec<KeyRecord>>,
+    /// Moves on every clear, so a read that raced a write does not store what it read.
+    generation: u64,
+}
+
+struct EpochCheck {
+    at: Option<Instant>,
+    epoch: Option<i64>,
+}
+
+/// A [`Store`] whose key reads come from memory.
+#[derive(Debug)]
+pub struct KeyCache<S> {
+    inner: S,
+    entries: RwLock<Entries>,
+    checked: Mutex<EpochCheck>,
+}
+
+impl std::fmt::Debug for Entries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entries")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EpochCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochCheck")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> KeyCache<S> {
+    pub fn new(inner: S) -> KeyCache<S> {
+        KeyCache {
+            inner,
+            entries: RwLock::new(Entries::default()),
+            checked: Mutex::new(EpochCheck {
+                at: None,
+                epoch: None,
+            }),
+        }
+    }
+
+    fn clear(&self) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.keys.clear();
+        entries.distribution = None;
+        entries.generation = entries.generation.wrapping_add(1);
+    }
+
+    /// Clears the cache if another writer changed a key since the last look.
+    fn check_epoch(&self) -> Result<(), StoreError> {
+        let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+        if checked.at.is_some_and(|at| at.elapsed() < EPOCH_CHECK) {
+            return Ok(());
+        }
+        let epoch = self.inner.key_epoch()?;
+        if checked.epoch != Some(epoch) {
+            self.clear();
+            checked.epoch = Some(epoch);
+        }
+        checked.at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Stores what was read, unless a write cleared the cache meanwhile.
+    fn keep(&self, read_at: u64, store: impl FnOnce(&mut Entries)) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.generation != read_at {
+            return;
+        }
+        if entries.keys.len() >= MAX_ENTRIES {
+            entries.keys.clear();
+        }
+        store(&mut entries);
+    }
+
+    /// Runs a key write, then clears the cache whatever it returned (a failed write may
+    /// still have changed the row, e.g. a commit whose answer was lost).
+    fn writing<T>(&self, write: impl FnOnce(&S) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = write(&self.inner);
+        self.clear();
+        result
+    }
+}
+
+impl<S: Store> KeyStore for KeyCache<S> {
+    fn insert_keys_audited(&self, keys: &[NewKey], audit: &[AuditEntry]) -> Result<(), StoreError> {
+        self.writing(|inner| inner.insert_keys_audited(keys, audit))
+    }
+
+    fn record_provisioning(
+        &self,
+        accounts: &[String],
+        provisioning: &Provisioning,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        self.writing(|inner| inner.record_provisioning(accounts, provisioning, audit))
+    }
+
+    fn replace_key_seal(
+        &self,
+        replacement: &NewKey,
+        expected_ciphertext: &[u8],
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        self.writing(|inner| inner.replace_key_seal(replacement, expected_ciphertext, audit))
+    }
+
+    fn set_pending_reason(
+        &self,
+        public_key: &str,
+        reason: &str,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        self.writing(|inner| inner.set_pending_reason(public_key, reason, audit))
+    }
+
+    fn set_key_state(
+        &self,
+        public_key: &str,
+        state: KeyState,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        self.writing(|inner| inner.set_key_state(public_key, state, audit))
+    }
+
+    fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.check_epoch()?;
+        let read_at = {
+            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(record) = entries.keys.get(public_key) {
+                return Ok(Some(record.clone()));
+            }
+            entries.generation
+        };
+        // Unknown keys are not remembered: a caller naming random keys must not fill
+        // memory, and a key stored by another host must be found at once.
+        let record = self.inner.key(public_key)?;
+        if let Some(record) = &record {
+            self.keep(read_at, |entries| {
+                entries.keys.insert(public_key.to_string(), record.clone());
+            });
+        }
+        Ok(record)
+    }
+
+    fn list_keys(&self, role: Option<KeyRole>) -> Result<Vec<KeyRecord>, StoreError> {
+        if role != Some(KeyRole::Distribution) {
+            return self.inner.list_keys(role);
+        }
+        self.check_epoch()?;
+        let read_at = {
+            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(distribution) = &entries.distribution {
+                return Ok(distribution.clone());
+            }
+            entries.generation
+        };
+        let distribution = self.inner.list_keys(role)?;
+        self.keep(read_at, |entries| {
+            entries.distribution = Some(distribution.clone());
+        });
+        Ok(distribution)
+    }
+
+    fn key_epoch(&self) -> Result<i64, StoreError> {
+        self.inner.key_epoch()
+    }
+}
+
+impl<S: Store> ChannelLocks for KeyCache<S> {
+    fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError> {
+        self.inner.acquire(duration)
+    }
+    fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
+        self.inner.release(account, lock_token)
+    }
+    fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
+        self.inner.unlock_by_tx_hashes(hashes)
+    }
+    fn record_signed(
+        &self,
+        account: &str,
+        tx_hash: &str,
+        max_time_unix_s: Option<u64>,
+    ) -> Result<i64, StoreError> {
+        self.inner.record_signed(account, tx_hash, max_time_unix_s)
+    }
+    fn summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError> {
+        self.inner.summary(with_accounts)
+    }
+    fn withdraw_idle(
+        &self,
+        count: u32,
+        caller_uid: Option<u32>,
+    ) -> Result<Vec<String>, StoreError> {
+        // Withdrawn accounts' keys become pending.
+        self.writing(|inner| inner.withdraw_idle(count, caller_uid))
+    }
+}
+
+impl<S: Store> AuditLog for KeyCache<S> {
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.inner.append_audit(entry)
+    }
+    fn record_outcome(
+        &self,
+        audit: &[AuditEntry],
+        signed: Option<&SignedChannelTx>,
+    ) -> Result<(), StoreError> {
+        self.inner.record_outcome(audit, signed)
+    }
+    fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        self.inner.recent_audit(limit)
+    }
+}
+
+impl<S: Store> Store for KeyCache<S> {
+    fn check(&self) -> Result<(), StoreError> {
+        self.inner.check()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
