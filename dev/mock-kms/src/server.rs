@@ -14,7 +14,7 @@
 //! The SigV4 signature is not checked; only the access key id in `Credential=` is, and
 //! only when the config lists allowed ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,7 @@ use rcgen::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::Digest;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -176,7 +177,20 @@ struct Shared {
     caller_arn: String,
     allowed_access_keys: Option<Vec<String>>,
     max_age: Duration,
+    /// Documents whose chain and signature were verified, by SHA-256 of their bytes.
+    verified: std::sync::Mutex<HashMap<[u8; 32], VerifiedDocument>>,
 }
+
+/// What a verified document says, kept so that its chain is verified once (a real
+/// service caches the same way); its freshness is still checked on every call.
+#[derive(Clone)]
+struct VerifiedDocument {
+    timestamp_ms: u64,
+    attested: Attested,
+}
+
+/// Verified documents kept at most; stale ones are dropped first.
+const VERIFIED_DOCUMENTS: usize = 1024;
 
 /// A bound, not yet serving, mock KMS.
 pub struct MockKms {
@@ -219,6 +233,7 @@ impl MockKms {
                 caller_arn: config.caller_arn,
                 allowed_access_keys: config.allowed_access_keys,
                 max_age: config.attestation_max_age,
+                verified: std::sync::Mutex::default(),
             }),
         })
     }
@@ -384,6 +399,7 @@ struct RecipientInput {
 }
 
 /// A verified, fresh recipient.
+#[derive(Clone)]
 struct Attested {
     spki: Vec<u8>,
     pcrs: BTreeMap<u8, String>,
@@ -469,19 +485,37 @@ impl Shared {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i128)
             + skew_ms;
-        let doc = common::attestation::document::verify(
-            &document,
-            &self.root_der,
-            (now_ms / 1000) as i64,
-        )
-        .map_err(|e| denied(format!("attestation document refused: {e}")))?;
-        let age_ms = now_ms - i128::from(doc.timestamp_ms);
+        let digest: [u8; 32] = sha2::Sha256::digest(&document).into();
+        let known = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
+            .cloned();
+        let verified = match known {
+            Some(verified) => verified,
+            None => self.verify_document(&document, digest, now_ms)?,
+        };
+        let age_ms = now_ms - i128::from(verified.timestamp_ms);
         if age_ms.unsigned_abs() > self.max_age.as_millis() {
             return Err(denied(format!(
                 "attestation document is stale: its timestamp is {age_ms} ms from now; expected within {} ms",
                 self.max_age.as_millis()
             )));
         }
+        Ok(verified.attested)
+    }
+
+    /// Verifies a document's chain, signature and key, and remembers the result.
+    fn verify_document(
+        &self,
+        document: &[u8],
+        digest: [u8; 32],
+        now_ms: i128,
+    ) -> Result<VerifiedDocument, KmsError> {
+        let doc =
+            common::attestation::document::verify(document, &self.root_der, (now_ms / 1000) as i64)
+                .map_err(|e| denied(format!("attestation document refused: {e}")))?;
         let spki = doc.public_key.clone().ok_or_else(|| {
             denied("attestation document has no public_key; expected an RSA SubjectPublicKeyInfo")
         })?;
@@ -491,7 +525,25 @@ impl Shared {
             .keys()
             .filter_map(|&i| doc.pcr_hex(i).map(|hex| (i, hex)))
             .collect();
-        Ok(Attested { spki, pcrs })
+        let verified = VerifiedDocument {
+            timestamp_ms: doc.timestamp_ms,
+            attested: Attested { spki, pcrs },
+        };
+        let mut cache = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= VERIFIED_DOCUMENTS {
+            let max_age = self.max_age.as_millis();
+            cache.retain(|_, kept| {
+                (now_ms - i128::from(kept.timestamp_ms)).unsigned_abs() <= max_age
+            });
+            if cache.len() >= VERIFIED_DOCUMENTS {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, verified.clone());
+        Ok(verified)
     }
 
     fn arn(&self, key_id: &str) -> Result<String, KmsError> {

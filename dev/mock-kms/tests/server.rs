@@ -393,8 +393,11 @@ async fn attested_decrypt_is_bound_to_pcrs_root_and_freshness() {
         "no public_key",
     );
 
-    // The mock's clock moved 10 minutes on: the same document is now stale.
+    // The mock's clock moved 10 minutes on: the same document, verified and cached
+    // a moment ago, is now stale (the cache keeps the chain check, not the freshness).
     let recipient = enclave.recipient();
+    let first_use = c.decrypt(&blob, PUBKEY, Some(recipient.clone())).await;
+    assert_eq!(first_use.status, 200, "{}", first_use.body);
     kms.faults.set_clock_skew(600);
     let stale = c.decrypt(&blob, PUBKEY, Some(recipient.clone())).await;
     denied(stale, "stale");
