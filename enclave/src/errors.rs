@@ -20,8 +20,8 @@ impl From<KmsError> for WireError {
             }
             KmsError::Settings(_) => ErrorCode::Internal,
             KmsError::KeyMismatch { .. } => ErrorCode::KmsKeyMismatch,
-            KmsError::Throttled(_)
-            | KmsError::Unavailable(_)
+            KmsError::Throttled(_) => ErrorCode::KmsThrottled,
+            KmsError::Unavailable(_)
             | KmsError::Other { .. }
             | KmsError::MissingCiphertextForRecipient
             | KmsError::MissingCiphertextBlob => ErrorCode::KmsUnavailable,

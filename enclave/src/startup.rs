@@ -20,6 +20,15 @@ use crate::context::SigningContext;
 use crate::kms::client::{KmsClient, KmsSettings, PushedCredentials};
 use crate::nsm::Nsm;
 
+// KMS calls are bounded so that an answer, or `kms_throttled` / `kms_unavailable`,
+// reaches the host well within its request timeout (30 s by default). A KMS Decrypt
+// takes tens of milliseconds; an attempt that takes 2 s is stuck, not slow.
+const KMS_MAX_ATTEMPTS: u32 = 4;
+const KMS_INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+const KMS_MAX_BACKOFF: Duration = Duration::from_secs(1);
+const KMS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const KMS_OPERATION_TIMEOUT: Duration = Duration::from_secs(8);
+
 #[cfg(feature = "mock")]
 fn parse_mock_pcrs(text: &str) -> anyhow::Result<std::collections::BTreeMap<u8, [u8; 48]>> {
     let mut pcrs = std::collections::BTreeMap::new();
@@ -126,8 +135,11 @@ pub fn signing_context(
         endpoint_url,
         relay: settings.kms_relay.clone(),
         roots: kms_roots(settings)?,
-        max_attempts: 3,
-        attempt_timeout: Duration::from_secs(10),
+        max_attempts: KMS_MAX_ATTEMPTS,
+        initial_backoff: KMS_INITIAL_BACKOFF,
+        max_backoff: KMS_MAX_BACKOFF,
+        attempt_timeout: KMS_ATTEMPT_TIMEOUT,
+        operation_timeout: KMS_OPERATION_TIMEOUT,
     };
     let kms = KmsClient::new(kms_settings, PushedCredentials::default())?;
     let attestor = Attestor::new(open_nsm(settings)?)?;

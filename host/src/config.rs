@@ -106,6 +106,14 @@ pub struct ApiConfig {
     pub shutdown_grace_ms: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Connections open at once; the next caller gets `too_many_connections` (503).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, or the connection is closed; a
+    /// keep-alive connection idle this long is closed too.
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this after its headers, or the answer is
+    /// `request_timeout` (408) and the connection is closed.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -115,6 +123,9 @@ impl Default for ApiConfig {
             socket_mode: SocketMode(0o660),
             shutdown_grace_ms: 10_000,
             max_body_bytes: 512 * 1024,
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -122,6 +133,14 @@ impl Default for ApiConfig {
 impl ApiConfig {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
 }
 
@@ -326,6 +345,15 @@ impl Config {
         }
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes", "must be at least 1024");
+        }
+        if self.api.max_connections == 0 {
+            return invalid("api.max_connections", "must be greater than 0");
+        }
+        if self.api.header_read_timeout_ms == 0 {
+            return invalid("api.header_read_timeout_ms", "must be greater than 0");
+        }
+        if self.api.body_read_timeout_ms == 0 {
+            return invalid("api.body_read_timeout_ms", "must be greater than 0");
         }
         if self.api.socket.as_os_str().is_empty() {
             return invalid("api.socket", "must not be empty");

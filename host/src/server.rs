@@ -10,7 +10,8 @@ use common::wire::transport::{UnixSocketListener, bind_unix};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{AppState, Caller, router};
+use crate::api::connections::{self, ConnectionLimits};
+use crate::api::{AppState, BodyLimits, router};
 use crate::config::Config;
 use crate::enclave_client::EnclaveClient;
 use crate::signing::Signing;
@@ -96,8 +97,17 @@ impl BoundHost {
             signing,
             shutdown: shutdown.clone(),
         };
-        let app = router(state, config.api.max_body_bytes)
-            .into_make_service_with_connect_info::<Caller>();
+        let app = router(
+            state,
+            BodyLimits {
+                max_bytes: config.api.max_body_bytes,
+                read_timeout: config.api.body_read_timeout(),
+            },
+        );
+        let limits = ConnectionLimits {
+            max_connections: config.api.max_connections,
+            header_read_timeout: config.api.header_read_timeout(),
+        };
         info!(
             socket = %config.api.socket.display(),
             mode = format!("{:04o}", config.api.socket_mode.0),
@@ -107,11 +117,7 @@ impl BoundHost {
             "signer-host listening"
         );
         let stop_accepting = shutdown.clone();
-        let mut serving = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-                .into_future(),
-        );
+        let mut serving = tokio::spawn(connections::serve(listener, app, limits, stop_accepting));
         let early_exit = tokio::select! {
             biased;
             () = shutdown.cancelled() => None,

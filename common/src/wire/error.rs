@@ -74,6 +74,12 @@ pub enum ErrorCode {
     /// The key's record, or KMS's answer, names another KMS key than the one the
     /// enclave's measured settings name.
     KmsKeyMismatch,
+    /// KMS kept throttling the enclave's calls after its bounded retries; back off.
+    KmsThrottled,
+    /// The request's body did not arrive within the host's deadline.
+    RequestTimeout,
+    /// The host has as many connections open as it allows; retry shortly.
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -110,6 +116,9 @@ impl ErrorCode {
         ErrorCode::PolicyViolation,
         ErrorCode::EnclaveBusy,
         ErrorCode::KmsKeyMismatch,
+        ErrorCode::KmsThrottled,
+        ErrorCode::RequestTimeout,
+        ErrorCode::TooManyConnections,
     ];
 
     /// The code's snake_case name, as in the host API's `error.code` and in serde.
@@ -146,6 +155,9 @@ impl ErrorCode {
             ErrorCode::PolicyViolation => "policy_violation",
             ErrorCode::EnclaveBusy => "enclave_busy",
             ErrorCode::KmsKeyMismatch => "kms_key_mismatch",
+            ErrorCode::KmsThrottled => "kms_throttled",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -168,8 +180,10 @@ impl ErrorCode {
             ErrorCode::KmsUnavailable | ErrorCode::NoCredentials => 503,
             ErrorCode::NotFound | ErrorCode::UnknownChannelAccount => 404,
             ErrorCode::LockTokenMismatch | ErrorCode::KeyExists => 409,
-            // Retryable: locks expire and get released; back off and try again.
-            ErrorCode::NoIdleChannelAccount => 429,
+            // Retryable: locks expire and get released, KMS quotas refill; back off.
+            ErrorCode::NoIdleChannelAccount | ErrorCode::KmsThrottled => 429,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::TooManyConnections => 503,
             ErrorCode::StoreError => 500,
             // Not retryable until an operator provisions accounts.
             ErrorCode::NoChannelAccountsConfigured => 503,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::wire::error::WireError;
 
 /// Bump on any change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Which enclave build answered: the host refuses nothing on this basis by itself, but
 /// operators and the dev tooling need to know when a mock build is in use.

@@ -3,6 +3,7 @@
 //! verifies attestation documents against a configured root, and evaluates the same
 //! key-policy JSON that ships in `kms-policy/`.
 
+pub mod admin_client;
 pub mod key_policy;
 pub mod keystore;
 pub mod recipient;

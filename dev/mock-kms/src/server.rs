@@ -5,7 +5,8 @@
 //!
 //! Test-only admin route on the same server: `GET|POST /__mock/faults` with JSON
 //! `{"latency_ms": u64, "throttle": bool, "unavailable": bool, "clock_skew_s": i64}`
-//! (all optional) answers 200 with the resulting state. Faults touch KMS operations
+//! (all optional) answers 200 with the resulting state, which also counts the KMS
+//! requests received so far (`requests`), so tests can see retries. Faults touch KMS operations
 //! only, never the admin route: latency delays the answer; throttle answers every
 //! operation with `ThrottlingException`; unavailable answers `503` with no body and
 //! closes the connection (the SDK treats 503 as a retryable transient error); clock
@@ -109,6 +110,8 @@ pub struct Faults {
     throttle: AtomicBool,
     unavailable: AtomicBool,
     clock_skew_s: AtomicI64,
+    /// KMS requests received (the admin route not counted), so tests see retries.
+    requests: AtomicU64,
 }
 
 /// A snapshot of [`Faults`], and the admin route's answer.
@@ -118,6 +121,8 @@ pub struct FaultState {
     pub throttle: bool,
     pub unavailable: bool,
     pub clock_skew_s: i64,
+    /// KMS requests received so far (read-only).
+    pub requests: u64,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +155,7 @@ impl Faults {
             throttle: self.throttle.load(Ordering::Relaxed),
             unavailable: self.unavailable.load(Ordering::Relaxed),
             clock_skew_s: self.clock_skew_s.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
         }
     }
     fn apply(&self, update: &FaultUpdate) {
@@ -727,6 +733,7 @@ async fn handle(
         let (_, credential) = auth.split_once("Credential=")?;
         credential.split('/').next().map(str::to_string)
     });
+    shared.faults.requests.fetch_add(1, Ordering::Relaxed);
     let faults = shared.faults.state();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;

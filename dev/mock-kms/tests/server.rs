@@ -451,8 +451,9 @@ async fn fault_switches_programmatic_and_over_the_admin_route() {
     );
     let state = c.admin(r#"{"throttle": false, "latency_ms": 300}"#).await;
     assert_eq!(state.status, 200);
+    // One KMS request so far (the throttled CreateKey); the admin route is not counted.
     let expected = json!({"latency_ms": 300, "throttle": false, "unavailable": false,
-                          "clock_skew_s": 0});
+                          "clock_skew_s": 0, "requests": 1});
     assert_eq!(state.body, expected);
     let started = Instant::now();
     c.create_key().await;
@@ -465,6 +466,7 @@ async fn fault_switches_programmatic_and_over_the_admin_route() {
     assert_eq!(unavailable.body, Value::Null);
     let reset = c.admin(r#"{"unavailable": false}"#).await;
     assert_eq!(reset.body["unavailable"], false);
+    assert_eq!(reset.body["requests"], 3);
     c.create_key().await;
     assert_eq!(c.admin(r#"{"slow": true}"#).await.status, 400);
     kms.stop().await;

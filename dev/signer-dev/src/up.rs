@@ -359,20 +359,15 @@ async fn run_stack(
     };
     start_enclave(options, &enclave_bin, &enclave, dir, children).await?;
 
-    let mut config = Config::default();
-    config.api.socket = host_socket.clone();
-    config.store.path = db;
-    config.enclave.endpoint = enclave_endpoint.clone();
-    config.stellar.network_passphrase = Some(DEV_NETWORK.to_string());
+    let mut config = dev_host_config(HostPaths {
+        socket: &host_socket,
+        db: &db,
+        enclave: &enclave_endpoint,
+        relay: &relay,
+        kms_url: &kms_url,
+    });
     config.enclave.precheck_signing_policy = !options.no_host_policy_precheck;
     config.signing_policy.soroban_contracts = options.soroban_contracts.clone();
-    config.kms.region = Some("us-east-1".to_string());
-    config.kms.endpoint = Some(kms_url.clone());
-    config.kms.relay_listen = relay.clone();
-    config.kms.credentials = CredentialsSource::Static;
-    config.kms.static_access_key_id = Some("AKIDSIGNERDEV".to_string());
-    config.kms.static_secret_access_key =
-        Some(host::config::SecretString("signer-dev-secret".to_string()));
     let host = BoundHost::bind(config)?;
     let serving = tokio::spawn(host.run(shutdown.clone()));
 
@@ -380,23 +375,138 @@ async fn run_stack(
         wait_until_ready(&host_socket, children).await?;
         if stored.is_none() {
             let generated = generate_keys(&host_socket, "distribution", 1).await?;
-            let distribution = generated.first().context("no distribution key generated")?;
-            restart_enclave(options, &enclave_bin, &enclave, distribution, dir, children).await?;
+            let distribution = generated
+                .first()
+                .context("no distribution key generated")?
+                .clone();
+            restart_enclave(
+                options,
+                &enclave_bin,
+                &enclave,
+                &distribution,
+                dir,
+                children,
+            )
+            .await?;
             wait_until_ready(&host_socket, children).await?;
             generate_keys(&host_socket, "channel", DEV_CHANNELS).await?;
             info!(%distribution, channels = DEV_CHANNELS, "generated the development keys in the enclave");
+            return anyhow::Ok(distribution);
         }
-        anyhow::Ok(())
+        anyhow::Ok(distribution.clone())
     };
-    if let Err(e) = started.await {
-        shutdown.cancel();
-        let _ = serving.await;
-        return Err(e);
-    }
+    let distribution = match started.await {
+        Ok(distribution) => distribution,
+        Err(e) => {
+            shutdown.cancel();
+            let _ = serving.await;
+            return Err(e);
+        }
+    };
+    write_stack_file(dir, children, &kms_url)?;
     print_banner(dir, &host_socket, &kms_url).await;
-    shutdown.cancelled().await;
+    let enclave = EnclaveSetup {
+        distribution: &distribution,
+        ..enclave
+    };
+    supervise_enclave(
+        options,
+        &enclave_bin,
+        &enclave,
+        dir,
+        children,
+        &kms_url,
+        &shutdown,
+    )
+    .await?;
     // The host drains first, so in-flight requests can still reach the enclave.
     serving.await.context("host task")?
+}
+
+/// Until shutdown, starts the enclave again whenever it exits (as an operator's
+/// service manager restarts a Nitro enclave), so a crash, or a `kill -9` in a fault
+/// test, is followed by recovery; `stack.json` then names the new process.
+async fn supervise_enclave(
+    options: &DevOptions,
+    enclave_bin: &Path,
+    setup: &EnclaveSetup<'_>,
+    dir: &Path,
+    children: &mut Children,
+    kms_url: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let exited = {
+            let Some(enclave) = children.0.last_mut() else {
+                bail!("the enclave process is not running");
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                status = enclave.wait() => status,
+            }
+        };
+        warn!(status = ?exited, "the enclave exited; starting it again");
+        children.0.pop();
+        let _ = std::fs::remove_file(dir.join("enclave.sock"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        start_enclave(options, enclave_bin, setup, dir, children).await?;
+        write_stack_file(dir, children, kms_url)?;
+    }
+}
+
+/// Where a development host listens, keeps its state and finds the rest of the stack.
+#[derive(Clone, Copy)]
+pub struct HostPaths<'a> {
+    pub socket: &'a Path,
+    pub db: &'a Path,
+    pub enclave: &'a Endpoint,
+    pub relay: &'a Endpoint,
+    pub kms_url: &'a str,
+}
+
+/// The host configuration of the local stack: the mock KMS with static development
+/// credentials, the development network.
+pub fn dev_host_config(paths: HostPaths<'_>) -> Config {
+    let mut config = Config::default();
+    config.api.socket = paths.socket.to_path_buf();
+    config.store.path = paths.db.to_path_buf();
+    config.enclave.endpoint = paths.enclave.clone();
+    config.stellar.network_passphrase = Some(DEV_NETWORK.to_string());
+    config.kms.region = Some("us-east-1".to_string());
+    config.kms.endpoint = Some(paths.kms_url.to_string());
+    config.kms.relay_listen = paths.relay.clone();
+    config.kms.credentials = CredentialsSource::Static;
+    config.kms.static_access_key_id = Some("AKIDSIGNERDEV".to_string());
+    config.kms.static_secret_access_key =
+        Some(host::config::SecretString("signer-dev-secret".to_string()));
+    config
+}
+
+/// What a running stack is made of, in `DIR/stack.json`, for tools that measure or
+/// break it (`signer-dev bench`, fault scripts).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct StackFile {
+    /// This process: it runs the host.
+    pub host_pid: u32,
+    pub enclave_pid: u32,
+    pub mock_kms_pid: u32,
+    pub kms_url: String,
+}
+
+pub const STACK_FILE: &str = "stack.json";
+
+/// Children are kept in start order: the mock KMS first, the enclave last.
+fn write_stack_file(dir: &Path, children: &Children, kms_url: &str) -> anyhow::Result<()> {
+    let pid = |child: Option<&Child>| child.and_then(Child::id).context("a child has no pid");
+    let stack = StackFile {
+        host_pid: std::process::id(),
+        enclave_pid: pid(children.0.last())?,
+        mock_kms_pid: pid(children.0.first())?,
+        kms_url: kms_url.to_string(),
+    };
+    let path = dir.join(STACK_FILE);
+    std::fs::write(&path, serde_json::to_vec_pretty(&stack)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The development KMS key (created on the first run), by ARN.

@@ -31,9 +31,15 @@ pub struct KmsSettings {
     pub relay: Endpoint,
     /// Root certificates for the KMS endpoint's TLS. Production: the public web roots.
     pub roots: rustls::RootCertStore,
-    /// Attempts per call, including the first.
+    /// Attempts per call, including the first; retries (throttling, 5xx, timeouts,
+    /// never a refusal) wait a full-jitter exponential backoff from `initial_backoff`
+    /// up to `max_backoff`.
     pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
     pub attempt_timeout: Duration,
+    /// The whole call, retries included.
+    pub operation_timeout: Duration,
 }
 
 /// Credentials as the host last pushed them. Swapped atomically; readers never block.
@@ -99,10 +105,16 @@ impl KmsClient {
             .credentials_provider(credentials.clone())
             // Pushed credentials change under us; the provider is already a cheap load.
             .identity_cache(IdentityCache::no_cache())
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(settings.max_attempts.max(1))
+                    .with_initial_backoff(settings.initial_backoff)
+                    .with_max_backoff(settings.max_backoff),
+            )
             .timeout_config(
                 TimeoutConfig::builder()
                     .operation_attempt_timeout(settings.attempt_timeout)
+                    .operation_timeout(settings.operation_timeout)
                     .build(),
             )
             .build();

@@ -44,13 +44,9 @@ pub struct Caller {
     pub pid: Option<i32>,
 }
 
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for Caller
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl Caller {
+    pub fn of(stream: &tokio::net::UnixStream) -> Caller {
+        match stream.peer_cred() {
             Ok(cred) => Caller {
                 uid: Some(cred.uid()),
                 pid: cred.pid(),

@@ -4,6 +4,7 @@
 //! `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
 mod channels;
+pub mod connections;
 pub mod error;
 pub mod extract;
 mod fee_bump;
@@ -20,5 +21,5 @@ pub mod state;
 
 pub use error::ApiError;
 pub use extract::Caller;
-pub use router::router;
+pub use router::{BodyLimits, router};
 pub use state::AppState;

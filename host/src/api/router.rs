@@ -1,5 +1,7 @@
 //! Every route of the host API, in one place.
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -13,8 +15,16 @@ use super::{
     channels, fee_bump, health, key_import, key_lifecycle, keys, provisioning, sign, soroban,
 };
 
-/// The API with its error fallbacks and body limit.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// What a request body may be: at most `max_bytes`, all of it within `read_timeout`
+/// of the headers.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub read_timeout: Duration,
+}
+
+/// The API with its error fallbacks and body limits.
+pub fn router(state: AppState, body: BodyLimits) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -46,8 +56,54 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.clone(),
             refuse_while_shutting_down,
         ))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(body.max_bytes))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            read_body_within(body, request, next)
+        }))
         .with_state(state)
+}
+
+/// Reads the whole body before any handler runs, within the deadline: a caller that
+/// sends headers and then trickles (or withholds) the body gets `request_timeout` and
+/// loses the connection instead of holding it. Every route takes a small JSON body,
+/// so buffering it here costs nothing.
+async fn read_body_within(limits: BodyLimits, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let read =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limits.max_bytes));
+    let bytes = match tokio::time::timeout(limits.read_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the request body exceeds {} bytes (api.max_body_bytes)",
+                    limits.max_bytes
+                ),
+            )
+            .into_response();
+        }
+        Ok(Err(e)) => {
+            return ApiError::new(
+                ErrorCode::BadRequest,
+                format!("reading the request body: {e}"),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} ms of its headers \
+                     (api.body_read_timeout_ms)",
+                    limits.read_timeout.as_millis()
+                ),
+            )
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// Once shutdown has begun, requests that would start new work (signing, key
@@ -166,7 +222,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path());
         let shutdown = state.shutdown.clone();
-        let app = router(state, 1024);
+        let app = router(
+            state,
+            super::BodyLimits {
+                max_bytes: 1024,
+                read_timeout: Duration::from_secs(5),
+            },
+        );
         assert_eq!(
             status_and_code(app.clone(), "/v1/channels").await,
             (StatusCode::OK, String::new())

@@ -1,0 +1,202 @@
+//! Closed-loop load: each client runs its requests one after another on its own
+//! connection, and the run reports throughput and latency percentiles.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use host::api_client::ApiConnection;
+
+/// Throughput and latency of one run at one concurrency.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub per_s: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// One client's unit of work.
+pub trait RoundTrip: Send + 'static {
+    fn once(&mut self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Warm-up requests per client before the clock starts (connections, caches, pools).
+pub const WARM_UP: usize = 10;
+
+/// Runs `requests` round trips spread over `clients` connections made by `connect`.
+pub async fn measure<C, F, Fut>(
+    clients: usize,
+    requests: usize,
+    connect: F,
+) -> anyhow::Result<Stats>
+where
+    C: RoundTrip,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<C>>,
+{
+    let clients = clients.max(1);
+    let per_client = requests.div_ceil(clients).max(1);
+    let mut connections = Vec::with_capacity(clients);
+    for index in 0..clients {
+        let mut client = connect(index).await?;
+        for _ in 0..WARM_UP {
+            client.once().await?;
+        }
+        connections.push(client);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    client.once().await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(per_client * clients);
+    for task in tasks {
+        latencies.extend(task.await.context("benchmark client")??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok(Stats {
+        per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    })
+}
+
+/// A request to the host API whose answer must be 200.
+pub struct ApiClient {
+    connection: ApiConnection,
+    method: Method,
+    path: &'static str,
+    body: Option<String>,
+}
+
+impl ApiClient {
+    pub async fn connect(
+        socket: &Path,
+        method: Method,
+        path: &'static str,
+        body: Option<String>,
+    ) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient {
+            connection: ApiConnection::connect(socket).await?,
+            method,
+            path,
+            body,
+        })
+    }
+
+    pub async fn ping(socket: &Path) -> anyhow::Result<ApiClient> {
+        ApiClient::connect(socket, Method::GET, "/v1/ping", None).await
+    }
+
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (status, answer) = self.connection.request_raw(method, path, body).await?;
+        if status != StatusCode::OK {
+            bail!(
+                "{path} answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        Ok(serde_json::from_slice(&answer).unwrap_or_default())
+    }
+}
+
+impl RoundTrip for ApiClient {
+    async fn once(&mut self) -> anyhow::Result<()> {
+        self.call(self.method.clone(), self.path, self.body.clone())
+            .await
+            .map(drop)
+    }
+}
+
+/// One unit is a channel acquire and the release of what it returned.
+pub struct ChannelPairClient(ApiClient);
+
+impl ChannelPairClient {
+    pub async fn connect(socket: &Path) -> anyhow::Result<ChannelPairClient> {
+        ApiClient::connect(socket, Method::POST, "/v1/channels/acquire", None)
+            .await
+            .map(ChannelPairClient)
+    }
+}
+
+impl RoundTrip for ChannelPairClient {
+    async fn once(&mut self) -> anyhow::Result<()> {
+        let lease = self
+            .0
+            .call(Method::POST, "/v1/channels/acquire", None)
+            .await?;
+        let release = serde_json::json!({
+            "account": lease["account"],
+            "lock_token": lease["lock_token"],
+        });
+        self.0
+            .call(
+                Method::POST,
+                "/v1/channels/release",
+                Some(release.to_string()),
+            )
+            .await
+            .map(drop)
+    }
+}
+
+/// The size of a ping request on the wire is about this; the baseline echoes as much.
+const ECHO_MESSAGE: usize = 96;
+
+/// A bare Unix-socket round trip: write a ping-sized message, read it back.
+pub struct EchoClient {
+    stream: UnixStream,
+    buf: [u8; ECHO_MESSAGE],
+}
+
+impl EchoClient {
+    pub async fn connect(path: &Path) -> anyhow::Result<EchoClient> {
+        Ok(EchoClient {
+            stream: UnixStream::connect(path).await?,
+            buf: [7; ECHO_MESSAGE],
+        })
+    }
+}
+
+impl RoundTrip for EchoClient {
+    async fn once(&mut self) -> anyhow::Result<()> {
+        self.stream.write_all(&self.buf).await?;
+        self.stream.read_exact(&mut self.buf).await?;
+        Ok(())
+    }
+}
+
+/// Serves echo connections until the runtime stops.
+pub async fn serve_echo(listener: UnixListener) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = [0u8; ECHO_MESSAGE];
+            while stream.read_exact(&mut buf).await.is_ok() {
+                if stream.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}

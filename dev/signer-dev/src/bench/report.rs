@@ -1,0 +1,216 @@
+//! The benchmark's figures, by the dotted keys of its JSON (`sign_cached.c64.p99_us`),
+//! and the table printed from them, with the targets of the README next to the ratios.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+use super::load::Stats;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    figures: Map<String, Value>,
+}
+
+impl Report {
+    pub fn set(&mut self, key: &str, value: f64) {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let Some(last) = parts.pop() else { return };
+        let mut node = &mut self.figures;
+        for part in parts {
+            let entry = node
+                .entry(part.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !entry.is_object() {
+                *entry = Value::Object(Map::new());
+            }
+            let Value::Object(next) = entry else { return };
+            node = next;
+        }
+        let rounded = (value * 1000.0).round() / 1000.0;
+        node.insert(last.to_string(), Value::from(rounded));
+    }
+
+    pub fn set_max(&mut self, key: &str, value: f64) {
+        let value = self.get(key).map_or(value, |old| old.max(value));
+        self.set(key, value);
+    }
+
+    pub fn set_stats(&mut self, prefix: &str, stats: Stats) {
+        self.set(&format!("{prefix}.per_s"), stats.per_s);
+        self.set(&format!("{prefix}.p50_us"), stats.p50.as_secs_f64() * 1e6);
+        self.set(&format!("{prefix}.p99_us"), stats.p99.as_secs_f64() * 1e6);
+    }
+
+    pub fn get(&self, key: &str) -> Option<f64> {
+        let mut node = self.figures.get(key.split('.').next()?)?;
+        for part in key.split('.').skip(1) {
+            node = node.get(part)?;
+        }
+        node.as_f64()
+    }
+
+    pub fn json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.figures).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let figure = |key: &str| {
+            self.get(key)
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))
+        };
+        let _ = writeln!(
+            out,
+            "\nbaselines (one core each; the round trip at 64 connections)"
+        );
+        for (label, key) in [
+            (
+                "ed25519 signature of a payload hash",
+                "baseline.ed25519_sign_per_s",
+            ),
+            (
+                "RSA-2048 OAEP-SHA256 decryption (aws-lc-rs)",
+                "baseline.rsa_decrypt_per_s",
+            ),
+            (
+                "bare Unix-socket round trip",
+                "baseline.uds_round_trip_per_s",
+            ),
+        ] {
+            let _ = writeln!(out, "  {label:<46} {:>10} /s", figure(key));
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<28} {:>7} {:>10} {:>10} {:>10}",
+            "through host and enclave", "clients", "per s", "p50 µs", "p99 µs"
+        );
+        for (label, prefix) in [
+            ("GET /v1/ping", "ping"),
+            ("sign, per-call KMS", "sign_per_call"),
+            ("sign, enclave key cache", "sign_cached"),
+        ] {
+            for clients in ["c1", "c16", "c64"] {
+                let key = |field: &str| figure(&format!("{prefix}.{clients}.{field}"));
+                let _ = writeln!(
+                    out,
+                    "{label:<28} {:>7} {:>10} {:>10} {:>10}",
+                    &clients[1..],
+                    key("per_s"),
+                    key("p50_us"),
+                    key("p99_us")
+                );
+            }
+        }
+        let _ = writeln!(out, "\nsign, per-call, 64 clients, KMS latency injected");
+        for ms in ["ms0", "ms10", "ms50"] {
+            let per_s = figure(&format!("sign_per_call_kms_latency.{ms}.per_s"));
+            let _ = writeln!(out, "  {:>5} ms {per_s:>10} /s", &ms[2..]);
+        }
+        let rsa_ms = self.get("baseline.rsa_decrypt_per_s").map(|r| 1e3 / r);
+        let _ = writeln!(
+            out,
+            "\nenclave CPU per per-call signature {:>8} ms (RSA decryption alone: {} ms)",
+            self.get("enclave_cpu_ms_per_signature")
+                .map_or("-".into(), |v| format!("{v:.2}")),
+            rsa_ms.map_or("-".into(), |v| format!("{v:.2}"))
+        );
+        let _ = writeln!(
+            out,
+            "channel acquire+release, 64 clients: {} pairs/s at 1,000 accounts, {} at 10,000",
+            figure("channels.a1000.pairs_per_s"),
+            figure("channels.a10000.pairs_per_s")
+        );
+        let _ = writeln!(
+            out,
+            "peak RSS: host {} MiB, enclave {} MiB",
+            figure("rss_mib.host"),
+            figure("rss_mib.enclave")
+        );
+        out.push_str(&self.targets());
+        out
+    }
+
+    fn ratio(&self, numerator: &str, denominator: &str) -> Option<f64> {
+        Some(self.get(numerator)? / self.get(denominator)?)
+    }
+
+    /// The targets for this 2-core machine, as measured ratios.
+    fn targets(&self) -> String {
+        let rsa_ms = self.get("baseline.rsa_decrypt_per_s").map(|r| 1e3 / r);
+        let cpu = self.get("enclave_cpu_ms_per_signature");
+        let checks: [(&str, Option<f64>, f64, bool); 7] = [
+            (
+                "cached sign c64 / ping c64",
+                self.ratio("sign_cached.c64.per_s", "ping.c64.per_s"),
+                0.7,
+                true,
+            ),
+            (
+                "cached sign c64 p99 (ms)",
+                self.get("sign_cached.c64.p99_us").map(|us| us / 1e3),
+                10.0,
+                false,
+            ),
+            (
+                "ping c64 / bare round trip",
+                self.ratio("ping.c64.per_s", "baseline.uds_round_trip_per_s"),
+                0.4,
+                true,
+            ),
+            (
+                "enclave CPU per signature / RSA",
+                cpu.zip(rsa_ms).map(|(c, r)| c / r),
+                1.5,
+                false,
+            ),
+            (
+                "per-call c64, 50 ms KMS / 0 ms",
+                self.ratio(
+                    "sign_per_call_kms_latency.ms50.per_s",
+                    "sign_per_call_kms_latency.ms0.per_s",
+                ),
+                0.9,
+                true,
+            ),
+            (
+                "channel pairs/s at 1,000 accounts",
+                self.get("channels.a1000.pairs_per_s"),
+                20_000.0,
+                true,
+            ),
+            (
+                "cost at 10,000 / at 1,000 accounts",
+                self.ratio("channels.a1000.pairs_per_s", "channels.a10000.pairs_per_s"),
+                1.2,
+                false,
+            ),
+        ];
+        let mut out = String::from("\ntargets (ratios from this run)\n");
+        for (label, value, target, at_least) in checks {
+            let (sign, met) = match value {
+                Some(v) if at_least => (">=", v >= target),
+                Some(v) => ("<=", v <= target),
+                None => ("", false),
+            };
+            let shown = value.map_or("-".to_string(), |v| format!("{v:.2}"));
+            let verdict = if met { "met" } else { "NOT met" };
+            let _ = writeln!(
+                out,
+                "  {label:<38} {shown:>10}  target {sign} {target:<8} {verdict}"
+            );
+        }
+        let rss = self.get("rss_mib.enclave");
+        let met = rss.is_some_and(|r| r < 64.0);
+        let _ = writeln!(
+            out,
+            "  {:<38} {:>10}  target <  64       {}",
+            "enclave peak RSS (MiB)",
+            rss.map_or("-".into(), |v| format!("{v:.1}")),
+            if met { "met" } else { "NOT met" }
+        );
+        out
+    }
+}
