@@ -42,17 +42,25 @@ where
     let per_client = requests.div_ceil(clients).max(1);
     let mut connections = Vec::with_capacity(clients);
     for index in 0..clients {
-        let mut client = connect(index).await?;
-        for _ in 0..WARM_UP {
-            client.once().await?;
-        }
-        connections.push(client);
+        connections.push(connect(index).await?);
     }
-    let started = Instant::now();
+    // Every client warms up at once and the clock starts when all are done, so no
+    // connection sits idle long enough for the host to close it.
+    let ready = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|mut client| {
+            let ready = ready.clone();
             tokio::spawn(async move {
+                let warmed = async {
+                    for _ in 0..WARM_UP {
+                        client.once().await?;
+                    }
+                    anyhow::Ok(())
+                }
+                .await;
+                ready.wait().await;
+                warmed?;
                 let mut latencies = Vec::with_capacity(per_client);
                 for _ in 0..per_client {
                     let t = Instant::now();
@@ -63,6 +71,8 @@ where
             })
         })
         .collect();
+    ready.wait().await;
+    let started = Instant::now();
     let mut latencies = Vec::with_capacity(per_client * clients);
     for task in tasks {
         latencies.extend(task.await.context("benchmark client")??);

@@ -1,0 +1,418 @@
+//! Behaviour under faults, over the whole local stack: KMS throttling, denial,
+//! slowness and unavailability (the mock KMS's fault switches); the enclave killed
+//! under load (`signer-dev up` restarts it, as a service manager would); slow and idle
+//! connections against the host API's limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::stellar::{USER, account, b64, op, transaction};
+use harness::{Dev, Proc, assert_no_secret_in, host_bin};
+use host::api_client::{ApiConnection, request_once};
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use stellar_xdr::{Asset, MuxedAccount, OperationBody, PaymentOp, Uint256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// `POST /v1/sign` of a channel-sourced payment of a user's funds.
+fn sign_body(channel: &str) -> Value {
+    let body = OperationBody::Payment(PaymentOp {
+        destination: account(channel),
+        asset: Asset::Native,
+        amount: 1,
+    });
+    let envelope = transaction(
+        channel,
+        100,
+        vec![op(Some(MuxedAccount::Ed25519(Uint256(USER))), body)],
+    );
+    json!({"transaction": b64(&envelope), "signers": [channel]})
+}
+
+fn stack_file(dev: &Dev) -> Value {
+    serde_json::from_slice(&std::fs::read(dev.state().join("stack.json")).unwrap()).unwrap()
+}
+
+/// Applies a fault update to the stack's mock KMS; returns its state, with the count
+/// of KMS requests it has received.
+async fn faults(dev: &Dev, update: Value) -> Value {
+    let kms_url = stack_file(dev)["kms_url"].as_str().unwrap().to_string();
+    mock_kms::admin_client::set_faults(&kms_url, &dev.state().join("mock-kms-ca.pem"), &update)
+        .await
+        .unwrap()
+}
+
+async fn kms_requests(dev: &Dev) -> u64 {
+    faults(dev, json!({})).await["requests"].as_u64().unwrap()
+}
+
+/// Signs once under `fault`, then lifts it; returns the answer, how long it took and
+/// how many KMS requests it made.
+async fn sign_under(
+    dev: &Dev,
+    channel: &str,
+    fault: Value,
+    lift: Value,
+) -> (StatusCode, Value, Duration, u64) {
+    let before = kms_requests(dev).await;
+    faults(dev, fault).await;
+    let started = Instant::now();
+    let (status, body) = dev
+        .call(Method::POST, "/v1/sign", Some(sign_body(channel)))
+        .await;
+    let took = started.elapsed();
+    let after = faults(dev, lift).await["requests"].as_u64().unwrap();
+    (status, body, took, after - before)
+}
+
+#[tokio::test]
+async fn kms_faults_are_retried_within_bounds_refusals_never_and_each_has_its_code() {
+    let dev = Dev::start(&[]);
+    let channel = dev.keys("channel").await.remove(0);
+    let sign = || dev.call(Method::POST, "/v1/sign", Some(sign_body(&channel)));
+    assert_eq!(sign().await.0, StatusCode::OK);
+
+    // Throttling: retried with backoff (4 attempts), then its own code.
+    let (status, body, took, requests) = sign_under(
+        &dev,
+        &channel,
+        json!({"throttle": true}),
+        json!({"throttle": false}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("kms_throttled")),
+        "{body}"
+    );
+    assert_eq!(requests, 4, "one call and three retries");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(sign().await.0, StatusCode::OK);
+
+    // A refusal is not retried: the mock's clock moved on, so the document is stale.
+    let (status, body, _, requests) = sign_under(
+        &dev,
+        &channel,
+        json!({"clock_skew_s": 600}),
+        json!({"clock_skew_s": 0}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("kms_access_denied")),
+        "{body}"
+    );
+    assert_eq!(requests, 1, "a refusal is final");
+
+    // Unavailable (503 and a closed connection): retried, then kms_unavailable.
+    let (status, body, _, requests) = sign_under(
+        &dev,
+        &channel,
+        json!({"unavailable": true}),
+        json!({"unavailable": false}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("kms_unavailable")),
+        "{body}"
+    );
+    assert_eq!(requests, 4);
+
+    // Slower than the per-attempt timeout: cut off, within the per-call bound.
+    let (status, body, took, _) = sign_under(
+        &dev,
+        &channel,
+        json!({"latency_ms": 2500}),
+        json!({"latency_ms": 0}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("kms_unavailable")),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
+        "{took:?}"
+    );
+
+    assert_eq!(
+        sign().await.0,
+        StatusCode::OK,
+        "signs again once KMS is well"
+    );
+    let seeds = dev.seeds();
+    assert_no_secret_in(&dev.stop(), &seeds);
+}
+
+/// Answers seen by the load: (status, error code) of every request.
+type Answers = Vec<(StatusCode, String)>;
+
+/// A caller that, until `stop`, acquires a channel, signs with it and releases it
+/// whatever the answer, as a well-behaved caller does; a signature that was not given
+/// must leave no signed transaction recorded on the lock.
+async fn locking_caller(socket: std::path::PathBuf, stop: Arc<AtomicBool>) -> Answers {
+    let mut answers = Vec::new();
+    let mut connection = ApiConnection::connect(&socket).await.unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let call = async {
+            let (status, lease) = connection
+                .request(Method::POST, "/v1/channels/acquire", None)
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "{lease}");
+            let channel = lease["account"].as_str().unwrap();
+            let (status, body) = connection
+                .request(Method::POST, "/v1/sign", Some(&sign_body(channel)))
+                .await
+                .unwrap();
+            if status != StatusCode::OK {
+                let (_, pool) = connection
+                    .request(Method::GET, "/v1/channels?accounts=true", None)
+                    .await
+                    .unwrap();
+                let row = pool["accounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|r| r["account"] == channel)
+                    .unwrap();
+                assert!(
+                    row["tx_hash"].is_null(),
+                    "a failed signature left a signed transaction on its lock: {row}"
+                );
+            }
+            let release = json!({"account": lease["account"], "lock_token": lease["lock_token"]});
+            let (released, answer) = connection
+                .request(Method::POST, "/v1/channels/release", Some(&release))
+                .await
+                .unwrap();
+            assert_eq!(released, StatusCode::OK, "{answer}");
+            (
+                status,
+                body["error"]["code"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        // Every request is answered, well within the host's enclave timeout (30 s).
+        answers.push(
+            tokio::time::timeout(Duration::from_secs(15), call)
+                .await
+                .expect("a request hung"),
+        );
+    }
+    answers
+}
+
+/// A caller that pings through host and enclave until `stop`.
+async fn pinging_caller(socket: std::path::PathBuf, stop: Arc<AtomicBool>) -> Answers {
+    let mut answers = Vec::new();
+    let mut connection = ApiConnection::connect(&socket).await.unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let call = connection.request(Method::GET, "/v1/ping", None);
+        let (status, body) = tokio::time::timeout(Duration::from_secs(15), call)
+            .await
+            .expect("a ping hung")
+            .unwrap();
+        answers.push((
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enclave_killed_under_load_answers_enclave_unavailable_leaks_no_lock_and_recovers() {
+    let dev = Dev::start(&[]);
+    let channels = dev.keys("channel").await;
+    let enclave_pid = stack_file(&dev)["enclave_pid"].as_u64().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // 64 callers: one per channel locking it for each signature, the rest pinging.
+    let callers: Vec<_> = (0..64)
+        .map(|i| {
+            if i < channels.len() {
+                tokio::spawn(locking_caller(dev.socket(), stop.clone()))
+            } else {
+                tokio::spawn(pinging_caller(dev.socket(), stop.clone()))
+            }
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(enclave_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Answers::new();
+    for caller in callers {
+        answers.extend(caller.await.unwrap());
+    }
+    let signed = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let unavailable = answers
+        .iter()
+        .filter(|(_, c)| c == "enclave_unavailable")
+        .count();
+    let other: Vec<_> = answers
+        .iter()
+        .filter(|(s, c)| {
+            *s != StatusCode::OK && c != "enclave_unavailable" && c != "no_credentials"
+        })
+        .collect();
+    assert!(
+        signed > 0 && unavailable > 0,
+        "signed {signed}, enclave_unavailable {unavailable}"
+    );
+    // Right after the restart the enclave may not have its credentials yet.
+    assert!(other.is_empty(), "unexpected answers: {other:?}");
+
+    let (_, summary) = dev.call(Method::GET, "/v1/channels", None).await;
+    assert_eq!(
+        summary["locked"], 0,
+        "no lock outlives its caller's release: {summary}"
+    );
+
+    // Restarted by the stack: a new process signs again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = dev
+            .call(Method::POST, "/v1/sign", Some(sign_body(&channels[0])))
+            .await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never signed again: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(
+        stack_file(&dev)["enclave_pid"].as_u64().unwrap(),
+        enclave_pid
+    );
+    let seeds = dev.seeds();
+    assert_no_secret_in(&dev.stop(), &seeds);
+}
+
+/// Reads what the host sends until it closes the connection (or `limit` passes).
+async fn read_until_closed(stream: &mut UnixStream, limit: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("host.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nsocket = {socket:?}\nmax_connections = 8\nheader_read_timeout_ms = 600\n\
+             body_read_timeout_ms = 600\n\n[enclave]\nendpoint = \"unix://{}\"\n\n\
+             [store]\npath = {:?}\n",
+            dir.path().join("no-enclave.sock").display(),
+            dir.path().join("signer.db"),
+        ),
+    )
+    .unwrap();
+    let host = Proc::spawn(
+        std::process::Command::new(host_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config),
+        dir.path().join("host.log"),
+    );
+    let healthy = || async {
+        matches!(
+            request_once(&socket, Method::GET, "/v1/channels", None).await,
+            Ok((StatusCode::OK, _))
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !healthy().await {
+        assert!(
+            Instant::now() < deadline,
+            "host did not start: {}",
+            host.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The start-up probes' connections close first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Seven slow callers: four send nothing, two stop mid-headers, one mid-body.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(UnixStream::connect(&socket).await.unwrap());
+    }
+    for _ in 0..2 {
+        let mut stream = UnixStream::connect(&socket).await.unwrap();
+        stream
+            .write_all(b"POST /v1/channels/acquire HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        idle.push(stream);
+    }
+    let mut half_body = UnixStream::connect(&socket).await.unwrap();
+    half_body
+        .write_all(b"POST /v1/channels/acquire HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"lock")
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    // One slot is left: a well-behaved caller is served.
+    let (status, body) = request_once(&socket, Method::GET, "/v1/channels", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a caller within the cap is served: {body}"
+    );
+    // The cap is full with one more: the next caller is told so, at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let filler = UnixStream::connect(&socket).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, body) = request_once(&socket, Method::GET, "/v1/channels", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("too_many_connections")
+        ),
+        "{body}"
+    );
+
+    // The half body is answered request_timeout and closed; the rest are closed.
+    let answer = read_until_closed(&mut half_body, Duration::from_secs(3))
+        .await
+        .expect("the half body was cut off");
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"),
+        "{answer}"
+    );
+    for mut stream in idle.into_iter().chain([filler]) {
+        let closed = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+        assert!(closed.is_some(), "a slow connection was kept open");
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        opened.elapsed()
+    );
+    assert!(
+        healthy().await,
+        "callers are served once the slow ones are gone"
+    );
+}
