@@ -11,8 +11,8 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::state::AppState;
-use crate::store::blocking;
 use crate::store::{ChannelLease, ChannelSummary, UnlockOutcome};
+use crate::store::{blocking, queued_or_blocking};
 
 /// Most hashes one unlock call may carry.
 const MAX_UNLOCK_HASHES: usize = 1000;
@@ -38,9 +38,12 @@ pub async fn acquire(
     body: Bytes,
 ) -> Result<axum::Json<ChannelLease>, ApiError> {
     let request: AcquireRequest = optional_body(&body)?;
+    let duration = request.lock_seconds.map(Duration::from_secs);
     let locks = state.store.clone();
-    let lease =
-        blocking(move || locks.acquire(request.lock_seconds.map(Duration::from_secs))).await?;
+    let lease = queued_or_blocking(state.store.submit_acquire(duration), move || {
+        locks.acquire(duration)
+    })
+    .await?;
     Ok(axum::Json(lease))
 }
 
@@ -57,7 +60,13 @@ pub async fn release(
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let locks = state.store.clone();
     let account = request.account.clone();
-    blocking(move || locks.release(&request.account, &request.lock_token)).await?;
+    let queued = state
+        .store
+        .submit_release(&request.account, &request.lock_token);
+    queued_or_blocking(queued, move || {
+        locks.release(&request.account, &request.lock_token)
+    })
+    .await?;
     Ok(axum::Json(json!({ "released": account })))
 }
 

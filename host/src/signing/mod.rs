@@ -29,7 +29,7 @@ use common::wire::{ErrorCode, WireError};
 use crate::enclave_client::EnclaveClient;
 use crate::store::{
     AuditEntry, KeyRecord, KeyState, SharedStore, SignedChannelTx, StoreError, active_distribution,
-    blocking,
+    blocking, queued_or_blocking, the_active,
 };
 
 /// What was asked for, as the audit log names it.
@@ -123,6 +123,9 @@ impl Signing {
         public_keys: Vec<String>,
         with_distribution: bool,
     ) -> Result<Lookup, WireError> {
+        if let Some(found) = self.lookup_in_memory(&public_keys, with_distribution) {
+            return Ok(found);
+        }
         let store = self.store.clone();
         blocking(move || {
             let keys = public_keys
@@ -137,6 +140,20 @@ impl Signing {
             Ok(Lookup { keys, distribution })
         })
         .await
+    }
+
+    /// The lookup from the store's memory alone, when every record is there.
+    fn lookup_in_memory(&self, public_keys: &[String], with_distribution: bool) -> Option<Lookup> {
+        let keys = public_keys
+            .iter()
+            .map(|pk| Some((pk.clone(), Some(self.store.key_in_memory(pk)?))))
+            .collect::<Option<Vec<_>>>()?;
+        let distribution = if with_distribution {
+            the_active(self.store.distribution_in_memory()?)
+        } else {
+            None
+        };
+        Some(Lookup { keys, distribution })
     }
 
     async fn ask_enclave(&self, request: Request) -> Result<Response, WireError> {
@@ -177,8 +194,11 @@ impl Signing {
                 tx_hash: hex(&owner.hash),
                 max_time_unix_s: owner.max_time,
             });
+        // Queued for the group commit and awaited here; the blocking pool only when
+        // the writer's queue is full.
+        let queued = self.store.submit_outcome(&rows, signed.as_ref());
         let store = self.store.clone();
-        blocking(move || store.record_outcome(&rows, signed.as_ref())).await
+        queued_or_blocking(queued, move || store.record_outcome(&rows, signed.as_ref())).await
     }
 }
 

@@ -5,6 +5,7 @@
 //! every [`EPOCH_CHECK`]. Nothing cached is secret: records hold KMS ciphertexts only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,10 @@ pub struct KeyCache<S> {
     inner: S,
     entries: RwLock<Entries>,
     checked: Mutex<EpochCheck>,
+    /// Until when (nanoseconds after `created`) the last epoch check holds, so the
+    /// in-memory reads know without taking `checked`.
+    fresh_until_ns: AtomicU64,
+    created: Instant,
 }
 
 impl std::fmt::Debug for Entries {
@@ -65,7 +70,18 @@ impl<S: Store> KeyCache<S> {
                 at: None,
                 epoch: None,
             }),
+            fresh_until_ns: AtomicU64::new(0),
+            created: Instant::now(),
         }
+    }
+
+    fn nanos_since_created(&self) -> u64 {
+        u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the last epoch check still holds (else a read must check again).
+    fn epoch_is_fresh(&self) -> bool {
+        self.nanos_since_created() < self.fresh_until_ns.load(Ordering::Acquire)
     }
 
     fn clear(&self) {
@@ -87,6 +103,11 @@ impl<S: Store> KeyCache<S> {
             checked.epoch = Some(epoch);
         }
         checked.at = Some(Instant::now());
+        let window = u64::try_from(EPOCH_CHECK.as_nanos()).unwrap_or(u64::MAX);
+        self.fresh_until_ns.store(
+            self.nanos_since_created().saturating_add(window),
+            Ordering::Release,
+        );
         Ok(())
     }
 
@@ -194,6 +215,22 @@ impl<S: Store> KeyStore for KeyCache<S> {
     fn key_epoch(&self) -> Result<i64, StoreError> {
         self.inner.key_epoch()
     }
+
+    fn key_in_memory(&self, public_key: &str) -> Option<KeyRecord> {
+        if !self.epoch_is_fresh() {
+            return None;
+        }
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries.keys.get(public_key).cloned()
+    }
+
+    fn distribution_in_memory(&self) -> Option<Vec<KeyRecord>> {
+        if !self.epoch_is_fresh() {
+            return None;
+        }
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries.distribution.clone()
+    }
 }
 
 impl<S: Store> ChannelLocks for KeyCache<S> {
@@ -202,6 +239,12 @@ impl<S: Store> ChannelLocks for KeyCache<S> {
     }
     fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
         self.inner.release(account, lock_token)
+    }
+    fn submit_acquire(&self, duration: Option<Duration>) -> Option<super::Pending<ChannelLease>> {
+        self.inner.submit_acquire(duration)
+    }
+    fn submit_release(&self, account: &str, lock_token: &str) -> Option<super::PendingWrite> {
+        self.inner.submit_release(account, lock_token)
     }
     fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
         self.inner.unlock_by_tx_hashes(hashes)
@@ -237,6 +280,13 @@ impl<S: Store> AuditLog for KeyCache<S> {
         signed: Option<&SignedChannelTx>,
     ) -> Result<(), StoreError> {
         self.inner.record_outcome(audit, signed)
+    }
+    fn submit_outcome(
+        &self,
+        audit: &[AuditEntry],
+        signed: Option<&SignedChannelTx>,
+    ) -> Option<super::PendingWrite> {
+        self.inner.submit_outcome(audit, signed)
     }
     fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
         self.inner.recent_audit(limit)

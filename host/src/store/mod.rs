@@ -68,6 +68,48 @@ pub trait KeyStore: Send + Sync {
     fn list_keys(&self, role: Option<KeyRole>) -> Result<Vec<KeyRecord>, StoreError>;
     /// A number that changes whenever any key record changes, by any writer.
     fn key_epoch(&self) -> Result<i64, StoreError>;
+    /// A key record held in memory and known to be current, without touching the
+    /// backend, so an async caller needs no blocking thread; `None` means "ask
+    /// [`key`](Self::key)". Only a cache answers.
+    fn key_in_memory(&self, _public_key: &str) -> Option<KeyRecord> {
+        None
+    }
+    /// The same for `list_keys(Some(KeyRole::Distribution))`.
+    fn distribution_in_memory(&self) -> Option<Vec<KeyRecord>> {
+        None
+    }
+}
+
+/// A write a backend commits on a thread of its own, awaited without holding one.
+pub type Pending<T> = tokio::sync::oneshot::Receiver<Result<T, StoreError>>;
+pub type PendingWrite = Pending<()>;
+
+/// An answer known before any write (a refused argument), as a pending one.
+pub fn ready<T>(result: Result<T, StoreError>) -> Pending<T> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let _ = reply.send(result);
+    answer
+}
+
+/// Awaits a queued write, or, when the backend could not queue it, runs `fallback` on
+/// the blocking pool.
+pub async fn queued_or_blocking<T, F>(
+    pending: Option<Pending<T>>,
+    fallback: F,
+) -> Result<T, WireError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    match pending {
+        Some(pending) => match pending.await {
+            Ok(result) => result.map_err(|e| e.to_wire()),
+            Err(_) => {
+                Err(StoreError::Writer("the writer thread stopped mid-write".into()).to_wire())
+            }
+        },
+        None => blocking(fallback).await,
+    }
 }
 
 /// The append-only audit log.
@@ -82,6 +124,16 @@ pub trait AuditLog: Send + Sync {
         audit: &[AuditEntry],
         signed: Option<&SignedChannelTx>,
     ) -> Result<(), StoreError>;
+    /// [`record_outcome`](Self::record_outcome) queued without blocking: the pending
+    /// commit to await, or `None` when this backend (or its queue, now) cannot take it,
+    /// and the caller runs `record_outcome` on the blocking pool instead.
+    fn submit_outcome(
+        &self,
+        _audit: &[AuditEntry],
+        _signed: Option<&SignedChannelTx>,
+    ) -> Option<PendingWrite> {
+        None
+    }
     /// The latest rows, newest first.
     fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
 }
@@ -109,6 +161,15 @@ pub trait ChannelLocks: Send + Sync {
     /// `channel_withdrawn` for `caller_uid`, durably. A locked account is never taken.
     fn withdraw_idle(&self, count: u32, caller_uid: Option<u32>)
     -> Result<Vec<String>, StoreError>;
+    /// [`acquire`](Self::acquire) queued without blocking; `None`: call `acquire` on
+    /// the blocking pool.
+    fn submit_acquire(&self, _duration: Option<Duration>) -> Option<Pending<ChannelLease>> {
+        None
+    }
+    /// [`release`](Self::release) queued without blocking; `None`: call `release`.
+    fn submit_release(&self, _account: &str, _lock_token: &str) -> Option<PendingWrite> {
+        None
+    }
 }
 
 /// A whole store: keys, channel locks and audit, plus health.
@@ -246,8 +307,12 @@ where
 
 /// The active distribution key, if one is stored. Written once for every caller.
 pub fn active_distribution(store: &dyn Store) -> Result<Option<KeyRecord>, StoreError> {
-    Ok(store
-        .list_keys(Some(KeyRole::Distribution))?
+    Ok(the_active(store.list_keys(Some(KeyRole::Distribution))?))
+}
+
+/// The active one among the distribution keys.
+pub fn the_active(distribution_keys: Vec<KeyRecord>) -> Option<KeyRecord> {
+    distribution_keys
         .into_iter()
-        .find(|k| k.state == KeyState::Active))
+        .find(|k| k.state == KeyState::Active)
 }

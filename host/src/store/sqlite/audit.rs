@@ -27,6 +27,26 @@ pub(super) fn insert_audit(
     Ok(())
 }
 
+impl SqliteStore {
+    /// One signing request's rows and lock extension, as one write of a group commit.
+    fn outcome_write(
+        &self,
+        audit: &[AuditEntry],
+        signed: Option<&SignedChannelTx>,
+    ) -> impl FnOnce(&rusqlite::Connection, i64) -> Result<(), StoreError> + Send + 'static {
+        let (audit, signed, limits) = (audit.to_vec(), signed.cloned(), self.limits);
+        move |conn, now| {
+            for entry in &audit {
+                insert_audit(conn, now, entry)?;
+            }
+            if let Some(signed) = &signed {
+                super::channels::extend_for_signed(conn, now, limits, signed)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 impl AuditLog for SqliteStore {
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let entry = entry.clone();
@@ -39,16 +59,15 @@ impl AuditLog for SqliteStore {
         audit: &[AuditEntry],
         signed: Option<&SignedChannelTx>,
     ) -> Result<(), StoreError> {
-        let (audit, signed, limits) = (audit.to_vec(), signed.cloned(), self.limits);
-        self.writer.write(move |conn, now| {
-            for entry in &audit {
-                insert_audit(conn, now, entry)?;
-            }
-            if let Some(signed) = &signed {
-                super::channels::extend_for_signed(conn, now, limits, signed)?;
-            }
-            Ok(())
-        })
+        self.writer.write(self.outcome_write(audit, signed))
+    }
+
+    fn submit_outcome(
+        &self,
+        audit: &[AuditEntry],
+        signed: Option<&SignedChannelTx>,
+    ) -> Option<crate::store::PendingWrite> {
+        self.writer.submit(self.outcome_write(audit, signed))
     }
 
     /// The newest `limit` entries, newest first.

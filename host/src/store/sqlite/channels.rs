@@ -170,8 +170,15 @@ pub(super) fn extend_for_signed(
         .optional()?)
 }
 
-impl ChannelLocks for SqliteStore {
-    fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError> {
+impl SqliteStore {
+    /// An acquire as a write of the group commit, once its duration is checked.
+    fn acquire_write(
+        &self,
+        duration: Option<Duration>,
+    ) -> Result<
+        impl FnOnce(&Connection, i64) -> Result<ChannelLease, StoreError> + Send + 'static,
+        StoreError,
+    > {
         let limits = self.limits;
         let duration = duration.unwrap_or(limits.default_lock);
         if duration.is_zero() || duration > limits.max_lock {
@@ -181,16 +188,46 @@ impl ChannelLocks for SqliteStore {
             });
         }
         let token = new_token();
-        self.writer.write(move |conn, now| {
+        Ok(move |conn: &Connection, now: i64| {
             let until = now.saturating_add(duration.as_millis() as i64);
             lease(conn, now, until, token)
         })
     }
+}
+
+fn release_write(
+    account: &str,
+    lock_token: &str,
+) -> impl FnOnce(&Connection, i64) -> Result<(), StoreError> + Send + 'static {
+    let (account, lock_token) = (account.to_string(), lock_token.to_string());
+    move |conn, now| release_lease(conn, now, &account, &lock_token)
+}
+
+impl ChannelLocks for SqliteStore {
+    fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError> {
+        self.writer.write(self.acquire_write(duration)?)
+    }
 
     fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
-        let (account, lock_token) = (account.to_string(), lock_token.to_string());
-        self.writer
-            .write(move |conn, now| release_lease(conn, now, &account, &lock_token))
+        self.writer.write(release_write(account, lock_token))
+    }
+
+    fn submit_acquire(
+        &self,
+        duration: Option<Duration>,
+    ) -> Option<crate::store::Pending<ChannelLease>> {
+        match self.acquire_write(duration) {
+            Ok(write) => self.writer.submit(write),
+            Err(refused) => Some(crate::store::ready(Err(refused))),
+        }
+    }
+
+    fn submit_release(
+        &self,
+        account: &str,
+        lock_token: &str,
+    ) -> Option<crate::store::PendingWrite> {
+        self.writer.submit(release_write(account, lock_token))
     }
 
     fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {

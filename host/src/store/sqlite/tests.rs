@@ -695,9 +695,18 @@ fn the_key_cache_sees_its_own_writes_at_once_and_others_within_the_epoch_check()
         cached.key(&second).unwrap().unwrap().state,
         KeyState::Active
     );
+    // Read once, the record answers from memory (the signing path's fast lookup).
+    assert_eq!(
+        cached.key_in_memory(&first).unwrap().state,
+        KeyState::Active
+    );
     cached
         .set_key_state(&first, KeyState::Retired, &[])
         .unwrap();
+    assert!(
+        cached.key_in_memory(&first).is_none(),
+        "a write clears memory at once"
+    );
     assert_eq!(
         cached.key(&first).unwrap().unwrap().state,
         KeyState::Retired
@@ -713,9 +722,67 @@ fn the_key_cache_sees_its_own_writes_at_once_and_others_within_the_epoch_check()
         .set_key_state(&second, KeyState::Retired, &[])
         .unwrap();
     std::thread::sleep(crate::store::key_cache::EPOCH_CHECK + Duration::from_millis(50));
+    assert!(
+        cached.key_in_memory(&second).is_none(),
+        "past the epoch check nothing answers from memory"
+    );
     assert_eq!(
         cached.key(&second).unwrap().unwrap().state,
         KeyState::Retired
     );
     assert!(cached.key(&test_account(9)).unwrap().is_none());
+}
+
+#[test]
+fn queued_writes_answer_as_blocking_ones_do_and_commit_before_answering() {
+    fn answer<T>(pending: Option<crate::store::Pending<T>>) -> Result<T, StoreError> {
+        pending.unwrap().blocking_recv().unwrap()
+    }
+    let f = Fixture::new(1);
+    let lease = answer(f.store.submit_acquire(None)).unwrap();
+    assert!(matches!(
+        answer(f.store.submit_acquire(None)),
+        Err(StoreError::NoIdleChannelAccount { .. })
+    ));
+    assert!(matches!(
+        answer(f.store.submit_acquire(Some(Duration::ZERO))),
+        Err(StoreError::InvalidLockDuration { .. })
+    ));
+    assert!(matches!(
+        answer(f.store.submit_release(&lease.account, "not-the-token")),
+        Err(StoreError::LockTokenMismatch { .. })
+    ));
+    let row = AuditEntry {
+        caller_uid: Some(7),
+        public_key: Some(lease.account.clone()),
+        tx_hash: Some("cd".repeat(32)),
+        kind: "sign".into(),
+        outcome: "ok".into(),
+        detail: None,
+    };
+    let signed = SignedChannelTx {
+        account: lease.account.clone(),
+        tx_hash: "cd".repeat(32),
+        max_time_unix_s: Some(1_700_000_100),
+    };
+    answer(
+        f.store
+            .submit_outcome(std::slice::from_ref(&row), Some(&signed)),
+    )
+    .unwrap();
+    // Answered only once committed: another connection sees the row and the lock.
+    let other = SqliteStore::open(
+        f.store.path(),
+        LockLimits::default(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(other.recent_audit(1).unwrap()[0].entry, row);
+    let pool = other.summary(true).unwrap();
+    assert_eq!(
+        pool.accounts.unwrap()[0].tx_hash.as_deref(),
+        Some(&*"cd".repeat(32))
+    );
+    answer(f.store.submit_release(&lease.account, &lease.lock_token)).unwrap();
+    assert_eq!(other.summary(false).unwrap().locked, 0);
 }

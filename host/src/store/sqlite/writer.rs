@@ -54,27 +54,51 @@ impl Writer {
         write: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = sync_channel::<Result<T, StoreError>>(1);
-        let job: Job = Box::new(move |slot| {
-            let result = slot.map(|(conn, now)| write(conn, now));
-            Outcome {
-                // Unrun writes take the batch's verdict, which is then an error.
-                applied: result.as_ref().is_none_or(Result::is_ok),
-                answer: Box::new(move |committed| {
-                    let _ = reply.send(match (committed, result) {
-                        (Ok(()), Some(result)) => result,
-                        (Err(message), _) => Err(StoreError::Writer(message)),
-                        (Ok(()), None) => Err(StoreError::Writer("the write did not run".into())),
-                    });
-                }),
-            }
-        });
         self.jobs
-            .send(job)
+            .send(job(write, move |result| {
+                let _ = reply.send(result);
+            }))
             .map_err(|_| StoreError::Writer("the writer thread has stopped".into()))?;
         answer
             .recv()
             .map_err(|_| StoreError::Writer("the writer thread stopped mid-write".into()))?
     }
+
+    /// Queues `write` for the next group commit without blocking: an async caller
+    /// awaits the answer instead of holding a thread. `None` when the queue is full or
+    /// the writer has stopped; the caller then takes the blocking path, which waits for
+    /// room or reports the error.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<T, StoreError>>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = job(write, move |result| {
+            let _ = reply.send(result);
+        });
+        self.jobs.try_send(job).ok().map(|()| answer)
+    }
+}
+
+/// Wraps a write and where its answer goes into a job for the writer thread.
+fn job<T: Send + 'static>(
+    write: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+    reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+) -> Job {
+    Box::new(move |slot| {
+        let result = slot.map(|(conn, now)| write(conn, now));
+        Outcome {
+            // Unrun writes take the batch's verdict, which is then an error.
+            applied: result.as_ref().is_none_or(Result::is_ok),
+            answer: Box::new(move |committed| {
+                reply(match (committed, result) {
+                    (Ok(()), Some(result)) => result,
+                    (Err(message), _) => Err(StoreError::Writer(message)),
+                    (Ok(()), None) => Err(StoreError::Writer("the write did not run".into())),
+                });
+            }),
+        }
+    })
 }
 
 fn run(mut conn: Connection, queue: &Receiver<Job>, clock: &Clock) {
