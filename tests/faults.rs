@@ -416,3 +416,183 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
         "callers are served once the slow ones are gone"
     );
 }
+
+/// What one caller was told before the host died.
+#[derive(Default)]
+struct Acknowledged {
+    /// Leases it holds (acquired, not released).
+    held: Vec<Value>,
+    /// Leases it released.
+    released: Vec<Value>,
+    /// Keys stored (registered; the enclave cannot verify them without KMS).
+    registered: Vec<u32>,
+}
+
+/// Acquires, and releases every other lease, until the host dies.
+async fn acquiring_caller(socket: std::path::PathBuf) -> Acknowledged {
+    let mut told = Acknowledged::default();
+    let Ok(mut connection) = ApiConnection::connect(&socket).await else {
+        return told;
+    };
+    loop {
+        let Ok((status, lease)) = connection
+            .request(Method::POST, "/v1/channels/acquire", None)
+            .await
+        else {
+            return told;
+        };
+        if status != StatusCode::OK {
+            assert_eq!(lease["error"]["code"], "no_idle_channel_account", "{lease}");
+            continue;
+        }
+        // Every other lease is kept (at most 10 per caller, so the pool never runs dry).
+        if told.held.len() <= told.released.len() && told.held.len() < 10 {
+            told.held.push(lease);
+            continue;
+        }
+        let release = json!({"account": lease["account"], "lock_token": lease["lock_token"]});
+        match connection
+            .request(Method::POST, "/v1/channels/release", Some(&release))
+            .await
+        {
+            Ok((StatusCode::OK, _)) => told.released.push(lease),
+            Ok((status, body)) => panic!("release: {status} {body}"),
+            // Died mid-release: whether it was released is unknown; skip it.
+            Err(_) => return told,
+        }
+    }
+}
+
+/// Registers keys `first..` until the host dies.
+async fn registering_caller(socket: std::path::PathBuf, first: u32) -> Acknowledged {
+    let mut told = Acknowledged::default();
+    let Ok(mut connection) = ApiConnection::connect(&socket).await else {
+        return told;
+    };
+    for i in first.. {
+        match connection
+            .request(
+                Method::POST,
+                "/v1/keys",
+                Some(&harness::register_body(i, "channel")),
+            )
+            .await
+        {
+            // Stored, then refused verification (no KMS here): kept, pending, audited.
+            Ok((StatusCode::SERVICE_UNAVAILABLE, body))
+                if body["error"]["code"] == "kms_unavailable" =>
+            {
+                told.registered.push(i);
+            }
+            Ok((status, body)) => panic!("key {i}: {status} {body}"),
+            Err(_) => break,
+        }
+    }
+    told
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_killed_under_load_keeps_every_answered_lock_release_key_and_audit_row() {
+    let mut stack = harness::Stack::start().await;
+    stack.store_active_keys(0..1000, host::store::KeyRole::Channel);
+    let callers: Vec<_> = (0..64u32)
+        .map(|i| {
+            let socket = stack.host_socket.clone();
+            if i < 4 {
+                tokio::spawn(registering_caller(socket, 100_000 + i * 100_000))
+            } else {
+                tokio::spawn(acquiring_caller(socket))
+            }
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stack.host.signal(nix::sys::signal::Signal::SIGKILL);
+    stack.host.wait_exit(Duration::from_secs(10));
+    let mut told = Acknowledged::default();
+    for caller in callers {
+        let one = caller.await.unwrap();
+        told.held.extend(one.held);
+        told.released.extend(one.released);
+        told.registered.extend(one.registered);
+    }
+    assert!(
+        told.held.len() > 50 && told.released.len() > 50 && told.registered.len() > 5,
+        "too little load to mean anything: {} held, {} released, {} registered",
+        told.held.len(),
+        told.released.len(),
+        told.registered.len()
+    );
+
+    let socket = stack.dir.path().join("host-after.sock");
+    let host = harness::spawn_host(
+        stack.dir.path(),
+        "host-after",
+        &socket,
+        &stack.enclave_socket,
+        &stack.db_path(),
+    );
+    harness::wait_ready_at(&socket, true, &host).await;
+    let (_, pool) = request_once(&socket, Method::GET, "/v1/channels?accounts=true", None)
+        .await
+        .unwrap();
+    let rows = pool["accounts"].as_array().unwrap();
+    let row = |account: &Value| rows.iter().find(|r| &r["account"] == account).unwrap();
+    for lease in &told.released {
+        // Its token no longer holds anything (an acquire in flight at the crash may
+        // have taken the account since, under another token).
+        let release = json!({"account": lease["account"], "lock_token": lease["lock_token"]});
+        let (status, body) = request_once(
+            &socket,
+            Method::POST,
+            "/v1/channels/release",
+            Some(&release),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("lock_token_mismatch")),
+            "a release was lost: {lease}"
+        );
+    }
+    for lease in &told.held {
+        assert_eq!(
+            row(&lease["account"])["status"],
+            "locked",
+            "a lock was lost: {lease}"
+        );
+        let release = json!({"account": lease["account"], "lock_token": lease["lock_token"]});
+        let (status, body) = request_once(
+            &socket,
+            Method::POST,
+            "/v1/channels/release",
+            Some(&release),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the token issued before the crash holds its lock: {body}"
+        );
+    }
+    let store = host::store::SqliteStore::open(
+        &stack.db_path(),
+        host::store::LockLimits::default(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let audit = host::store::AuditLog::recent_audit(&store, 100_000).unwrap();
+    for i in &told.registered {
+        let key = harness::test_account(*i);
+        assert!(
+            host::store::KeyStore::key(&store, &key).unwrap().is_some(),
+            "key {i} was lost"
+        );
+        assert!(
+            audit.iter().any(|row| row.entry.kind == "key_registered"
+                && row.entry.public_key.as_deref() == Some(&*key)),
+            "the audit row of key {i} was lost"
+        );
+    }
+}
