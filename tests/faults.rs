@@ -491,6 +491,14 @@ async fn registering_caller(socket: std::path::PathBuf, first: u32) -> Acknowled
     told
 }
 
+/// `POST /v1/channels/release` of `lease` (as `acquire` answered it).
+async fn release_lease(socket: &std::path::Path, lease: &Value) -> (StatusCode, Value) {
+    let release = json!({"account": lease["account"], "lock_token": lease["lock_token"]});
+    request_once(socket, Method::POST, "/v1/channels/release", Some(&release))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_killed_under_load_keeps_every_answered_lock_release_key_and_audit_row() {
     let mut stack = harness::Stack::start().await;
@@ -540,15 +548,7 @@ async fn the_host_killed_under_load_keeps_every_answered_lock_release_key_and_au
     for lease in &told.released {
         // Its token no longer holds anything (an acquire in flight at the crash may
         // have taken the account since, under another token).
-        let release = json!({"account": lease["account"], "lock_token": lease["lock_token"]});
-        let (status, body) = request_once(
-            &socket,
-            Method::POST,
-            "/v1/channels/release",
-            Some(&release),
-        )
-        .await
-        .unwrap();
+        let (status, body) = release_lease(&socket, lease).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (StatusCode::CONFLICT, Some("lock_token_mismatch")),
@@ -561,15 +561,7 @@ async fn the_host_killed_under_load_keeps_every_answered_lock_release_key_and_au
             "locked",
             "a lock was lost: {lease}"
         );
-        let release = json!({"account": lease["account"], "lock_token": lease["lock_token"]});
-        let (status, body) = request_once(
-            &socket,
-            Method::POST,
-            "/v1/channels/release",
-            Some(&release),
-        )
-        .await
-        .unwrap();
+        let (status, body) = release_lease(&socket, lease).await;
         assert_eq!(
             status,
             StatusCode::OK,
