@@ -309,19 +309,27 @@ async fn read_until_closed(stream: &mut UnixStream, limit: Duration) -> Option<S
     }
 }
 
-#[tokio::test]
-async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("host.sock");
-    let config = dir.path().join("config.toml");
+/// Whether the host at `socket` answers a store-only route.
+async fn healthy(socket: &std::path::Path) -> bool {
+    matches!(
+        request_once(socket, Method::GET, "/v1/channels", None).await,
+        Ok((StatusCode::OK, _))
+    )
+}
+
+/// A host (no enclave) with tight connection limits: 8 connections, 600 ms deadlines.
+async fn limited_host(dir: &std::path::Path) -> (Proc, std::path::PathBuf) {
+    let socket = dir.join("host.sock");
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[api]\nsocket = {socket:?}\nmax_connections = 8\nheader_read_timeout_ms = 600\n\
+            "[api]\nsocket = \"{}\"\nmax_connections = 8\nheader_read_timeout_ms = 600\n\
              body_read_timeout_ms = 600\n\n[enclave]\nendpoint = \"unix://{}\"\n\n\
-             [store]\npath = {:?}\n",
-            dir.path().join("no-enclave.sock").display(),
-            dir.path().join("signer.db"),
+             [store]\npath = \"{}\"\n",
+            socket.display(),
+            dir.join("no-enclave.sock").display(),
+            dir.join("signer.db").display(),
         ),
     )
     .unwrap();
@@ -330,16 +338,10 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
             .arg("serve")
             .arg("--config")
             .arg(&config),
-        dir.path().join("host.log"),
+        dir.join("host.log"),
     );
-    let healthy = || async {
-        matches!(
-            request_once(&socket, Method::GET, "/v1/channels", None).await,
-            Ok((StatusCode::OK, _))
-        )
-    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !healthy().await {
+    while !healthy(&socket).await {
         assert!(
             Instant::now() < deadline,
             "host did not start: {}",
@@ -347,6 +349,14 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (host, socket)
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_host, socket) = limited_host(dir.path()).await;
+    let healthy = || healthy(&socket);
 
     // The start-up probes' connections close first.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -415,6 +425,35 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
         healthy().await,
         "callers are served once the slow ones are gone"
     );
+}
+
+/// Pipelined requests a caller sends and never reads the answers of.
+const PIPELINED: usize = 20_000;
+
+#[tokio::test]
+async fn a_caller_that_never_reads_its_answers_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_host, socket) = limited_host(dir.path()).await;
+    // Once an answer has waited to be written as long as the deadline, the connection
+    // is cut, not held.
+    let (mut reader, mut writer) = UnixStream::connect(&socket).await.unwrap().into_split();
+    let sending = tokio::spawn(async move {
+        let request = b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n".repeat(PIPELINED);
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut answers = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answers)).await;
+    let answered = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        answered < PIPELINED,
+        "a caller that did not read kept its connection: all {answered} answers written"
+    );
+    drop(sending);
+    assert!(healthy(&socket).await, "and callers are still served");
 }
 
 /// What one caller was told before the host died.

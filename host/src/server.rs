@@ -105,7 +105,7 @@ impl BoundHost {
             },
         );
         let limits = ConnectionLimits {
-            max_connections: config.api.max_connections,
+            max_connections: connections::fit_to_open_file_limit(config.api.max_connections),
             header_read_timeout: config.api.header_read_timeout(),
         };
         info!(

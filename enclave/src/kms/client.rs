@@ -260,6 +260,17 @@ where
                 _ => KmsError::Other { code, message },
             }
         }
+        // The credentials provider fails inside the dispatch: not a KMS outage.
+        SdkError::DispatchFailure(dispatch)
+            if dispatch
+                .as_connector_error()
+                .is_some_and(|e| lacks_credentials(e)) =>
+        {
+            KmsError::NoCredentials(format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(error)
+            ))
+        }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             KmsError::Unavailable(format!(
                 "{}",
@@ -278,4 +289,16 @@ where
             }
         }
     }
+}
+
+/// Whether a credentials error is anywhere in `error`'s chain of sources.
+fn lacks_credentials(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if current.downcast_ref::<CredentialsError>().is_some() {
+            return true;
+        }
+        next = current.source();
+    }
+    false
 }

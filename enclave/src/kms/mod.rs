@@ -82,7 +82,9 @@ pub enum KmsError {
     InvalidCiphertext(String),
     #[error("KMS key not found: {0}")]
     NotFound(String),
-    #[error("KMS throttled every attempt (retried with jittered backoff); back off and retry: {0}")]
+    #[error(
+        "KMS throttled the call (retried with jittered backoff while the retry quota lasted); back off and retry: {0}"
+    )]
     Throttled(String),
     #[error("KMS did not answer: {0}")]
     Unavailable(String),

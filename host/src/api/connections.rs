@@ -2,11 +2,15 @@
 //! caller that opens connections and sends half a request (or nothing) could hold the
 //! socket's capacity for ever. Here each connection is served by hyper with a deadline
 //! for a request's headers (which also closes a keep-alive connection idle that long),
-//! the router reads each body within its own deadline (`router::read_body_within`), and
-//! at most `max_connections` are open: the next caller gets `too_many_connections` and
-//! the connection is closed.
+//! the router reads each body within its own deadline (`router::read_body_within`), a
+//! caller that stops reading its answers is cut off once a write has waited as long,
+//! and at most `max_connections` are open: the next caller gets `too_many_connections`
+//! and the connection is closed.
 
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -14,7 +18,7 @@ use common::wire::ErrorCode;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -28,9 +32,13 @@ use super::extract::Caller;
 pub struct ConnectionLimits {
     pub max_connections: usize,
     /// A request's headers must arrive within this; an idle keep-alive connection is
-    /// closed after it.
+    /// closed after it, and so is one whose answer waits this long to be read.
     pub header_read_timeout: Duration,
 }
+
+/// hyper's read buffer per connection: every request of this API has small headers
+/// (bodies are bounded separately), so a large buffer would only be memory to fill.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// How long a refused connection is given to take its answer.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -45,6 +53,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    let refusals = std::sync::Arc::new(Refusals::default());
     loop {
         let stream = tokio::select! {
             () = stop_accepting.cancelled() => break,
@@ -60,7 +69,7 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream, limits.max_connections));
+            tokio::spawn(refuse(stream, limits.max_connections, refusals.clone()));
             continue;
         };
         let caller = Caller::of(&stream);
@@ -72,7 +81,11 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+            .max_buf_size(READ_BUFFER)
+            .serve_connection(
+                TokioIo::new(WriteDeadline::new(stream, limits.header_read_timeout)),
+                service,
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -86,6 +99,39 @@ pub async fn serve(
     Ok(())
 }
 
+/// Descriptors kept for everything but callers: the store's connections, the enclave
+/// link, the KMS relay, logs.
+const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// Raises the open-file limit to its hard maximum and returns how many connections fit
+/// under it: `max_connections`, or fewer (with a warning) when the limit is lower, so
+/// the cap refuses callers before the process runs out of descriptors.
+pub fn fit_to_open_file_limit(max_connections: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return max_connections;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let fits = usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if fits < max_connections {
+        warn!(
+            max_connections,
+            open_file_limit = soft,
+            effective = fits,
+            "api.max_connections does not fit under the open-file limit (raise LimitNOFILE); \
+             capping connections lower"
+        );
+        return fits;
+    }
+    max_connections
+}
+
 /// Errors after which the listener is still usable.
 fn is_transient(e: &std::io::Error) -> bool {
     use nix::errno::Errno;
@@ -95,8 +141,41 @@ fn is_transient(e: &std::io::Error) -> bool {
     ) || e.kind() == std::io::ErrorKind::ConnectionAborted
 }
 
+/// Refusals since the last warning, so a flood of connections logs a line a second.
+#[derive(Default)]
+struct Refusals {
+    since_warning: AtomicU64,
+    /// Seconds (plus one) after the first refusal when the last warning was logged.
+    last_warning_s: AtomicU64,
+}
+
+impl Refusals {
+    fn count(&self, max_connections: usize) {
+        static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        self.since_warning.fetch_add(1, Ordering::Relaxed);
+        let now_s = FIRST.get_or_init(Instant::now).elapsed().as_secs() + 1;
+        let last = self.last_warning_s.load(Ordering::Relaxed);
+        if now_s > last
+            && self
+                .last_warning_s
+                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.since_warning.swap(0, Ordering::Relaxed);
+            warn!(
+                max_connections,
+                refused, "connections refused at the connection limit (since the last such line)"
+            );
+        }
+    }
+}
+
 /// Answers a connection over the cap with `too_many_connections` and closes it.
-async fn refuse(mut stream: UnixStream, max_connections: usize) {
+async fn refuse(
+    mut stream: UnixStream,
+    max_connections: usize,
+    refusals: std::sync::Arc<Refusals>,
+) {
     let code = ErrorCode::TooManyConnections;
     let body = serde_json::json!({
         "error": {
@@ -114,13 +193,104 @@ async fn refuse(mut stream: UnixStream, max_connections: usize) {
         code.http_status(),
         body.len()
     );
-    warn!(
-        max_connections,
-        "connection refused: at the connection limit"
-    );
+    refusals.count(max_connections);
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
         stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Read what the caller sent, so closing does not reset the connection under an
+        // answer it has not read yet.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
     })
     .await;
+}
+
+/// A connection whose writes fail once one has waited `timeout` for the peer to read:
+/// hyper has no write deadline, and a caller that pipelines requests and never reads
+/// the answers would otherwise hold its connection slot for ever.
+struct WriteDeadline {
+    stream: UnixStream,
+    timeout: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(stream: UnixStream, timeout: Duration) -> WriteDeadline {
+        WriteDeadline {
+            stream,
+            timeout,
+            waiting: None,
+        }
+    }
+
+    /// An error once the current wait to write has lasted `timeout`.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(waiting.as_mut().poll(cx));
+        Poll::Ready(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the caller did not read its answer in time",
+        ))
+    }
+
+    /// A write's result, or the deadline while it cannot proceed.
+    fn written(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match result {
+            Poll::Ready(written) => {
+                self.waiting = None;
+                Poll::Ready(written)
+            }
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.written(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.written(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }

@@ -52,14 +52,15 @@ pub fn router(state: AppState, body: BodyLimits) -> Router {
         .route("/v1/channels/retire", post(provisioning::retire))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            refuse_while_shutting_down,
-        ))
         .layer(axum::extract::DefaultBodyLimit::max(body.max_bytes))
         .layer(axum::middleware::from_fn(move |request, next| {
             read_body_within(body, request, next)
         }))
+        // Outermost: during shutdown new work is refused before its body is read.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_shutting_down,
+        ))
         .with_state(state)
 }
 

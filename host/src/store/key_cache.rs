@@ -97,17 +97,18 @@ impl<S: Store> KeyCache<S> {
         if checked.at.is_some_and(|at| at.elapsed() < EPOCH_CHECK) {
             return Ok(());
         }
+        // Stamped before the query: what it reads is at least this fresh.
+        let asked = Instant::now();
+        let asked_at = self.nanos_since_created();
         let epoch = self.inner.key_epoch()?;
         if checked.epoch != Some(epoch) {
             self.clear();
             checked.epoch = Some(epoch);
         }
-        checked.at = Some(Instant::now());
+        checked.at = Some(asked);
         let window = u64::try_from(EPOCH_CHECK.as_nanos()).unwrap_or(u64::MAX);
-        self.fresh_until_ns.store(
-            self.nanos_since_created().saturating_add(window),
-            Ordering::Release,
-        );
+        self.fresh_until_ns
+            .store(asked_at.saturating_add(window), Ordering::Release);
         Ok(())
     }
 
