@@ -69,6 +69,10 @@ pub fn router(state: AppState, body: BodyLimits) -> Router {
 /// loses the connection instead of holding it. Every route takes a small JSON body,
 /// so buffering it here costs nothing.
 async fn read_body_within(limits: BodyLimits, request: Request, next: Next) -> Response {
+    // Nothing to wait for (a GET, or an empty body): no deadline, no copy.
+    if axum::body::HttpBody::is_end_stream(request.body()) {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let read =
         http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limits.max_bytes));
