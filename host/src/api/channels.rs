@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::extract::ApiJson;
 use super::state::AppState;
 use crate::store::{ChannelLease, ChannelSummary, UnlockOutcome};
-use crate::store::{blocking, queued_or_blocking};
+use crate::store::{blocking, committed};
 
 /// Most hashes one unlock call may carry.
 const MAX_UNLOCK_HASHES: usize = 1000;
@@ -39,11 +39,7 @@ pub async fn acquire(
 ) -> Result<axum::Json<ChannelLease>, ApiError> {
     let request: AcquireRequest = optional_body(&body)?;
     let duration = request.lock_seconds.map(Duration::from_secs);
-    let locks = state.store.clone();
-    let lease = queued_or_blocking(state.store.submit_acquire(duration), move || {
-        locks.acquire(duration)
-    })
-    .await?;
+    let lease = committed(state.store.submit_acquire(duration)).await?;
     Ok(axum::Json(lease))
 }
 
@@ -58,16 +54,13 @@ pub async fn release(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ReleaseRequest>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let locks = state.store.clone();
-    let account = request.account.clone();
-    let queued = state
-        .store
-        .submit_release(&request.account, &request.lock_token);
-    queued_or_blocking(queued, move || {
-        locks.release(&request.account, &request.lock_token)
-    })
+    committed(
+        state
+            .store
+            .submit_release(&request.account, &request.lock_token),
+    )
     .await?;
-    Ok(axum::Json(json!({ "released": account })))
+    Ok(axum::Json(json!({ "released": request.account })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,7 +29,7 @@ use common::wire::{ErrorCode, WireError};
 use crate::enclave_client::EnclaveClient;
 use crate::store::{
     AuditEntry, KeyRecord, KeyState, SharedStore, SignedChannelTx, StoreError, active_distribution,
-    blocking, queued_or_blocking, the_active,
+    blocking, committed, the_active,
 };
 
 /// What was asked for, as the audit log names it.
@@ -194,11 +194,8 @@ impl Signing {
                 tx_hash: hex(&owner.hash),
                 max_time_unix_s: owner.max_time,
             });
-        // Queued for the group commit and awaited here; the blocking pool only when
-        // the writer's queue is full.
-        let queued = self.store.submit_outcome(&rows, signed.as_ref());
-        let store = self.store.clone();
-        queued_or_blocking(queued, move || store.record_outcome(&rows, signed.as_ref())).await
+        // Queued for the group commit and awaited here, holding no thread.
+        committed(self.store.submit_outcome(&rows, signed.as_ref())).await
     }
 }
 

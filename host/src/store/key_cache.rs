@@ -28,19 +28,14 @@ struct Entries {
     generation: u64,
 }
 
-struct EpochCheck {
-    at: Option<Instant>,
-    epoch: Option<i64>,
-}
-
 /// A [`Store`] whose key reads come from memory.
 #[derive(Debug)]
 pub struct KeyCache<S> {
     inner: S,
     entries: RwLock<Entries>,
-    checked: Mutex<EpochCheck>,
-    /// Until when (nanoseconds after `created`) the last epoch check holds, so the
-    /// in-memory reads know without taking `checked`.
+    /// The key epoch last seen; the lock also lets one caller at a time check it.
+    epoch: Mutex<Option<i64>>,
+    /// Until when (nanoseconds after `created`) the last epoch check holds.
     fresh_until_ns: AtomicU64,
     created: Instant,
 }
@@ -53,23 +48,12 @@ impl std::fmt::Debug for Entries {
     }
 }
 
-impl std::fmt::Debug for EpochCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EpochCheck")
-            .field("epoch", &self.epoch)
-            .finish_non_exhaustive()
-    }
-}
-
 impl<S: Store> KeyCache<S> {
     pub fn new(inner: S) -> KeyCache<S> {
         KeyCache {
             inner,
             entries: RwLock::new(Entries::default()),
-            checked: Mutex::new(EpochCheck {
-                at: None,
-                epoch: None,
-            }),
+            epoch: Mutex::new(None),
             fresh_until_ns: AtomicU64::new(0),
             created: Instant::now(),
         }
@@ -93,19 +77,21 @@ impl<S: Store> KeyCache<S> {
 
     /// Clears the cache if another writer changed a key since the last look.
     fn check_epoch(&self) -> Result<(), StoreError> {
-        let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
-        if checked.at.is_some_and(|at| at.elapsed() < EPOCH_CHECK) {
+        if self.epoch_is_fresh() {
+            return Ok(());
+        }
+        let mut seen = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another caller may have checked while this one waited for the lock.
+        if self.epoch_is_fresh() {
             return Ok(());
         }
         // Stamped before the query: what it reads is at least this fresh.
-        let asked = Instant::now();
         let asked_at = self.nanos_since_created();
         let epoch = self.inner.key_epoch()?;
-        if checked.epoch != Some(epoch) {
+        if *seen != Some(epoch) {
             self.clear();
-            checked.epoch = Some(epoch);
+            *seen = Some(epoch);
         }
-        checked.at = Some(asked);
         let window = u64::try_from(EPOCH_CHECK.as_nanos()).unwrap_or(u64::MAX);
         self.fresh_until_ns
             .store(asked_at.saturating_add(window), Ordering::Release);
@@ -241,10 +227,10 @@ impl<S: Store> ChannelLocks for KeyCache<S> {
     fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
         self.inner.release(account, lock_token)
     }
-    fn submit_acquire(&self, duration: Option<Duration>) -> Option<super::Pending<ChannelLease>> {
+    fn submit_acquire(&self, duration: Option<Duration>) -> super::Pending<ChannelLease> {
         self.inner.submit_acquire(duration)
     }
-    fn submit_release(&self, account: &str, lock_token: &str) -> Option<super::PendingWrite> {
+    fn submit_release(&self, account: &str, lock_token: &str) -> super::PendingWrite {
         self.inner.submit_release(account, lock_token)
     }
     fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
@@ -286,7 +272,7 @@ impl<S: Store> AuditLog for KeyCache<S> {
         &self,
         audit: &[AuditEntry],
         signed: Option<&SignedChannelTx>,
-    ) -> Option<super::PendingWrite> {
+    ) -> super::PendingWrite {
         self.inner.submit_outcome(audit, signed)
     }
     fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {

@@ -91,24 +91,11 @@ pub fn ready<T>(result: Result<T, StoreError>) -> Pending<T> {
     answer
 }
 
-/// Awaits a queued write, or, when the backend could not queue it, runs `fallback` on
-/// the blocking pool.
-pub async fn queued_or_blocking<T, F>(
-    pending: Option<Pending<T>>,
-    fallback: F,
-) -> Result<T, WireError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-{
-    match pending {
-        Some(pending) => match pending.await {
-            Ok(result) => result.map_err(|e| e.to_wire()),
-            Err(_) => {
-                Err(StoreError::Writer("the writer thread stopped mid-write".into()).to_wire())
-            }
-        },
-        None => blocking(fallback).await,
+/// The answer to a queued write, once committed.
+pub async fn committed<T>(pending: Pending<T>) -> Result<T, WireError> {
+    match pending.await {
+        Ok(result) => result.map_err(|e| e.to_wire()),
+        Err(_) => Err(StoreError::Writer("the writer stopped before answering".into()).to_wire()),
     }
 }
 
@@ -124,16 +111,13 @@ pub trait AuditLog: Send + Sync {
         audit: &[AuditEntry],
         signed: Option<&SignedChannelTx>,
     ) -> Result<(), StoreError>;
-    /// [`record_outcome`](Self::record_outcome) queued without blocking: the pending
-    /// commit to await, or `None` when this backend (or its queue, now) cannot take it,
-    /// and the caller runs `record_outcome` on the blocking pool instead.
+    /// [`record_outcome`](Self::record_outcome) queued without blocking the caller:
+    /// the pending commit to await (the signing path's write).
     fn submit_outcome(
         &self,
-        _audit: &[AuditEntry],
-        _signed: Option<&SignedChannelTx>,
-    ) -> Option<PendingWrite> {
-        None
-    }
+        audit: &[AuditEntry],
+        signed: Option<&SignedChannelTx>,
+    ) -> PendingWrite;
     /// The latest rows, newest first.
     fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
 }
@@ -161,15 +145,10 @@ pub trait ChannelLocks: Send + Sync {
     /// `channel_withdrawn` for `caller_uid`, durably. A locked account is never taken.
     fn withdraw_idle(&self, count: u32, caller_uid: Option<u32>)
     -> Result<Vec<String>, StoreError>;
-    /// [`acquire`](Self::acquire) queued without blocking; `None`: call `acquire` on
-    /// the blocking pool.
-    fn submit_acquire(&self, _duration: Option<Duration>) -> Option<Pending<ChannelLease>> {
-        None
-    }
-    /// [`release`](Self::release) queued without blocking; `None`: call `release`.
-    fn submit_release(&self, _account: &str, _lock_token: &str) -> Option<PendingWrite> {
-        None
-    }
+    /// [`acquire`](Self::acquire) queued without blocking the caller.
+    fn submit_acquire(&self, duration: Option<Duration>) -> Pending<ChannelLease>;
+    /// [`release`](Self::release) queued without blocking the caller.
+    fn submit_release(&self, account: &str, lock_token: &str) -> PendingWrite;
 }
 
 /// A whole store: keys, channel locks and audit, plus health.

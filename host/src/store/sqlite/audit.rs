@@ -66,7 +66,7 @@ impl AuditLog for SqliteStore {
         &self,
         audit: &[AuditEntry],
         signed: Option<&SignedChannelTx>,
-    ) -> Option<crate::store::PendingWrite> {
+    ) -> crate::store::PendingWrite {
         self.writer.submit(self.outcome_write(audit, signed))
     }
 

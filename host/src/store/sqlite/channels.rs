@@ -212,21 +212,14 @@ impl ChannelLocks for SqliteStore {
         self.writer.write(release_write(account, lock_token))
     }
 
-    fn submit_acquire(
-        &self,
-        duration: Option<Duration>,
-    ) -> Option<crate::store::Pending<ChannelLease>> {
+    fn submit_acquire(&self, duration: Option<Duration>) -> crate::store::Pending<ChannelLease> {
         match self.acquire_write(duration) {
             Ok(write) => self.writer.submit(write),
-            Err(refused) => Some(crate::store::ready(Err(refused))),
+            Err(refused) => crate::store::ready(Err(refused)),
         }
     }
 
-    fn submit_release(
-        &self,
-        account: &str,
-        lock_token: &str,
-    ) -> Option<crate::store::PendingWrite> {
+    fn submit_release(&self, account: &str, lock_token: &str) -> crate::store::PendingWrite {
         self.writer.submit(release_write(account, lock_token))
     }
 

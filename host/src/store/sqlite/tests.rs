@@ -735,8 +735,8 @@ fn the_key_cache_sees_its_own_writes_at_once_and_others_within_the_epoch_check()
 
 #[test]
 fn queued_writes_answer_as_blocking_ones_do_and_commit_before_answering() {
-    fn answer<T>(pending: Option<crate::store::Pending<T>>) -> Result<T, StoreError> {
-        pending.unwrap().blocking_recv().unwrap()
+    fn answer<T>(pending: crate::store::Pending<T>) -> Result<T, StoreError> {
+        pending.blocking_recv().unwrap()
     }
     let f = Fixture::new(1);
     let lease = answer(f.store.submit_acquire(None)).unwrap();

@@ -6,13 +6,13 @@
 //! audit stays fail-closed), and SQLite's single writer still orders every lock change.
 
 use std::path::Path;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 use rusqlite::Connection;
 use tracing::error;
 
-use crate::store::{Clock, StoreError};
+use crate::store::{Clock, Pending, StoreError};
 
 /// Writes taken into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -65,18 +65,27 @@ impl Writer {
     }
 
     /// Queues `write` for the next group commit without blocking: an async caller
-    /// awaits the answer instead of holding a thread. `None` when the queue is full or
-    /// the writer has stopped; the caller then takes the blocking path, which waits for
-    /// room or reports the error.
+    /// awaits the answer instead of holding a thread. A full queue is waited on from
+    /// the blocking pool; a stopped writer drops the job, and with it the answer.
     pub fn submit<T: Send + 'static>(
         &self,
         write: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
-    ) -> Option<tokio::sync::oneshot::Receiver<Result<T, StoreError>>> {
+    ) -> Pending<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = job(write, move |result| {
             let _ = reply.send(result);
         });
-        self.jobs.try_send(job).ok().map(|()| answer)
+        if let Err(TrySendError::Full(job)) = self.jobs.try_send(job) {
+            let jobs = self.jobs.clone();
+            let wait_for_room = move || {
+                let _ = jobs.send(job);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(wait_for_room)),
+                Err(_) => wait_for_room(),
+            }
+        }
+        answer
     }
 }
 
