@@ -74,7 +74,8 @@ pub async fn set_faults(
     serde_json::from_slice(&body).map_err(|e| io(&e))
 }
 
-fn tls_connector(ca_pem: &Path) -> Result<tokio_rustls::TlsConnector, AdminError> {
+/// A TLS connector that trusts the mock KMS's CA (its `--ca-out` PEM) and nothing else.
+pub fn tls_connector(ca_pem: &Path) -> Result<tokio_rustls::TlsConnector, AdminError> {
     let ca_error = |message: String| AdminError::Ca {
         path: ca_pem.display().to_string(),
         message,

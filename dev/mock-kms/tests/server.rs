@@ -117,22 +117,9 @@ impl Answer {
 
 impl Client {
     fn new(addr: SocketAddr, ca_pem: &Path) -> Client {
-        let ca = common::attestation::document::certificate_der_from_pem(
-            &std::fs::read(ca_pem).unwrap(),
-        )
-        .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.into()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         Client {
             addr,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            tls: mock_kms::admin_client::tls_connector(ca_pem).unwrap(),
         }
     }
 

@@ -446,10 +446,17 @@ async fn supervise_enclave(
             }
         };
         warn!(status = ?exited, "the enclave exited; starting it again");
-        children.0.pop();
-        let _ = std::fs::remove_file(dir.join("enclave.sock"));
+        // A pause, so an enclave that cannot start does not spin.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        start_enclave(options, enclave_bin, setup, dir, children).await?;
+        restart_enclave(
+            options,
+            enclave_bin,
+            setup,
+            setup.distribution,
+            dir,
+            children,
+        )
+        .await?;
         write_stack_file(dir, children, kms_url)?;
     }
 }

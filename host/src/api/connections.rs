@@ -53,7 +53,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let refusals = std::sync::Arc::new(Refusals::default());
+    let refusals = std::sync::Arc::new(Refusals::new());
     loop {
         let stream = tokio::select! {
             () = stop_accepting.cancelled() => break,
@@ -142,18 +142,25 @@ fn is_transient(e: &std::io::Error) -> bool {
 }
 
 /// Refusals since the last warning, so a flood of connections logs a line a second.
-#[derive(Default)]
 struct Refusals {
     since_warning: AtomicU64,
-    /// Seconds (plus one) after the first refusal when the last warning was logged.
+    /// Seconds (plus one) after `started` when the last warning was logged.
     last_warning_s: AtomicU64,
+    started: Instant,
 }
 
 impl Refusals {
+    fn new() -> Refusals {
+        Refusals {
+            since_warning: AtomicU64::new(0),
+            last_warning_s: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
     fn count(&self, max_connections: usize) {
-        static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         self.since_warning.fetch_add(1, Ordering::Relaxed);
-        let now_s = FIRST.get_or_init(Instant::now).elapsed().as_secs() + 1;
+        let now_s = self.started.elapsed().as_secs() + 1;
         let last = self.last_warning_s.load(Ordering::Relaxed);
         if now_s > last
             && self

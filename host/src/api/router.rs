@@ -74,41 +74,40 @@ async fn read_body_within(limits: BodyLimits, request: Request, next: Next) -> R
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
+    match buffer_body(limits, body).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn buffer_body(limits: BodyLimits, body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
     let read =
         http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limits.max_bytes));
-    let bytes = match tokio::time::timeout(limits.read_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the request body exceeds {} bytes (api.max_body_bytes)",
-                    limits.max_bytes
-                ),
-            )
-            .into_response();
-        }
-        Ok(Err(e)) => {
-            return ApiError::new(
-                ErrorCode::BadRequest,
-                format!("reading the request body: {e}"),
-            )
-            .into_response();
-        }
-        Err(_) => {
-            return ApiError::new(
-                ErrorCode::RequestTimeout,
-                format!(
-                    "the request body did not arrive within {} ms of its headers \
-                     (api.body_read_timeout_ms)",
-                    limits.read_timeout.as_millis()
-                ),
-            )
-            .into_response();
-        }
-    };
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
+    match tokio::time::timeout(limits.read_timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the request body exceeds {} bytes (api.max_body_bytes)",
+                limits.max_bytes
+            ),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("reading the request body: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} ms of its headers \
+                 (api.body_read_timeout_ms)",
+                limits.read_timeout.as_millis()
+            ),
+        )),
+    }
 }
 
 /// Once shutdown has begun, requests that would start new work (signing, key

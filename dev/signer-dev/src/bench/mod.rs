@@ -134,8 +134,7 @@ async fn sign_levels(
 /// Each client signs a payment sourced by one of the stack's channel accounts.
 async fn sign(stack: &Stack, clients: usize, signatures: usize) -> anyhow::Result<Stats> {
     use base64::Engine;
-    let channels = stack.channels().await?;
-    anyhow::ensure!(!channels.is_empty(), "the local stack has no channel keys");
+    let channels = &stack.channels;
     measure(clients, signatures, |index| {
         let channel = channels[index % channels.len()].clone();
         let socket = stack.socket.clone();

@@ -28,6 +28,8 @@ pub struct Stack {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub processes: StackFile,
+    /// The channel accounts among the development keys.
+    pub channels: Vec<String>,
 }
 
 const START_WAIT: Duration = Duration::from_mins(1);
@@ -63,11 +65,14 @@ impl Stack {
             );
             if ready && let Ok(text) = std::fs::read(dir.join(STACK_FILE)) {
                 let processes = serde_json::from_slice(&text).context("reading stack.json")?;
+                let channels = channel_keys(&socket).await?;
+                anyhow::ensure!(!channels.is_empty(), "the local stack has no channel keys");
                 return Ok(Stack {
                     child,
                     dir: dir.to_path_buf(),
                     socket,
                     processes,
+                    channels,
                 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -96,21 +101,20 @@ impl Stack {
         .await?;
         Ok(())
     }
+}
 
-    /// The channel accounts the development keys include.
-    pub async fn channels(&self) -> anyhow::Result<Vec<String>> {
-        let (status, keys) =
-            request_once(&self.socket, Method::GET, "/v1/keys?role=channel", None).await?;
-        if status != StatusCode::OK {
-            bail!("listing channel keys: {status} {keys}");
-        }
-        Ok(keys["keys"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|k| k["public_key"].as_str().map(str::to_string))
-            .collect())
+/// The channel accounts among the keys of the host at `socket`.
+async fn channel_keys(socket: &Path) -> anyhow::Result<Vec<String>> {
+    let (status, keys) = request_once(socket, Method::GET, "/v1/keys?role=channel", None).await?;
+    if status != StatusCode::OK {
+        bail!("listing channel keys: {status} {keys}");
     }
+    Ok(keys["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["public_key"].as_str().map(str::to_string))
+        .collect())
 }
 
 /// CPU time (user and system) a process has used so far.
