@@ -8,27 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::stellar::{USER, account, b64, op, transaction};
+use harness::stellar::{b64, user_payment};
 use harness::{Dev, Proc, assert_no_secret_in, host_bin};
 use host::api_client::{ApiConnection, request_once};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use stellar_xdr::{Asset, MuxedAccount, OperationBody, PaymentOp, Uint256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// `POST /v1/sign` of a channel-sourced payment of a user's funds.
 fn sign_body(channel: &str) -> Value {
-    let body = OperationBody::Payment(PaymentOp {
-        destination: account(channel),
-        asset: Asset::Native,
-        amount: 1,
-    });
-    let envelope = transaction(
-        channel,
-        100,
-        vec![op(Some(MuxedAccount::Ed25519(Uint256(USER))), body)],
-    );
+    let envelope = user_payment(channel, channel, 1);
     json!({"transaction": b64(&envelope), "signers": [channel]})
 }
 

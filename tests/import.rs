@@ -10,11 +10,10 @@ use std::process::{Command, Output};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use harness::stellar::{USER, b64, op, transaction};
+use harness::stellar::{b64, user_payment};
 use harness::{Dev, assert_no_secret_in, host_bin, output_text};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use stellar_xdr::{Asset, MuxedAccount, OperationBody, PaymentOp, Uint256};
 
 fn vectors() -> Value {
     let path = concat!(
@@ -119,16 +118,7 @@ async fn wallet_backend_channel_keys_are_resealed_in_the_enclave_and_sign() {
 
     // An imported key signs as itself, through KMS.
     let channel = channels[0]["public_key"].as_str().unwrap();
-    let payment = OperationBody::Payment(PaymentOp {
-        destination: harness::stellar::account(&distribution),
-        asset: Asset::Native,
-        amount: 1,
-    });
-    let envelope = transaction(
-        channel,
-        100,
-        vec![op(Some(MuxedAccount::Ed25519(Uint256(USER))), payment)],
-    );
+    let envelope = user_payment(channel, &distribution, 1);
     let (status, body) = dev
         .call(
             Method::POST,

@@ -7,26 +7,16 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use harness::stellar::{USER, account, b64, op, transaction};
+use harness::stellar::{b64, user_payment};
 use harness::{Dev, assert_no_secret_in, host_bin};
 use host::api_client::ApiConnection;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use stellar_xdr::{Asset, MuxedAccount, OperationBody, PaymentOp, Uint256};
 
 const NEXT: [&str; 2] = ["--kms-key-alias", "alias/signer-dev-next"];
 
 fn payment(source: &str, destination: &str) -> String {
-    let body = OperationBody::Payment(PaymentOp {
-        destination: account(destination),
-        asset: Asset::Native,
-        amount: 1,
-    });
-    b64(&transaction(
-        source,
-        100,
-        vec![op(Some(MuxedAccount::Ed25519(Uint256(USER))), body)],
-    ))
+    b64(&user_payment(source, destination, 1))
 }
 
 async fn keys(dev: &Dev) -> Vec<Value> {

@@ -8,28 +8,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use harness::stellar::{USER, account, b64, network_id, op, raw, transaction};
+use harness::stellar::{b64, network_id, raw, user_payment};
 use harness::{Dev, assert_no_secret_in};
 use host::store::KeyStore as _;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use stellar_xdr::{
-    Asset, Limits, MuxedAccount, OperationBody, PaymentOp, Preconditions, ReadXdr, TimeBounds,
-    TimePoint, TransactionEnvelope, Uint256,
+    Limits, MuxedAccount, Preconditions, ReadXdr, TimeBounds, TimePoint, TransactionEnvelope,
+    Uint256,
 };
 
 /// A channel-sourced payment of a user's funds (the channel only sequences and pays).
 fn payment(source: &str, destination: &str) -> TransactionEnvelope {
-    let body = OperationBody::Payment(PaymentOp {
-        destination: account(destination),
-        asset: Asset::Native,
-        amount: 10_000_000,
-    });
-    transaction(
-        source,
-        100,
-        vec![op(Some(MuxedAccount::Ed25519(Uint256(USER))), body)],
-    )
+    user_payment(source, destination, 10_000_000)
 }
 
 /// `POST /v1/keys` for a kms-direct channel key.

@@ -26,6 +26,21 @@ pub fn account(public_key: &str) -> MuxedAccount {
     MuxedAccount::Ed25519(Uint256(raw(public_key)))
 }
 
+/// A channel-sourced payment of `stroops` from the user's funds ([`USER`] is the
+/// operation's source: the channel only sequences and pays the fee).
+pub fn user_payment(source: &str, destination: &str, stroops: i64) -> TransactionEnvelope {
+    let body = OperationBody::Payment(stellar_xdr::PaymentOp {
+        destination: account(destination),
+        asset: stellar_xdr::Asset::Native,
+        amount: stroops,
+    });
+    transaction(
+        source,
+        100,
+        vec![op(Some(MuxedAccount::Ed25519(Uint256(USER))), body)],
+    )
+}
+
 /// Base64 XDR of an envelope.
 pub fn b64(envelope: &TransactionEnvelope) -> String {
     B64.encode(envelope.to_xdr(Limits::none()).expect("encodable"))
