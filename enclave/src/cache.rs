@@ -1,128 +1,255 @@
-//! Opt-in cache of decrypted seeds, for operators who trade a bounded exposure window for
+//! Opt-in cache of decrypted keys, for operators who trade a bounded exposure window for
 //! throughput. Off by default (docs/design.md §4: one KMS call per signature). An entry lives
-//! at most `ttl` and serves at most `max_uses` signatures; expired entries are dropped,
-//! and dropping wipes the seed (`Zeroizing`).
+//! at most `ttl` and serves at most `max_uses` signatures; expired and used-up entries are
+//! dropped, and dropping wipes the key (ed25519-dalek's `SigningKey` zeroizes on drop).
+//!
+//! The hot path takes only a shared read lock: uses are counted with an atomic, and a
+//! cached key signs in place, so no seed is copied out per signature and callers signing
+//! with different (or the same) keys never wait on one another. The write lock is taken
+//! to insert, and to drop an entry that has just run out.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use common::wire::messages::{KeyFormat, KeyMaterial};
+use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 
-use crate::keys::{Seed, seed_from_slice};
-
-/// A seed is cached per public key *and* ciphertext: a re-encrypted or rotated key
-/// never hits an older entry.
-type CacheKey = (String, [u8; 32]);
+/// SHA-256 over everything that identifies a stored key record: its public key, KMS key,
+/// format, ciphertext and sealed seed. A re-encrypted, rewrapped or relabelled record
+/// never hits another record's entry.
+type CacheKey = [u8; 32];
 
 struct Entry {
-    seed: Seed,
+    /// Checked against the record's public key before it was cached; boxed so the map
+    /// moving its entries as it grows moves a pointer, never the key bytes.
+    signing_key: Box<SigningKey>,
     expires: Instant,
-    uses_left: u32,
+    uses_left: AtomicU32,
 }
 
 pub struct KeyCache {
     ttl: Duration,
     max_uses: u32,
-    entries: Mutex<HashMap<CacheKey, Entry>>,
+    entries: RwLock<HashMap<CacheKey, Entry>>,
 }
+
+/// What a cached signature gives: the raw public key and the signature.
+pub type CachedSignature = ([u8; 32], [u8; 64]);
 
 impl KeyCache {
     pub fn new(ttl: Duration, max_uses: u32) -> KeyCache {
         KeyCache {
             ttl,
             max_uses: max_uses.max(1),
-            entries: Mutex::new(HashMap::new()),
+            entries: RwLock::new(HashMap::new()),
         }
     }
 
-    fn key(public_key: &str, ciphertext: &[u8]) -> CacheKey {
-        (public_key.to_string(), Sha256::digest(ciphertext).into())
+    fn key(record: &KeyMaterial) -> CacheKey {
+        let mut digest = Sha256::new();
+        for part in [
+            record.public_key.as_bytes(),
+            record.kms_key_id.as_bytes(),
+            match record.format {
+                KeyFormat::KmsDirect => b"kms-direct".as_slice(),
+                KeyFormat::Envelope => b"envelope".as_slice(),
+            },
+            &record.ciphertext,
+            record.sealed_seed.as_deref().unwrap_or_default(),
+        ] {
+            // Length-prefixed, so no two different records hash the same bytes.
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+        digest.finalize().into()
     }
 
-    /// A copy of the cached seed, counting one use; `None` when absent, expired or used up.
-    pub fn take(&self, public_key: &str, ciphertext: &[u8]) -> Option<Seed> {
-        let key = Self::key(public_key, ciphertext);
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = entries.get_mut(&key)?;
-        if entry.expires <= Instant::now() || entry.uses_left == 0 {
-            entries.remove(&key);
-            return None;
+    /// Signs `hash` with the cached key of `record`, counting one use; `None` when it is
+    /// absent, expired or used up (the caller then decrypts through KMS).
+    pub fn sign(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Option<CachedSignature> {
+        let key = Self::key(record);
+        let (signed, ran_out) = {
+            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            let entry = entries.get(&key)?;
+            if entry.expires <= Instant::now() {
+                (None, true)
+            } else {
+                match entry
+                    .uses_left
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                {
+                    Ok(before) => {
+                        let signing_key = &entry.signing_key;
+                        let signature = signing_key.sign(hash).to_bytes();
+                        let public = signing_key.verifying_key().to_bytes();
+                        (Some((public, signature)), before == 1)
+                    }
+                    Err(_) => (None, true),
+                }
+            }
+        };
+        if ran_out {
+            // Wipe it now rather than at the next sweep.
+            self.remove_if_spent(&key);
         }
-        entry.uses_left -= 1;
-        let seed = seed_from_slice(&entry.seed[..])?;
-        if entry.uses_left == 0 {
-            entries.remove(&key);
-        }
-        Some(seed)
+        signed
     }
 
-    /// Caches a freshly decrypted seed, which was just used once.
-    pub fn put(&self, public_key: &str, ciphertext: &[u8], seed: &[u8; 32]) {
+    fn remove_if_spent(&self, key: &CacheKey) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if entries
+            .get(key)
+            .is_some_and(|e| e.expires <= now || e.uses_left.load(Ordering::Acquire) == 0)
+        {
+            entries.remove(key);
+        }
+    }
+
+    /// Caches the key of a freshly decrypted seed, which was just used once. `seed` must
+    /// already have been checked against `record.public_key`; it is checked again here
+    /// (the derived public key is part of the signing key, so this costs nothing).
+    pub fn put(&self, record: &KeyMaterial, seed: &[u8; 32]) {
         if self.max_uses <= 1 {
             return;
         }
-        let Some(seed) = seed_from_slice(seed) else {
+        let Ok(expected) = stellar_strkey::ed25519::PublicKey::from_string(&record.public_key)
+        else {
             return;
         };
+        // Built in its heap slot's call: the temporary the compiler may place on the stack
+        // first is enclave memory the host cannot read (docs/design.md §2 invariant 1
+        // concerns the wire, disk and logs); the boxed key is wiped on drop.
+        let signing_key = Box::new(SigningKey::from_bytes(seed));
+        if signing_key.verifying_key().to_bytes() != expected.0 {
+            return;
+        }
         let entry = Entry {
-            seed,
+            signing_key,
             expires: Instant::now() + self.ttl,
-            uses_left: self.max_uses - 1,
+            uses_left: AtomicU32::new(self.max_uses - 1),
         };
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.insert(Self::key(public_key, ciphertext), entry);
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.insert(Self::key(record), entry);
     }
 
-    /// Drops (and so wipes) expired entries; returns how many remain.
+    /// Drops (and so wipes) expired and used-up entries; returns how many remain.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.retain(|_, e| e.expires > now && e.uses_left > 0);
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, e| e.expires > now && e.uses_left.load(Ordering::Acquire) > 0);
         entries.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+    use ed25519_dalek::{Verifier, VerifyingKey};
+
+    const SEED: [u8; 32] = [5; 32];
+
+    fn record(seed: &[u8; 32], ciphertext: &[u8]) -> KeyMaterial {
+        KeyMaterial {
+            public_key: crate::keys::public_key_of(seed),
+            format: KeyFormat::KmsDirect,
+            kms_key_id: "arn:aws:kms:eu-west-1:111122223333:key/k".into(),
+            ciphertext: ciphertext.to_vec(),
+            sealed_seed: None,
+        }
+    }
+
+    fn verifies(signed: CachedSignature, hash: &[u8; 32]) -> bool {
+        let (public, signature) = signed;
+        VerifyingKey::from_bytes(&public)
+            .unwrap()
+            .verify(hash, &ed25519_dalek::Signature::from_bytes(&signature))
+            .is_ok()
+    }
 
     #[test]
     fn uses_are_counted_and_the_entry_leaves_when_used_up() {
         let cache = KeyCache::new(Duration::from_mins(1), 3);
-        cache.put("GA", b"blob", &[5; 32]);
-        assert_eq!(*cache.take("GA", b"blob").unwrap(), [5; 32]);
-        assert_eq!(*cache.take("GA", b"blob").unwrap(), [5; 32]);
-        // 1 use at decryption + 2 from the cache = 3: gone.
-        assert!(cache.take("GA", b"blob").is_none());
+        let blob = record(&SEED, b"blob");
+        cache.put(&blob, &SEED);
+        assert!(verifies(cache.sign(&blob, &[1; 32]).unwrap(), &[1; 32]));
+        assert!(verifies(cache.sign(&blob, &[2; 32]).unwrap(), &[2; 32]));
+        // 1 use at decryption + 2 from the cache = 3: gone, and already removed.
+        assert!(cache.sign(&blob, &[3; 32]).is_none());
+        assert_eq!(cache.entries.read().unwrap().len(), 0);
         assert_eq!(cache.sweep(), 0);
     }
 
     #[test]
-    fn entries_expire_and_other_ciphertexts_miss() {
+    fn entries_expire_and_other_records_miss() {
         let cache = KeyCache::new(Duration::from_millis(30), 100);
-        cache.put("GA", b"blob", &[5; 32]);
-        assert!(cache.take("GA", b"other blob").is_none());
-        assert!(cache.take("GB", b"blob").is_none());
+        let blob = record(&SEED, b"blob");
+        cache.put(&blob, &SEED);
+        assert!(
+            cache
+                .sign(&record(&SEED, b"other blob"), &[1; 32])
+                .is_none()
+        );
+        assert!(cache.sign(&record(&[6; 32], b"blob"), &[1; 32]).is_none());
+        let relabelled = KeyMaterial {
+            kms_key_id: "arn:aws:kms:eu-west-1:444455556666:key/k".into(),
+            ..blob.clone()
+        };
+        assert!(cache.sign(&relabelled, &[1; 32]).is_none());
+        let reformatted = KeyMaterial {
+            format: KeyFormat::Envelope,
+            ..blob.clone()
+        };
+        assert!(cache.sign(&reformatted, &[1; 32]).is_none());
         assert_eq!(cache.sweep(), 1);
         std::thread::sleep(Duration::from_millis(40));
+        assert!(cache.sign(&blob, &[1; 32]).is_none());
         assert_eq!(cache.sweep(), 0);
-        assert!(cache.take("GA", b"blob").is_none());
+    }
+
+    #[test]
+    fn a_seed_that_is_not_the_records_key_is_never_cached() {
+        let cache = KeyCache::new(Duration::from_mins(1), 100);
+        let blob = record(&SEED, b"blob");
+        cache.put(&blob, &[6; 32]);
+        assert!(cache.sign(&blob, &[1; 32]).is_none());
+        assert_eq!(cache.sweep(), 0);
     }
 
     #[test]
     fn max_uses_of_one_caches_nothing() {
         let cache = KeyCache::new(Duration::from_mins(1), 1);
-        cache.put("GA", b"blob", &[5; 32]);
-        assert!(cache.take("GA", b"blob").is_none());
+        let blob = record(&SEED, b"blob");
+        cache.put(&blob, &SEED);
+        assert!(cache.sign(&blob, &[1; 32]).is_none());
+    }
+
+    #[test]
+    fn concurrent_signers_never_exceed_max_uses() {
+        let cache = std::sync::Arc::new(KeyCache::new(Duration::from_mins(1), 101));
+        let blob = record(&SEED, b"blob");
+        cache.put(&blob, &SEED);
+        let served: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (cache, blob) = (cache.clone(), blob.clone());
+                    scope.spawn(move || {
+                        (0..50)
+                            .filter(|_| cache.sign(&blob, &[9; 32]).is_some())
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(
+            served, 100,
+            "101 uses: one at decryption, 100 from the cache"
+        );
     }
 }

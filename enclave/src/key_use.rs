@@ -81,15 +81,15 @@ async fn decrypt_and_sign(
         // `open_key` checks the KMS key; a cached seed is checked here, so a record
         // naming another KMS key never signs either way.
         check_kms_key(context, key)?;
-        if let Some(seed) = cache.take(&key.public_key, &key.ciphertext) {
-            return Ok(sign_checked(&seed, &key.public_key, hash)?);
+        if let Some(signed) = cache.sign(key, hash) {
+            return Ok(signed);
         }
     }
     let seed = open_key(context, key).await?;
     let signed = sign_checked(&seed, &key.public_key, hash)?;
     // Only a seed proven to match its public key is ever cached.
     if let Some(cache) = &context.cache {
-        cache.put(&key.public_key, &key.ciphertext, &seed);
+        cache.put(key, &seed);
     }
     Ok(signed)
 }
