@@ -17,8 +17,10 @@ pub fn init(format: &str) -> Result<(), UnknownLogFormat> {
 pub fn init_with_default(format: &str, default_filter: &str) -> Result<(), UnknownLogFormat> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Colours only on a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         "text" => builder.init(),

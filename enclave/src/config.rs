@@ -100,4 +100,81 @@ pub struct Settings {
     /// Log format: text or json.
     #[arg(long, env = "SIGNER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Print every setting this enclave would run with (value, and whether it came from
+    /// a flag, the image's environment or the default), then exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Every setting of `signer-enclave` as `--flag = value  (source)` lines, one a line, in
+/// the order `--help` lists them. The enclave holds no secret setting, so nothing is
+/// redacted.
+pub fn describe_settings<I, T>(args: I) -> Result<String, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::CommandFactory;
+    use clap::parser::ValueSource;
+    let command = Settings::command();
+    let matches = command.clone().try_get_matches_from(args)?;
+    let mut lines = Vec::new();
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(id, "print_config" | "help" | "version") {
+            continue;
+        }
+        let values: Vec<String> = matches
+            .get_raw(id)
+            .map(|raw| raw.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag".to_string(),
+            Some(ValueSource::EnvVariable) => {
+                arg.get_env().map_or("environment".to_string(), |env| {
+                    format!("environment {}", env.to_string_lossy())
+                })
+            }
+            Some(ValueSource::DefaultValue) => "default".to_string(),
+            _ => "unset".to_string(),
+        };
+        let shown = if values.is_empty() {
+            "-".to_string()
+        } else {
+            values.join(",")
+        };
+        lines.push(format!("--{long} = {shown}  ({source})\n"));
+    }
+    Ok(lines.concat())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn print_config_shows_each_setting_with_its_source() {
+        let shown = super::describe_settings([
+            "signer-enclave",
+            "--network-passphrase",
+            "Test SDF Network ; September 2015",
+            "--policy-max-fee",
+            "500",
+            "--print-config",
+        ])
+        .unwrap();
+        assert!(
+            shown.contains("--network-passphrase = Test SDF Network ; September 2015  (flag)"),
+            "{shown}"
+        );
+        assert!(shown.contains("--policy-max-fee = 500  (flag)"), "{shown}");
+        assert!(
+            shown.contains("--listen = vsock://4294967295:5000  (default)"),
+            "{shown}"
+        );
+        assert!(shown.contains("--kms-key-arn = -  (unset)"), "{shown}");
+        assert!(!shown.contains("--print-config"), "{shown}");
+    }
 }

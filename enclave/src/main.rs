@@ -14,6 +14,13 @@ use tracing::info;
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
+    if settings.print_config {
+        print!(
+            "{}",
+            enclave::config::describe_settings(std::env::args_os())?
+        );
+        return Ok(());
+    }
     common::logging::init(&settings.log_format)?;
     // Unix-socket endpoints exist only in mock builds: a production build cannot even
     // parse one (common's `unix-endpoints` feature is off), so it listens on vsock only.

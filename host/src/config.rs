@@ -114,6 +114,79 @@ pub struct ApiConfig {
     /// A request's body must arrive within this after its headers, or the answer is
     /// `request_timeout` (408) and the connection is closed.
     pub body_read_timeout_ms: u64,
+    /// Owner of the socket file (a user name or a numeric uid); the host's own user
+    /// when unset. Changing it needs the privilege to chown.
+    #[serde(deserialize_with = "name_or_id")]
+    pub socket_owner: Option<String>,
+    /// Group of the socket file (a group name or a numeric gid): with `socket_mode`
+    /// 0660, the group whose members may connect at all.
+    #[serde(deserialize_with = "name_or_id")]
+    pub socket_group: Option<String>,
+    /// Who may call which routes, checked on every request with the connection's peer
+    /// credentials (SO_PEERCRED), on top of the socket's permissions.
+    pub callers: CallerRules,
+}
+
+/// A user or group: its name, or its numeric id written as a number or a string.
+fn name_or_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrId {
+        Name(String),
+        Id(u32),
+    }
+    Ok(Option::<NameOrId>::deserialize(d)?.map(|v| match v {
+        NameOrId::Name(name) => name,
+        NameOrId::Id(id) => id.to_string(),
+    }))
+}
+
+/// Allow-lists per group of routes (see `api::callers` for which route is in which
+/// group). A group left out admits every caller that can open the socket, except key
+/// administration, which by default admits only root and the user the host runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallerRules {
+    /// `POST /v1/sign`, `/v1/fee-bump`, `/v1/soroban/authorize`.
+    pub signing: Option<AllowList>,
+    /// `POST /v1/channels/acquire`, `/release`, `/unlock`.
+    pub channels: Option<AllowList>,
+    /// Every `GET` but the health probes: keys, channels, ping, metrics, readiness.
+    pub read_only: Option<AllowList>,
+    /// Key generation, registration, verification, import, rewrap, retirement, and
+    /// channel provisioning (which signs with the distribution key).
+    pub key_admin: Option<AllowList>,
+}
+
+impl Default for CallerRules {
+    fn default() -> Self {
+        let host_user = nix::unistd::geteuid().as_raw();
+        let mut uids = vec![0];
+        if host_user != 0 {
+            uids.push(host_user);
+        }
+        CallerRules {
+            signing: None,
+            channels: None,
+            read_only: None,
+            key_admin: Some(AllowList { uids, gids: vec![] }),
+        }
+    }
+}
+
+/// Callers admitted by user id or by (primary) group id; empty lists admit nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowList {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl AllowList {
+    pub fn admits(&self, uid: Option<u32>, gid: Option<u32>) -> bool {
+        uid.is_some_and(|uid| self.uids.contains(&uid))
+            || gid.is_some_and(|gid| self.gids.contains(&gid))
+    }
 }
 
 impl Default for ApiConfig {
@@ -126,6 +199,9 @@ impl Default for ApiConfig {
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            socket_owner: None,
+            socket_group: None,
+            callers: CallerRules::default(),
         }
     }
 }
@@ -289,6 +365,9 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    /// An environment variable or `--set` flag that does not fit the configuration.
+    #[error("{origin}: {problem}")]
+    Override { origin: String, problem: String },
     /// A configuration written for an older release.
     #[error("{path}: {hint}")]
     Renamed { path: PathBuf, hint: &'static str },
@@ -305,8 +384,165 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before.len() - line_start + 1)
 }
 
+/// Environment variables that set configuration fields: `SIGNER_HOST__SECTION__FIELD`
+/// (`__` between path segments, case-insensitive), e.g. `SIGNER_HOST__API__SOCKET`.
+pub const ENV_PREFIX: &str = "SIGNER_HOST__";
+
+/// Fields whose values are secrets: never echoed, always read as strings.
+const SECRET_FIELDS: &[&str] = &["kms.static_secret_access_key"];
+
+/// Where the effective configuration comes from, lowest precedence first: the file (or
+/// the defaults), then `SIGNER_HOST__*` environment variables, then `--set` flags.
+#[derive(Debug, Default)]
+pub struct ConfigSources {
+    pub file: Option<PathBuf>,
+    /// `(name, value)` pairs; only those starting with [`ENV_PREFIX`] are read.
+    pub env: Vec<(String, String)>,
+    /// `section.field=value` overrides, in order (a later one wins).
+    pub sets: Vec<String>,
+}
+
+impl ConfigSources {
+    /// The file and flags given, with this process's environment.
+    pub fn with_process_env(file: Option<PathBuf>, sets: Vec<String>) -> ConfigSources {
+        ConfigSources {
+            file,
+            env: std::env::vars().collect(),
+            sets,
+        }
+    }
+}
+
+/// A value from the environment or a flag: TOML when it parses as a TOML value (numbers,
+/// booleans, arrays, quoted strings), otherwise the text itself as a string.
+fn override_value(path: &str, text: &str) -> toml::Value {
+    if SECRET_FIELDS.contains(&path) {
+        return toml::Value::String(text.to_string());
+    }
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+/// Sets `path` (dot-separated) in `table`, creating sections on the way.
+fn set_path(
+    table: &mut toml::Table,
+    path: &str,
+    value: toml::Value,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let bad = |problem: String| ConfigError::Override {
+        origin: origin.to_string(),
+        problem,
+    };
+    let segments: Vec<&str> = path.split('.').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(bad(format!("{path:?} is not a section.field path")));
+    }
+    let (field, sections) = segments
+        .split_last()
+        .ok_or_else(|| bad("an empty path".to_string()))?;
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry((*section).to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| bad(format!("{section} is a value, not a section")))?;
+    }
+    current.insert((*field).to_string(), value);
+    Ok(())
+}
+
 impl Config {
+    /// The effective configuration from its sources (see [`ConfigSources`]), validated.
+    pub fn resolve(sources: &ConfigSources) -> Result<Config, ConfigError> {
+        let mut table = match &sources.file {
+            Some(path) => {
+                // Parsed as a whole first, for positioned errors that never quote a line.
+                Config::load_unvalidated(path)?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Override {
+                    origin: path.display().to_string(),
+                    problem: e.message().to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<&(String, String)> = sources
+            .env
+            .iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (name, text) in env {
+            let path = name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
+            set_path(&mut table, &path, override_value(&path, text), name)?;
+        }
+        for set in &sources.sets {
+            let (path, text) = set.split_once('=').ok_or_else(|| ConfigError::Override {
+                origin: "--set".to_string(),
+                problem: "expected section.field=value".to_string(),
+            })?;
+            let path = path.trim();
+            set_path(&mut table, path, override_value(path, text), "--set")?;
+        }
+        let secrets: Vec<String> = SECRET_FIELDS
+            .iter()
+            .filter_map(|path| {
+                let (section, field) = path.split_once('.')?;
+                Some(table.get(section)?.get(field)?.as_str()?.to_string())
+            })
+            .filter(|secret| !secret.is_empty())
+            .collect();
+        let config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            // A type error may quote the value: never a secret one.
+            let mut problem = e.message().to_string();
+            for secret in &secrets {
+                problem = problem.replace(secret.as_str(), "[REDACTED]");
+            }
+            ConfigError::Override {
+                origin: "the file, SIGNER_HOST__* variables and --set flags together".into(),
+                problem,
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML, secrets replaced by `[REDACTED]`.
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        let render = |e: toml::ser::Error| ConfigError::Invalid {
+            field: "(rendering)",
+            problem: e.to_string(),
+        };
+        let mut table = toml::Table::try_from(self).map_err(render)?;
+        for path in SECRET_FIELDS {
+            if let Some((section, field)) = path.split_once('.')
+                && let Some(section) = table.get_mut(section).and_then(toml::Value::as_table_mut)
+                && section.contains_key(field)
+            {
+                section.insert(
+                    field.to_string(),
+                    toml::Value::String("[REDACTED]".to_string()),
+                );
+            }
+        }
+        toml::to_string(&table).map_err(render)
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::load_unvalidated(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -329,7 +565,6 @@ impl Config {
                 message: source.message().to_string(),
             }
         })?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -477,6 +712,100 @@ mod tests {
             matches!(error, ConfigError::Parse { line: 3, .. }),
             "{error:?}"
         );
+    }
+
+    fn sources(
+        file: Option<&Path>,
+        env: &[(&str, &str)],
+        sets: &[&str],
+    ) -> Result<Config, ConfigError> {
+        Config::resolve(&ConfigSources {
+            file: file.map(Path::to_path_buf),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            sets: sets.iter().map(|s| (*s).to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("signer.toml");
+        std::fs::write(
+            &file,
+            "[api]\nsocket = \"/file.sock\"\nmax_connections = 10\nheader_read_timeout_ms = 7\n",
+        )
+        .unwrap();
+        let env = [
+            ("SIGNER_HOST__API__SOCKET", "/env.sock"),
+            ("SIGNER_HOST__API__MAX_CONNECTIONS", "20"),
+            ("SIGNER_HOST__API__CALLERS__SIGNING__UIDS", "[1001, 1002]"),
+            ("SIGNER_HOST__API__SOCKET_GROUP", "2000"),
+            // Not configuration: the client's socket, and other programs' variables.
+            ("SIGNER_HOST_SOCKET", "/client.sock"),
+            ("PATH", "/usr/bin"),
+        ];
+        let all = sources(Some(&file), &env, &["api.socket=/flag.sock"]).unwrap();
+        assert_eq!(all.api.socket, PathBuf::from("/flag.sock"));
+        assert_eq!(all.api.max_connections, 20);
+        assert_eq!(all.api.header_read_timeout_ms, 7);
+        assert_eq!(all.api.socket_group.as_deref(), Some("2000"));
+        assert_eq!(
+            all.api.callers.signing,
+            Some(AllowList {
+                uids: vec![1001, 1002],
+                gids: vec![]
+            })
+        );
+        let no_flags = sources(Some(&file), &env, &[]).unwrap();
+        assert_eq!(no_flags.api.socket, PathBuf::from("/env.sock"));
+        let file_only = sources(Some(&file), &[], &[]).unwrap();
+        assert_eq!(file_only.api.socket, PathBuf::from("/file.sock"));
+        assert_eq!(file_only.api.max_connections, 10);
+        let defaults = sources(None, &[], &[]).unwrap();
+        assert_eq!(defaults, Config::default());
+    }
+
+    #[test]
+    fn overrides_with_typos_or_bad_values_are_errors() {
+        let typo = sources(None, &[("SIGNER_HOST__API__SOKCET", "/x")], &[]).unwrap_err();
+        assert!(typo.to_string().contains("sokcet"), "{typo}");
+        let zero = sources(None, &[], &["enclave.request_timeout_ms=0"]).unwrap_err();
+        assert!(matches!(
+            zero,
+            ConfigError::Invalid {
+                field: "enclave.request_timeout_ms",
+                ..
+            }
+        ));
+        assert!(sources(None, &[], &["api.socket"]).is_err());
+        assert!(sources(None, &[], &["api..socket=/x"]).is_err());
+        assert!(sources(None, &[], &["api.socket.deeper=/x"]).is_err());
+    }
+
+    #[test]
+    fn the_effective_configuration_prints_without_secrets() {
+        let config = sources(
+            None,
+            &[("SIGNER_HOST__KMS__STATIC_SECRET_ACCESS_KEY", "1234567")],
+            &[
+                "kms.credentials=static",
+                "kms.static_access_key_id=AKID",
+                "kms.region=us-east-1",
+            ],
+        )
+        .unwrap();
+        // A numeric-looking secret is still read as the string it is.
+        assert_eq!(
+            config.kms.static_secret_access_key.as_ref().unwrap().0,
+            "1234567"
+        );
+        let shown = config.to_redacted_toml().unwrap();
+        assert!(!shown.contains("1234567"), "{shown}");
+        assert!(shown.contains("[REDACTED]"), "{shown}");
+        assert!(shown.contains("AKID"), "{shown}");
     }
 
     #[test]

@@ -10,9 +10,10 @@ use common::wire::transport::{UnixSocketListener, bind_unix};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::callers::CallerPolicy;
 use crate::api::connections::{self, ConnectionLimits};
 use crate::api::{AppState, BodyLimits, router};
-use crate::config::Config;
+use crate::config::{ApiConfig, Config};
 use crate::enclave_client::EnclaveClient;
 use crate::signing::Signing;
 use crate::store::{KeyCache, SharedStore, SqliteStore};
@@ -49,6 +50,7 @@ impl BoundHost {
         }
         let socket = bind_unix(&config.api.socket, config.api.socket_mode.0)
             .with_context(|| format!("binding the API socket {}", config.api.socket.display()))?;
+        set_socket_ownership(&config.api)?;
         Ok(BoundHost {
             config,
             socket,
@@ -103,6 +105,7 @@ impl BoundHost {
                 max_bytes: config.api.max_body_bytes,
                 read_timeout: config.api.body_read_timeout(),
             },
+            CallerPolicy::new(config.api.callers.clone()),
         );
         let limits = ConnectionLimits {
             max_connections: connections::fit_to_open_file_limit(config.api.max_connections),
@@ -111,6 +114,7 @@ impl BoundHost {
         info!(
             socket = %config.api.socket.display(),
             mode = format!("{:04o}", config.api.socket_mode.0),
+            callers = ?config.api.callers,
             enclave = %config.enclave.endpoint,
             store = %config.store.path.display(),
             version = env!("CARGO_PKG_VERSION"),
@@ -147,6 +151,44 @@ impl BoundHost {
         enclave_stop.cancel();
         Ok(())
     }
+}
+
+/// Gives the API socket file its configured owner and group (names or numeric ids).
+fn set_socket_ownership(api: &ApiConfig) -> anyhow::Result<()> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let owner = match api.socket_owner.as_deref() {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(id) => Uid::from_raw(id),
+            Err(_) => {
+                User::from_name(name)
+                    .with_context(|| format!("api.socket_owner: looking up {name:?}"))?
+                    .with_context(|| format!("api.socket_owner: no user named {name:?}"))?
+                    .uid
+            }
+        }),
+    };
+    let group = match api.socket_group.as_deref() {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(id) => Gid::from_raw(id),
+            Err(_) => {
+                Group::from_name(name)
+                    .with_context(|| format!("api.socket_group: looking up {name:?}"))?
+                    .with_context(|| format!("api.socket_group: no group named {name:?}"))?
+                    .gid
+            }
+        }),
+    };
+    if owner.is_some() || group.is_some() {
+        nix::unistd::chown(&api.socket, owner, group).with_context(|| {
+            format!(
+                "giving {} owner {owner:?} and group {group:?}",
+                api.socket.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT. The handlers are registered before

@@ -80,6 +80,9 @@ pub enum ErrorCode {
     RequestTimeout,
     /// The host has as many connections open as it allows; retry shortly.
     TooManyConnections,
+    /// The caller's user or group is not on the allow-list of this route's group
+    /// (`api.callers`).
+    CallerNotAllowed,
 }
 
 impl ErrorCode {
@@ -119,6 +122,7 @@ impl ErrorCode {
         ErrorCode::KmsThrottled,
         ErrorCode::RequestTimeout,
         ErrorCode::TooManyConnections,
+        ErrorCode::CallerNotAllowed,
     ];
 
     /// The code's snake_case name, as in the host API's `error.code` and in serde.
@@ -158,6 +162,7 @@ impl ErrorCode {
             ErrorCode::KmsThrottled => "kms_throttled",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::CallerNotAllowed => "caller_not_allowed",
         }
     }
 
@@ -172,6 +177,7 @@ impl ErrorCode {
             | ErrorCode::NoSignaturesProvided
             | ErrorCode::NotEligibleForFeeBump => 400,
             ErrorCode::KmsAccessDenied | ErrorCode::PolicyViolation => 403,
+            ErrorCode::CallerNotAllowed => 403,
             ErrorCode::UnknownKey => 404,
             ErrorCode::PublicKeyMismatch
             | ErrorCode::UnusableKey

@@ -35,11 +35,14 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
     ApiError::new(code, rejection.body_text())
 }
 
-/// Who is calling, from the Unix socket's peer credentials (SO_PEERCRED).
+/// Who is calling, from the Unix socket's peer credentials (SO_PEERCRED): the
+/// process that opened the connection, as the kernel saw it then.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Caller {
     /// The peer's user id.
     pub uid: Option<u32>,
+    /// The peer's (primary) group id.
+    pub gid: Option<u32>,
     /// The peer's process id.
     pub pid: Option<i32>,
 }
@@ -49,6 +52,7 @@ impl Caller {
         match stream.peer_cred() {
             Ok(cred) => Caller {
                 uid: Some(cred.uid()),
+                gid: Some(cred.gid()),
                 pid: cred.pid(),
             },
             Err(_) => Caller::default(),

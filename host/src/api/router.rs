@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use common::wire::ErrorCode;
 
+use super::callers::{CallerPolicy, authorize_and_log};
 use super::error::ApiError;
 use super::state::AppState;
 use super::{
@@ -23,8 +24,8 @@ pub struct BodyLimits {
     pub read_timeout: Duration,
 }
 
-/// The API with its error fallbacks and body limits.
-pub fn router(state: AppState, body: BodyLimits) -> Router {
+/// The API with its error fallbacks, body limits and caller allow-lists.
+pub fn router(state: AppState, body: BodyLimits, callers: CallerPolicy) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -60,6 +61,12 @@ pub fn router(state: AppState, body: BodyLimits) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             refuse_while_shutting_down,
+        ))
+        // Outermost of all: a caller the allow-lists refuse has no body read, and every
+        // request, refused or not, gets its log line.
+        .layer(axum::middleware::from_fn_with_state(
+            callers,
+            authorize_and_log,
         ))
         .with_state(state)
 }
@@ -232,6 +239,7 @@ mod tests {
                 max_bytes: 1024,
                 read_timeout: Duration::from_secs(5),
             },
+            crate::api::callers::CallerPolicy::new(crate::config::CallerRules::default()),
         );
         assert_eq!(
             status_and_code(app.clone(), "/v1/channels").await,

@@ -5,6 +5,7 @@
 
 pub mod channels;
 pub mod channels_ensure;
+pub mod config;
 pub mod import;
 pub mod keys;
 pub mod render_iam_policy;
@@ -26,6 +27,11 @@ use crate::config::DEFAULT_API_SOCKET;
 pub enum Command {
     /// Serve the host API and relay to the enclave.
     Serve(serve::ServeArgs),
+    /// The configuration: `config check` validates it and prints the effective one.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
     /// Render the KMS key policy (kms-policy/key-policy.json.tmpl) for the enclave
     /// build(s) whose measurements nitro-cli printed; prints the key policy JSON.
     RenderKeyPolicy(render_key_policy::RenderKeyPolicyArgs),
@@ -63,6 +69,7 @@ impl Command {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Serve(args) => serve::run(args).await,
+            Command::Config { command } => config::run(&command),
             Command::RenderKeyPolicy(args) => render_key_policy::run(&args),
             Command::RenderIamPolicy(args) => render_iam_policy::run(&args),
             Command::Keys { socket, command } => keys::run(&socket, command).await,

@@ -5,46 +5,67 @@ use std::path::PathBuf;
 use clap::Args;
 use common::wire::transport::Endpoint;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSources};
 use crate::server::BoundHost;
 
-/// Flags of `serve`; each overrides its configuration-file setting.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
+/// Where the configuration comes from, lowest precedence first: the file, then
+/// `SIGNER_HOST__SECTION__FIELD` environment variables, then these flags.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
     /// TOML configuration file (see README); defaults apply without one.
     #[arg(long, env = "SIGNER_HOST_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Overrides api.socket.
+    /// Sets one field, e.g. `--set api.max_connections=2048` or
+    /// `--set 'api.callers.signing.uids=[1001]'` (repeatable; over the file and the
+    /// environment).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    pub sets: Vec<String>,
+    /// Sets api.socket.
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Overrides enclave.endpoint (vsock://CID:PORT or unix://PATH).
+    /// Sets enclave.endpoint (vsock://CID:PORT or unix://PATH).
     #[arg(long)]
     pub enclave: Option<Endpoint>,
-    /// Overrides store.path (the SQLite database).
+    /// Sets store.path (the SQLite database).
     #[arg(long)]
     pub store: Option<PathBuf>,
 }
 
-/// The effective configuration: the file (or the defaults), then the flags.
-pub fn effective_config(args: ServeArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if let Some(socket) = args.socket {
-        config.api.socket = socket;
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl ConfigArgs {
+    /// The effective configuration: the file (or the defaults), the environment, the flags.
+    pub fn effective_config(&self) -> anyhow::Result<Config> {
+        let mut sets = self.sets.clone();
+        // The named flags are `--set`s of their fields, applied last.
+        let quoted = |text: String| toml::Value::String(text).to_string();
+        if let Some(socket) = &self.socket {
+            sets.push(format!(
+                "api.socket={}",
+                quoted(socket.display().to_string())
+            ));
+        }
+        if let Some(enclave) = &self.enclave {
+            sets.push(format!("enclave.endpoint={}", quoted(enclave.to_string())));
+        }
+        if let Some(store) = &self.store {
+            sets.push(format!(
+                "store.path={}",
+                quoted(store.display().to_string())
+            ));
+        }
+        let sources = ConfigSources::with_process_env(self.config.clone(), sets);
+        Ok(Config::resolve(&sources)?)
     }
-    if let Some(enclave) = args.enclave {
-        config.enclave.endpoint = enclave;
-    }
-    if let Some(store) = args.store {
-        config.store.path = store;
-    }
-    Ok(config)
 }
 
 /// Serves until the first SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let host = BoundHost::bind(effective_config(args)?)?;
+    let host = BoundHost::bind(args.config.effective_config()?)?;
     host.run(crate::server::shutdown_on_signal()).await
 }

@@ -1,0 +1,198 @@
+//! Operating the host: caller allow-lists on the socket (SO_PEERCRED), the socket's
+//! owner, group and mode, one log line per request, and the configuration's sources
+//! (`config check`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use harness::{Proc, host_bin, output_text, start_enclave, wait_ready_at};
+use host::api_client::request_once;
+use hyper::{Method, StatusCode};
+use serde_json::json;
+
+/// A host on the enclave at `enclave_socket`, configured by `config` (TOML).
+async fn host_with(dir: &Path, name: &str, enclave_socket: &Path, config: &str) -> Proc {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, config).unwrap();
+    let proc = Proc::spawn(
+        Command::new(host_bin())
+            .args(["--log-format", "json", "serve"])
+            .arg("--config")
+            .arg(&file)
+            .arg("--enclave")
+            .arg(format!("unix://{}", enclave_socket.display()))
+            .arg("--store")
+            .arg(dir.join("signer.db")),
+        dir.join(format!("{name}.log")),
+    );
+    wait_ready_at(&dir.join(format!("{name}.sock")), true, &proc).await;
+    proc
+}
+
+async fn code_of(socket: &Path, method: Method, path: &str) -> (StatusCode, String) {
+    let body = (method == Method::POST).then(|| json!({"public_key": harness::test_account(1)}));
+    let (status, answer) = request_once(socket, method, path, body.as_ref())
+        .await
+        .unwrap();
+    let code = answer["error"]["code"].as_str().unwrap_or("").to_string();
+    (status, code)
+}
+
+#[tokio::test]
+async fn callers_outside_a_groups_allow_list_are_refused_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let enclave_socket = dir.path().join("enclave.sock");
+    let _enclave = start_enclave(dir.path(), &enclave_socket, 0);
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let other = uid + 4242;
+    // This test's user may administer keys and read, but not sign.
+    let socket = dir.path().join("allowed.sock");
+    let host = host_with(
+        dir.path(),
+        "allowed",
+        &enclave_socket,
+        &format!(
+            "[api]\nsocket = {socket:?}\nsocket_mode = \"0660\"\nsocket_group = \"{gid}\"\n\
+             [api.callers]\nsigning = {{ uids = [{other}] }}\nkey_admin = {{ uids = [{uid}] }}\n"
+        ),
+    )
+    .await;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+
+    assert_eq!(
+        code_of(&socket, Method::POST, "/v1/sign").await,
+        (StatusCode::FORBIDDEN, "caller_not_allowed".to_string())
+    );
+    assert_eq!(
+        code_of(&socket, Method::POST, "/v1/fee-bump").await,
+        (StatusCode::FORBIDDEN, "caller_not_allowed".to_string())
+    );
+    // Reads are open (no list), key administration admits this uid: the request gets
+    // past the check to its own answer (an unknown key).
+    assert_eq!(
+        code_of(&socket, Method::GET, "/v1/channels").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        code_of(&socket, Method::POST, "/v1/keys/retire").await,
+        (StatusCode::NOT_FOUND, "unknown_key".to_string())
+    );
+    let lines = json_lines(&host.log_text());
+    let refusal = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "caller not allowed")
+        .expect("a refusal line");
+    assert_eq!(refusal["fields"]["uid"], uid.to_string());
+    assert_eq!(refusal["fields"]["group"], "signing");
+    // One line per request, refused or not, with caller, route, status and duration.
+    let request = |route: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "request" && l["fields"]["route"] == route)
+            .unwrap_or_else(|| panic!("no request line for {route}"))
+            .clone()
+    };
+    let sign = request("/v1/sign");
+    assert_eq!(sign["fields"]["status"], 403);
+    assert_eq!(sign["fields"]["uid"], uid.to_string());
+    assert!(sign["fields"]["duration_us"].is_u64(), "{sign}");
+    assert_eq!(request("/v1/keys/retire")["fields"]["status"], 404);
+
+    // The same user, now outside key administration and the read-only list (given by
+    // group only, and not this one): refused there, signing open again.
+    let socket = dir.path().join("refused.sock");
+    let _host = host_with(
+        dir.path(),
+        "refused",
+        &enclave_socket,
+        &format!(
+            "[api]\nsocket = {socket:?}\n[api.callers]\nkey_admin = {{ uids = [{other}] }}\n\
+             read_only = {{ gids = [{}] }}\n",
+            gid + 4242
+        ),
+    )
+    .await;
+    for route in [
+        "/v1/keys/retire",
+        "/v1/keys/generate",
+        "/v1/channels/provision",
+    ] {
+        assert_eq!(
+            code_of(&socket, Method::POST, route).await,
+            (StatusCode::FORBIDDEN, "caller_not_allowed".to_string()),
+            "{route}"
+        );
+    }
+    assert_eq!(
+        code_of(&socket, Method::GET, "/v1/keys").await,
+        (StatusCode::FORBIDDEN, "caller_not_allowed".to_string())
+    );
+    // The liveness probe is never behind a list.
+    assert_eq!(
+        code_of(&socket, Method::GET, "/healthz").await.0,
+        StatusCode::OK
+    );
+    assert_ne!(
+        code_of(&socket, Method::POST, "/v1/sign").await.1,
+        "caller_not_allowed"
+    );
+}
+
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+fn config_check(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = Command::new(host_bin())
+        .args(["config", "check"])
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (output.status.success(), output_text(&output))
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_flags_over_environment_over_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signer.toml");
+    std::fs::write(
+        &file,
+        "[api]\nmax_connections = 10\nsocket = \"/file.sock\"\n[kms]\nregion = \"us-east-1\"\n\
+         credentials = \"static\"\nstatic_access_key_id = \"AKIDCHECK\"\n\
+         static_secret_access_key = \"wJalrXUtnFEMI-secret\"\n",
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let (ok, shown) = config_check(
+        &["--config", file_arg, "--set", "api.socket=/flag.sock"],
+        &[
+            ("SIGNER_HOST__API__SOCKET", "/env.sock"),
+            ("SIGNER_HOST__API__MAX_CONNECTIONS", "20"),
+        ],
+    );
+    assert!(ok, "{shown}");
+    assert!(shown.contains("socket = \"/flag.sock\""), "{shown}");
+    assert!(shown.contains("max_connections = 20"), "{shown}");
+    assert!(shown.contains("AKIDCHECK"), "{shown}");
+    assert!(!shown.contains("wJalrXUtnFEMI-secret"), "{shown}");
+    assert!(shown.contains("[REDACTED]"), "{shown}");
+
+    let (ok, shown) = config_check(
+        &["--config", file_arg],
+        &[("SIGNER_HOST__API__MAX_CONNECTIONS", "0")],
+    );
+    assert!(!ok);
+    assert!(shown.contains("api.max_connections"), "{shown}");
+    assert!(!shown.contains("wJalrXUtnFEMI-secret"), "{shown}");
+}
