@@ -196,3 +196,104 @@ fn config_check_prints_the_effective_configuration_flags_over_environment_over_f
     assert!(shown.contains("api.max_connections"), "{shown}");
     assert!(!shown.contains("wJalrXUtnFEMI-secret"), "{shown}");
 }
+
+/// The value of the sample `series` (name and labels, exactly as rendered) in `text`.
+/// Every series the test reads counts something, so its value is a whole number.
+fn sample(text: &str, series: &str) -> Option<i64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_signatures_refusals_kms_calls_and_the_pool() {
+    use harness::stellar::{b64, op, transaction, user_payment};
+    let dev = harness::Dev::start(&[]);
+    let channel = dev.keys("channel").await.remove(0);
+    let (status, lease) = dev
+        .call(Method::POST, "/v1/channels/acquire", Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{lease}");
+    let sign = |envelope| {
+        dev.call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": b64(&envelope), "signers": [channel]})),
+        )
+    };
+    assert_eq!(
+        sign(user_payment(&channel, &channel, 1)).await.0,
+        StatusCode::OK
+    );
+    // A fee over the cap: refused by the policy (here the host's pre-check).
+    let payment = user_payment(&channel, &channel, 1);
+    let stellar_xdr::TransactionEnvelope::Tx(v1) = payment else {
+        unreachable!()
+    };
+    let dear = transaction(
+        &channel,
+        50_000_000,
+        vec![op(
+            v1.tx.operations[0].source_account.clone(),
+            v1.tx.operations[0].body.clone(),
+        )],
+    );
+    let (status, refusal) = sign(dear).await;
+    assert_eq!(refusal["error"]["code"], "policy_violation", "{status}");
+
+    let response = host::api_client::get_text(&dev.socket(), "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(response.0, StatusCode::OK);
+    assert!(
+        response.1.starts_with("text/plain; version=0.4"),
+        "{}",
+        response.1
+    );
+    let text = response.2;
+    let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
+    assert_eq!(
+        value("signer_signatures_total{role=\"channel\",kind=\"sign\",result=\"signed\"}"),
+        1
+    );
+    assert_eq!(
+        value("signer_signatures_total{role=\"channel\",kind=\"sign\",result=\"refused\"}"),
+        1
+    );
+    assert_eq!(value("signer_policy_refusals_total{rule=\"fee_cap\"}"), 1);
+    assert_eq!(
+        value("signer_sign_duration_seconds_count{kind=\"sign\"}"),
+        2
+    );
+    assert_eq!(
+        value("signer_channel_acquisitions_total{result=\"acquired\"}"),
+        1
+    );
+    // The acquired account, and the signed one (held until its maxTime): one or two.
+    let locked = value("signer_channel_accounts{state=\"locked\"}");
+    assert!((1..=2).contains(&locked), "{text}");
+    assert_eq!(
+        locked
+            + value("signer_channel_accounts{state=\"idle\"}")
+            + value("signer_channel_accounts{state=\"expired\"}"),
+        8
+    );
+    // The enclave's own counters: the signature's decryption (and the dev stack's key
+    // generation), its latency, the distribution account's untouched budget.
+    assert!(value("signer_kms_requests_total{operation=\"Decrypt\",result=\"ok\"}") >= 1);
+    assert!(value("signer_kms_duration_seconds_count{operation=\"Decrypt\",result=\"ok\"}") >= 1);
+    assert_eq!(value("signer_fee_budget_remaining_stroops"), 1_000_000_000);
+    assert_eq!(value("signer_enclave_up"), 1);
+    assert!(value("signer_enclave_round_trip_seconds_count") >= 2);
+    assert!(
+        text.contains(&format!(
+            "signer_build_info{{version=\"{}\",enclave_build=\"mock\",protocol=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            common::wire::messages::PROTOCOL_VERSION
+        )),
+        "{text}"
+    );
+    // Nothing in it names a key.
+    assert!(!text.contains(&channel[..12]), "{text}");
+    dev.stop();
+}

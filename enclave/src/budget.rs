@@ -113,6 +113,16 @@ impl SpendingLimits {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// What may still be spent in the current window: fee stroops and sponsorships.
+    pub fn remaining(&self) -> (i64, u32) {
+        let mut spent = self.lock();
+        spent.expire(Instant::now(), self.window);
+        (
+            self.fee_budget.saturating_sub(spent.fees).max(0),
+            self.max_sponsored.saturating_sub(spent.accounts),
+        )
+    }
+
     /// Reserves `fee` stroops and `sponsored` accounts, or names the limit it would
     /// break. Nothing is reserved for a request that spends nothing.
     pub fn reserve(&self, fee: i64, sponsored: u32) -> Result<Reservation<'_>, PolicyViolation> {

@@ -14,6 +14,8 @@ use crate::attestor::{Attestor, Identity};
 use crate::budget::SpendingLimits;
 use crate::cache::KeyCache;
 use crate::kms::Kms;
+use crate::kms::metered::MeteredKms;
+use crate::metrics::KmsMetrics;
 
 /// The signing configuration; absent when a mock build runs as a bare transport.
 pub struct SigningContext {
@@ -21,8 +23,11 @@ pub struct SigningContext {
     pub network_passphrase: String,
     /// SHA-256 of the passphrase: the first input of every signature payload.
     pub network_id: [u8; 32],
-    /// KMS, reached over the host's relay with TLS ending here.
+    /// KMS, reached over the host's relay with TLS ending here; every call counted in
+    /// `kms_metrics`.
     pub kms: Arc<dyn Kms>,
+    /// The KMS calls so far, for [`SigningContext::stats`].
+    pub kms_metrics: Arc<KmsMetrics>,
     /// The KMS key this enclave uses (measured): named in every call, required in
     /// every answer, and the one every new seal goes under.
     pub kms_key_arn: KmsKeyArn,
@@ -57,10 +62,12 @@ impl SigningContext {
         policy: SigningPolicy,
         limits: SpendingLimits,
     ) -> SigningContext {
+        let kms_metrics = Arc::new(KmsMetrics::default());
         SigningContext {
             network_id: network_id(&network_passphrase),
             network_passphrase,
-            kms,
+            kms: Arc::new(MeteredKms::new(kms, kms_metrics.clone())),
+            kms_metrics,
             kms_key_arn,
             previous_kms_key_arn: None,
             attestor,
@@ -69,6 +76,16 @@ impl SigningContext {
             limits,
             kms_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_KMS_CALLS),
             generation: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The enclave's counters, for the host's `/metrics`.
+    pub fn stats(&self) -> common::wire::messages::EnclaveStats {
+        let (fee_budget_remaining_stroops, sponsorships_remaining) = self.limits.remaining();
+        common::wire::messages::EnclaveStats {
+            kms_calls: self.kms_metrics.snapshot(),
+            fee_budget_remaining_stroops,
+            sponsorships_remaining,
         }
     }
 

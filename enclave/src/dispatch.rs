@@ -77,6 +77,7 @@ impl Dispatcher {
                 )
                 .await
             }
+            Request::Stats => Ok(Response::Stats(self.context()?.stats())),
         }
     }
 

@@ -8,9 +8,10 @@ use crate::keys::KeyError;
 use crate::kms::KmsError;
 use crate::kms::recipient::RecipientError;
 
-impl From<KmsError> for WireError {
-    fn from(e: KmsError) -> WireError {
-        let code = match &e {
+impl KmsError {
+    /// The stable code a KMS failure reaches the host as.
+    pub fn code(&self) -> ErrorCode {
+        match self {
             KmsError::AccessDenied(_) => ErrorCode::KmsAccessDenied,
             KmsError::InvalidCiphertext(_) | KmsError::NotFound(_) => {
                 ErrorCode::KmsInvalidCiphertext
@@ -25,8 +26,13 @@ impl From<KmsError> for WireError {
             | KmsError::Other { .. }
             | KmsError::MissingCiphertextForRecipient
             | KmsError::MissingCiphertextBlob => ErrorCode::KmsUnavailable,
-        };
-        WireError::new(code, e.to_string())
+        }
+    }
+}
+
+impl From<KmsError> for WireError {
+    fn from(e: KmsError) -> WireError {
+        WireError::new(e.code(), e.to_string())
     }
 }
 

@@ -27,6 +27,7 @@ pub mod errors;
 pub mod key_use;
 pub mod keys;
 pub mod kms;
+pub mod metrics;
 pub mod nsm;
 pub mod ops;
 pub mod server;

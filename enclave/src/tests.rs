@@ -1023,6 +1023,26 @@ async fn the_fee_budget_bounds_repeated_fee_bumps() {
     assert_eq!(refusal.code, ErrorCode::PolicyViolation);
     assert_eq!(rule_of(&refusal), "fee_budget", "{refusal:?}");
     assert_eq!(enclave.kms.calls(), calls, "refused before any KMS call");
+
+    // The enclave's counters, as the host's /metrics reads them.
+    let Ok(Response::Stats(stats)) = enclave.dispatcher.handle(Request::Stats).await else {
+        panic!("no stats");
+    };
+    assert_eq!(stats.fee_budget_remaining_stroops, 500);
+    assert_eq!(stats.sponsorships_remaining, 10);
+    let count = |result: &str| {
+        stats
+            .kms_calls
+            .iter()
+            .find(|c| c.operation == "Decrypt" && c.result == result)
+            .map_or(0, |c| c.count)
+    };
+    // The channel payment and two bumps decrypted; one was denied.
+    assert_eq!(
+        (count("ok"), count("kms_access_denied")),
+        (3, 1),
+        "{stats:?}"
+    );
 }
 
 /// An identity older than its limit is never handed to KMS.

@@ -101,3 +101,32 @@ pub async fn request_once(
         .request(method, path, body)
         .await
 }
+
+/// `GET path` of a route that answers text (`/metrics`): the status, the content type
+/// and the body.
+pub async fn get_text(
+    socket: &Path,
+    path: &str,
+) -> Result<(StatusCode, String, String), ClientError> {
+    let mut connection = ApiConnection::connect(socket).await?;
+    connection.sender.ready().await?;
+    let request = hyper::Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(hyper::header::HOST, "localhost")
+        .body(Full::new(Bytes::new()))?;
+    let response = connection.sender.send_request(request).await?;
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok((
+        status,
+        content_type,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
+}

@@ -218,8 +218,12 @@ impl EnclaveClient {
 
     /// Sends one request and waits for its answer, at most the configured timeout.
     pub async fn call(&self, request: Request) -> Result<Response, CallError> {
-        self.call_with_timeout(request, self.inner.request_timeout)
-            .await
+        let started = std::time::Instant::now();
+        let answer = self
+            .call_with_timeout(request, self.inner.request_timeout)
+            .await;
+        crate::metrics::global().enclave_round_trip(started.elapsed());
+        answer
     }
 
     pub async fn call_with_timeout(

@@ -15,6 +15,7 @@ pub mod config;
 pub mod credentials;
 pub mod enclave_client;
 pub mod key_policy;
+pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod signing;

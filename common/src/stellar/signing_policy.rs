@@ -39,8 +39,21 @@ pub struct SigningPolicy {
     pub soroban_calls: Vec<AllowedCall>,
 }
 
+/// How a [`PolicyViolation`]'s message begins, before its rule name.
+const RULE_PREFIX: &str = "signing policy rule ";
+
+/// The rule a `policy_violation` message names (its text is [`PolicyViolation`]'s), for
+/// counting refusals by rule; `None` for any other text.
+pub fn rule_named_in(message: &str) -> Option<&str> {
+    let rule = message.strip_prefix(RULE_PREFIX)?.split(':').next()?;
+    let well_formed = !rule.is_empty()
+        && rule.len() <= 64
+        && rule.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    well_formed.then_some(rule)
+}
+
 /// A refusal by the signing policy. Over the wire it becomes `policy_violation`,
-/// with this error's text as the message.
+/// with this error's text as the message (read back by [`rule_named_in`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("signing policy rule {rule}: {detail}")]
 pub struct PolicyViolation {
@@ -805,7 +818,14 @@ mod tests {
     }
 
     fn rule(result: Result<(), PolicyViolation>) -> &'static str {
-        result.unwrap_err().rule
+        let violation = result.unwrap_err();
+        // The message names the rule, so counters read it back from the wire text.
+        assert_eq!(
+            rule_named_in(&violation.to_string()),
+            Some(violation.rule),
+            "{violation}"
+        );
+        violation.rule
     }
 
     const USER: [u8; 32] = [0x05; 32];

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::wire::error::WireError;
 
 /// Bump on any change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Which enclave build answered: the host refuses nothing on this basis by itself, but
 /// operators and the dev tooling need to know when a mock build is in use.
@@ -172,6 +172,9 @@ pub enum Request {
         /// The keys as wallet-backend stores them.
         channels: Vec<WalletBackendKey>,
     },
+    /// The enclave's own counters, for the host's `/metrics` (the enclave has no
+    /// network): its KMS calls and the distribution account's remaining budget.
+    Stats,
 }
 
 /// A channel key as stellar/wallet-backend stores it (`channel_accounts` table).
@@ -243,6 +246,43 @@ pub enum Response {
         /// Over the key-check payload of the key.
         signature: SignatureInfo,
     },
+    /// The answer to [`Request::Stats`].
+    Stats(EnclaveStats),
+}
+
+/// Upper bounds, in microseconds, of the buckets of the enclave's KMS latency histogram;
+/// calls slower than the last bound count only in the total.
+pub const KMS_DURATION_BUCKETS_US: [u64; 12] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    8_000_000,
+];
+
+/// The enclave's counters since it started (a restart resets them, as it resets the
+/// budget window).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnclaveStats {
+    /// One entry per KMS operation and result seen so far.
+    pub kms_calls: Vec<KmsCallStats>,
+    /// What the distribution account may still pay in fees in the current window.
+    pub fee_budget_remaining_stroops: i64,
+    /// Accounts the distribution account may still sponsor in the current window.
+    pub sponsorships_remaining: u32,
+}
+
+/// The KMS calls of one operation with one result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KmsCallStats {
+    /// The KMS operation: `Decrypt` or `GenerateDataKey`.
+    pub operation: String,
+    /// `ok`, or the error code the call failed with.
+    pub result: String,
+    /// How many calls, retries included in each call's duration.
+    pub count: u64,
+    /// Per bound of [`KMS_DURATION_BUCKETS_US`], the calls that took at most that long
+    /// and more than the bound before it (not cumulative).
+    pub buckets: Vec<u64>,
+    /// Total duration of these calls, microseconds.
+    pub sum_us: u64,
 }
 
 /// Short-lived AWS credentials, resolved by the host and pushed with

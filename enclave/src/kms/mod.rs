@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod connector;
+pub mod metered;
 pub mod recipient;
 
 use common::wire::messages::AwsCredentials;

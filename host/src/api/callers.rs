@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use super::error::ApiError;
 use super::extract::Caller;
 use crate::config::{AllowList, CallerRules};
+use crate::signing::SignKind;
 
 /// The groups of routes an allow-list covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,6 +135,9 @@ pub async fn authorize_and_log(
         )
         .into_response()
     };
+    if let Some(kind) = signing_kind(&method, &route) {
+        crate::metrics::global().sign_duration(kind, started.elapsed());
+    }
     info!(
         uid = %id_text(caller.uid),
         pid = ?caller.pid,
@@ -144,6 +148,21 @@ pub async fn authorize_and_log(
         "request"
     );
     response
+}
+
+/// The signing kind of a route that signs, as the audit log and the metrics name it.
+fn signing_kind(method: &Method, route: &str) -> Option<&'static str> {
+    if method != Method::POST {
+        return None;
+    }
+    let kind = match route {
+        "/v1/sign" => SignKind::Sign,
+        "/v1/fee-bump" => SignKind::FeeBump,
+        "/v1/soroban/authorize" => SignKind::SorobanAuth,
+        "/v1/channels/provision" => SignKind::Provisioning,
+        _ => return None,
+    };
+    Some(kind.as_str())
 }
 
 fn id_text(id: Option<u32>) -> String {

@@ -39,8 +39,9 @@ pub async fn acquire(
 ) -> Result<axum::Json<ChannelLease>, ApiError> {
     let request: AcquireRequest = optional_body(&body)?;
     let duration = request.lock_seconds.map(Duration::from_secs);
-    let lease = committed(state.store.submit_acquire(duration)).await?;
-    Ok(axum::Json(lease))
+    let lease = committed(state.store.submit_acquire(duration)).await;
+    crate::metrics::global().channel_acquisition(lease.as_ref().err().map(|e| e.code));
+    Ok(axum::Json(lease?))
 }
 
 #[derive(Debug, Deserialize)]

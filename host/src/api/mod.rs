@@ -14,6 +14,7 @@ mod json;
 mod key_import;
 mod key_lifecycle;
 mod keys;
+mod metrics;
 mod provisioning;
 mod router;
 mod sign;

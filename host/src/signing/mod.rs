@@ -170,6 +170,7 @@ impl Signing {
         outcome: Result<[u8; 32], &WireError>,
         channel: Option<SequenceOwner>,
     ) -> Result<(), WireError> {
+        self.count(kind, public_keys, outcome.err());
         let rows: Vec<AuditEntry> = public_keys
             .iter()
             .map(|public_key| AuditEntry {
@@ -196,6 +197,27 @@ impl Signing {
             });
         // Queued for the group commit and awaited here, holding no thread.
         committed(self.store.submit_outcome(&rows, signed.as_ref())).await
+    }
+}
+
+impl Signing {
+    /// Counts each signer's outcome, and a policy refusal by its rule, for `/metrics`.
+    fn count(&self, kind: SignKind, public_keys: &[String], error: Option<&WireError>) {
+        let metrics = crate::metrics::global();
+        for public_key in public_keys {
+            let role = self
+                .store
+                .key_in_memory(public_key)
+                .map_or("unknown", |key| key.role.as_str());
+            metrics.signature(role, kind.as_str(), error.map(|e| e.code));
+        }
+        if let Some(e) = error
+            && e.code == ErrorCode::PolicyViolation
+        {
+            metrics.policy_refusal(
+                common::stellar::signing_policy::rule_named_in(&e.message).unwrap_or("unnamed"),
+            );
+        }
     }
 }
 

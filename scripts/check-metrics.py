@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Reads the host's GET /metrics with the Prometheus project's own Python parser
+(prometheus_client.parser), after real traffic on the local stack.
+
+It starts `signer-dev up`, acquires a channel, has a channel-sourced payment built by
+the Python stellar-sdk signed, has one with a fee over the cap refused, scrapes
+/metrics and checks every family the README documents, with the values that traffic
+must have produced.
+
+    usage: check-metrics.py PATH/TO/signer-dev
+"""
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import warnings
+
+warnings.simplefilter("ignore")
+
+from prometheus_client.parser import text_string_to_metric_families
+from stellar_sdk import Account, Asset, Keypair, Network, TransactionBuilder
+
+NETWORK = Network.TESTNET_NETWORK_PASSPHRASE
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def call(sock, method, path, body=None, raw=False):
+    connection = UnixConnection(sock)
+    payload = json.dumps(body) if body is not None else None
+    headers = {"content-type": "application/json"} if body is not None else {}
+    connection.request(method, path, body=payload, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    content_type = response.getheader("content-type")
+    connection.close()
+    if raw:
+        return response.status, content_type, data.decode()
+    return response.status, json.loads(data or b"null")
+
+
+def payment(channel, destination, base_fee):
+    user = Keypair.random()
+    return (
+        TransactionBuilder(Account(channel, 4294967296), NETWORK, base_fee=base_fee)
+        .set_timeout(120)
+        .append_payment_op(destination, Asset.native(), "1", source=user.public_key)
+        .build()
+        .to_xdr()
+    )
+
+
+def main():
+    signer_dev = sys.argv[1]
+    with tempfile.TemporaryDirectory() as state:
+        sock = f"{state}/host.sock"
+        stack = subprocess.Popen(
+            [signer_dev, "up", "--dir", state],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        try:
+            for line in stack.stdout:
+                if "Ctrl-C stops everything" in line:
+                    break
+            else:
+                raise AssertionError("signer-dev up did not start")
+            _, keys = call(sock, "GET", "/v1/keys?role=channel")
+            channel = keys["keys"][0]["public_key"]
+            status, lease = call(sock, "POST", "/v1/channels/acquire", {})
+            assert status == 200, lease
+            status, answer = call(sock, "POST", "/v1/sign", {
+                "transaction": payment(channel, channel, 100), "signers": [channel]})
+            assert status == 200, answer
+            status, answer = call(sock, "POST", "/v1/sign", {
+                "transaction": payment(channel, channel, 50_000_000), "signers": [channel]})
+            assert answer["error"]["code"] == "policy_violation", answer
+            status, content_type, text = call(sock, "GET", "/metrics", raw=True)
+            assert status == 200 and content_type.startswith("text/plain; version=0.0.4"), \
+                (status, content_type)
+        finally:
+            stack.send_signal(signal.SIGINT)
+            stack.wait(timeout=30)
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def value(family, metric_type, **labels):
+        assert family in families, f"{family} missing; families: {sorted(families)}"
+        assert families[family].type == metric_type, (family, families[family].type)
+        found = [s.value for s in families[family].samples
+                 if all(s.labels.get(k) == v for k, v in labels.items())
+                 and not s.name.endswith(("_bucket", "_sum", "_created"))]
+        assert found, f"no {family} sample with {labels}: {families[family].samples}"
+        return found[-1]
+
+    assert value("signer_signatures", "counter", role="channel", kind="sign", result="signed") == 1
+    assert value("signer_signatures", "counter", role="channel", kind="sign", result="refused") == 1
+    assert value("signer_policy_refusals", "counter", rule="fee_cap") == 1
+    assert value("signer_sign_duration_seconds", "histogram", kind="sign") == 2
+    assert value("signer_enclave_round_trip_seconds", "histogram") >= 2
+    assert value("signer_channel_acquisitions", "counter", result="acquired") == 1
+    pool = sum(value("signer_channel_accounts", "gauge", state=s)
+               for s in ("idle", "locked", "expired"))
+    assert pool == 8, pool
+    assert value("signer_kms_requests", "counter", operation="Decrypt", result="ok") >= 1
+    assert value("signer_kms_requests", "counter", operation="GenerateDataKey", result="ok") >= 1
+    assert value("signer_kms_duration_seconds", "histogram", operation="Decrypt", result="ok") >= 1
+    assert value("signer_fee_budget_remaining_stroops", "gauge") == 1_000_000_000
+    assert value("signer_build_info", "gauge", enclave_build="mock") == 1
+    assert value("signer_enclave_up", "gauge") == 1
+    print(f"/metrics parsed by prometheus_client: {len(families)} families, every documented "
+          "one present with the values the traffic produced")
+
+
+if __name__ == "__main__":
+    main()
