@@ -246,7 +246,7 @@ async fn metrics_count_signatures_refusals_kms_calls_and_the_pool() {
         .unwrap();
     assert_eq!(response.0, StatusCode::OK);
     assert!(
-        response.1.starts_with("text/plain; version=0.4"),
+        response.1.starts_with("text/plain; version=0.0.4"),
         "{}",
         response.1
     );
