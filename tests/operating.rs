@@ -297,3 +297,148 @@ async fn metrics_count_signatures_refusals_kms_calls_and_the_pool() {
     assert!(!text.contains(&channel[..12]), "{text}");
     dev.stop();
 }
+
+/// The `/readyz` check named `name`: (ok, detail).
+fn check(readyz: &serde_json::Value, name: &str) -> (bool, String) {
+    let found = readyz["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {readyz}"));
+    (
+        found["ok"].as_bool().unwrap(),
+        found["detail"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Polls `/readyz` until `want` holds of it, for at most `limit`.
+async fn readyz_until(
+    socket: &Path,
+    limit: std::time::Duration,
+    want: impl Fn(StatusCode, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let (status, body) = request_once(socket, Method::GET, "/readyz", None)
+            .await
+            .unwrap();
+        if want(status, &body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz never got there; last {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn ready_means_credentials_pushed_schema_migrated_and_a_recent_canary() {
+    let dev = harness::Dev::start(&["--host-set", "readiness.canary_period_secs=10"]);
+    let socket = dev.socket();
+    let distribution = dev.keys("distribution").await.remove(0);
+    // The canary may have run before the keys existed: wait for one that decrypted.
+    let ready = readyz_until(
+        &socket,
+        std::time::Duration::from_secs(15),
+        |status, body| status == StatusCode::OK && check(body, "canary").1.contains(&distribution),
+    )
+    .await;
+    for name in ["store", "enclave", "credentials", "canary"] {
+        assert!(check(&ready, name).0, "{ready}");
+    }
+    assert!(check(&ready, "credentials").1.contains("pushed"), "{ready}");
+
+    // KMS refuses the enclave (its attestation looks stale to KMS): the next canary run
+    // fails and the host is not ready, naming why; once KMS admits it again, ready.
+    let stack: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dev.state().join("stack.json")).unwrap()).unwrap();
+    let kms_url = stack["kms_url"].as_str().unwrap().to_string();
+    let ca = dev.state().join("mock-kms-ca.pem");
+    mock_kms::admin_client::set_faults(&kms_url, &ca, &json!({"clock_skew_s": 600}))
+        .await
+        .unwrap();
+    let refused = readyz_until(&socket, std::time::Duration::from_secs(25), |status, _| {
+        status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let (ok, detail) = check(&refused, "canary");
+    assert!(!ok && detail.contains("kms_access_denied"), "{refused}");
+    assert!(
+        check(&refused, "enclave").0,
+        "only the canary fails: {refused}"
+    );
+    mock_kms::admin_client::set_faults(&kms_url, &ca, &json!({"clock_skew_s": 0}))
+        .await
+        .unwrap();
+    readyz_until(&socket, std::time::Duration::from_secs(25), |status, _| {
+        status == StatusCode::OK
+    })
+    .await;
+    dev.stop();
+}
+
+#[tokio::test]
+async fn not_ready_without_credentials_in_the_enclave_or_with_an_unmigrated_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let enclave_socket = dir.path().join("enclave.sock");
+    // A bare enclave (no KMS settings) refuses credentials: a host that must push them
+    // is never ready, and says why.
+    let _enclave = start_enclave(dir.path(), &enclave_socket, 0);
+    let socket = dir.path().join("pushing.sock");
+    let file = dir.path().join("pushing.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[api]\nsocket = {socket:?}\n[kms]\nregion = \"us-east-1\"\n\
+             endpoint = \"https://127.0.0.1:9\"\ncredentials = \"static\"\n\
+             static_access_key_id = \"AKID\"\nstatic_secret_access_key = \"s3cret\"\n\
+             relay_listen = \"unix://{}\"\n",
+            dir.path().join("relay.sock").display()
+        ),
+    )
+    .unwrap();
+    let host = Proc::spawn(
+        Command::new(host_bin())
+            .args(["serve", "--config"])
+            .arg(&file)
+            .arg("--enclave")
+            .arg(format!("unix://{}", enclave_socket.display()))
+            .arg("--store")
+            .arg(dir.path().join("signer.db")),
+        dir.path().join("pushing.log"),
+    );
+    let body = wait_ready_at(&socket, false, &host).await;
+    let body = if check(&body, "credentials").1.contains("last error") {
+        body
+    } else {
+        readyz_until(&socket, std::time::Duration::from_secs(10), |_, body| {
+            check(body, "credentials").1.contains("last error")
+        })
+        .await
+    };
+    let (ok, detail) = check(&body, "credentials");
+    assert!(!ok, "{body}");
+    assert!(detail.contains("no credentials pushed"), "{body}");
+    assert!(check(&body, "enclave").0, "{body}");
+    drop(host);
+
+    // A host without [kms] pushes none and says so; a database whose schema another
+    // process changed under it is not ready.
+    let stack = harness::Stack::start().await;
+    let ready = stack.wait_ready(true).await;
+    let (ok, detail) = check(&ready, "credentials");
+    assert!(ok && detail.contains("not pushed by this host"), "{ready}");
+    let db = rusqlite::Connection::open(stack.db_path()).unwrap();
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    db.pragma_update(None, "user_version", version + 1).unwrap();
+    let body = stack.wait_ready(false).await;
+    let (ok, detail) = check(&body, "store");
+    assert!(!ok && detail.contains("newer"), "{body}");
+    db.pragma_update(None, "user_version", version).unwrap();
+    stack.wait_ready(true).await;
+}

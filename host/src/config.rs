@@ -21,11 +21,23 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub stellar: StellarConfig,
     pub kms: KmsConfig,
+    pub readiness: ReadinessConfig,
     /// The host's copy of the enclave's signing-policy settings (the same struct the
     /// enclave's flags fill; keep the values equal). The host checks first so callers
     /// get `policy_violation` without a round trip; the enclave's check is the one
     /// that counts.
     pub signing_policy: SigningPolicySettings,
+}
+
+/// What `/readyz` checks besides the enclave, the credentials and the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadinessConfig {
+    /// Every this many seconds the enclave decrypts one stored key (the distribution key
+    /// when there is one) and proves it with its key-check signature; ready only while
+    /// the last run passed within the period. 0 (the default) turns the canary off; each
+    /// run is one KMS call.
+    pub canary_period_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,7 +471,7 @@ fn set_path(
 impl Config {
     /// The effective configuration from its sources (see [`ConfigSources`]), validated.
     pub fn resolve(sources: &ConfigSources) -> Result<Config, ConfigError> {
-        let mut table = match &sources.file {
+        let table = match &sources.file {
             Some(path) => {
                 // Parsed as a whole first, for positioned errors that never quote a line.
                 Config::load_unvalidated(path)?;
@@ -474,8 +486,27 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let mut env: Vec<&(String, String)> = sources
-            .env
+        Config::overlay(table, &sources.env, &sources.sets)
+    }
+
+    /// This configuration with `section.field=value` overrides applied (the local
+    /// stack's `--host-set`), validated.
+    pub fn with_overrides(&self, sets: &[String]) -> Result<Config, ConfigError> {
+        let table = toml::Table::try_from(self).map_err(|e| ConfigError::Invalid {
+            field: "(rendering)",
+            problem: e.to_string(),
+        })?;
+        Config::overlay(table, &[], sets)
+    }
+
+    /// `table` with the `SIGNER_HOST__*` variables of `env`, then `sets`, applied;
+    /// deserialized and validated.
+    fn overlay(
+        mut table: toml::Table,
+        env: &[(String, String)],
+        sets: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut env: Vec<&(String, String)> = env
             .iter()
             .filter(|(name, _)| name.starts_with(ENV_PREFIX))
             .collect();
@@ -484,10 +515,10 @@ impl Config {
             let path = name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
             set_path(&mut table, &path, override_value(&path, text), name)?;
         }
-        for set in &sources.sets {
+        for set in sets {
             let (path, text) = set.split_once('=').ok_or_else(|| ConfigError::Override {
                 origin: "--set".to_string(),
-                problem: "expected section.field=value".to_string(),
+                problem: format!("{set:?}: expected section.field=value"),
             })?;
             let path = path.trim();
             set_path(&mut table, path, override_value(path, text), "--set")?;
@@ -617,6 +648,12 @@ impl Config {
                 field: "signing_policy.soroban_contracts",
                 problem,
             })?;
+        if (1..10).contains(&self.readiness.canary_period_secs) {
+            return invalid(
+                "readiness.canary_period_secs",
+                "must be 0 (off) or at least 10: each run is a KMS call",
+            );
+        }
         let channels = &self.channels;
         if channels.default_lock_seconds == 0 {
             return invalid("channels.default_lock_seconds", "must be greater than 0");

@@ -2,6 +2,7 @@
 //! with aws-config's default chain (the instance role on Nitro), pushed over vsock on
 //! every (re)connection and on a timer well inside their lifetime.
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_credential_types::provider::ProvideCredentials;
@@ -11,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{CredentialsSource, KmsConfig};
 use crate::enclave_client::EnclaveClient;
+use crate::readiness::CredentialsStatus;
 
 enum Source {
     Chain(aws_credential_types::provider::SharedCredentialsProvider),
@@ -40,12 +42,12 @@ impl Source {
     }
 }
 
-/// Starts the pusher; returns at once.
+/// Starts the pusher; returns at once, with the status `/readyz` reads.
 pub async fn spawn(
     config: &KmsConfig,
     enclave: EnclaveClient,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<CredentialsStatus>> {
     let source = match config.credentials {
         CredentialsSource::Static => Source::Static(AwsCredentials {
             access_key_id: config.static_access_key_id.clone().unwrap_or_default(),
@@ -70,20 +72,33 @@ pub async fn spawn(
         }
     };
     let refresh = Duration::from_secs(config.credentials_refresh_secs.max(10));
+    let status = Arc::new(CredentialsStatus::default());
+    let pushes = status.clone();
     tokio::spawn(async move {
         let mut connections = enclave.connections();
         loop {
             match source.resolve().await {
                 Ok(credentials) => {
                     let key = credentials.access_key_id.clone();
+                    let expires_unix = credentials.expires_unix;
+                    // Read before the push: a reconnection in between leaves the status
+                    // behind (not ready) until the push its reconnection triggers.
+                    let connection = *connections.borrow_and_update();
                     match enclave.call(Request::SetCredentials(credentials)).await {
                         Ok(_) => {
                             debug!(access_key_id = %key, "pushed AWS credentials to the enclave");
+                            pushes.pushed(connection, expires_unix);
                         }
-                        Err(e) => debug!(error = %e, "could not push credentials yet"),
+                        Err(e) => {
+                            debug!(error = %e, "could not push credentials yet");
+                            pushes.failed(format!("pushing to the enclave: {e}"));
+                        }
                     }
                 }
-                Err(e) => warn!(error = %e, "cannot resolve AWS credentials for the enclave"),
+                Err(e) => {
+                    warn!(error = %e, "cannot resolve AWS credentials for the enclave");
+                    pushes.failed(format!("resolving AWS credentials: {e}"));
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -95,5 +110,5 @@ pub async fn spawn(
             }
         }
     });
-    Ok(())
+    Ok(status)
 }

@@ -188,6 +188,11 @@ impl EnclaveClient {
         self.inner.connections.subscribe()
     }
 
+    /// How many connections to the enclave have been made: the current one's number.
+    pub fn connection_number(&self) -> u64 {
+        *self.inner.connections.borrow()
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.inner.endpoint
     }

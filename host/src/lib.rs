@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod enclave_client;
 pub mod key_policy;
 pub mod metrics;
+pub mod readiness;
 pub mod relay;
 pub mod server;
 pub mod signing;

@@ -78,12 +78,16 @@ impl BoundHost {
             config.enclave.reconnect_max_backoff(),
             enclave_stop.clone(),
         );
+        let mut credentials = None;
         if let Some(url) = config.kms.endpoint_url() {
             let target = crate::relay::RelayTarget::from_url(&url).map_err(anyhow::Error::msg)?;
             let relay = common::wire::transport::Listener::bind(&config.kms.relay_listen, 0o600)
                 .with_context(|| format!("binding the KMS relay {}", config.kms.relay_listen))?;
             tokio::spawn(crate::relay::run(relay, target, enclave_stop.clone()));
-            crate::credentials::spawn(&config.kms, enclave.clone(), enclave_stop.clone()).await?;
+            credentials = Some(
+                crate::credentials::spawn(&config.kms, enclave.clone(), enclave_stop.clone())
+                    .await?,
+            );
         }
         let signing = Signing::new(
             enclave.clone(),
@@ -93,11 +97,22 @@ impl BoundHost {
             config.enclave.precheck_signing_policy,
         )
         .map_err(|problem| anyhow::anyhow!("signing_policy: {problem}"))?;
+        let canary = (config.readiness.canary_period_secs > 0).then(|| {
+            crate::readiness::spawn_canary(
+                Duration::from_secs(config.readiness.canary_period_secs),
+                config.enclave.request_timeout(),
+                signing.clone(),
+                store.clone(),
+                enclave_stop.clone(),
+            )
+        });
         let state = AppState {
             enclave,
             store,
             signing,
             shutdown: shutdown.clone(),
+            credentials,
+            canary,
         };
         let app = router(
             state,

@@ -55,6 +55,10 @@ enum Command {
         /// key is rewrapped (`signer-host keys rewrap`).
         #[arg(long)]
         previous_kms_key_alias: Option<String>,
+        /// Sets one field of the host's configuration, as `signer-host serve --set`
+        /// does (repeatable), e.g. `--host-set readiness.canary_period_secs=10`.
+        #[arg(long = "host-set", value_name = "SECTION.FIELD=VALUE")]
+        host_sets: Vec<String>,
     },
     /// A Stellar RPC stand-in on loopback (JSON-RPC 2.0, the published shapes) over a
     /// small ledger, for tests and for trying `signer-host channels ensure` locally.
@@ -129,8 +133,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             soroban_contract,
             kms_key_alias,
             previous_kms_key_alias,
+            host_sets,
         } => {
             let options = up::DevOptions {
+                host_sets,
                 kms_key_alias,
                 previous_kms_key_alias,
                 dir,

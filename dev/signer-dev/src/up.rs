@@ -64,6 +64,8 @@ pub struct DevOptions {
     pub kms_key_alias: String,
     /// A rotation build: the previous mock KMS key, by alias.
     pub previous_kms_key_alias: Option<String>,
+    /// `section.field=value` overrides of the host's configuration.
+    pub host_sets: Vec<String>,
 }
 
 /// The shipped key-policy template, rendered for the development PCRs and the mock
@@ -368,6 +370,7 @@ async fn run_stack(
     });
     config.enclave.precheck_signing_policy = !options.no_host_policy_precheck;
     config.signing_policy.soroban_contracts = options.soroban_contracts.clone();
+    let config = config.with_overrides(&options.host_sets)?;
     let host = BoundHost::bind(config)?;
     let serving = tokio::spawn(host.run(shutdown.clone()));
 

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::readiness::Verdict;
 use crate::store::blocking;
 
 /// How long `/readyz` waits for the enclave before calling it not ready.
@@ -36,7 +37,7 @@ async fn store_check(state: &AppState) -> Check {
         name: "store",
         ok: outcome.is_ok(),
         detail: match outcome {
-            Ok(()) => format!("{} answers", state.store.describe()),
+            Ok(()) => format!("{} answers, schema migrated", state.store.describe()),
             Err(e) => e.message,
         },
     }
@@ -73,8 +74,46 @@ async fn enclave_check(state: &AppState) -> Check {
     }
 }
 
+fn credentials_check(state: &AppState) -> Check {
+    let verdict = match &state.credentials {
+        Some(status) => status.verdict(state.enclave.connection_number(), common::now_unix_secs()),
+        None => Verdict {
+            ok: true,
+            detail: "not pushed by this host ([kms] region unset)".to_string(),
+        },
+    };
+    Check {
+        name: "credentials",
+        ok: verdict.ok,
+        detail: verdict.detail,
+    }
+}
+
+fn canary_check(state: &AppState) -> Check {
+    let verdict = match &state.canary {
+        Some(canary) => canary.verdict(),
+        None => Verdict {
+            ok: true,
+            detail: "off (readiness.canary_period_secs = 0)".to_string(),
+        },
+    };
+    Check {
+        name: "canary",
+        ok: verdict.ok,
+        detail: verdict.detail,
+    }
+}
+
+/// Ready when usable: the database answers at this binary's schema version, the
+/// enclave answers, it holds unexpired credentials pushed on its current connection,
+/// and the canary (when configured) passed within its period.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let checks = vec![store_check(&state).await, enclave_check(&state).await];
+    let checks = vec![
+        store_check(&state).await,
+        enclave_check(&state).await,
+        credentials_check(&state),
+        canary_check(&state),
+    ];
     let ready = checks.iter().all(|c| c.ok);
     let status = if ready {
         StatusCode::OK

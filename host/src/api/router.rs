@@ -202,6 +202,8 @@ mod tests {
             enclave,
             store,
             shutdown: CancellationToken::new(),
+            credentials: None,
+            canary: None,
         }
     }
 

@@ -1,8 +1,11 @@
 //! What every handler can reach.
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::enclave_client::EnclaveClient;
+use crate::readiness::{Canary, CredentialsStatus};
 use crate::signing::Signing;
 use crate::store::SharedStore;
 
@@ -17,4 +20,8 @@ pub struct AppState {
     pub signing: Signing,
     /// Cancelled when the host starts shutting down: new requests get `shutting_down`.
     pub shutdown: CancellationToken,
+    /// The credentials pusher's status; `None` when this host pushes none (no `[kms]`).
+    pub credentials: Option<Arc<CredentialsStatus>>,
+    /// The readiness canary, when `readiness.canary_period_secs` is set.
+    pub canary: Option<Arc<Canary>>,
 }

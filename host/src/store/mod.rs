@@ -154,6 +154,7 @@ pub trait ChannelLocks: Send + Sync {
 /// A whole store: keys, channel locks and audit, plus health.
 pub trait Store: KeyStore + ChannelLocks + AuditLog + std::fmt::Debug {
     /// A cheap round trip, for readiness checks.
+    /// Whether the backend answers and its schema is the one this binary migrates to.
     fn check(&self) -> Result<(), StoreError>;
     /// Which backend and where, for logs and `/readyz`.
     fn describe(&self) -> String;
@@ -194,6 +195,11 @@ pub enum StoreError {
          ({supported}); run a newer signer-host or restore a matching backup"
     )]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error(
+        "database schema version {found} is not the version {expected} this signer-host \
+         migrated it to (changed by another process?); restart signer-host to migrate it"
+    )]
+    SchemaNotMigrated { found: i64, expected: i64 },
     #[error("database {path}: {source}")]
     Open {
         path: PathBuf,
@@ -227,6 +233,7 @@ impl StoreError {
                 ErrorCode::KeyExists
             }
             StoreError::SchemaTooNew { .. }
+            | StoreError::SchemaNotMigrated { .. }
             | StoreError::Open { .. }
             | StoreError::Sqlite(_)
             | StoreError::Pool { .. }

@@ -113,8 +113,18 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn check(&self) -> Result<(), StoreError> {
         let conn = self.pool.get()?;
-        conn.query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        match found.cmp(&schema::SCHEMA_VERSION) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => Err(StoreError::SchemaTooNew {
+                found,
+                supported: schema::SCHEMA_VERSION,
+            }),
+            std::cmp::Ordering::Less => Err(StoreError::SchemaNotMigrated {
+                found,
+                expected: schema::SCHEMA_VERSION,
+            }),
+        }
     }
 
     fn describe(&self) -> String {
