@@ -442,3 +442,158 @@ async fn not_ready_without_credentials_in_the_enclave_or_with_an_unmigrated_sche
     db.pragma_update(None, "user_version", version).unwrap();
     stack.wait_ready(true).await;
 }
+
+/// `signer-host ARGS` against the dev stack, with `stdin`; (succeeded, stdout, stderr).
+fn cli(dev: &harness::Dev, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let socket = dev.socket();
+    let mut child = Command::new(host_bin())
+        .args(args)
+        .env("SIGNER_HOST_SOCKET", &socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn cli_json(dev: &harness::Dev, args: &[&str], stdin: &str) -> serde_json::Value {
+    let (ok, stdout, stderr) = cli(dev, args, stdin);
+    assert!(ok, "signer-host {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test]
+async fn the_client_cli_acquires_signs_fee_bumps_unlocks_and_verifies_the_attestation() {
+    use harness::stellar::{b64, user_payment};
+    let dev = harness::Dev::start(&[]);
+
+    let lease = cli_json(&dev, &["channels", "acquire", "--json"], "");
+    let channel = lease["account"].as_str().unwrap().to_string();
+    let unsigned = b64(&user_payment(&channel, &channel, 1));
+    // The envelope on standard input, human output.
+    let (ok, human, stderr) = cli(&dev, &["sign", "--signer", &channel], &unsigned);
+    assert!(ok, "{stderr}");
+    assert!(human.lines().any(|l| l.starts_with("hash ")), "{human}");
+    assert!(human.contains(&format!("public_key={channel}")), "{human}");
+    // The same as an argument, JSON output for scripts.
+    let signed = cli_json(
+        &dev,
+        &["sign", "--signer", &channel, &unsigned, "--json"],
+        "",
+    );
+    let hash = signed["hash"].as_str().unwrap().to_string();
+    let bumped = cli_json(
+        &dev,
+        &["fee-bump", "--base-fee", "200", "--json", "-"],
+        signed["transaction"].as_str().unwrap(),
+    );
+    assert_eq!(bumped["inner_hash"], hash.as_str(), "{bumped}");
+    assert_eq!(bumped["fee"], 400, "{bumped}");
+    let unlocked = cli_json(&dev, &["channels", "unlock", &hash, "--json"], "");
+    assert!(unlocked.to_string().contains(&channel), "{unlocked}");
+    // A refusal is a failure with its code.
+    let (ok, _, stderr) = cli(&dev, &["sign", "--signer", &channel, "AAAA"], "");
+    assert!(!ok && stderr.contains("malformed_transaction"), "{stderr}");
+
+    // Which build is this? A fresh document with our nonce, checked against the mock
+    // CA, the development PCRs and the enclave's settings digest.
+    let nonce = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let answer = cli(
+        &dev,
+        &["attestation", "get", "--nonce", nonce, "--json"],
+        "",
+    )
+    .1;
+    let parsed: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let digest = parsed["user_data"].as_str().unwrap().to_string();
+    assert_eq!(parsed["nonce"], nonce);
+    let root = dev.state().join("mock-nsm-ca/root.pem");
+    let root = root.to_str().unwrap();
+    // The mock enclave's measurements (signer-dev's DEV_PCRS): PCRn is 48 bytes of 0xdn.
+    let pcr = |i: usize| format!("{i}={}", format!("d{i}").repeat(48));
+    let (pcr0, pcr1, pcr2) = (pcr(0), pcr(1), pcr(2));
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "attestation",
+            "verify",
+            "--root",
+            root,
+            "--pcr",
+            &pcr0,
+            "--pcr",
+            &pcr1,
+            "--pcr",
+            &pcr2,
+        ];
+        args.extend_from_slice(extra);
+        cli(&dev, &args, &answer)
+    };
+    let (ok, shown, stderr) = verify(&["--nonce", nonce, "--settings-digest", &digest]);
+    assert!(ok, "{stderr}");
+    assert!(
+        shown.contains("verified") && shown.contains("true"),
+        "{shown}"
+    );
+    // Each wrong expectation fails, naming it; so does the AWS root for a mock document.
+    let (ok, _, stderr) = verify(&["--nonce", "00"]);
+    assert!(!ok && stderr.contains("nonce"), "{stderr}");
+    let (ok, _, stderr) = verify(&["--settings-digest", &"00".repeat(32)]);
+    assert!(!ok && stderr.contains("settings digest"), "{stderr}");
+    let (ok, _, stderr) = cli(&dev, &["attestation", "verify", "--pcr", &pcr0], &answer);
+    assert!(!ok && stderr.contains("root"), "{stderr}");
+    // The enclave bounds the nonce; the host refuses what is not hex.
+    let (ok, _, stderr) = cli(
+        &dev,
+        &["attestation", "get", "--nonce", &"ab".repeat(65)],
+        "",
+    );
+    assert!(!ok && stderr.contains("bad_request"), "{stderr}");
+    dev.stop();
+}
+
+#[test]
+fn every_client_subcommand_explains_itself_with_an_example() {
+    for args in [
+        &["sign"][..],
+        &["fee-bump"],
+        &["soroban", "authorize"],
+        &["channels", "status"],
+        &["channels", "acquire"],
+        &["channels", "release"],
+        &["channels", "unlock"],
+        &["channels", "ensure"],
+        &["channels", "activate"],
+        &["channels", "retire"],
+        &["keys", "list"],
+        &["keys", "generate"],
+        &["keys", "verify"],
+        &["keys", "rewrap"],
+        &["keys", "retire"],
+        &["import", "wallet-backend"],
+        &["attestation", "get"],
+        &["attestation", "verify"],
+        &["config", "check"],
+    ] {
+        let output = Command::new(host_bin())
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = output_text(&output);
+        assert!(output.status.success(), "{args:?}: {help}");
+        assert!(help.contains("Example"), "{args:?} has no example:\n{help}");
+    }
+}

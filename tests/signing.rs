@@ -673,7 +673,7 @@ async fn keys_generated_in_the_enclave_are_stored_sealed_and_sign() {
     let output = std::process::Command::new(harness::workspace_bin("signer-host"))
         .args(["keys", "--socket"])
         .arg(dev.socket())
-        .args(["generate", "--role", "channel", "--count", "2"])
+        .args(["generate", "--role", "channel", "--count", "2", "--json"])
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");

@@ -68,6 +68,16 @@ fn fresh_identity(nsm: &dyn Nsm) -> Result<Identity, AttestorError> {
 }
 
 impl Attestor {
+    /// A document for a caller (see [`Nsm::attest_for_caller`]): its nonce, and the
+    /// digest of this enclave's measured settings as `user_data`.
+    pub fn attest_for_caller(
+        &self,
+        user_data: &[u8],
+        nonce: &[u8],
+    ) -> Result<Vec<u8>, AttestorError> {
+        Ok(self.nsm.attest_for_caller(user_data, nonce)?)
+    }
+
     /// An attestor whose identities are used for at most [`MAX_IDENTITY_AGE`].
     pub fn new(nsm: Arc<dyn Nsm>) -> Result<Arc<Attestor>, AttestorError> {
         Self::with_max_age(nsm, MAX_IDENTITY_AGE)

@@ -107,10 +107,16 @@ pub struct Settings {
     pub print_config: bool,
 }
 
-/// Every setting of `signer-enclave` as `--flag = value  (source)` lines, one a line, in
-/// the order `--help` lists them. The enclave holds no secret setting, so nothing is
-/// redacted.
-pub fn describe_settings<I, T>(args: I) -> Result<String, clap::Error>
+/// One setting as given: its flag, its values and where they came from.
+struct SettingValue {
+    long: String,
+    values: Vec<String>,
+    source: String,
+}
+
+/// Every setting of `signer-enclave` (not the `--print-config`, `--help` and
+/// `--version` switches), in the order `--help` lists them.
+fn setting_values<I, T>(args: I) -> Result<Vec<SettingValue>, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -119,14 +125,14 @@ where
     use clap::parser::ValueSource;
     let command = Settings::command();
     let matches = command.clone().try_get_matches_from(args)?;
-    let mut lines = Vec::new();
+    let mut settings = Vec::new();
     for arg in command.get_arguments() {
         let id = arg.get_id().as_str();
         let Some(long) = arg.get_long() else { continue };
         if matches!(id, "print_config" | "help" | "version") {
             continue;
         }
-        let values: Vec<String> = matches
+        let values = matches
             .get_raw(id)
             .map(|raw| raw.map(|v| v.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
@@ -140,14 +146,56 @@ where
             Some(ValueSource::DefaultValue) => "default".to_string(),
             _ => "unset".to_string(),
         };
-        let shown = if values.is_empty() {
-            "-".to_string()
-        } else {
-            values.join(",")
-        };
-        lines.push(format!("--{long} = {shown}  ({source})\n"));
+        settings.push(SettingValue {
+            long: long.to_string(),
+            values,
+            source,
+        });
     }
+    Ok(settings)
+}
+
+/// Every setting as `--flag = value  (source)` lines, then the settings digest. The
+/// enclave holds no secret setting, so nothing is redacted.
+pub fn describe_settings<I, T>(args: I) -> Result<String, clap::Error>
+where
+    I: IntoIterator<Item = T> + Clone,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut lines: Vec<String> = setting_values(args.clone())?
+        .into_iter()
+        .map(|s| {
+            let shown = if s.values.is_empty() {
+                "-".to_string()
+            } else {
+                s.values.join(",")
+            };
+            format!("--{} = {shown}  ({})\n", s.long, s.source)
+        })
+        .collect();
+    lines.push(format!(
+        "settings digest (the user_data of attestation documents for callers): {}\n",
+        common::hex(&settings_digest(args)?)
+    ));
     Ok(lines.concat())
+}
+
+/// SHA-256 of the settings' values, one `--flag=value` line each (values joined with
+/// commas, unset ones empty), in the order `--help` lists them; where a value came from
+/// (flag, environment, default) does not change it. Attestation documents made for
+/// callers carry it as `user_data`, so a caller that knows the settings it expects can
+/// check them, next to the PCRs that measure the image holding them.
+pub fn settings_digest<I, T>(args: I) -> Result<[u8; 32], clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for setting in setting_values(args)? {
+        digest.update(format!("--{}={}\n", setting.long, setting.values.join(",")));
+    }
+    Ok(digest.finalize().into())
 }
 
 #[cfg(test)]
@@ -176,5 +224,21 @@ mod tests {
         );
         assert!(shown.contains("--kms-key-arn = -  (unset)"), "{shown}");
         assert!(!shown.contains("--print-config"), "{shown}");
+        assert!(shown.contains("settings digest"), "{shown}");
+    }
+
+    #[test]
+    fn the_settings_digest_follows_the_values_not_where_they_came_from() {
+        let base = ["signer-enclave", "--policy-max-fee", "500"];
+        let digest = super::settings_digest(base).unwrap();
+        assert_eq!(
+            digest,
+            super::settings_digest(["signer-enclave", "--policy-max-fee=500"]).unwrap()
+        );
+        assert_ne!(
+            digest,
+            super::settings_digest(["signer-enclave", "--policy-max-fee", "501"]).unwrap()
+        );
+        assert_ne!(digest, super::settings_digest(["signer-enclave"]).unwrap());
     }
 }

@@ -46,6 +46,9 @@ pub struct SigningContext {
     pub kms_calls: tokio::sync::Semaphore,
     /// Held by the one key generation allowed at a time.
     pub generation: tokio::sync::Mutex<()>,
+    /// SHA-256 of the measured settings (`config::settings_digest`), the `user_data`
+    /// of every attestation document made for a caller.
+    pub settings_digest: [u8; 32],
 }
 
 /// KMS calls the enclave makes at once, so the TLS sessions and answers it holds stay
@@ -76,6 +79,7 @@ impl SigningContext {
             limits,
             kms_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_KMS_CALLS),
             generation: tokio::sync::Mutex::new(()),
+            settings_digest: [0; 32],
         }
     }
 

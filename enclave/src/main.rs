@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     if settings.print_config {
         print!(
             "{}",
-            enclave::config::describe_settings(std::env::args_os())?
+            enclave::config::describe_settings(std::env::args_os().collect::<Vec<_>>())?
         );
         return Ok(());
     }
@@ -39,7 +39,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut warm_up = [0u8; 32];
     aws_lc_rs::rand::fill(&mut warm_up).map_err(|_| anyhow::anyhow!("no system randomness"))?;
     let shutdown = CancellationToken::new();
-    let context = enclave::startup::signing_context(&settings, &shutdown)?;
+    let mut context = enclave::startup::signing_context(&settings, &shutdown)?;
+    let digest = enclave::config::settings_digest(std::env::args_os())?;
+    if let Some(context) = &mut context {
+        context.settings_digest = digest;
+    }
     // The socket is only reachable by the host: vsock by construction, the mock's Unix
     // socket by its 0600 mode.
     let listener = Listener::bind(&settings.listen, 0o600)
@@ -49,6 +53,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         build = %BUILD_FLAVOR,
         network = settings.network_passphrase.as_deref().unwrap_or("-"),
         version = env!("CARGO_PKG_VERSION"),
+        settings_digest = %common::hex(&digest),
         "signer-enclave listening"
     );
     let server = tokio::spawn(enclave::server::serve(

@@ -44,6 +44,10 @@ impl Nsm for FakeNsm {
         Ok(public_key.to_vec())
     }
 
+    fn attest_for_caller(&self, user_data: &[u8], nonce: &[u8]) -> Result<Vec<u8>, NsmError> {
+        Ok([b"caller:".as_slice(), user_data, nonce].concat())
+    }
+
     fn random(&self) -> Result<Vec<u8>, NsmError> {
         let mut bytes = vec![0u8; 32];
         aws_lc_rs::rand::fill(&mut bytes).unwrap();

@@ -151,6 +151,10 @@ impl Nsm for FakeNsm {
         Ok(public_key.to_vec())
     }
 
+    fn attest_for_caller(&self, user_data: &[u8], nonce: &[u8]) -> Result<Vec<u8>, NsmError> {
+        Ok([b"caller:".as_slice(), user_data, nonce].concat())
+    }
+
     /// Fixed: the seed mixes in the OS RNG, and fuzzing needs no unpredictability.
     fn random(&self) -> Result<Vec<u8>, NsmError> {
         Ok(vec![0x5a; 32])
@@ -362,7 +366,10 @@ fn assert_kms_was_due(request: &Request) {
                 "KMS called to verify a malformed public key"
             );
         }
-        Request::Ping { .. } | Request::SetCredentials(_) | Request::Stats => {
+        Request::Ping { .. }
+        | Request::SetCredentials(_)
+        | Request::Stats
+        | Request::Attest { .. } => {
             panic!("KMS called for {request:?}")
         }
     }

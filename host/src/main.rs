@@ -12,6 +12,11 @@ struct Cli {
     #[arg(long, global = true, env = "SIGNER_LOG_FORMAT", default_value = "text")]
     log_format: String,
 
+    /// Print the answers of the commands that call a running host as JSON (for
+    /// scripts) instead of aligned `field  value` lines.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -23,5 +28,5 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(cli.command.run())
+    runtime.block_on(cli.command.run(cli.json))
 }

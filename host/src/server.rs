@@ -78,17 +78,7 @@ impl BoundHost {
             config.enclave.reconnect_max_backoff(),
             enclave_stop.clone(),
         );
-        let mut credentials = None;
-        if let Some(url) = config.kms.endpoint_url() {
-            let target = crate::relay::RelayTarget::from_url(&url).map_err(anyhow::Error::msg)?;
-            let relay = common::wire::transport::Listener::bind(&config.kms.relay_listen, 0o600)
-                .with_context(|| format!("binding the KMS relay {}", config.kms.relay_listen))?;
-            tokio::spawn(crate::relay::run(relay, target, enclave_stop.clone()));
-            credentials = Some(
-                crate::credentials::spawn(&config.kms, enclave.clone(), enclave_stop.clone())
-                    .await?,
-            );
-        }
+        let credentials = start_kms_relay(&config, &enclave, &enclave_stop).await?;
         let signing = Signing::new(
             enclave.clone(),
             store.clone(),
@@ -166,6 +156,24 @@ impl BoundHost {
         enclave_stop.cancel();
         Ok(())
     }
+}
+
+/// The KMS relay and the credentials pusher, when `[kms]` names a region; the
+/// pusher's status for `/readyz`.
+async fn start_kms_relay(
+    config: &Config,
+    enclave: &EnclaveClient,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<std::sync::Arc<crate::readiness::CredentialsStatus>>> {
+    let Some(url) = config.kms.endpoint_url() else {
+        return Ok(None);
+    };
+    let target = crate::relay::RelayTarget::from_url(&url).map_err(anyhow::Error::msg)?;
+    let relay = common::wire::transport::Listener::bind(&config.kms.relay_listen, 0o600)
+        .with_context(|| format!("binding the KMS relay {}", config.kms.relay_listen))?;
+    tokio::spawn(crate::relay::run(relay, target, stop.clone()));
+    let status = crate::credentials::spawn(&config.kms, enclave.clone(), stop.clone()).await?;
+    Ok(Some(status))
 }
 
 /// Gives the API socket file its configured owner and group (names or numeric ids).

@@ -3,6 +3,11 @@
 //! with, over a BER reader that accepts both the indefinite lengths real KMS emits and
 //! DER.
 
+/// The AWS Nitro Enclaves root CA (CN=aws.nitro-enclaves), which every real attestation
+/// document chains to; the same bytes as `testdata/fixtures/nitro-attestation/aws-nitro-root.pem`
+/// (a test checks).
+pub const AWS_NITRO_ROOT_PEM: &[u8] = include_bytes!("aws-nitro-root.pem");
+
 pub mod ber;
 pub mod cms;
 pub mod document;

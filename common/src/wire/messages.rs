@@ -175,7 +175,18 @@ pub enum Request {
     /// The enclave's own counters, for the host's `/metrics` (the enclave has no
     /// network): its KMS calls and the distribution account's remaining budget.
     Stats,
+    /// A fresh attestation document for a caller who wants to know which build it talks
+    /// to: carrying `nonce` (1 to [`MAX_ATTESTATION_NONCE`] bytes) and, as `user_data`,
+    /// the SHA-256 of the enclave's measured settings; no public key, so KMS can never
+    /// decrypt anything to it.
+    Attest {
+        /// The caller's challenge.
+        nonce: Vec<u8>,
+    },
 }
+
+/// The longest nonce [`Request::Attest`] takes (the NSM takes up to 512 bytes).
+pub const MAX_ATTESTATION_NONCE: usize = 64;
 
 /// A channel key as stellar/wallet-backend stores it (`channel_accounts` table).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +259,13 @@ pub enum Response {
     },
     /// The answer to [`Request::Stats`].
     Stats(EnclaveStats),
+    /// The answer to [`Request::Attest`].
+    Attested {
+        /// The NSM's COSE_Sign1 attestation document.
+        document: Vec<u8>,
+        /// SHA-256 of the enclave's measured settings: the document's `user_data`.
+        settings_digest: [u8; 32],
+    },
 }
 
 /// Upper bounds, in microseconds, of the buckets of the enclave's KMS latency histogram;

@@ -29,6 +29,12 @@ impl Nsm for MockNsmDevice {
             .map_err(|e| NsmError::Refused(e.to_string()))
     }
 
+    fn attest_for_caller(&self, user_data: &[u8], nonce: &[u8]) -> Result<Vec<u8>, NsmError> {
+        self.nsm
+            .attest(None, Some(user_data), Some(nonce))
+            .map_err(|e| NsmError::Refused(e.to_string()))
+    }
+
     /// No hardware here: the OS RNG stands in (the seed mixes it in a second time).
     fn random(&self) -> Result<Vec<u8>, NsmError> {
         let mut bytes = vec![0u8; 32];

@@ -18,6 +18,11 @@ pub trait Nsm: Send + Sync + 'static {
     /// An attestation document binding `public_key` (DER SubjectPublicKeyInfo).
     fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError>;
 
+    /// An attestation document for a caller who wants to know which build it talks to:
+    /// `user_data` and `nonce`, and no public key, so KMS can never use it as a
+    /// `Recipient` (nothing could be decrypted to it).
+    fn attest_for_caller(&self, user_data: &[u8], nonce: &[u8]) -> Result<Vec<u8>, NsmError>;
+
     /// Random bytes from the NSM's hardware source (at least 32), mixed into every
     /// seed the enclave generates with the OS's own RNG.
     fn random(&self) -> Result<Vec<u8>, NsmError>;

@@ -42,6 +42,23 @@ impl Nsm for NitroNsm {
         }
     }
 
+    fn attest_for_caller(&self, user_data: &[u8], nonce: &[u8]) -> Result<Vec<u8>, NsmError> {
+        let fd = self
+            .fd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let request = Request::Attestation {
+            user_data: Some(ByteBuf::from(user_data.to_vec())),
+            nonce: Some(ByteBuf::from(nonce.to_vec())),
+            public_key: None,
+        };
+        match nsm_process_request(*fd, request) {
+            Response::Attestation { document } => Ok(document),
+            Response::Error(code) => Err(NsmError::Refused(format!("{code:?}"))),
+            _ => Err(NsmError::Refused("unexpected response".into())),
+        }
+    }
+
     fn random(&self) -> Result<Vec<u8>, NsmError> {
         let fd = self
             .fd

@@ -4,6 +4,7 @@
 //! request costs no KMS call. `generate` makes new keys and signs nothing;
 //! `verify_key` signs only a key's own domain-separated check payload.
 
+pub mod attest;
 pub mod credentials;
 pub mod generate;
 pub mod import;

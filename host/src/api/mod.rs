@@ -3,6 +3,7 @@
 //! [`crate::signing`] flow or the store. Every error is
 //! `{"error": {"code": "...", "message": "..."}}` with a stable code.
 
+mod attestation;
 pub mod callers;
 mod channels;
 pub mod connections;

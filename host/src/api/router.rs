@@ -13,8 +13,8 @@ use super::callers::{CallerPolicy, authorize_and_log};
 use super::error::ApiError;
 use super::state::AppState;
 use super::{
-    channels, fee_bump, health, key_import, key_lifecycle, keys, metrics, provisioning, sign,
-    soroban,
+    attestation, channels, fee_bump, health, key_import, key_lifecycle, keys, metrics,
+    provisioning, sign, soroban,
 };
 
 /// What a request body may be: at most `max_bytes`, all of it within `read_timeout`
@@ -32,6 +32,7 @@ pub fn router(state: AppState, body: BodyLimits, callers: CallerPolicy) -> Route
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/ping", get(health::ping))
+        .route("/v1/attestation", get(attestation::attestation))
         .route("/v1/sign", post(sign::sign))
         .route("/v1/fee-bump", post(fee_bump::fee_bump))
         .route("/v1/soroban/authorize", post(soroban::authorize))

@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hyper::Method;
 use serde_json::json;
 
-use super::call;
+use super::{Api, call};
 use common::wire::messages::MAX_IMPORTED_KEYS;
 
 #[derive(Debug, clap::Subcommand)]
@@ -55,7 +55,7 @@ pub struct WalletBackendArgs {
 }
 
 /// Runs one import subcommand against the host at `socket`.
-pub async fn run(socket: &Path, command: ImportCommand) -> anyhow::Result<()> {
+pub async fn run(api: &Api, command: ImportCommand) -> anyhow::Result<()> {
     let ImportCommand::WalletBackend(args) = command;
     let passphrase = B64.encode(read_blob(&args.passphrase_ciphertext)?);
     let rows = read_channels(&args.channels)?;
@@ -70,7 +70,7 @@ pub async fn run(socket: &Path, command: ImportCommand) -> anyhow::Result<()> {
             "kms_key_id": arn,
             "ciphertext": B64.encode(read_blob(path)?),
         });
-        call(socket, Method::POST, "/v1/keys", Some(body)).await?;
+        call(api, Method::POST, "/v1/keys", Some(body)).await?;
     }
     for (index, batch) in rows.chunks(MAX_IMPORTED_KEYS).enumerate() {
         let channels: Vec<_> = batch
@@ -81,7 +81,7 @@ pub async fn run(socket: &Path, command: ImportCommand) -> anyhow::Result<()> {
             .collect();
         let body = json!({ "passphrase_ciphertext": passphrase, "channels": channels });
         call(
-            socket,
+            api,
             Method::POST,
             "/v1/keys/import/wallet-backend",
             Some(body),

@@ -6,12 +6,14 @@ use std::io::IsTerminal;
 
 use hyper::Method;
 
-use super::{call, request};
+use super::{Api, call, request};
 
 #[derive(Debug, clap::Subcommand)]
 /// What to do with stored keys.
 pub enum KeysCommand {
     /// List stored keys (no key material: public keys, roles, formats, states).
+    ///
+    /// Example: `signer-host keys list --role channel --json`
     List {
         /// Only this role: distribution or channel.
         #[arg(long)]
@@ -52,27 +54,27 @@ pub enum KeysCommand {
 }
 
 /// Runs one keys subcommand against the host at `socket`.
-pub async fn run(socket: &Path, command: KeysCommand) -> anyhow::Result<()> {
+pub async fn run(api: &Api, command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::List { role } => {
             let path = match role {
                 Some(role) => format!("/v1/keys?role={role}"),
                 None => "/v1/keys".to_string(),
             };
-            call(socket, Method::GET, &path, None).await
+            call(api, Method::GET, &path, None).await
         }
-        KeysCommand::Rewrap { to_kms_key } => rewrap_all(socket, &to_kms_key).await,
+        KeysCommand::Rewrap { to_kms_key } => rewrap_all(&api.socket, &to_kms_key).await,
         KeysCommand::Retire { public_key } => {
             let body = serde_json::json!({ "public_key": public_key });
-            call(socket, Method::POST, "/v1/keys/retire", Some(body)).await
+            call(api, Method::POST, "/v1/keys/retire", Some(body)).await
         }
         KeysCommand::Verify { public_key } => {
             let body = serde_json::json!({ "public_key": public_key });
-            call(socket, Method::POST, "/v1/keys/verify", Some(body)).await
+            call(api, Method::POST, "/v1/keys/verify", Some(body)).await
         }
         KeysCommand::Generate { role, count } => {
             let body = serde_json::json!({ "role": role, "count": count });
-            call(socket, Method::POST, "/v1/keys/generate", Some(body)).await
+            call(api, Method::POST, "/v1/keys/generate", Some(body)).await
         }
     }
 }
