@@ -10,59 +10,18 @@ does it once more.
 
     usage: check-generated-key.py PATH/TO/signer-dev
 """
-import http.client
-import json
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import warnings
 
 warnings.simplefilter("ignore")
 
+from signer_api import call, start, stop
 from stellar_sdk import (
     Account, Asset, Keypair, Network, TransactionBuilder, TransactionEnvelope,
 )
 
 NETWORK = Network.TESTNET_NETWORK_PASSPHRASE
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-def call(sock, method, path, body=None):
-    connection = UnixConnection(sock)
-    payload = json.dumps(body) if body is not None else None
-    headers = {"content-type": "application/json"} if body is not None else {}
-    connection.request(method, path, body=payload, headers=headers)
-    response = connection.getresponse()
-    answer = json.loads(response.read() or b"null")
-    connection.close()
-    return response.status, answer
-
-
-def start(signer_dev, state):
-    stack = subprocess.Popen(
-        [signer_dev, "up", "--dir", state],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    for line in stack.stdout:
-        if "Ctrl-C stops everything" in line:
-            return stack
-    raise AssertionError("signer-dev up did not start")
-
-
-def stop(stack):
-    stack.send_signal(signal.SIGINT)
-    assert stack.wait(timeout=30) == 0, "signer-dev up did not stop cleanly"
 
 
 def sign_and_verify(sock, channel, distribution):

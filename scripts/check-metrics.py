@@ -3,16 +3,13 @@
 (prometheus_client.parser), after real traffic on the local stack.
 
 It starts `signer-dev up`, acquires a channel, has a channel-sourced payment built by
-the Python stellar-sdk signed, has one with a fee over the cap refused, scrapes
+the Python stellar-sdk (scripts/build-payment.py, the walkthrough's builder) signed, has one with a fee over the cap refused, scrapes
 /metrics and checks every family the README documents, with the values that traffic
 must have produced.
 
     usage: check-metrics.py PATH/TO/signer-dev
 """
-import http.client
-import json
-import signal
-import socket
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,60 +18,24 @@ import warnings
 warnings.simplefilter("ignore")
 
 from prometheus_client.parser import text_string_to_metric_families
-from stellar_sdk import Account, Asset, Keypair, Network, TransactionBuilder
-
-NETWORK = Network.TESTNET_NETWORK_PASSPHRASE
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-def call(sock, method, path, body=None, raw=False):
-    connection = UnixConnection(sock)
-    payload = json.dumps(body) if body is not None else None
-    headers = {"content-type": "application/json"} if body is not None else {}
-    connection.request(method, path, body=payload, headers=headers)
-    response = connection.getresponse()
-    data = response.read()
-    content_type = response.getheader("content-type")
-    connection.close()
-    if raw:
-        return response.status, content_type, data.decode()
-    return response.status, json.loads(data or b"null")
+from signer_api import call, start, stop
 
 
 def payment(channel, destination, base_fee):
-    user = Keypair.random()
-    return (
-        TransactionBuilder(Account(channel, 4294967296), NETWORK, base_fee=base_fee)
-        .set_timeout(120)
-        .append_payment_op(destination, Asset.native(), "1", source=user.public_key)
-        .build()
-        .to_xdr()
-    )
+    """The walkthrough's payment builder (scripts/build-payment.py), so CI runs it too."""
+    builder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build-payment.py")
+    return subprocess.run(
+        [sys.executable, builder, channel, destination, "1", "--base-fee", str(base_fee)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
 
 
 def main():
     signer_dev = sys.argv[1]
     with tempfile.TemporaryDirectory() as state:
         sock = f"{state}/host.sock"
-        stack = subprocess.Popen(
-            [signer_dev, "up", "--dir", state],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
+        stack = start(signer_dev, state)
         try:
-            for line in stack.stdout:
-                if "Ctrl-C stops everything" in line:
-                    break
-            else:
-                raise AssertionError("signer-dev up did not start")
             _, keys = call(sock, "GET", "/v1/keys?role=channel")
             channel = keys["keys"][0]["public_key"]
             status, lease = call(sock, "POST", "/v1/channels/acquire", {})
@@ -89,8 +50,7 @@ def main():
             assert status == 200 and content_type.startswith("text/plain; version=0.0.4"), \
                 (status, content_type)
         finally:
-            stack.send_signal(signal.SIGINT)
-            stack.wait(timeout=30)
+            stop(stack)
 
     families = {f.name: f for f in text_string_to_metric_families(text)}
 

@@ -179,30 +179,14 @@ async fn start_kms_relay(
 /// Gives the API socket file its configured owner and group (names or numeric ids).
 fn set_socket_ownership(api: &ApiConfig) -> anyhow::Result<()> {
     use nix::unistd::{Gid, Group, Uid, User};
-    let owner = match api.socket_owner.as_deref() {
-        None => None,
-        Some(name) => Some(match name.parse::<u32>() {
-            Ok(id) => Uid::from_raw(id),
-            Err(_) => {
-                User::from_name(name)
-                    .with_context(|| format!("api.socket_owner: looking up {name:?}"))?
-                    .with_context(|| format!("api.socket_owner: no user named {name:?}"))?
-                    .uid
-            }
-        }),
-    };
-    let group = match api.socket_group.as_deref() {
-        None => None,
-        Some(name) => Some(match name.parse::<u32>() {
-            Ok(id) => Gid::from_raw(id),
-            Err(_) => {
-                Group::from_name(name)
-                    .with_context(|| format!("api.socket_group: looking up {name:?}"))?
-                    .with_context(|| format!("api.socket_group: no group named {name:?}"))?
-                    .gid
-            }
-        }),
-    };
+    let owner = resolve_id(api.socket_owner.as_deref(), "api.socket_owner", |name| {
+        Ok(User::from_name(name)?.map(|user| user.uid.as_raw()))
+    })?
+    .map(Uid::from_raw);
+    let group = resolve_id(api.socket_group.as_deref(), "api.socket_group", |name| {
+        Ok(Group::from_name(name)?.map(|group| group.gid.as_raw()))
+    })?
+    .map(Gid::from_raw);
     if owner.is_some() || group.is_some() {
         nix::unistd::chown(&api.socket, owner, group).with_context(|| {
             format!(
@@ -212,6 +196,24 @@ fn set_socket_ownership(api: &ApiConfig) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// A numeric id as given, or the id `lookup` finds for a name.
+fn resolve_id(
+    name: Option<&str>,
+    field: &str,
+    lookup: impl Fn(&str) -> nix::Result<Option<u32>>,
+) -> anyhow::Result<Option<u32>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(Some(id));
+    }
+    lookup(name)
+        .with_context(|| format!("{field}: looking up {name:?}"))?
+        .with_context(|| format!("{field}: no such name {name:?}"))
+        .map(Some)
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT. The handlers are registered before

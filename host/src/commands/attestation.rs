@@ -208,7 +208,9 @@ fn describe(doc: &AttestationDocument) -> Value {
     let pcrs: serde_json::Map<String, Value> = doc
         .pcrs
         .iter()
-        .filter(|(index, _)| **index <= 8)
+        // The measurements Nitro defines (image, kernel, application, IAM role,
+        // instance, signing certificate); the rest are unused.
+        .filter(|(index, _)| matches!(**index, 0..=4 | 8))
         .map(|(index, value)| (format!("pcr{index}"), json!(common::hex(value))))
         .collect();
     json!({

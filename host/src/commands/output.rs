@@ -47,6 +47,7 @@ fn inline(value: &Value) -> String {
             .map(|(name, value)| format!("{name}={}", inline(value)))
             .collect::<Vec<_>>()
             .join(" "),
+        Value::Array(items) if items.is_empty() => "-".to_string(),
         Value::Array(items) => items.iter().map(inline).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
@@ -64,12 +65,13 @@ mod tests {
             "fee": 200,
             "unlocked": ["GA", "GB"],
             "pending": null,
+            "unmatched": [],
         }));
         // Fields in name order (serde_json's map), one list item a line.
         assert_eq!(
             shown,
             "fee         200\nhash        ab12\npending     -\nsignatures:\n  - \
-             hint=01020304 public_key=GABC\nunlocked    GA, GB\n"
+             hint=01020304 public_key=GABC\nunlocked    GA, GB\nunmatched   -\n"
         );
     }
 }
