@@ -41,3 +41,15 @@ fn every_route_is_in_the_openapi_file() {
         );
     }
 }
+
+#[test]
+fn the_readmes_configuration_block_is_the_defaults() {
+    let readme = read("README.md");
+    let start = readme
+        .find("```toml\n[api]")
+        .expect("the README's configuration block");
+    let block = &readme[start + "```toml\n".len()..];
+    let block = &block[..block.find("```").unwrap()];
+    let parsed: host::config::Config = toml::from_str(block).unwrap();
+    assert_eq!(parsed, host::config::Config::default());
+}
