@@ -343,9 +343,13 @@ async fn ready_means_credentials_pushed_schema_migrated_and_a_recent_canary() {
     let ready = readyz_until(
         &socket,
         std::time::Duration::from_secs(15),
-        |status, body| status == StatusCode::OK && check(body, "canary").1.contains(&distribution),
+        |status, body| {
+            status == StatusCode::OK && check(body, "canary").1.contains("distribution key")
+        },
     )
     .await;
+    // The key itself is in the host's log, not in /readyz (open to every caller).
+    assert!(!ready.to_string().contains(&distribution), "{ready}");
     for name in ["store", "enclave", "credentials", "canary"] {
         assert!(check(&ready, name).0, "{ready}");
     }
@@ -550,10 +554,23 @@ async fn the_client_cli_acquires_signs_fee_bumps_unlocks_and_verifies_the_attest
     // Each wrong expectation fails, naming it; so does the AWS root for a mock document.
     let (ok, _, stderr) = verify(&["--nonce", "00"]);
     assert!(!ok && stderr.contains("nonce"), "{stderr}");
-    let (ok, _, stderr) = verify(&["--settings-digest", &"00".repeat(32)]);
+    let zeros = "00".repeat(32);
+    let (ok, _, stderr) = verify(&["--nonce", nonce, "--settings-digest", &zeros]);
     assert!(!ok && stderr.contains("settings digest"), "{stderr}");
-    let (ok, _, stderr) = cli(&dev, &["attestation", "verify", "--pcr", &pcr0], &answer);
+    let wrong_pcr1 = format!("1={}", "d9".repeat(48));
+    let (ok, _, stderr) = verify(&["--nonce", nonce, "--pcr", &wrong_pcr1]);
+    assert!(!ok && stderr.contains("PCR1"), "{stderr}");
+    let (ok, _, stderr) = cli(
+        &dev,
+        &["attestation", "verify", "--nonce", nonce, "--no-pcrs"],
+        &answer,
+    );
     assert!(!ok && stderr.contains("root"), "{stderr}");
+    // Nothing pinned is not a verification: the command asks for the PCRs and the nonce.
+    let (ok, _, stderr) = cli(&dev, &["attestation", "verify", "--pcr", &pcr0], &answer);
+    assert!(!ok && stderr.contains("--pcr 1=HEX"), "{stderr}");
+    let (ok, _, stderr) = verify(&[]);
+    assert!(!ok && stderr.contains("--nonce"), "{stderr}");
     // The enclave bounds the nonce; the host refuses what is not hex.
     let (ok, _, stderr) = cli(
         &dev,

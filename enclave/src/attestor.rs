@@ -55,7 +55,12 @@ pub struct Attestor {
     nsm: Arc<dyn Nsm>,
     current: ArcSwap<Identity>,
     max_age: Duration,
+    /// Documents for callers being made at once ([`CALLER_ATTESTATIONS_AT_ONCE`]).
+    caller_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Attestation documents for callers made at once; more are answered `enclave_busy`.
+pub const CALLER_ATTESTATIONS_AT_ONCE: usize = 2;
 
 fn fresh_identity(nsm: &dyn Nsm) -> Result<Identity, AttestorError> {
     let recipient = RecipientKey::generate()?;
@@ -68,6 +73,11 @@ fn fresh_identity(nsm: &dyn Nsm) -> Result<Identity, AttestorError> {
 }
 
 impl Attestor {
+    /// The slots of [`CALLER_ATTESTATIONS_AT_ONCE`].
+    pub fn caller_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.caller_slots.clone()
+    }
+
     /// A document for a caller (see [`Nsm::attest_for_caller`]): its nonce, and the
     /// digest of this enclave's measured settings as `user_data`.
     pub fn attest_for_caller(
@@ -93,6 +103,7 @@ impl Attestor {
             nsm,
             current: ArcSwap::from_pointee(first),
             max_age,
+            caller_slots: Arc::new(tokio::sync::Semaphore::new(CALLER_ATTESTATIONS_AT_ONCE)),
         }))
     }
 

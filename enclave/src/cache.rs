@@ -58,7 +58,12 @@ impl KeyCache {
                 KeyFormat::Envelope => b"envelope".as_slice(),
             },
             &record.ciphertext,
-            record.sealed_seed.as_deref().unwrap_or_default(),
+            // Opened only for `envelope` keys: a kms-direct record with junk here must
+            // not make a second entry (a second copy) of the same key.
+            match record.format {
+                KeyFormat::KmsDirect => &[][..],
+                KeyFormat::Envelope => record.sealed_seed.as_deref().unwrap_or_default(),
+            },
         ] {
             // Length-prefixed, so no two different records hash the same bytes.
             digest.update((part.len() as u64).to_be_bytes());
@@ -201,6 +206,14 @@ mod tests {
             ..blob.clone()
         };
         assert!(cache.sign(&relabelled, &[1; 32]).is_none());
+        let junk_seal = KeyMaterial {
+            sealed_seed: Some(vec![1, 2, 3]),
+            ..blob.clone()
+        };
+        assert!(
+            cache.sign(&junk_seal, &[1; 32]).is_some(),
+            "one entry per kms-direct key, whatever the host puts beside it"
+        );
         let reformatted = KeyMaterial {
             format: KeyFormat::Envelope,
             ..blob.clone()

@@ -60,8 +60,27 @@ pub async fn sign_with_key(
     key: &KeyMaterial,
     hash: &[u8; 32],
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
+    sign_logged(context, key, hash, context.cache.as_deref()).await
+}
+
+/// [`sign_with_key`] with a fresh KMS decryption, never the opt-in cache (neither read
+/// nor filled): a key check must prove KMS and the key work now.
+pub async fn sign_with_fresh_key(
+    context: &SigningContext,
+    key: &KeyMaterial,
+    hash: &[u8; 32],
+) -> Result<([u8; 32], [u8; 64]), WireError> {
+    sign_logged(context, key, hash, None).await
+}
+
+async fn sign_logged(
+    context: &SigningContext,
+    key: &KeyMaterial,
+    hash: &[u8; 32],
+    cache: Option<&crate::cache::KeyCache>,
+) -> Result<([u8; 32], [u8; 64]), WireError> {
     let started = Instant::now();
-    let result = decrypt_and_sign(context, key, hash).await;
+    let result = decrypt_and_sign(context, key, hash, cache).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match &result {
         Ok(_) => info!(public_key = %key.public_key, hash = %hex(hash), elapsed_ms, "signed"),
@@ -76,8 +95,9 @@ async fn decrypt_and_sign(
     context: &SigningContext,
     key: &KeyMaterial,
     hash: &[u8; 32],
+    cache: Option<&crate::cache::KeyCache>,
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
-    if let Some(cache) = &context.cache {
+    if let Some(cache) = cache {
         // `open_key` checks the KMS key; a cached seed is checked here, so a record
         // naming another KMS key never signs either way.
         check_kms_key(context, key)?;
@@ -88,7 +108,7 @@ async fn decrypt_and_sign(
     let seed = open_key(context, key).await?;
     let signed = sign_checked(&seed, &key.public_key, hash)?;
     // Only a seed proven to match its public key is ever cached.
-    if let Some(cache) = &context.cache {
+    if let Some(cache) = cache {
         cache.put(key, &seed);
     }
     Ok(signed)

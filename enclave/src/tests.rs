@@ -564,6 +564,20 @@ async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
         1,
         "one decryption served three signatures"
     );
+    // A key check (the import check, the readiness canary) always asks KMS afresh.
+    for expected_calls in [2, 3] {
+        let checked = enclave
+            .dispatcher
+            .handle(Request::VerifyKey {
+                key: channel.clone(),
+            })
+            .await;
+        assert!(
+            matches!(checked, Ok(Response::KeyVerified { .. })),
+            "{checked:?}"
+        );
+        assert_eq!(enclave.kms.calls(), expected_calls);
+    }
     // A swapped ciphertext misses the cache and is refused after its own decryption.
     let swapped = KeyMaterial {
         ciphertext: kms_direct(&enclave.kms, &OTHER_SEED, &OTHER_SEED).ciphertext,
@@ -574,7 +588,7 @@ async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
         .store(&swapped.ciphertext, &swapped.public_key, &OTHER_SEED);
     let refusal = refused_payment(&enclave, swapped).await;
     assert_eq!(refusal.code, ErrorCode::PublicKeyMismatch);
-    assert_eq!(enclave.kms.calls(), 2);
+    assert_eq!(enclave.kms.calls(), 4);
 }
 
 #[tokio::test]

@@ -397,7 +397,8 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Environment variables that set configuration fields: `SIGNER_HOST__SECTION__FIELD`
-/// (`__` between path segments, case-insensitive), e.g. `SIGNER_HOST__API__SOCKET`.
+/// (`__` between path segments; the name upper case, the path matched lower case), e.g.
+/// `SIGNER_HOST__API__SOCKET`.
 pub const ENV_PREFIX: &str = "SIGNER_HOST__";
 
 /// Fields whose values are secrets: never echoed, always read as strings.

@@ -209,11 +209,15 @@ async fn run_canary(signing: &Signing, store: &SharedStore) -> Result<String, St
         // with yet (and key generation must be able to run on a host that is ready).
         return Ok("no active key yet (nothing to decrypt)".to_string());
     };
-    let public_key = key.public_key.clone();
+    let (public_key, role) = (key.public_key.clone(), key.role.as_str());
     signing
         .check_key(key)
         .await
-        .map(|()| format!("the enclave decrypted and checked {public_key}"))
+        .map(|()| {
+            // The key is logged, not shown: /readyz is open to every caller.
+            info!(%public_key, "canary key checked");
+            format!("the enclave decrypted and checked a stored {role} key")
+        })
         .map_err(|e| format!("{}: {}", e.code, e.message))
 }
 

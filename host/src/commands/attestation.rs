@@ -66,6 +66,17 @@ pub struct VerifyArgs {
     /// The oldest a document may be, seconds.
     #[arg(long, default_value_t = 300)]
     pub max_age_secs: i64,
+    /// Check the chain, age, nonce and digest only, without PCR0/1/2: then any image on
+    /// any Nitro instance could have made the document.
+    #[arg(long)]
+    pub no_pcrs: bool,
+    /// Accept a document without a nonce to compare (a replay up to --max-age-secs old
+    /// would pass).
+    #[arg(long)]
+    pub allow_replay: bool,
+    /// Accept a debug-mode enclave (PCR0 all zeros: its memory is readable by its host).
+    #[arg(long)]
+    pub allow_debug: bool,
 }
 
 fn parse_pcr(text: &str) -> Result<(u8, Vec<u8>), String> {
@@ -127,6 +138,8 @@ fn read_document(path: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
 
 /// What a document must show.
 pub struct Expectations {
+    /// Whether a debug-mode enclave (PCR0 all zeros) may pass.
+    pub allow_debug: bool,
     pub root_der: Vec<u8>,
     pub at_unix: i64,
     pub max_age_secs: i64,
@@ -148,7 +161,18 @@ impl Expectations {
                 .map(|t| common::unhex(t).with_context(|| format!("{what} is not hex")))
                 .transpose()
         };
+        let pinned: Vec<u8> = args.pcrs.iter().map(|(index, _)| *index).collect();
+        if !args.no_pcrs && ![0, 1, 2].iter().all(|index| pinned.contains(index)) {
+            bail!(
+                "give --pcr 0=HEX --pcr 1=HEX --pcr 2=HEX (the build you deployed), or \
+                 --no-pcrs to check the chain alone (any Nitro image would pass)"
+            );
+        }
+        if args.nonce.is_none() && !args.allow_replay {
+            bail!("give --nonce (the one `attestation get` sent), or --allow-replay");
+        }
         Ok(Expectations {
+            allow_debug: args.allow_debug,
             root_der: certificate_der_from_pem(&root_pem).context("reading the root")?,
             at_unix: args
                 .at
@@ -166,11 +190,23 @@ pub fn check(document: &[u8], expected: &Expectations) -> anyhow::Result<Attesta
     let doc = verify(document, &expected.root_der, expected.at_unix)
         .context("the document does not verify against the root")?;
     let issued = i64::try_from(doc.timestamp_ms / 1000).unwrap_or(i64::MAX);
-    if issued > expected.at_unix + 60 || expected.at_unix - issued > expected.max_age_secs {
+    if issued > expected.at_unix.saturating_add(60)
+        || expected.at_unix.saturating_sub(issued) > expected.max_age_secs
+    {
         bail!(
             "the document was issued at {issued}, not within {} s before {}",
             expected.max_age_secs,
             expected.at_unix
+        );
+    }
+    let debug = doc
+        .pcrs
+        .get(&0)
+        .is_none_or(|pcr0| pcr0.iter().all(|&b| b == 0));
+    if debug && !expected.allow_debug {
+        bail!(
+            "the document comes from a debug-mode enclave (PCR0 all zeros), whose memory \
+             its host can read; --allow-debug accepts it"
         );
     }
     if let Some(nonce) = &expected.nonce
@@ -247,6 +283,7 @@ mod tests {
         let facts = &expected_json()["doc-2023-09-18-debug.cbor"];
         let pcr = |i: &str| common::unhex(facts["pcrs"][i].as_str().unwrap()).unwrap();
         Expectations {
+            allow_debug: true,
             root_der: certificate_der_from_pem(common::attestation::AWS_NITRO_ROOT_PEM).unwrap(),
             at_unix: facts["timestamp_ms"].as_i64().unwrap() / 1000 + 60,
             max_age_secs: 300,
@@ -281,6 +318,8 @@ mod tests {
             format!("{:#}", check(&document, &expected).unwrap_err())
         };
         assert!(refused(&|e| e.nonce = Some(vec![1, 2, 3])).contains("nonce"));
+        // The fixture is a debug-mode enclave: refused unless explicitly accepted.
+        assert!(refused(&|e| e.allow_debug = false).contains("debug-mode"));
         assert!(refused(&|e| e.pcrs.push((1, vec![7; 48]))).contains("PCR1"));
         assert!(refused(&|e| e.settings_digest = Some(vec![0; 32])).contains("settings digest"));
         // A day later: the leaf certificate has expired.
