@@ -43,6 +43,11 @@ pub enum AttestorError {
          rotation keeps failing (see the enclave log)"
     )]
     Stale { age_secs: u64, limit_secs: u64 },
+    /// [`CALLER_ATTESTATIONS_AT_ONCE`] documents for callers are being made already.
+    #[error(
+        "{CALLER_ATTESTATIONS_AT_ONCE} attestation documents are being made for other callers; retry shortly"
+    )]
+    Busy,
 }
 
 pub struct Identity {
@@ -73,19 +78,29 @@ fn fresh_identity(nsm: &dyn Nsm) -> Result<Identity, AttestorError> {
 }
 
 impl Attestor {
-    /// The slots of [`CALLER_ATTESTATIONS_AT_ONCE`].
-    pub fn caller_slots(&self) -> Arc<tokio::sync::Semaphore> {
-        self.caller_slots.clone()
-    }
-
-    /// A document for a caller (see [`Nsm::attest_for_caller`]): its nonce, and the
-    /// digest of this enclave's measured settings as `user_data`.
-    pub fn attest_for_caller(
-        &self,
-        user_data: &[u8],
-        nonce: &[u8],
+    /// A document for a caller (see [`Nsm::attest_for_caller`]) carrying `user_data`
+    /// and `nonce`. The NSM call blocks (a device ioctl behind a lock), so it runs on
+    /// the blocking pool like a rotation, and at most [`CALLER_ATTESTATIONS_AT_ONCE`]
+    /// at a time: a flood of them holds up neither the workers that sign nor the
+    /// rotation for long.
+    pub async fn attest_for_caller(
+        self: &Arc<Self>,
+        user_data: Vec<u8>,
+        nonce: Vec<u8>,
     ) -> Result<Vec<u8>, AttestorError> {
-        Ok(self.nsm.attest_for_caller(user_data, nonce)?)
+        let slot = self
+            .caller_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AttestorError::Busy)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            this.nsm.attest_for_caller(&user_data, &nonce)
+        })
+        .await
+        .map_err(|e| AttestorError::Nsm(NsmError::Refused(e.to_string())))?
+        .map_err(AttestorError::Nsm)
     }
 
     /// An attestor whose identities are used for at most [`MAX_IDENTITY_AGE`].

@@ -159,10 +159,12 @@ where
 /// enclave holds no secret setting, so nothing is redacted.
 pub fn describe_settings<I, T>(args: I) -> Result<String, clap::Error>
 where
-    I: IntoIterator<Item = T> + Clone,
+    I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let mut lines: Vec<String> = setting_values(args.clone())?
+    let settings = setting_values(args)?;
+    let digest = digest_of(&settings);
+    let mut lines: Vec<String> = settings
         .into_iter()
         .map(|s| {
             let shown = if s.values.is_empty() {
@@ -175,7 +177,7 @@ where
         .collect();
     lines.push(format!(
         "settings digest (the user_data of attestation documents for callers): {}\n",
-        common::hex(&settings_digest(args)?)
+        common::hex(&digest)
     ));
     Ok(lines.concat())
 }
@@ -190,12 +192,16 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    Ok(digest_of(&setting_values(args)?))
+}
+
+fn digest_of(settings: &[SettingValue]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
-    for setting in setting_values(args)? {
+    for setting in settings {
         digest.update(format!("--{}={}\n", setting.long, setting.values.join(",")));
     }
-    Ok(digest.finalize().into())
+    digest.finalize().into()
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ impl Dispatcher {
                 .await
             }
             Request::Stats => Ok(Response::Stats(self.context()?.stats())),
-            Request::Attest { nonce } => ops::attest::attest(self.context()?, &nonce).await,
+            Request::Attest { nonce } => ops::attest::attest(self.context()?, nonce).await,
         }
     }
 

@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     if settings.print_config {
         print!(
             "{}",
-            enclave::config::describe_settings(std::env::args_os().collect::<Vec<_>>())?
+            enclave::config::describe_settings(std::env::args_os())?
         );
         return Ok(());
     }

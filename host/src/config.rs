@@ -519,7 +519,8 @@ impl Config {
         for set in sets {
             let (path, text) = set.split_once('=').ok_or_else(|| ConfigError::Override {
                 origin: "--set".to_string(),
-                problem: format!("{set:?}: expected section.field=value"),
+                // Not the argument itself: it may be a secret missing its `=`.
+                problem: "a flag without `=`: expected section.field=value".to_string(),
             })?;
             let path = path.trim();
             set_path(&mut table, path, override_value(path, text), "--set")?;

@@ -24,16 +24,23 @@ impl NitroNsm {
     }
 }
 
-impl Nsm for NitroNsm {
-    fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError> {
+impl NitroNsm {
+    /// One attestation request to the device (its lock held for the ioctl).
+    fn attestation(
+        &self,
+        public_key: Option<&[u8]>,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NsmError> {
         let fd = self
             .fd
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes = |b: Option<&[u8]>| b.map(|b| ByteBuf::from(b.to_vec()));
         let request = Request::Attestation {
-            user_data: None,
-            nonce: None,
-            public_key: Some(ByteBuf::from(public_key.to_vec())),
+            user_data: bytes(user_data),
+            nonce: bytes(nonce),
+            public_key: bytes(public_key),
         };
         match nsm_process_request(*fd, request) {
             Response::Attestation { document } => Ok(document),
@@ -41,22 +48,15 @@ impl Nsm for NitroNsm {
             _ => Err(NsmError::Refused("unexpected response".into())),
         }
     }
+}
+
+impl Nsm for NitroNsm {
+    fn attest(&self, public_key: &[u8]) -> Result<Vec<u8>, NsmError> {
+        self.attestation(Some(public_key), None, None)
+    }
 
     fn attest_for_caller(&self, user_data: &[u8], nonce: &[u8]) -> Result<Vec<u8>, NsmError> {
-        let fd = self
-            .fd
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let request = Request::Attestation {
-            user_data: Some(ByteBuf::from(user_data.to_vec())),
-            nonce: Some(ByteBuf::from(nonce.to_vec())),
-            public_key: None,
-        };
-        match nsm_process_request(*fd, request) {
-            Response::Attestation { document } => Ok(document),
-            Response::Error(code) => Err(NsmError::Refused(format!("{code:?}"))),
-            _ => Err(NsmError::Refused("unexpected response".into())),
-        }
+        self.attestation(None, Some(user_data), Some(nonce))
     }
 
     fn random(&self) -> Result<Vec<u8>, NsmError> {

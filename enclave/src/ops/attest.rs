@@ -5,9 +5,10 @@
 use common::wire::messages::{MAX_ATTESTATION_NONCE, Response};
 use common::wire::{ErrorCode, WireError};
 
+use crate::attestor::AttestorError;
 use crate::context::SigningContext;
 
-pub async fn attest(context: &SigningContext, nonce: &[u8]) -> Result<Response, WireError> {
+pub async fn attest(context: &SigningContext, nonce: Vec<u8>) -> Result<Response, WireError> {
     if nonce.is_empty() || nonce.len() > MAX_ATTESTATION_NONCE {
         return Err(WireError::new(
             ErrorCode::BadRequest,
@@ -17,27 +18,14 @@ pub async fn attest(context: &SigningContext, nonce: &[u8]) -> Result<Response, 
             ),
         ));
     }
-    // The NSM call blocks (a device ioctl behind a lock): on the blocking pool, and at
-    // most a few at once, so a flood of them can hold up neither the async workers that
-    // sign nor the identity rotation for long.
-    let Ok(slot) = context.attestor.caller_slots().try_acquire_owned() else {
-        return Err(WireError::new(
-            ErrorCode::EnclaveBusy,
-            "attestation documents are being made for other callers; retry shortly",
-        ));
-    };
-    let (attestor, digest, nonce) = (
-        context.attestor.clone(),
-        context.settings_digest,
-        nonce.to_vec(),
-    );
-    let document = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        attestor.attest_for_caller(&digest, &nonce)
-    })
-    .await
-    .map_err(|e| WireError::new(ErrorCode::Internal, format!("attestation task: {e}")))?
-    .map_err(|e| WireError::new(ErrorCode::Internal, format!("attestation: {e}")))?;
+    let document = context
+        .attestor
+        .attest_for_caller(context.settings_digest.to_vec(), nonce)
+        .await
+        .map_err(|e| match e {
+            AttestorError::Busy => WireError::new(ErrorCode::EnclaveBusy, e.to_string()),
+            other => WireError::new(ErrorCode::Internal, format!("attestation: {other}")),
+        })?;
     Ok(Response::Attested {
         document,
         settings_digest: context.settings_digest,

@@ -4,7 +4,7 @@
 //! attestation verify`). The document has no public key: KMS can never decrypt
 //! anything to it.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::wire::ErrorCode;
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::extract::ApiQuery;
 use super::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -24,9 +25,8 @@ pub struct AttestationQuery {
 
 pub async fn attestation(
     State(state): State<AppState>,
-    query: Result<Query<AttestationQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<AttestationQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|r| ApiError::new(ErrorCode::BadRequest, r.body_text()))?;
     let nonce = common::unhex(&query.nonce)
         .filter(|n| (1..=MAX_ATTESTATION_NONCE).contains(&n.len()))
         .ok_or_else(|| {

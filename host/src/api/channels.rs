@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use common::wire::ErrorCode;
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiQuery};
 use super::state::AppState;
 use crate::store::{ChannelLease, ChannelSummary, UnlockOutcome};
 use crate::store::{blocking, committed};
@@ -109,9 +109,8 @@ pub struct SummaryQuery {
 
 pub async fn summary(
     State(state): State<AppState>,
-    query: Result<Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<SummaryQuery>,
 ) -> Result<axum::Json<ChannelSummary>, ApiError> {
-    let Query(query) = query.map_err(|r| ApiError::new(ErrorCode::BadRequest, r.body_text()))?;
     let locks = state.store.clone();
     let summary = blocking(move || locks.summary(query.accounts)).await?;
     Ok(axum::Json(summary))

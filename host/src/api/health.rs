@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::wire::ErrorCode;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
+use super::extract::ApiQuery;
 use super::state::AppState;
 use crate::readiness::Verdict;
 use crate::store::blocking;
@@ -144,9 +145,8 @@ pub struct PingAnswer {
 /// A no-op round trip through the enclave: the benchmark's unit of work.
 pub async fn ping(
     State(state): State<AppState>,
-    query: Result<Query<PingQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<PingQuery>,
 ) -> Result<axum::Json<PingAnswer>, ApiError> {
-    let Query(query) = query.map_err(|r| ApiError::new(ErrorCode::BadRequest, r.body_text()))?;
     let started = Instant::now();
     let answer = state
         .enclave

@@ -1,7 +1,7 @@
 //! `GET /v1/keys` and `POST /v1/keys/generate`; importing (`POST /v1/keys`) is in
 //! `key_import`.
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 
 use common::wire::ErrorCode;
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use super::state::AppState;
 use crate::store::blocking;
 use crate::store::{
@@ -26,9 +26,8 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let Query(query) = query.map_err(|r| ApiError::new(ErrorCode::BadRequest, r.body_text()))?;
     let store = state.store.clone();
     let keys: Vec<KeyRecord> = blocking(move || store.list_keys(query.role)).await?;
     Ok(axum::Json(json!({ "keys": keys })))

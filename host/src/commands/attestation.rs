@@ -209,35 +209,36 @@ pub fn check(document: &[u8], expected: &Expectations) -> anyhow::Result<Attesta
              its host can read; --allow-debug accepts it"
         );
     }
-    if let Some(nonce) = &expected.nonce
-        && doc.nonce.as_ref() != Some(nonce)
-    {
-        bail!(
-            "nonce: expected {}, the document carries {}",
-            common::hex(nonce),
-            doc.nonce.as_deref().map_or("none".into(), common::hex)
-        );
+    if let Some(nonce) = &expected.nonce {
+        expect_equal("nonce", nonce, doc.nonce.as_deref())?;
     }
     for (index, value) in &expected.pcrs {
-        let actual = doc.pcrs.get(index);
-        if actual != Some(value) {
-            bail!(
-                "PCR{index}: expected {}, the document measures {}",
-                common::hex(value),
-                actual.map_or("nothing".into(), |v| common::hex(v))
-            );
-        }
+        expect_equal(
+            &format!("PCR{index}"),
+            value,
+            doc.pcrs.get(index).map(Vec::as_slice),
+        )?;
     }
-    if let Some(digest) = &expected.settings_digest
-        && doc.user_data.as_ref() != Some(digest)
-    {
-        bail!(
-            "settings digest: expected {}, the document's user_data is {}",
-            common::hex(digest),
-            doc.user_data.as_deref().map_or("none".into(), common::hex)
-        );
+    if let Some(digest) = &expected.settings_digest {
+        expect_equal(
+            "settings digest (user_data)",
+            digest,
+            doc.user_data.as_deref(),
+        )?;
     }
     Ok(doc)
+}
+
+/// Fails, naming `what`, unless the document's `actual` value is `expected`.
+fn expect_equal(what: &str, expected: &[u8], actual: Option<&[u8]>) -> anyhow::Result<()> {
+    if actual == Some(expected) {
+        return Ok(());
+    }
+    bail!(
+        "{what}: expected {}, the document has {}",
+        common::hex(expected),
+        actual.map_or("none".into(), common::hex)
+    )
 }
 
 fn describe(doc: &AttestationDocument) -> Value {

@@ -70,7 +70,7 @@ pub enum ChannelsCommand {
     },
 }
 
-/// Runs one channels subcommand against the host at `socket`.
+/// Runs one channels subcommand against the running host `api`.
 pub async fn run(api: &Api, command: ChannelsCommand) -> anyhow::Result<()> {
     match command {
         ChannelsCommand::Status { list } => {

@@ -54,7 +54,7 @@ pub struct WalletBackendArgs {
     pub kms_key_arn: Option<String>,
 }
 
-/// Runs one import subcommand against the host at `socket`.
+/// Runs one import subcommand against the running host `api`.
 pub async fn run(api: &Api, command: ImportCommand) -> anyhow::Result<()> {
     let ImportCommand::WalletBackend(args) = command;
     let passphrase = B64.encode(read_blob(&args.passphrase_ciphertext)?);

@@ -53,7 +53,7 @@ pub enum KeysCommand {
     Retire { public_key: String },
 }
 
-/// Runs one keys subcommand against the host at `socket`.
+/// Runs one keys subcommand against the running host `api`.
 pub async fn run(api: &Api, command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::List { role } => {
