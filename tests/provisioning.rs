@@ -108,6 +108,16 @@ async fn ensure_creates_45_accounts_in_three_transactions_a_rerun_changes_nothin
         sponsored, 45,
         "the distribution account sponsors every reserve"
     );
+    // Each creation's signatures are counted, by the role of each signer.
+    let (_, _, metrics) = host::api_client::get_text(&dev.socket(), "/metrics")
+        .await
+        .unwrap();
+    for (role, signatures) in [("distribution", 3), ("channel", 45)] {
+        let series = format!(
+            "signer_signatures_total{{role=\"{role}\",kind=\"channel_provisioning\",result=\"signed\"}} {signatures}"
+        );
+        assert!(metrics.lines().any(|l| l == series), "{series}\n{metrics}");
+    }
     let (_, pool) = dev.call(Method::GET, "/v1/channels", None).await;
     assert_eq!(pool["total"], target);
     let provisioning_rows = dev

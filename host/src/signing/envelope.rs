@@ -9,7 +9,7 @@ use common::wire::messages::{Request, Response, SignatureInfo};
 use common::wire::{ErrorCode, WireError};
 use stellar_xdr::TransactionEnvelope;
 
-use super::{SignKind, Signing, active_material, unexpected};
+use super::{SignKind, Signing, active_material, roles_of, unexpected};
 use crate::store::KeyRecord;
 
 /// A signed envelope as the enclave returned it.
@@ -49,6 +49,7 @@ impl Signing {
         }
         let network_id = network_id(network);
         let lookup = self.lookup(signers.clone(), self.precheck).await?;
+        let roles = roles_of(&lookup.keys);
         // Every outcome from here on is audited, refusals by the host's own checks too.
         let outcome = async {
             self.precheck_envelope(network_id, envelope, &signers, lookup.distribution.as_ref())?;
@@ -75,7 +76,7 @@ impl Signing {
         self.record(
             caller_uid,
             kind,
-            &signers,
+            (&signers, &roles),
             outcome.as_ref().map(|signed| signed.hash),
             channel,
         )

@@ -160,17 +160,18 @@ impl Signing {
         self.enclave.call(request).await.map_err(|e| e.to_wire())
     }
 
-    /// Audits one outcome (one row per key) and, after a signature, keeps the channel
-    /// whose sequence the transaction consumes locked until it can no longer land.
+    /// Audits one outcome (one row per key; `roles` are the keys' roles, in order, for
+    /// the metrics) and, after a signature, keeps the channel whose sequence the
+    /// transaction consumes locked until it can no longer land.
     async fn record(
         &self,
         caller_uid: Option<u32>,
         kind: SignKind,
-        public_keys: &[String],
+        (public_keys, roles): (&[String], &[&'static str]),
         outcome: Result<[u8; 32], &WireError>,
         channel: Option<SequenceOwner>,
     ) -> Result<(), WireError> {
-        self.count(kind, public_keys, outcome.err());
+        count(kind, roles, outcome.err());
         let rows: Vec<AuditEntry> = public_keys
             .iter()
             .map(|public_key| AuditEntry {
@@ -200,24 +201,27 @@ impl Signing {
     }
 }
 
-impl Signing {
-    /// Counts each signer's outcome, and a policy refusal by its rule, for `/metrics`.
-    fn count(&self, kind: SignKind, public_keys: &[String], error: Option<&WireError>) {
-        let metrics = crate::metrics::global();
-        for public_key in public_keys {
-            let role = self
-                .store
-                .key_in_memory(public_key)
-                .map_or("unknown", |key| key.role.as_str());
-            metrics.signature(role, kind.as_str(), error.map(|e| e.code));
-        }
-        if let Some(e) = error
-            && e.code == ErrorCode::PolicyViolation
-        {
-            metrics.policy_refusal(
-                common::stellar::signing_policy::rule_named_in(&e.message).unwrap_or("unnamed"),
-            );
-        }
+/// The role of each looked-up key, in order, as the metrics name it (`unknown` for a key
+/// this host does not store): read from the records the lookup already fetched.
+fn roles_of(keys: &[(String, Option<KeyRecord>)]) -> Vec<&'static str> {
+    keys.iter()
+        .map(|(_, key)| key.as_ref().map_or("unknown", |key| key.role.as_str()))
+        .collect()
+}
+
+/// Counts each signer's outcome (`roles`, one per signer), and a policy refusal by its
+/// rule, for `/metrics`.
+fn count(kind: SignKind, roles: &[&'static str], error: Option<&WireError>) {
+    let metrics = crate::metrics::global();
+    for role in roles {
+        metrics.signature(role, kind.as_str(), error.map(|e| e.code));
+    }
+    if let Some(e) = error
+        && e.code == ErrorCode::PolicyViolation
+    {
+        metrics.policy_refusal(
+            common::stellar::signing_policy::rule_named_in(&e.message).unwrap_or("unnamed"),
+        );
     }
 }
 

@@ -16,7 +16,7 @@ use stellar_xdr::{
     TransactionEnvelope, TransactionExt, TransactionV1Envelope, Uint256,
 };
 
-use super::{SignKind, Signing, unexpected};
+use super::{SignKind, Signing, count, roles_of, unexpected};
 use crate::store::{
     AuditEntry, KeyRecord, KeyRole, KeyState, LedgerChange, PendingFor, Provisioning, blocking,
 };
@@ -222,6 +222,10 @@ impl Signing {
             &distribution.public_key,
         )
         .map_err(|_| WireError::new(ErrorCode::Internal, "stored distribution key is no G..."))?;
+        // In the order of `signers` below: the distribution key, then the accounts.
+        let roles: Vec<&'static str> = std::iter::once(KeyRole::Distribution.as_str())
+            .chain(roles_of(&lookup.keys))
+            .collect();
         let channels = pending_channels(request.purpose, &request.accounts, lookup.keys)?;
         let raw: Vec<[u8; 32]> = channels.iter().map(|(_, raw)| *raw).collect();
         let (operations_per_account, build): (usize, Builder) = match request.purpose {
@@ -258,7 +262,7 @@ impl Signing {
                 self.record(
                     caller_uid,
                     SignKind::Provisioning,
-                    &signers,
+                    (&signers, &roles),
                     Err(&refused),
                     None,
                 )
@@ -289,6 +293,7 @@ impl Signing {
         let accounts = request.accounts;
         // Durable before the envelope leaves: whoever submits it, a re-run sees it.
         blocking(move || store.record_provisioning(&accounts, &provisioning, &audit)).await?;
+        count(SignKind::Provisioning, &roles, None);
         Ok(Provisioned {
             transaction,
             tx_hash,

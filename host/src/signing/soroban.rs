@@ -6,7 +6,7 @@ use common::stellar::soroban::{authorizing_account, decode_auth_entry};
 use common::wire::messages::{Request, Response, SignatureInfo};
 use common::wire::{ErrorCode, WireError};
 
-use super::{SignKind, Signing, active_material, unexpected};
+use super::{SignKind, Signing, active_material, roles_of, unexpected};
 use crate::store::KeyRole;
 
 /// A signed authorization entry as the enclave returned it.
@@ -49,6 +49,7 @@ impl Signing {
             ));
         }
         let lookup = self.lookup(vec![account.clone()], false).await?;
+        let roles = roles_of(&lookup.keys);
         let role = lookup
             .keys
             .first()
@@ -95,7 +96,7 @@ impl Signing {
         self.record(
             caller_uid,
             SignKind::SorobanAuth,
-            &[account],
+            (&[account], &roles),
             outcome.as_ref().map(|authorized| authorized.hash),
             None,
         )
