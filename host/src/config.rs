@@ -276,8 +276,20 @@ impl EnclaveConfig {
 pub struct StoreConfig {
     /// The SQLite database: key ciphertexts, channel locks, audit log. Several host
     /// processes may share it (e.g. during a rolling restart); keep it on a local disk.
+    /// Used unless `url` names another store.
     pub path: PathBuf,
-    /// How long a statement waits for another writer before failing.
+    /// `postgres://user:password@host:port/dbname?sslmode=require` to share one store
+    /// between several hosts (README "Running several hosts"); `sqlite:///path` or
+    /// unset for SQLite at `path`. A password in it is never shown; the environment
+    /// (`SIGNER_HOST__STORE__URL`) keeps it off the command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<SecretString>,
+    /// PostgreSQL: a PEM file of the CAs that may sign the server's certificate (AWS
+    /// RDS: the region's bundle) instead of the web PKI roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// How long a statement waits for another writer (SQLite), or a connection to the
+    /// database is waited for (PostgreSQL), before failing.
     pub busy_timeout_ms: u64,
 }
 
@@ -285,9 +297,72 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("/var/lib/signer-host/signer.db"),
+            url: None,
+            ca_file: None,
             busy_timeout_ms: 5_000,
         }
     }
+}
+
+/// Which store backend, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    /// The URL as given (it may hold a password).
+    Postgres(SecretString),
+}
+
+impl StoreConfig {
+    /// The backend `url` names, else SQLite at `path`.
+    pub fn location(&self) -> Result<StoreLocation, String> {
+        let Some(SecretString(url)) = &self.url else {
+            return Ok(StoreLocation::Sqlite(self.path.clone()));
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(SecretString(url.clone())));
+        }
+        match url.strip_prefix("sqlite://") {
+            Some(path) if !path.is_empty() => Ok(StoreLocation::Sqlite(PathBuf::from(path))),
+            _ => Err(format!(
+                "{:?} is neither postgres://… nor sqlite:///path",
+                redact_url_password(url)
+            )),
+        }
+    }
+}
+
+/// A database URL with its password (in the user part or a `password=` parameter)
+/// replaced by `[REDACTED]`, for output.
+pub fn redact_url_password(url: &str) -> String {
+    let mut shown = url.to_string();
+    if let Some(scheme_end) = shown.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = shown[authority_start..]
+            .find(['/', '?'])
+            .map_or(shown.len(), |i| authority_start + i);
+        if let Some(at) = shown[authority_start..authority_end].rfind('@')
+            && let Some(colon) = shown[authority_start..authority_start + at].find(':')
+        {
+            shown.replace_range(
+                authority_start + colon + 1..authority_start + at,
+                "[REDACTED]",
+            );
+        }
+    }
+    if let Some(query_start) = shown.find('?') {
+        let (base, query) = shown.split_at(query_start + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                    format!("{name}=[REDACTED]")
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        shown = format!("{base}{}", query.join("&"));
+    }
+    shown
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -402,7 +477,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 pub const ENV_PREFIX: &str = "SIGNER_HOST__";
 
 /// Fields whose values are secrets: never echoed, always read as strings.
-const SECRET_FIELDS: &[&str] = &["kms.static_secret_access_key"];
+const SECRET_FIELDS: &[&str] = &["kms.static_secret_access_key", "store.url"];
 
 /// Where the effective configuration comes from, lowest precedence first: the file (or
 /// the defaults), then `SIGNER_HOST__*` environment variables, then `--set` flags.
@@ -566,6 +641,15 @@ impl Config {
                 );
             }
         }
+        // A database URL is shown with only its password hidden.
+        if let Some(SecretString(url)) = &self.store.url
+            && let Some(store) = table.get_mut("store").and_then(toml::Value::as_table_mut)
+        {
+            store.insert(
+                "url".to_string(),
+                toml::Value::String(redact_url_password(url)),
+            );
+        }
         toml::to_string(&table).map_err(render)
     }
 
@@ -628,6 +712,9 @@ impl Config {
         }
         if self.store.path.as_os_str().is_empty() {
             return invalid("store.path", "must not be empty");
+        }
+        if let Err(problem) = self.store.location() {
+            return invalid("store.url", &problem);
         }
         if let Some(url) = self.kms.endpoint_url() {
             crate::relay::RelayTarget::from_url(&url).map_err(|problem| ConfigError::Invalid {

@@ -16,7 +16,7 @@ use crate::api::{AppState, BodyLimits, router};
 use crate::config::{ApiConfig, Config};
 use crate::enclave_client::EnclaveClient;
 use crate::signing::Signing;
-use crate::store::{KeyCache, SharedStore, SqliteStore};
+use crate::store::SharedStore;
 
 /// A host whose socket is bound (callers can connect from now on) but not yet serving.
 #[derive(Debug)]
@@ -31,17 +31,7 @@ impl BoundHost {
         config.validate()?;
         // Open the store first: a bad database (e.g. a newer schema) must stop start-up
         // before callers can connect.
-        if let Some(parent) = config.store.path.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let store = std::sync::Arc::new(KeyCache::new(SqliteStore::open(
-            &config.store.path,
-            config.channels.lock_limits(),
-            Duration::from_millis(config.store.busy_timeout_ms),
-        )?));
+        let store = crate::store::open(&config.store, config.channels.lock_limits())?;
         if let Some(parent) = config.api.socket.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -96,6 +86,7 @@ impl BoundHost {
                 enclave_stop.clone(),
             )
         });
+        let store_description = store.describe();
         let state = AppState {
             enclave,
             store,
@@ -121,7 +112,7 @@ impl BoundHost {
             mode = format!("{:04o}", config.api.socket_mode.0),
             callers = ?config.api.callers,
             enclave = %config.enclave.endpoint,
-            store = %config.store.path.display(),
+            store = %store_description,
             version = env!("CARGO_PKG_VERSION"),
             "signer-host listening"
         );

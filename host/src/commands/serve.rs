@@ -26,9 +26,10 @@ pub struct ConfigArgs {
     /// Sets enclave.endpoint (vsock://CID:PORT or unix://PATH).
     #[arg(long)]
     pub enclave: Option<Endpoint>,
-    /// Sets store.path (the SQLite database).
+    /// Sets store.url when given a URL (postgres://…, sqlite:///path), else store.path
+    /// (the SQLite database).
     #[arg(long)]
-    pub store: Option<PathBuf>,
+    pub store: Option<String>,
 }
 
 /// Flags of `serve`.
@@ -54,10 +55,8 @@ impl ConfigArgs {
             sets.push(format!("enclave.endpoint={}", quoted(enclave.to_string())));
         }
         if let Some(store) = &self.store {
-            sets.push(format!(
-                "store.path={}",
-                quoted(store.display().to_string())
-            ));
+            let field = if store.contains("://") { "url" } else { "path" };
+            sets.push(format!("store.{field}={}", quoted(store.clone())));
         }
         let sources = ConfigSources::with_process_env(self.config.clone(), sets);
         Ok(Config::resolve(&sources)?)

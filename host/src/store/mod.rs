@@ -7,7 +7,10 @@
 //!
 //! All methods block; async callers run them on `spawn_blocking`.
 
+mod group_commit;
+mod hot_writes;
 pub mod key_cache;
+mod postgres;
 mod records;
 pub mod sqlite;
 
@@ -16,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use key_cache::KeyCache;
+pub use postgres::{PostgresStore, PostgresTarget};
 pub use records::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
 use common::wire::{ErrorCode, WireError};
 
@@ -163,6 +167,35 @@ pub trait Store: KeyStore + ChannelLocks + AuditLog + std::fmt::Debug {
 /// The store the host shares between its tasks.
 pub type SharedStore = Arc<dyn Store>;
 
+/// Opens the configured backend (creating and migrating it as needed), behind the
+/// host's key cache.
+pub fn open(
+    config: &crate::config::StoreConfig,
+    limits: LockLimits,
+) -> Result<SharedStore, StoreError> {
+    let wait = Duration::from_millis(config.busy_timeout_ms);
+    let location = config
+        .location()
+        .map_err(|reason| StoreError::BadUrl { reason })?;
+    Ok(match location {
+        crate::config::StoreLocation::Sqlite(path) => {
+            if let Some(parent) = path.parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|source| StoreError::Sync {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            Arc::new(KeyCache::new(SqliteStore::open(&path, limits, wait)?))
+        }
+        crate::config::StoreLocation::Postgres(url) => {
+            let target = PostgresTarget::new(&url.0, config.ca_file.as_deref())?;
+            Arc::new(KeyCache::new(PostgresStore::open(target, limits, wait)?))
+        }
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no channel accounts configured: the pool is empty; provision channel accounts first")]
@@ -207,8 +240,21 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database {path}: no connection: {message}")]
-    Pool { path: PathBuf, message: String },
+    #[error("database error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("database {database}: cannot connect: {source}")]
+    Connect {
+        database: String,
+        source: ::postgres::Error,
+    },
+    #[error("store location: {reason}")]
+    BadUrl { reason: String },
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("database holds a record this signer-host cannot read: {0}")]
+    Corrupt(String),
+    #[error("database {database}: no connection: {message}")]
+    Pool { database: String, message: String },
     /// The group-commit writer could not commit (the whole batch is rolled back).
     #[error("store write failed: {0}")]
     Writer(String),
@@ -236,6 +282,11 @@ impl StoreError {
             | StoreError::SchemaNotMigrated { .. }
             | StoreError::Open { .. }
             | StoreError::Sqlite(_)
+            | StoreError::Postgres(_)
+            | StoreError::Connect { .. }
+            | StoreError::BadUrl { .. }
+            | StoreError::Migration(_)
+            | StoreError::Corrupt(_)
             | StoreError::Pool { .. }
             | StoreError::Writer(_)
             | StoreError::Sync { .. } => ErrorCode::StoreError,
@@ -276,6 +327,44 @@ impl Default for LockLimits {
     }
 }
 
+impl LockLimits {
+    /// The lock an acquire asks for (the default when `None`), if within the cap.
+    pub fn lock_duration(&self, requested: Option<Duration>) -> Result<Duration, StoreError> {
+        let duration = requested.unwrap_or(self.default_lock);
+        if duration.is_zero() || duration > self.max_lock {
+            return Err(StoreError::InvalidLockDuration {
+                requested_ms: duration.as_millis() as u64,
+                max_ms: self.max_lock.as_millis() as u64,
+            });
+        }
+        Ok(duration)
+    }
+}
+
+/// A channel account's status in listings: `locked`, `expired` (the lock lapsed
+/// without a release) or `idle`.
+pub fn channel_status(now: i64, locked_until_ms: i64, has_token: bool) -> &'static str {
+    if locked_until_ms > now {
+        "locked"
+    } else if has_token {
+        "expired"
+    } else {
+        "idle"
+    }
+}
+
+/// The audit row of a channel account taken out of the pool.
+pub fn withdrawal_audit(account: &str, caller_uid: Option<u32>) -> AuditEntry {
+    AuditEntry {
+        caller_uid,
+        public_key: Some(account.to_string()),
+        tx_hash: None,
+        kind: "channel_withdrawn".into(),
+        outcome: "ok".into(),
+        detail: Some("left the pool, to be merged into the distribution account".into()),
+    }
+}
+
 /// Runs a blocking store call off the async workers.
 pub async fn blocking<T, F>(call: F) -> Result<T, WireError>
 where
@@ -302,3 +391,6 @@ pub fn the_active(distribution_keys: Vec<KeyRecord>) -> Option<KeyRecord> {
         .into_iter()
         .find(|k| k.state == KeyState::Active)
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -3,6 +3,8 @@
 use common::wire::messages::{KeyFormat as WireKeyFormat, KeyMaterial};
 use serde::{Deserialize, Serialize};
 
+use super::StoreError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyRole {
@@ -95,6 +97,43 @@ pub struct NewKey {
     /// For a pending key, what it waits for (a pending channel key without one waits
     /// for its account's creation).
     pub pending_for: Option<PendingFor>,
+}
+
+impl NewKey {
+    /// Refuses a record no backend may store (checked before any write).
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if stellar_strkey::ed25519::PublicKey::from_string(&self.public_key).is_err() {
+            return Err(StoreError::InvalidKey(format!(
+                "{:?} is not a Stellar account public key (G...)",
+                self.public_key
+            )));
+        }
+        if self.kms_key_id.is_empty() {
+            return Err(StoreError::InvalidKey("kms_key_id is empty".into()));
+        }
+        if self.kms_ciphertext.is_empty() {
+            return Err(StoreError::InvalidKey("kms_ciphertext is empty".into()));
+        }
+        match (self.format, &self.sealed_seed) {
+            (KeyFormat::Envelope, None) => Err(StoreError::InvalidKey(
+                "the envelope format needs a sealed seed".into(),
+            )),
+            (KeyFormat::KmsDirect, Some(_)) => Err(StoreError::InvalidKey(
+                "the kms-direct format has no sealed seed".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the stored record waits for: a pending channel key without a reason waits
+    /// for its account's creation; a key that is not pending waits for nothing.
+    pub fn stored_pending_for(&self) -> Option<PendingFor> {
+        match (self.state, self.pending_for, self.role) {
+            (KeyState::Pending, Some(reason), _) => Some(reason),
+            (KeyState::Pending, None, KeyRole::Channel) => Some(PendingFor::Creation),
+            _ => None,
+        }
+    }
 }
 
 /// A stored key. Ciphertexts are included: they are useless outside the enclave.

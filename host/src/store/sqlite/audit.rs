@@ -2,7 +2,7 @@
 //! table's triggers refuse updates and deletes.
 
 use super::SqliteStore;
-use crate::store::{AuditEntry, AuditLog, AuditRow, SignedChannelTx, StoreError};
+use crate::store::{AuditEntry, AuditRow, StoreError};
 use rusqlite::params;
 
 /// One audit row, on `conn` (a transaction, when the row must commit with other writes).
@@ -28,50 +28,8 @@ pub(super) fn insert_audit(
 }
 
 impl SqliteStore {
-    /// One signing request's rows and lock extension, as one write of a group commit.
-    fn outcome_write(
-        &self,
-        audit: &[AuditEntry],
-        signed: Option<&SignedChannelTx>,
-    ) -> impl FnOnce(&rusqlite::Connection, i64) -> Result<(), StoreError> + Send + 'static {
-        let (audit, signed, limits) = (audit.to_vec(), signed.cloned(), self.limits);
-        move |conn, now| {
-            for entry in &audit {
-                insert_audit(conn, now, entry)?;
-            }
-            if let Some(signed) = &signed {
-                super::channels::extend_for_signed(conn, now, limits, signed)?;
-            }
-            Ok(())
-        }
-    }
-}
-
-impl AuditLog for SqliteStore {
-    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let entry = entry.clone();
-        self.writer
-            .write(move |conn, now| Ok(insert_audit(conn, now, &entry)?))
-    }
-
-    fn record_outcome(
-        &self,
-        audit: &[AuditEntry],
-        signed: Option<&SignedChannelTx>,
-    ) -> Result<(), StoreError> {
-        self.writer.write(self.outcome_write(audit, signed))
-    }
-
-    fn submit_outcome(
-        &self,
-        audit: &[AuditEntry],
-        signed: Option<&SignedChannelTx>,
-    ) -> crate::store::PendingWrite {
-        self.writer.submit(self.outcome_write(audit, signed))
-    }
-
     /// The newest `limit` entries, newest first.
-    fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+    pub(super) fn audit_rows(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
         let conn = self.pool.get()?;
         let mut statement = conn.prepare(
             "SELECT id, at_ms, caller_uid, public_key, tx_hash, kind, outcome, detail \

@@ -7,35 +7,25 @@
 //! expired longest ago, found through the `locked_until_ms` index: the cost does not
 //! grow with the pool, and an account that just came free is the last to be reused.
 
-use std::time::Duration;
-
 use super::SqliteStore;
+use crate::store::group_commit::Writer;
+use crate::store::hot_writes::{Backend, HotSql};
 use crate::store::{
-    AuditEntry, ChannelLease, ChannelLocks, ChannelRow, ChannelSummary, LockLimits,
-    SignedChannelTx, StoreError, UnlockOutcome, UnlockedChannel,
+    AuditEntry, ChannelLease, ChannelRow, ChannelSummary, LockLimits, SignedChannelTx, StoreError,
+    UnlockOutcome, UnlockedChannel,
 };
-use rand::RngCore;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// How many of the longest-idle accounts the random pick draws from.
 const PICK_FROM: i64 = 16;
 
-fn new_token() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    common::hex(&bytes)
-}
-
-/// Locks a random account among the longest idle, on the writer's transaction.
-fn lease(
-    conn: &Connection,
-    now: i64,
-    until: i64,
-    token: String,
-) -> Result<ChannelLease, StoreError> {
-    let leased: Option<(String, i64)> = conn
-        .prepare_cached(
-            "UPDATE channel_locks
+impl HotSql for Connection {
+    /// Locks a random account among the longest idle, on the writer's transaction.
+    fn lease(&mut self, now: i64, until: i64, token: String) -> Result<ChannelLease, StoreError> {
+        let conn = &*self;
+        let leased: Option<(String, i64)> = conn
+            .prepare_cached(
+                "UPDATE channel_locks
              SET locked_at_ms = ?1, locked_until_ms = ?2, lock_token = ?3, tx_hash = NULL
              WHERE public_key = (
                  SELECT public_key FROM (
@@ -45,213 +35,143 @@ fn lease(
                      LIMIT ?4)
                  ORDER BY random() LIMIT 1)
              RETURNING public_key, locked_until_ms",
-        )?
-        .query_row(params![now, until, token, PICK_FROM], |row| {
-            Ok((row.get(0)?, row.get(1)?))
+            )?
+            .query_row(params![now, until, token, PICK_FROM], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        let Some((account, locked_until_ms)) = leased else {
+            let (total, next_free): (i64, Option<i64>) = conn
+                .prepare_cached("SELECT count(*), min(locked_until_ms) FROM channel_locks")?
+                .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            return Err(if total == 0 {
+                StoreError::NoChannelAccountsConfigured
+            } else {
+                StoreError::NoIdleChannelAccount {
+                    total: total as u64,
+                    next_free_in_ms: next_free.map_or(0, |t| t.saturating_sub(now).max(0) as u64),
+                }
+            });
+        };
+        Ok(ChannelLease {
+            account,
+            lock_token: token,
+            locked_until_ms,
         })
-        .optional()?;
-    let Some((account, locked_until_ms)) = leased else {
-        let (total, next_free): (i64, Option<i64>) = conn
-            .prepare_cached("SELECT count(*), min(locked_until_ms) FROM channel_locks")?
-            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        return Err(if total == 0 {
-            StoreError::NoChannelAccountsConfigured
-        } else {
-            StoreError::NoIdleChannelAccount {
-                total: total as u64,
-                next_free_in_ms: next_free.map_or(0, |t| t.saturating_sub(now).max(0) as u64),
-            }
-        });
-    };
-    Ok(ChannelLease {
-        account,
-        lock_token: token,
-        locked_until_ms,
-    })
-}
+    }
 
-fn release_lease(
-    conn: &Connection,
-    now: i64,
-    account: &str,
-    lock_token: &str,
-) -> Result<(), StoreError> {
-    // A freed account's `locked_until_ms` becomes "now": it joins the back of the idle
-    // queue, behind accounts that have been idle longer.
-    let released = conn
-        .prepare_cached(
-            "UPDATE channel_locks
+    fn release_lease(
+        &mut self,
+        now: i64,
+        account: &str,
+        lock_token: &str,
+    ) -> Result<(), StoreError> {
+        let conn = &*self;
+        // A freed account's `locked_until_ms` becomes "now": it joins the back of the idle
+        // queue, behind accounts that have been idle longer.
+        let released = conn
+            .prepare_cached(
+                "UPDATE channel_locks
              SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?3),
                  lock_token = NULL, tx_hash = NULL
              WHERE public_key = ?1 AND lock_token = ?2",
-        )?
-        .execute(params![account, lock_token, now])?;
-    if released == 0 {
-        let known: bool = conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM channel_locks WHERE public_key = ?1)")?
-            .query_row(params![account], |row| row.get(0))?;
-        return Err(if known {
-            StoreError::LockTokenMismatch {
-                account: account.to_string(),
-            }
-        } else {
-            StoreError::UnknownChannelAccount(account.to_string())
-        });
+            )?
+            .execute(params![account, lock_token, now])?;
+        if released == 0 {
+            let known: bool = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM channel_locks WHERE public_key = ?1)",
+                )?
+                .query_row(params![account], |row| row.get(0))?;
+            return Err(if known {
+                StoreError::LockTokenMismatch {
+                    account: account.to_string(),
+                }
+            } else {
+                StoreError::UnknownChannelAccount(account.to_string())
+            });
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-fn unlock_hashes(
-    conn: &Connection,
-    now: i64,
-    hashes: &[String],
-) -> Result<UnlockOutcome, StoreError> {
-    let mut outcome = UnlockOutcome::default();
-    let mut unlock = conn.prepare_cached(
-        "UPDATE channel_locks
+    fn unlock_hashes(&mut self, now: i64, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
+        let conn = &*self;
+        let mut outcome = UnlockOutcome::default();
+        let mut unlock = conn.prepare_cached(
+            "UPDATE channel_locks
          SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?2),
              lock_token = NULL, tx_hash = NULL
          WHERE tx_hash = ?1
          RETURNING public_key",
-    )?;
-    for hash in hashes {
-        let hash = hash.to_ascii_lowercase();
-        let accounts = unlock
-            .query_map(params![hash, now], |row| row.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        if accounts.is_empty() {
-            outcome.unmatched.push(hash);
-            continue;
+        )?;
+        for hash in hashes {
+            let hash = hash.to_ascii_lowercase();
+            let accounts = unlock
+                .query_map(params![hash, now], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            if accounts.is_empty() {
+                outcome.unmatched.push(hash);
+                continue;
+            }
+            for account in accounts {
+                outcome.unlocked.push(UnlockedChannel {
+                    account,
+                    tx_hash: hash.clone(),
+                });
+            }
         }
-        for account in accounts {
-            outcome.unlocked.push(UnlockedChannel {
-                account,
-                tx_hash: hash.clone(),
-            });
-        }
+        Ok(outcome)
     }
-    Ok(outcome)
-}
 
-/// Remembers a signed transaction's hash on its channel and keeps the lock until the
-/// transaction can no longer land. `None` when `account` is not in the pool.
-pub(super) fn extend_for_signed(
-    conn: &Connection,
-    now: i64,
-    limits: LockLimits,
-    signed: &SignedChannelTx,
-) -> Result<Option<i64>, StoreError> {
-    // Without a maxTime the transaction could land at any time; the signing policy
-    // refuses those for channel accounts, so this only guards the store itself.
-    let until = match signed.max_time_unix_s {
-        Some(max_time) => (max_time as i64)
-            .saturating_mul(1000)
-            .saturating_add(limits.max_time_margin.as_millis() as i64),
-        None => now.saturating_add(limits.max_lock.as_millis() as i64),
-    };
-    Ok(conn
-        .prepare_cached(
-            "UPDATE channel_locks
+    fn extend_lock(
+        &mut self,
+        now: i64,
+        until: i64,
+        signed: &SignedChannelTx,
+    ) -> Result<Option<i64>, StoreError> {
+        let conn = &*self;
+        Ok(conn
+            .prepare_cached(
+                "UPDATE channel_locks
              SET tx_hash = ?2,
                  locked_at_ms = coalesce(locked_at_ms, ?3),
                  locked_until_ms = max(locked_until_ms, ?4)
              WHERE public_key = ?1
              RETURNING locked_until_ms",
-        )?
-        .query_row(
-            params![
-                signed.account,
-                signed.tx_hash.to_ascii_lowercase(),
-                now,
-                until
-            ],
-            |row| row.get(0),
-        )
-        .optional()?)
-}
+            )?
+            .query_row(
+                params![
+                    signed.account,
+                    signed.tx_hash.to_ascii_lowercase(),
+                    now,
+                    until
+                ],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
 
-impl SqliteStore {
-    /// An acquire as a write of the group commit, once its duration is checked.
-    fn acquire_write(
-        &self,
-        duration: Option<Duration>,
-    ) -> Result<
-        impl FnOnce(&Connection, i64) -> Result<ChannelLease, StoreError> + Send + 'static,
-        StoreError,
-    > {
-        let limits = self.limits;
-        let duration = duration.unwrap_or(limits.default_lock);
-        if duration.is_zero() || duration > limits.max_lock {
-            return Err(StoreError::InvalidLockDuration {
-                requested_ms: duration.as_millis() as u64,
-                max_ms: limits.max_lock.as_millis() as u64,
-            });
-        }
-        let token = new_token();
-        Ok(move |conn: &Connection, now: i64| {
-            let until = now.saturating_add(duration.as_millis() as i64);
-            lease(conn, now, until, token)
-        })
+    fn insert_audit(&mut self, now: i64, entry: &AuditEntry) -> Result<(), StoreError> {
+        Ok(super::audit::insert_audit(self, now, entry)?)
     }
 }
 
-fn release_write(
-    account: &str,
-    lock_token: &str,
-) -> impl FnOnce(&Connection, i64) -> Result<(), StoreError> + Send + 'static {
-    let (account, lock_token) = (account.to_string(), lock_token.to_string());
-    move |conn, now| release_lease(conn, now, &account, &lock_token)
-}
+impl Backend for SqliteStore {
+    type Connection = Connection;
 
-impl ChannelLocks for SqliteStore {
-    fn acquire(&self, duration: Option<Duration>) -> Result<ChannelLease, StoreError> {
-        self.writer.write(self.acquire_write(duration)?)
+    fn writer(&self) -> &Writer<Connection> {
+        &self.writer
     }
 
-    fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
-        self.writer.write(release_write(account, lock_token))
+    fn lock_limits(&self) -> LockLimits {
+        self.limits
     }
 
-    fn submit_acquire(&self, duration: Option<Duration>) -> crate::store::Pending<ChannelLease> {
-        match self.acquire_write(duration) {
-            Ok(write) => self.writer.submit(write),
-            Err(refused) => crate::store::ready(Err(refused)),
-        }
+    fn audit_rows(&self, limit: u32) -> Result<Vec<crate::store::AuditRow>, StoreError> {
+        SqliteStore::audit_rows(self, limit)
     }
 
-    fn submit_release(&self, account: &str, lock_token: &str) -> crate::store::PendingWrite {
-        self.writer.submit(release_write(account, lock_token))
-    }
-
-    fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
-        let hashes = hashes.to_vec();
-        self.writer
-            .write(move |conn, now| unlock_hashes(conn, now, &hashes))
-    }
-
-    fn record_signed(
-        &self,
-        account: &str,
-        tx_hash: &str,
-        max_time_unix_s: Option<u64>,
-    ) -> Result<i64, StoreError> {
-        let limits = self.limits;
-        let signed = SignedChannelTx {
-            account: account.to_string(),
-            tx_hash: tx_hash.to_string(),
-            max_time_unix_s,
-        };
-        self.writer.write(move |conn, now| {
-            extend_for_signed(conn, now, limits, &signed)?
-                .ok_or(StoreError::UnknownChannelAccount(signed.account))
-        })
-    }
-
-    fn withdraw_idle(
-        &self,
-        count: u32,
-        caller_uid: Option<u32>,
-    ) -> Result<Vec<String>, StoreError> {
+    fn take_idle(&self, count: u32, caller_uid: Option<u32>) -> Result<Vec<String>, StoreError> {
         self.write_durably(|tx, now| {
             let mut taken = tx.prepare(
                 "DELETE FROM channel_locks WHERE public_key IN (
@@ -269,23 +189,14 @@ impl ChannelLocks for SqliteStore {
                      updated_at_ms = ?2 WHERE public_key = ?1",
                     params![account, now],
                 )?;
-                let entry = AuditEntry {
-                    caller_uid,
-                    public_key: Some(account.clone()),
-                    tx_hash: None,
-                    kind: "channel_withdrawn".into(),
-                    outcome: "ok".into(),
-                    detail: Some(
-                        "left the pool, to be merged into the distribution account".into(),
-                    ),
-                };
+                let entry = crate::store::withdrawal_audit(account, caller_uid);
                 super::audit::insert_audit(tx, now, &entry)?;
             }
             Ok(accounts)
         })
     }
 
-    fn summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError> {
+    fn channel_summary(&self, with_accounts: bool) -> Result<ChannelSummary, StoreError> {
         let now = self.now();
         let conn = self.pool.get()?;
         let (total, locked, expired): (i64, i64, i64) = conn.query_row(
@@ -304,16 +215,9 @@ impl ChannelLocks for SqliteStore {
             let rows = statement.query_map(params![], |row| {
                 let locked_until: i64 = row.get(2)?;
                 let has_token: bool = row.get(3)?;
-                let status = if locked_until > now {
-                    "locked"
-                } else if has_token {
-                    "expired"
-                } else {
-                    "idle"
-                };
                 Ok(ChannelRow {
                     account: row.get(0)?,
-                    status,
+                    status: crate::store::channel_status(now, locked_until, has_token),
                     locked_at_ms: row.get(1)?,
                     locked_until_ms: (locked_until > 0).then_some(locked_until),
                     tx_hash: row.get(4)?,

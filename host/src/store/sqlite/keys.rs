@@ -8,30 +8,6 @@ use crate::store::{
 };
 use rusqlite::{OptionalExtension, params};
 
-fn validate(key: &NewKey) -> Result<(), StoreError> {
-    if stellar_strkey::ed25519::PublicKey::from_string(&key.public_key).is_err() {
-        return Err(StoreError::InvalidKey(format!(
-            "{:?} is not a Stellar account public key (G...)",
-            key.public_key
-        )));
-    }
-    if key.kms_key_id.is_empty() {
-        return Err(StoreError::InvalidKey("kms_key_id is empty".into()));
-    }
-    if key.kms_ciphertext.is_empty() {
-        return Err(StoreError::InvalidKey("kms_ciphertext is empty".into()));
-    }
-    match (key.format, &key.sealed_seed) {
-        (KeyFormat::Envelope, None) => Err(StoreError::InvalidKey(
-            "the envelope format needs a sealed seed".into(),
-        )),
-        (KeyFormat::KmsDirect, Some(_)) => Err(StoreError::InvalidKey(
-            "the kms-direct format has no sealed seed".into(),
-        )),
-        _ => Ok(()),
-    }
-}
-
 const KEY_COLUMNS: &str = "public_key, role, format, kms_key_id, kms_ciphertext, sealed_seed, \
                            state, created_at_ms, updated_at_ms, provisioning_tx_hash, \
                            provisioning_max_time_s, pending_for, pending_reason";
@@ -80,7 +56,7 @@ impl KeyStore for SqliteStore {
     /// database and its directory) before returning: either all are stored or none.
     fn insert_keys_audited(&self, keys: &[NewKey], audit: &[AuditEntry]) -> Result<(), StoreError> {
         for key in keys {
-            validate(key)?;
+            key.validate()?;
         }
         self.write_durably(|tx, now| {
             for key in keys {
@@ -101,13 +77,7 @@ impl KeyStore for SqliteStore {
                         });
                     }
                 }
-                let pending_for = match (key.state, key.pending_for, key.role) {
-                    (KeyState::Pending, Some(reason), _) => Some(reason.as_str()),
-                    (KeyState::Pending, None, KeyRole::Channel) => {
-                        Some(PendingFor::Creation.as_str())
-                    }
-                    _ => None,
-                };
+                let pending_for = key.stored_pending_for().map(PendingFor::as_str);
                 let inserted = tx.execute(
                     "INSERT INTO keys (public_key, role, format, kms_key_id, kms_ciphertext, \
                      sealed_seed, state, created_at_ms, updated_at_ms, pending_for) \
@@ -177,7 +147,7 @@ impl KeyStore for SqliteStore {
         expected_ciphertext: &[u8],
         audit: &[AuditEntry],
     ) -> Result<(), StoreError> {
-        validate(replacement)?;
+        replacement.validate()?;
         self.write_durably(|tx, now| {
             let updated = tx.execute(
                 "UPDATE keys SET format = ?2, kms_key_id = ?3, kms_ciphertext = ?4, \

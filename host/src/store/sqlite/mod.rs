@@ -8,7 +8,6 @@ mod channels;
 mod keys;
 mod pool;
 mod schema;
-mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use std::time::Duration;
 
 pub use schema::SCHEMA_VERSION;
 
+use super::group_commit::{Session, Writer};
 use super::{Clock, LockLimits, Store, StoreError, system_clock};
 
 /// Pooled connections for reads and durable key writes. Signing and channel traffic
@@ -27,7 +27,7 @@ const MAX_CONNECTIONS: u32 = 32;
 pub struct SqliteStore {
     pool: Arc<pool::Pool>,
     /// Lock and audit writes, group-committed.
-    writer: Arc<writer::Writer>,
+    writer: Arc<Writer<rusqlite::Connection>>,
     clock: Clock,
     limits: LockLimits,
 }
@@ -64,7 +64,14 @@ impl SqliteStore {
         }
         // The database file and its WAL now exist: make their directory entries durable.
         pool.sync_dir()?;
-        let writer = writer::Writer::start(path, busy_timeout, clock.clone())?;
+        let writer_path = path.to_path_buf();
+        let connect = move || {
+            pool::open(&writer_path, busy_timeout).map_err(|source| StoreError::Open {
+                path: writer_path.clone(),
+                source,
+            })
+        };
+        let writer = Writer::start(Box::new(connect), clock.clone())?;
         Ok(SqliteStore {
             pool: Arc::new(pool),
             writer: Arc::new(writer),
@@ -107,6 +114,19 @@ impl SqliteStore {
         let value = result?;
         self.pool.sync_dir()?;
         Ok(value)
+    }
+}
+
+/// The group-commit writer's connection: `BEGIN IMMEDIATE` takes SQLite's write lock
+/// (across processes) before the batch's first statement.
+impl Session for rusqlite::Connection {
+    fn begin(&mut self) -> Result<(), String> {
+        self.control("BEGIN IMMEDIATE")
+    }
+
+    fn control(&mut self, sql: &str) -> Result<(), String> {
+        self.execute_batch(sql)
+            .map_err(|e| format!("database error: {e}"))
     }
 }
 

@@ -89,7 +89,7 @@ impl Pool {
 
     pub fn get(&self) -> Result<Pooled, StoreError> {
         self.connections.get().map_err(|e| StoreError::Pool {
-            path: self.path.clone(),
+            database: self.path.display().to_string(),
             message: e.to_string(),
         })
     }

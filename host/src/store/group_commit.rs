@@ -1,16 +1,13 @@
-//! Group commit for the hot writes (channel locks and audit rows): one thread owns a
-//! connection, takes every write that is waiting, runs each in a savepoint of one
-//! `BEGIN IMMEDIATE` transaction, commits once, and only then answers each caller. A
+//! Group commit for the hot writes (channel locks and audit rows), for every backend:
+//! one thread owns a connection, takes every write that is waiting, runs each in a
+//! savepoint of one transaction, commits once, and only then answers each caller. A
 //! write that fails rolls back its own savepoint and leaves the others in; a failed
 //! commit fails them all. So an answer never leaves before its rows are committed (the
-//! audit stays fail-closed), and SQLite's single writer still orders every lock change.
+//! audit stays fail-closed), and the database still orders every lock change.
 
-use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::Duration;
 
-use rusqlite::Connection;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::store::{Clock, Pending, StoreError};
 
@@ -19,10 +16,27 @@ const MAX_BATCH: usize = 512;
 /// Writes waiting at most; a caller beyond it waits for room.
 const QUEUE: usize = 4096;
 
+/// The writer's connection, as each backend drives it. Transactions and savepoints are
+/// plain SQL (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`), which both backends speak.
+pub trait Session: Send + 'static {
+    /// Starts the batch's transaction (SQLite: `BEGIN IMMEDIATE`, the write lock first).
+    fn begin(&mut self) -> Result<(), String>;
+    /// Runs transaction-control SQL.
+    fn control(&mut self, sql: &str) -> Result<(), String>;
+    /// Whether the connection is gone (a database restart): then the writer opens a
+    /// new one before its next batch.
+    fn is_broken(&mut self) -> bool {
+        false
+    }
+}
+
+/// Opens the writer's connection (again, after it broke).
+pub type Connect<C> = Box<dyn FnMut() -> Result<C, StoreError> + Send>;
+
 /// One write: given the transaction (a savepoint of it) and the time, runs and hands
 /// back what to tell its caller once the transaction has committed or failed; given
 /// `None` it never runs and its caller hears the batch's error.
-type Job = Box<dyn FnOnce(Option<(&Connection, i64)>) -> Outcome + Send>;
+type Job<C> = Box<dyn FnOnce(Option<(&mut C, i64)>) -> Outcome + Send>;
 
 struct Outcome {
     applied: bool,
@@ -30,20 +44,19 @@ struct Outcome {
 }
 
 /// The handle the store keeps; the thread ends when the last handle is dropped.
-pub struct Writer {
-    jobs: SyncSender<Job>,
+pub struct Writer<C> {
+    jobs: SyncSender<Job<C>>,
 }
 
-impl Writer {
-    pub fn start(path: &Path, busy_timeout: Duration, clock: Clock) -> Result<Writer, StoreError> {
-        let conn = super::pool::open(path, busy_timeout).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+impl<C: Session> Writer<C> {
+    /// Opens the first connection here, so a database that cannot be reached stops
+    /// start-up, then hands it to the writer thread.
+    pub fn start(mut connect: Connect<C>, clock: Clock) -> Result<Writer<C>, StoreError> {
+        let conn = connect()?;
         let (jobs, queue) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, &queue, &clock))
+            .spawn(move || run(Some(conn), connect, &queue, &clock))
             .map_err(|e| StoreError::Writer(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer { jobs })
     }
@@ -51,7 +64,7 @@ impl Writer {
     /// Runs `write` in the next group commit and returns its result once committed.
     pub fn write<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+        write: impl FnOnce(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = sync_channel::<Result<T, StoreError>>(1);
         self.jobs
@@ -69,7 +82,7 @@ impl Writer {
     /// the blocking pool; a stopped writer drops the job, and with it the answer.
     pub fn submit<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+        write: impl FnOnce(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
     ) -> Pending<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = job(write, move |result| {
@@ -90,10 +103,10 @@ impl Writer {
 }
 
 /// Wraps a write and where its answer goes into a job for the writer thread.
-fn job<T: Send + 'static>(
-    write: impl FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+fn job<C, T: Send + 'static>(
+    write: impl FnOnce(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
     reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
-) -> Job {
+) -> Job<C> {
     Box::new(move |slot| {
         let result = slot.map(|(conn, now)| write(conn, now));
         Outcome {
@@ -110,7 +123,12 @@ fn job<T: Send + 'static>(
     })
 }
 
-fn run(mut conn: Connection, queue: &Receiver<Job>, clock: &Clock) {
+fn run<C: Session>(
+    mut conn: Option<C>,
+    mut connect: Connect<C>,
+    queue: &Receiver<Job<C>>,
+    clock: &Clock,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -119,7 +137,23 @@ fn run(mut conn: Connection, queue: &Receiver<Job>, clock: &Clock) {
                 Err(_) => break,
             }
         }
-        let (outcomes, committed) = commit_batch(&mut conn, batch, clock);
+        if conn.as_mut().is_none_or(Session::is_broken) {
+            conn = None;
+            match connect() {
+                Ok(fresh) => {
+                    warn!("store writer reconnected to the database");
+                    conn = Some(fresh);
+                }
+                Err(e) => error!(error = %e, "store writer cannot reconnect to the database"),
+            }
+        }
+        let (outcomes, committed) = match conn.as_mut() {
+            Some(conn) => commit_batch(conn, batch, clock),
+            None => (
+                batch.into_iter().map(|job| job(None)).collect(),
+                Err("the database cannot be reached".to_string()),
+            ),
+        };
         if let Err(message) = &committed {
             error!(writes = outcomes.len(), %message, "store group commit failed");
         }
@@ -135,49 +169,48 @@ fn run(mut conn: Connection, queue: &Receiver<Job>, clock: &Clock) {
     }
 }
 
-fn commit_batch(
-    conn: &mut Connection,
-    batch: Vec<Job>,
+fn commit_batch<C: Session>(
+    conn: &mut C,
+    batch: Vec<Job<C>>,
     clock: &Clock,
 ) -> (Vec<Outcome>, Result<(), String>) {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate);
-    let mut tx = match tx {
-        Ok(tx) => tx,
-        Err(e) => {
-            outcomes.extend(jobs.map(|job| job(None)));
-            return (outcomes, Err(format!("database error: {e}")));
-        }
-    };
+    if let Err(message) = conn.begin() {
+        outcomes.extend(jobs.map(|job| job(None)));
+        return (outcomes, Err(message));
+    }
     let mut broken = None;
     for job in jobs.by_ref() {
         let now = clock();
-        let mut savepoint = match tx.savepoint() {
-            Ok(savepoint) => savepoint,
-            Err(e) => {
-                outcomes.push(job(None));
-                broken = Some(format!("database error: {e}"));
-                break;
-            }
-        };
-        let outcome = job(Some((&savepoint, now)));
-        if outcome.applied {
-            savepoint.set_drop_behavior(rusqlite::DropBehavior::Commit);
+        if let Err(message) = conn.control("SAVEPOINT write") {
+            outcomes.push(job(None));
+            broken = Some(message);
+            break;
         }
-        let kept = savepoint.finish();
+        let outcome = job(Some((&mut *conn, now)));
+        let kept = if outcome.applied {
+            conn.control("RELEASE SAVEPOINT write")
+        } else {
+            conn.control("ROLLBACK TO SAVEPOINT write")
+                .and_then(|()| conn.control("RELEASE SAVEPOINT write"))
+        };
         outcomes.push(outcome);
-        if let Err(e) = kept {
-            broken = Some(format!("database error: {e}"));
+        if let Err(message) = kept {
+            broken = Some(message);
             break;
         }
     }
     if let Some(message) = broken {
         // Nothing of this batch is committed: a half-kept savepoint is no state to keep.
-        drop(tx);
+        let _ = conn.control("ROLLBACK");
         outcomes.extend(jobs.map(|job| job(None)));
         return (outcomes, Err(message));
     }
-    let committed = tx.commit().map_err(|e| format!("database error: {e}"));
+    let committed = conn.control("COMMIT");
+    if committed.is_err() {
+        // A failed COMMIT (SQLite: busy) leaves the transaction open.
+        let _ = conn.control("ROLLBACK");
+    }
     (outcomes, committed)
 }

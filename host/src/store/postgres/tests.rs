@@ -1,0 +1,92 @@
+//! PostgreSQL-only checks; the behaviour every backend shares is in `store/tests.rs`.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use super::*;
+use crate::store::tests::{PostgresSchema, acquire_concurrently, channel};
+use crate::store::{ChannelLocks, KeyStore, SCHEMA_VERSION};
+
+fn open(schema: &PostgresSchema) -> Result<PostgresStore, StoreError> {
+    let target = PostgresTarget::new(&schema.url, None)?;
+    PostgresStore::open(target, LockLimits::default(), Duration::from_secs(10))
+}
+
+/// Hosts starting at once migrate the database once between them; a database a newer
+/// signer-host migrated is refused at start-up and by the readiness check.
+#[test]
+fn hosts_starting_together_migrate_once_and_a_newer_schema_is_refused() {
+    let schema = PostgresSchema::create();
+    let barrier = Arc::new(Barrier::new(3));
+    let hosts: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, barrier) = (schema.url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let target = PostgresTarget::new(&url, None).unwrap();
+                PostgresStore::open(target, LockLimits::default(), Duration::from_secs(10))
+            })
+        })
+        .collect();
+    let stores: Vec<PostgresStore> = hosts
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    let mut client = stores[0].target().connect().unwrap();
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, SCHEMA_VERSION);
+    stores[0].check().unwrap();
+
+    client
+        .execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES ($1, 'from_a_newer_host', '2027-01-01', '0')",
+            &[&(SCHEMA_VERSION as i32 + 1)],
+        )
+        .unwrap();
+    let refused = open(&schema).unwrap_err();
+    assert!(
+        matches!(refused, StoreError::SchemaTooNew { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{refused}"
+    );
+    assert!(matches!(
+        stores[1].check(),
+        Err(StoreError::SchemaTooNew { .. })
+    ));
+}
+
+/// Three hosts (three stores, each with its own writer and pool) on one database, 48
+/// threads acquiring and releasing: no account is ever held by two at once. Without
+/// `FOR UPDATE SKIP LOCKED` a host's UPDATE re-checks only the account it chose, after
+/// another host's commit, and leases it a second time.
+#[test]
+fn three_hosts_on_one_database_never_share_an_account() {
+    const ACCOUNTS: u32 = 24;
+    let schema = PostgresSchema::create();
+    let first = open(&schema).unwrap();
+    first
+        .insert_keys(&(0..ACCOUNTS).map(channel).collect::<Vec<_>>())
+        .unwrap();
+    let hosts = [first, open(&schema).unwrap(), open(&schema).unwrap()];
+    acquire_concurrently(&hosts, ACCOUNTS, 48, 60);
+    let summary = hosts[2].summary(false).unwrap();
+    assert_eq!((summary.locked, summary.idle), (0, u64::from(ACCOUNTS)));
+}
+
+/// The URL's password never reaches logs, errors or `/readyz`.
+#[test]
+fn the_description_names_the_database_but_not_the_password() {
+    let target = PostgresTarget::new(
+        "postgres://signer:hunter2@db.internal:6432/signer?sslmode=require",
+        None,
+    )
+    .unwrap();
+    assert_eq!(target.describe(), "signer@db.internal:6432/signer");
+    assert!(!format!("{target:?}").contains("hunter2"));
+    let refused =
+        PostgresTarget::new("postgres://signer:hunter2@db/x?sslmode=nonsense", None).unwrap_err();
+    assert!(!refused.to_string().contains("hunter2"), "{refused}");
+}
