@@ -1,12 +1,12 @@
 //! Keys and channel locks through the real host binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use harness::{Stack, fake_ciphertext, register_body, spawn_host, test_account, wait_ready_at};
+use harness::{
+    Stack, acquire_exclusively, fake_ciphertext, register_body, spawn_host, test_account,
+    wait_ready_at,
+};
 use host::api_client::{ApiConnection, request_once};
 use host::store::{ChannelLocks, KeyRole, KeyStore, LockLimits, SqliteStore};
 use hyper::{Method, StatusCode};
@@ -218,56 +218,9 @@ async fn sixty_four_clients_on_two_host_processes_never_share_an_account() {
     let (_second, second_socket) = stack.second_host("host-b").await;
     let sockets = [stack.host_socket.clone(), second_socket];
 
-    let index: Arc<HashMap<String, usize>> = Arc::new(
-        (0..ACCOUNTS)
-            .map(|i| (test_account(i), i as usize))
-            .collect(),
-    );
-    let held: Arc<Vec<AtomicBool>> =
-        Arc::new((0..ACCOUNTS).map(|_| AtomicBool::new(false)).collect());
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|client| {
-            let socket = sockets[client % 2].clone();
-            let index = index.clone();
-            let held = held.clone();
-            tokio::spawn(async move {
-                let mut conn = ApiConnection::connect(&socket).await.unwrap();
-                let mut done = 0;
-                while done < ROUNDS {
-                    let (status, lease) = conn
-                        .request(Method::POST, "/v1/channels/acquire", Some(&json!({})))
-                        .await
-                        .unwrap();
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                        continue;
-                    }
-                    assert_eq!(status, StatusCode::OK, "{lease}");
-                    let account = lease["account"].as_str().unwrap().to_string();
-                    let slot = &held[index[&account]];
-                    assert!(
-                        !slot.swap(true, Ordering::SeqCst),
-                        "{account} handed out twice"
-                    );
-                    tokio::task::yield_now().await;
-                    slot.store(false, Ordering::SeqCst);
-                    let (status, body) = conn
-                        .request(
-                            Method::POST,
-                            "/v1/channels/release",
-                            Some(&json!({"account": account, "lock_token": lease["lock_token"]})),
-                        )
-                        .await
-                        .unwrap();
-                    assert_eq!(status, StatusCode::OK, "{body}");
-                    done += 1;
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let per_host =
+        acquire_exclusively(&sockets, ACCOUNTS, CLIENTS, (CLIENTS * ROUNDS) as u64).await;
+    assert!(per_host.iter().all(|&n| n > 0), "{per_host:?}");
     let (_, summary) = stack.get("/v1/channels").await;
     assert_eq!(summary["locked"], 0);
     assert_eq!(summary["idle"], ACCOUNTS);

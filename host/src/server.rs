@@ -27,11 +27,14 @@ pub struct BoundHost {
 }
 
 impl BoundHost {
-    pub fn bind(config: Config) -> anyhow::Result<BoundHost> {
+    pub async fn bind(config: Config) -> anyhow::Result<BoundHost> {
         config.validate()?;
         // Open the store first: a bad database (e.g. a newer schema) must stop start-up
-        // before callers can connect.
-        let store = crate::store::open(&config.store, config.channels.lock_limits())?;
+        // before callers can connect. Off the async workers: store calls block.
+        let (store_config, limits) = (config.store.clone(), config.channels.lock_limits());
+        let store = tokio::task::spawn_blocking(move || crate::store::open(&store_config, limits))
+            .await
+            .context("opening the store")??;
         if let Some(parent) = config.api.socket.parent()
             && !parent.as_os_str().is_empty()
         {

@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use host::api_client::request_once;
 use host::store::{AuditLog, KeyStore};
 
+pub mod postgres;
 pub mod raw_enclave;
 pub mod stellar;
 pub mod stub_rpc;
@@ -143,18 +144,7 @@ impl Stack {
             std::time::Duration::from_secs(5),
         )
         .unwrap();
-        let keys: Vec<host::store::NewKey> = range
-            .map(|i| host::store::NewKey {
-                public_key: test_account(i),
-                role,
-                format: host::store::KeyFormat::KmsDirect,
-                kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/test".into(),
-                kms_ciphertext: fake_ciphertext(i),
-                sealed_seed: None,
-                state: host::store::KeyState::Active,
-                pending_for: None,
-            })
-            .collect();
+        let keys = active_keys(range, role);
         host::store::KeyStore::insert_keys(&store, &keys).unwrap();
     }
 
@@ -203,6 +193,18 @@ impl Stack {
 }
 
 pub fn spawn_host(dir: &Path, name: &str, socket: &Path, enclave_socket: &Path, db: &Path) -> Proc {
+    spawn_host_on(dir, name, socket, enclave_socket, db.as_os_str(), &[])
+}
+
+/// A host on `store` (a SQLite path or a database URL), with `extra` flags.
+pub fn spawn_host_on(
+    dir: &Path,
+    name: &str,
+    socket: &Path,
+    enclave_socket: &Path,
+    store: &std::ffi::OsStr,
+    extra: &[&str],
+) -> Proc {
     Proc::spawn(
         Command::new(host_bin())
             .arg("serve")
@@ -211,7 +213,8 @@ pub fn spawn_host(dir: &Path, name: &str, socket: &Path, enclave_socket: &Path, 
             .arg("--enclave")
             .arg(format!("unix://{}", enclave_socket.display()))
             .arg("--store")
-            .arg(db),
+            .arg(store)
+            .args(extra),
         dir.join(format!("{name}.log")),
     )
 }
@@ -256,6 +259,105 @@ pub fn register_body(i: u32, role: &str) -> serde_json::Value {
         "kms_key_id": "arn:aws:kms:us-east-1:111122223333:key/test",
         "ciphertext": base64::engine::general_purpose::STANDARD.encode(fake_ciphertext(i)),
     })
+}
+
+/// `clients` API clients spread over `sockets` (hosts sharing one store) acquire,
+/// hold and release channel accounts `0..accounts` until `acquisitions` are done,
+/// asserting that no account is ever held by two at once (an exhausted pool, 429, is
+/// waited out). Returns the acquisitions through each socket.
+pub async fn acquire_exclusively(
+    sockets: &[PathBuf],
+    accounts: u32,
+    clients: usize,
+    acquisitions: u64,
+) -> Vec<u64> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let index: Arc<std::collections::HashMap<String, usize>> = Arc::new(
+        (0..accounts)
+            .map(|i| (test_account(i), i as usize))
+            .collect(),
+    );
+    let held: Arc<Vec<AtomicBool>> =
+        Arc::new((0..accounts).map(|_| AtomicBool::new(false)).collect());
+    let acquired = Arc::new(AtomicU64::new(0));
+    let per_socket: Arc<Vec<AtomicU64>> =
+        Arc::new(sockets.iter().map(|_| AtomicU64::new(0)).collect());
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let which = client % sockets.len();
+            let socket = sockets[which].clone();
+            let (index, held, acquired, per_socket) = (
+                index.clone(),
+                held.clone(),
+                acquired.clone(),
+                per_socket.clone(),
+            );
+            tokio::spawn(async move {
+                let mut conn = host::api_client::ApiConnection::connect(&socket)
+                    .await
+                    .unwrap();
+                while acquired.load(Ordering::Relaxed) < acquisitions {
+                    let (status, lease) = conn
+                        .request(
+                            Method::POST,
+                            "/v1/channels/acquire",
+                            Some(&serde_json::json!({})),
+                        )
+                        .await
+                        .unwrap();
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                    assert_eq!(status, StatusCode::OK, "{lease}");
+                    acquired.fetch_add(1, Ordering::Relaxed);
+                    per_socket[which].fetch_add(1, Ordering::Relaxed);
+                    let account = lease["account"].as_str().unwrap().to_string();
+                    let slot = &held[index[&account]];
+                    assert!(
+                        !slot.swap(true, Ordering::SeqCst),
+                        "{account} handed out twice"
+                    );
+                    tokio::task::yield_now().await;
+                    slot.store(false, Ordering::SeqCst);
+                    let release =
+                        serde_json::json!({"account": account, "lock_token": lease["lock_token"]});
+                    let (status, body) = conn
+                        .request(Method::POST, "/v1/channels/release", Some(&release))
+                        .await
+                        .unwrap();
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    per_socket
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect()
+}
+
+/// Keys `range` of `role`, active, with fake ciphertexts: for tests of the pool.
+pub fn active_keys(
+    range: std::ops::Range<u32>,
+    role: host::store::KeyRole,
+) -> Vec<host::store::NewKey> {
+    range
+        .map(|i| host::store::NewKey {
+            public_key: test_account(i),
+            role,
+            format: host::store::KeyFormat::KmsDirect,
+            kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/test".into(),
+            kms_ciphertext: fake_ciphertext(i),
+            sealed_seed: None,
+            state: host::store::KeyState::Active,
+            pending_for: None,
+        })
+        .collect()
 }
 
 pub fn fake_ciphertext(i: u32) -> Vec<u8> {

@@ -371,7 +371,7 @@ async fn run_stack(
     config.enclave.precheck_signing_policy = !options.no_host_policy_precheck;
     config.signing_policy.soroban_contracts = options.soroban_contracts.clone();
     let config = config.with_overrides(&options.host_sets)?;
-    let host = BoundHost::bind(config)?;
+    let host = BoundHost::bind(config).await?;
     let serving = tokio::spawn(host.run(shutdown.clone()));
 
     let started = async {

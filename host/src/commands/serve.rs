@@ -55,8 +55,12 @@ impl ConfigArgs {
             sets.push(format!("enclave.endpoint={}", quoted(enclave.to_string())));
         }
         if let Some(store) = &self.store {
-            let field = if store.contains("://") { "url" } else { "path" };
-            sets.push(format!("store.{field}={}", quoted(store.clone())));
+            // store.url is a secret field, taken verbatim (never parsed as TOML).
+            sets.push(if store.contains("://") {
+                format!("store.url={store}")
+            } else {
+                format!("store.path={}", quoted(store.clone()))
+            });
         }
         let sources = ConfigSources::with_process_env(self.config.clone(), sets);
         Ok(Config::resolve(&sources)?)
@@ -65,6 +69,6 @@ impl ConfigArgs {
 
 /// Serves until the first SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let host = BoundHost::bind(args.config.effective_config()?)?;
+    let host = BoundHost::bind(args.config.effective_config()?).await?;
     host.run(crate::server::shutdown_on_signal()).await
 }

@@ -240,9 +240,9 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", postgres_detail(.0))]
     Postgres(#[from] ::postgres::Error),
-    #[error("database {database}: cannot connect: {source}")]
+    #[error("database {database}: cannot connect: {}", postgres_detail(.source))]
     Connect {
         database: String,
         source: ::postgres::Error,
@@ -263,6 +263,21 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// A PostgreSQL error with what the server or the connection said: the driver's own
+/// `Display` is only its kind ("db error").
+pub fn postgres_detail(error: &::postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 impl StoreError {

@@ -66,7 +66,7 @@ pub async fn pairs(
         relay: &Endpoint::Unix(dir.join("kms-relay.sock")),
         kms_url: &stack.processes.kms_url,
     });
-    let host = BoundHost::bind(config)?;
+    let host = BoundHost::bind(config).await?;
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(host.run(shutdown.clone()));
     let result = async {

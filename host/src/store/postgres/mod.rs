@@ -233,7 +233,7 @@ impl Session for PgSession {
         };
         self.client
             .batch_execute(sql)
-            .map_err(|e| format!("database error: {e}"))
+            .map_err(|e| format!("database error: {}", super::postgres_detail(&e)))
     }
 
     fn is_broken(&mut self) -> bool {
