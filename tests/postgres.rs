@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::acquire_exclusively;
 use harness::postgres::{PostgresDb, hosts_on};
+use harness::stellar::{b64, user_payment};
+use harness::{Dev, acquire_exclusively};
 use host::api_client::ApiConnection;
 use host::store::ChannelLocks;
 use hyper::{Method, StatusCode};
@@ -111,4 +112,47 @@ async fn a_host_killed_mid_acquire_leaks_no_lock_beyond_its_expiry() {
             .get(0)
     });
     assert_eq!(open_transactions, 0);
+}
+
+/// `signer-dev up --store postgres://…`: the local stack on PostgreSQL. Keys are
+/// generated and stored there (no SQLite file appears), a signature's audit row lands
+/// there, and a restart finds its distribution key there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_stack_runs_on_postgres_and_keeps_its_keys_there() {
+    let db = PostgresDb::create();
+    let dev = Dev::start(&["--store", &db.url]);
+    let distribution = dev.keys("distribution").await;
+    assert_eq!(distribution.len(), 1);
+    let channel = dev.keys("channel").await.remove(0);
+    let payment = b64(&user_payment(&channel, &channel, 1));
+    let (status, body) = dev
+        .call(
+            Method::POST,
+            "/v1/sign",
+            Some(json!({"transaction": payment, "signers": [channel]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let signed_rows: i64 = db.with_client(|client| {
+        client
+            .query_one(
+                "SELECT count(*) FROM audit_log \
+                 WHERE kind = 'sign' AND outcome = 'ok' AND public_key = $1",
+                &[&channel],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(signed_rows, 1);
+    assert!(!dev.state().join("signer.db").exists());
+    let (_, ready) = dev.call(Method::GET, "/readyz", None).await;
+    assert!(
+        ready.to_string().contains("PostgreSQL"),
+        "the store check names the backend: {ready}"
+    );
+
+    let (_, dir) = dev.stop_keeping_state();
+    let dev = Dev::start_in(dir, &["--store", &db.url]);
+    assert_eq!(dev.keys("distribution").await, distribution);
+    dev.stop();
 }

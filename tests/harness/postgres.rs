@@ -32,10 +32,8 @@ impl PostgresDb {
             let mut admin = postgres::Client::connect(&server, postgres::NoTls).unwrap();
             admin.batch_execute(&create).unwrap();
         });
-        // The server URL names its maintenance database last: swap in ours.
-        let base = server.rsplit_once('/').unwrap().0;
         PostgresDb {
-            url: format!("{base}/{name}"),
+            url: with_database(&server, &name),
             name,
         }
     }
@@ -76,6 +74,17 @@ impl Drop for PostgresDb {
                 let _ = admin.batch_execute(&drop);
             }
         });
+    }
+}
+
+/// `url` (`…/maintenance-db?params`) naming database `name` instead, parameters kept.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    if query.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{query}")
     }
 }
 

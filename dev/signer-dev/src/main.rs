@@ -59,6 +59,11 @@ enum Command {
         /// does (repeatable), e.g. `--host-set readiness.canary_period_secs=10`.
         #[arg(long = "host-set", value_name = "SECTION.FIELD=VALUE")]
         host_sets: Vec<String>,
+        /// The host's store: `postgres://user@host/dbname` runs the stack on PostgreSQL
+        /// (keep one database per state directory: its keys are sealed by this
+        /// directory's mock KMS); default SQLite at DIR/signer.db.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// A Stellar RPC stand-in on loopback (JSON-RPC 2.0, the published shapes) over a
     /// small ledger, for tests and for trying `signer-host channels ensure` locally.
@@ -95,6 +100,11 @@ enum Command {
         /// Also write the figures as JSON here (keys as in the README).
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also measure the channel pool on PostgreSQL (1 and 3 hosts) on this server:
+        /// the URL of any database there, as a role that may create databases (the
+        /// benchmark creates its own and drops it).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
     },
 }
 
@@ -133,8 +143,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             soroban_contract,
             kms_key_alias,
             previous_kms_key_alias,
-            host_sets,
+            mut host_sets,
+            store,
         } => {
+            // store.url is taken verbatim, as `signer-host serve --store URL` does.
+            host_sets.extend(store.map(|url| format!("store.url={url}")));
             let options = up::DevOptions {
                 host_sets,
                 kms_key_alias,
@@ -167,11 +180,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             requests,
             clients,
             json,
+            postgres,
         } => {
             bench::run(bench::BenchOptions {
                 requests,
                 clients,
                 json,
+                postgres,
             })
             .await
         }

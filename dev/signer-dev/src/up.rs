@@ -20,7 +20,6 @@ use tracing::{info, warn};
 use host::api_client::request_once;
 use host::config::{Config, CredentialsSource};
 use host::server::BoundHost;
-use host::store::{KeyRole, KeyState, KeyStore, LockLimits, SqliteStore};
 
 const READY_WAIT: Duration = Duration::from_secs(30);
 const CHILD_STOP_WAIT: Duration = Duration::from_secs(5);
@@ -345,7 +344,17 @@ async fn run_stack(
     // The distribution account is a measured setting; on the first run there is none
     // yet, so the enclave starts with a placeholder, generates it, and is restarted
     // with it (what an operator does with a first image, README §6).
-    let stored = stored_distribution(&db)?;
+    let mut config = dev_host_config(HostPaths {
+        socket: &host_socket,
+        db: &db,
+        enclave: &enclave_endpoint,
+        relay: &relay,
+        kms_url: &kms_url,
+    });
+    config.enclave.precheck_signing_policy = !options.no_host_policy_precheck;
+    config.signing_policy.soroban_contracts = options.soroban_contracts.clone();
+    let config = config.with_overrides(&options.host_sets)?;
+    let stored = stored_distribution(&config).await?;
     let distribution = stored
         .clone()
         .unwrap_or_else(|| PLACEHOLDER_DISTRIBUTION.to_string());
@@ -361,16 +370,6 @@ async fn run_stack(
     };
     start_enclave(options, &enclave_bin, &enclave, dir, children).await?;
 
-    let mut config = dev_host_config(HostPaths {
-        socket: &host_socket,
-        db: &db,
-        enclave: &enclave_endpoint,
-        relay: &relay,
-        kms_url: &kms_url,
-    });
-    config.enclave.precheck_signing_policy = !options.no_host_policy_precheck;
-    config.signing_policy.soroban_contracts = options.soroban_contracts.clone();
-    let config = config.with_overrides(&options.host_sets)?;
     let host = BoundHost::bind(config).await?;
     let serving = tokio::spawn(host.run(shutdown.clone()));
 
@@ -544,14 +543,16 @@ async fn dev_kms_key(kms_bin: &Path, kms_state: &Path, alias: &str) -> anyhow::R
         .context("signer-mock-kms printed no kms_key_arn")
 }
 
-/// The stored distribution account, if a previous run generated it.
-fn stored_distribution(db: &Path) -> anyhow::Result<Option<String>> {
-    let store = SqliteStore::open(db, LockLimits::default(), Duration::from_secs(5))?;
-    Ok(store
-        .list_keys(Some(KeyRole::Distribution))?
-        .into_iter()
-        .find(|k| k.state == KeyState::Active)
-        .map(|k| k.public_key))
+/// The stored distribution account, if a previous run generated it, from the store
+/// the host is configured with (off the async workers: store calls block).
+async fn stored_distribution(config: &Config) -> anyhow::Result<Option<String>> {
+    let (store, limits) = (config.store.clone(), config.channels.lock_limits());
+    let stored = tokio::task::spawn_blocking(move || {
+        let store = host::store::open(&store, limits)?;
+        host::store::active_distribution(store.as_ref())
+    })
+    .await??;
+    Ok(stored.map(|key| key.public_key))
 }
 
 /// Generates `count` keys of `role` in the enclave, through the host API.

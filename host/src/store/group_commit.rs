@@ -176,24 +176,23 @@ fn commit_batch<C: Session>(
 ) -> (Vec<Outcome>, Result<(), String>) {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
-    if let Err(message) = conn.begin() {
+    // One savepoint, kept across the batch: a write that succeeded is released and the
+    // savepoint set again in one statement, a failed one rolls back to it (which keeps
+    // it). One round trip per write besides its own statements, which on PostgreSQL is
+    // what a write costs.
+    if let Err(message) = conn.begin().and_then(|()| conn.control("SAVEPOINT write")) {
+        let _ = conn.control("ROLLBACK");
         outcomes.extend(jobs.map(|job| job(None)));
         return (outcomes, Err(message));
     }
     let mut broken = None;
     for job in jobs.by_ref() {
         let now = clock();
-        if let Err(message) = conn.control("SAVEPOINT write") {
-            outcomes.push(job(None));
-            broken = Some(message);
-            break;
-        }
         let outcome = job(Some((&mut *conn, now)));
         let kept = if outcome.applied {
-            conn.control("RELEASE SAVEPOINT write")
+            conn.control("RELEASE SAVEPOINT write; SAVEPOINT write")
         } else {
             conn.control("ROLLBACK TO SAVEPOINT write")
-                .and_then(|()| conn.control("RELEASE SAVEPOINT write"))
         };
         outcomes.push(outcome);
         if let Err(message) = kept {

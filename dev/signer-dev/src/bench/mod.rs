@@ -27,6 +27,9 @@ pub struct BenchOptions {
     pub requests: usize,
     pub clients: Vec<usize>,
     pub json: Option<PathBuf>,
+    /// A PostgreSQL server (the URL of any database on it, as a role that may create
+    /// databases) for the channel pool on PostgreSQL; not measured without it.
+    pub postgres: Option<String>,
 }
 
 /// Concurrency of the measurements quoted at one level only.
@@ -108,10 +111,22 @@ async fn per_call_figures(
         );
     }
     eprintln!("signer-dev bench: channels");
+    let pairs = options.requests / 2;
     for accounts in CHANNEL_POOLS {
-        let pairs =
-            channels::pairs(stack, scratch, accounts, FULL_LOAD, options.requests / 2).await?;
-        report.set(&format!("channels.a{accounts}.pairs_per_s"), pairs.per_s);
+        let pool = (channels::PoolStore::Sqlite, accounts);
+        let stats = channels::pairs(stack, scratch, pool, 1, FULL_LOAD, pairs).await?;
+        report.set(&format!("channels.a{accounts}.pairs_per_s"), stats.per_s);
+    }
+    if let Some(server_url) = &options.postgres {
+        eprintln!("signer-dev bench: channels on PostgreSQL");
+        for hosts in [1, 3] {
+            let pool = (channels::PoolStore::Postgres { server_url }, 1_000);
+            let stats = channels::pairs(stack, scratch, pool, hosts, FULL_LOAD, pairs).await?;
+            report.set(
+                &format!("channels_postgres.hosts{hosts}.pairs_per_s"),
+                stats.per_s,
+            );
+        }
     }
     Ok(())
 }

@@ -125,6 +125,12 @@ impl Report {
         );
         let _ = writeln!(
             out,
+            "  on PostgreSQL, 1,000 accounts: {} pairs/s with 1 host, {} with 3 hosts",
+            figure("channels_postgres.hosts1.pairs_per_s"),
+            figure("channels_postgres.hosts3.pairs_per_s")
+        );
+        let _ = writeln!(
+            out,
             "peak RSS: host {} MiB, enclave {} MiB",
             figure("rss_mib.host"),
             figure("rss_mib.enclave")

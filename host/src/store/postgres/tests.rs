@@ -90,3 +90,34 @@ fn the_description_names_the_database_but_not_the_password() {
         PostgresTarget::new("postgres://signer:hunter2@db/x?sslmode=nonsense", None).unwrap_err();
     assert!(!refused.to_string().contains("hunter2"), "{refused}");
 }
+
+/// TLS against the test server (a certificate for 127.0.0.1 from a throwaway CA):
+/// verified with the CA file, refused against the web PKI roots (an unknown issuer is
+/// no server to trust), and `sslmode=require` really encrypts.
+#[test]
+fn tls_is_verified_against_the_ca_file_and_refused_without_it() {
+    let ca = std::env::var("SIGNER_TEST_POSTGRES_CA")
+        .expect("SIGNER_TEST_POSTGRES_CA is not set: run through scripts/with-postgres");
+    let schema = PostgresSchema::create();
+    let url = schema.url.replace("sslmode=disable", "sslmode=require");
+    assert!(url.contains("sslmode=require"), "{url}");
+
+    let trusted = PostgresTarget::new(&url, Some(std::path::Path::new(&ca))).unwrap();
+    let mut client = trusted.connect().unwrap();
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(encrypted);
+
+    let untrusted = PostgresTarget::new(&url, None).unwrap();
+    let Err(refused) = untrusted.connect() else {
+        panic!("a certificate from an unknown CA was accepted");
+    };
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    let missing = PostgresTarget::new(&url, Some(std::path::Path::new("/nonexistent.pem")));
+    assert!(matches!(missing, Err(StoreError::BadUrl { .. })));
+}
