@@ -116,7 +116,8 @@ async fn a_host_killed_mid_acquire_leaks_no_lock_beyond_its_expiry() {
 
 /// `signer-dev up --store postgres://…`: the local stack on PostgreSQL. Keys are
 /// generated and stored there (no SQLite file appears), a signature's audit row lands
-/// there, and a restart finds its distribution key there.
+/// there, a shutdown with pooled connections open is clean, and a restart finds its
+/// distribution key there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_stack_runs_on_postgres_and_keeps_its_keys_there() {
     let db = PostgresDb::create();
@@ -150,6 +151,12 @@ async fn the_local_stack_runs_on_postgres_and_keeps_its_keys_there() {
         ready.to_string().contains("PostgreSQL"),
         "the store check names the backend: {ready}"
     );
+    // Readiness checks at once, so the pool holds several connections when the host
+    // stops: closing them on an async worker would panic (and abort) at shutdown.
+    let checks = (0..16).map(|_| dev.call(Method::GET, "/readyz", None));
+    for (status, body) in futures_util::future::join_all(checks).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 
     let (_, dir) = dev.stop_keeping_state();
     let dev = Dev::start_in(dir, &["--store", &db.url]);

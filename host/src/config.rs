@@ -288,8 +288,8 @@ pub struct StoreConfig {
     /// RDS: the region's bundle) instead of the web PKI roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// How long a statement waits for another writer (SQLite), or a connection to the
-    /// database is waited for (PostgreSQL), before failing.
+    /// How long a statement waits for another writer (SQLite), or (PostgreSQL) for a
+    /// connection, a pooled connection and a row another host holds, before failing.
     pub busy_timeout_ms: u64,
 }
 
@@ -331,36 +331,51 @@ impl StoreConfig {
     }
 }
 
-/// A database URL with its password (in the user part or a `password=` parameter)
-/// replaced by `[REDACTED]`, for output.
+/// A database URL with its password replaced by `[REDACTED]`, for output. Read as the
+/// driver reads it: the credentials run to the first `@` after the scheme (so a
+/// password may hold `/`, `?` or `:`), and a `password` parameter may have its name
+/// percent-encoded. Then checked against the driver's own parse: if the password it
+/// finds is still in the text, raw or percent-encoded, only the scheme is shown.
 pub fn redact_url_password(url: &str) -> String {
-    let mut shown = url.to_string();
-    if let Some(scheme_end) = shown.find("://") {
-        let authority_start = scheme_end + 3;
-        let authority_end = shown[authority_start..]
-            .find(['/', '?'])
-            .map_or(shown.len(), |i| authority_start + i);
-        if let Some(at) = shown[authority_start..authority_end].rfind('@')
-            && let Some(colon) = shown[authority_start..authority_start + at].find(':')
-        {
-            shown.replace_range(
-                authority_start + colon + 1..authority_start + at,
-                "[REDACTED]",
-            );
+    const HIDDEN: &str = "[REDACTED]";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL (a libpq key=value string, a typo): any of it may be the password.
+        return HIDDEN.to_string();
+    };
+    let (credentials, location) = match rest.split_once('@') {
+        Some((credentials, location)) => match credentials.split_once(':') {
+            Some((user, _)) => (format!("{user}:{HIDDEN}@"), location),
+            None => (format!("{credentials}@"), location),
+        },
+        None => (String::new(), rest),
+    };
+    let mut shown = format!("{scheme}://{credentials}");
+    // Every `name=value` after the credentials whose name is `password`: in the query,
+    // or wherever a malformed URL puts one.
+    let pieces: Vec<String> = location
+        .split('&')
+        .map(|piece| match piece.split_once('=') {
+            Some((before, _))
+                if percent_encoding::percent_decode_str(
+                    before.rsplit('?').next().unwrap_or(before),
+                )
+                .decode_utf8_lossy()
+                .eq_ignore_ascii_case("password") =>
+            {
+                format!("{before}={HIDDEN}")
+            }
+            _ => piece.to_string(),
+        })
+        .collect();
+    shown.push_str(&pieces.join("&"));
+    if let Ok(config) = url.parse::<postgres::Config>()
+        && let Some(password) = config.get_password().filter(|p| !p.is_empty())
+    {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(&shown).collect();
+        let holds = |text: &[u8]| text.windows(password.len()).any(|w| w == password);
+        if holds(shown.as_bytes()) || holds(&decoded) {
+            return format!("{scheme}://{HIDDEN}");
         }
-    }
-    if let Some(query_start) = shown.find('?') {
-        let (base, query) = shown.split_at(query_start + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if name.eq_ignore_ascii_case("password") => {
-                    format!("{name}=[REDACTED]")
-                }
-                _ => pair.to_string(),
-            })
-            .collect();
-        shown = format!("{base}{}", query.join("&"));
     }
     shown
 }
@@ -760,6 +775,60 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However the password is written, the driver would read it, and it is not shown.
+    #[test]
+    fn a_database_urls_password_is_never_shown() {
+        let cases = [
+            (
+                "postgres://signer:hunter2@db:6432/signer?sslmode=require",
+                "postgres://signer:[REDACTED]@db:6432/signer?sslmode=require",
+            ),
+            // The credentials run to the first '@', whatever they hold.
+            (
+                "postgres://signer:hun/ter?2:x@db/signer",
+                "postgres://signer:[REDACTED]@db/signer",
+            ),
+            (
+                "postgresql://signer:hun%74er2@db/signer",
+                "postgresql://signer:[REDACTED]@db/signer",
+            ),
+            (
+                "postgres://db/signer?user=signer&password=hunter2&sslmode=require",
+                "postgres://db/signer?user=signer&password=[REDACTED]&sslmode=require",
+            ),
+            (
+                "postgres://db/signer?pass%77ord=hunter2",
+                "postgres://db/signer?pass%77ord=[REDACTED]",
+            ),
+            ("postgres://signer@db/signer", "postgres://signer@db/signer"),
+            ("sqlite:///var/lib/signer.db", "sqlite:///var/lib/signer.db"),
+            ("host=db password=hunter2", "[REDACTED]"),
+        ];
+        for (url, expected) in cases {
+            let shown = redact_url_password(url);
+            assert_eq!(shown, expected, "{url}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("hun/ter"),
+                "{shown}"
+            );
+            if let Ok(config) = url.parse::<postgres::Config>()
+                && let Some(password) = config.get_password()
+            {
+                let password = String::from_utf8_lossy(password);
+                assert!(!shown.contains(&*password), "{url}: {shown}");
+            }
+        }
+        // A password the driver finds elsewhere (a host part holding '@') still
+        // hides the whole location.
+        let odd = "postgres://db/x?options=a@b&password=hunter2";
+        assert!(!redact_url_password(odd).contains("hunter2"));
+        let unknown = StoreConfig {
+            url: Some(SecretString("mysql://root:hunter2@db/x".to_string())),
+            ..StoreConfig::default()
+        };
+        assert!(!unknown.location().unwrap_err().contains("hunter2"));
+    }
 
     #[test]
     fn full_file_parses_and_defaults_fill_the_rest() {

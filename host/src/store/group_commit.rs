@@ -11,14 +11,14 @@ use tracing::{error, warn};
 
 use crate::store::{Clock, Pending, StoreError};
 
-/// Writes taken into one transaction at most.
-const MAX_BATCH: usize = 512;
 /// Writes waiting at most; a caller beyond it waits for room.
 const QUEUE: usize = 4096;
 
 /// The writer's connection, as each backend drives it. Transactions and savepoints are
 /// plain SQL (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`), which both backends speak.
 pub trait Session: Send + 'static {
+    /// Writes taken into one transaction at most.
+    const MAX_BATCH: usize = 512;
     /// Starts the batch's transaction (SQLite: `BEGIN IMMEDIATE`, the write lock first).
     fn begin(&mut self) -> Result<(), String>;
     /// Runs transaction-control SQL.
@@ -131,7 +131,7 @@ fn run<C: Session>(
 ) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < C::MAX_BATCH {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,

@@ -1,5 +1,6 @@
 //! The host's store: key ciphertexts, channel-account locks and the audit log, behind
-//! the [`Store`] trait so backends can be swapped (SQLite today, the default).
+//! the [`Store`] trait: SQLite (the default, embedded) or PostgreSQL (several hosts on
+//! one database).
 //!
 //! Nothing here is secret: the host only ever holds KMS ciphertexts (docs/design.md
 //! §2). What matters is that a key, once the API has said it is stored, survives any

@@ -2,6 +2,7 @@
 //! `postgres://user:password@host:port/dbname?sslmode=…` form), TLS by rustls against
 //! the web PKI roots or the CA file given (AWS RDS: its regional bundle).
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,6 +11,52 @@ use rustls::pki_types::pem::PemObject;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::StoreError;
+
+/// `url` with `sslmode=verify-ca` and `sslmode=verify-full` (libpq's names for "TLS,
+/// and check the certificate") spelled `require`, the only TLS mode the driver parses;
+/// its TLS connector verifies the chain and the host name in every mode.
+fn verifying_modes_as_require(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|pair| match pair {
+            "sslmode=verify-ca" | "sslmode=verify-full" => "sslmode=require",
+            other => other,
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+/// The TLS mode to connect with: `require` unless the database is on this machine
+/// (where `disable` and `prefer` stay as given), and always with a CA file.
+fn required_ssl_mode(
+    config: &postgres::Config,
+    has_ca_file: bool,
+) -> Result<postgres::config::SslMode, StoreError> {
+    use postgres::config::SslMode;
+    let on_this_machine = config.get_hosts().iter().all(|host| match host {
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        postgres::config::Host::Unix(_) => true,
+    }) && config.get_hostaddrs().iter().all(IpAddr::is_loopback);
+    match config.get_ssl_mode() {
+        SslMode::Disable if has_ca_file => Err(StoreError::BadUrl {
+            reason: "sslmode=disable with a CA file: the CA file is for TLS; remove one"
+                .to_string(),
+        }),
+        SslMode::Disable if !on_this_machine => Err(StoreError::BadUrl {
+            reason: "sslmode=disable would send keys, locks and audit rows in plaintext; it \
+                     is accepted only for a database on this machine (a Unix socket or a \
+                     loopback address)"
+                .to_string(),
+        }),
+        SslMode::Prefer if has_ca_file || !on_this_machine => Ok(SslMode::Require),
+        mode => Ok(mode),
+    }
+}
 
 /// A parsed database URL and the TLS settings to reach it.
 #[derive(Clone)]
@@ -26,12 +73,20 @@ impl std::fmt::Debug for PostgresTarget {
 
 impl PostgresTarget {
     /// Parses `url`; `ca_file` (PEM) replaces the web PKI roots for the server's
-    /// certificate when given. TLS follows the URL's `sslmode` (`prefer` by default:
-    /// TLS when the server offers it; `require` to refuse a plaintext server).
+    /// certificate when given. TLS is required, and the server's certificate and name
+    /// verified, for every database not on this machine: `sslmode=prefer` (libpq's
+    /// default, which falls back to plaintext when a man in the middle says the server
+    /// has no TLS) is read as `require`, `verify-ca` and `verify-full` are `require`
+    /// (rustls always verifies both), and `sslmode=disable` is refused unless every host
+    /// is a Unix socket or a loopback address.
     pub fn new(url: &str, ca_file: Option<&Path>) -> Result<PostgresTarget, StoreError> {
-        let mut config: postgres::Config = url.parse().map_err(|e| StoreError::BadUrl {
-            reason: format!("{e}"),
-        })?;
+        let mut config: postgres::Config =
+            verifying_modes_as_require(url)
+                .parse()
+                .map_err(|e| StoreError::BadUrl {
+                    reason: format!("{e}"),
+                })?;
+        config.ssl_mode(required_ssl_mode(&config, ca_file.is_some())?);
         // Every connection commits durably, whatever the server's default: an answered
         // lock change or audit row survives a database crash.
         let options = match config.get_options() {
@@ -74,11 +129,28 @@ impl PostgresTarget {
         })
     }
 
-    pub(super) fn with_connect_timeout(mut self, wait: Duration) -> PostgresTarget {
+    /// Bounds every wait on the database by `wait` (the store's busy timeout), unless the
+    /// URL sets its own: connecting, and a statement waiting for a row another host
+    /// holds (`lock_timeout`, as SQLite's busy timeout). A server that vanishes without
+    /// closing the connection (a network partition) is found by TCP keepalives and
+    /// `tcp_user_timeout` within about half a minute, so the writer fails its batch and
+    /// reconnects instead of waiting forever.
+    pub(super) fn with_timeouts(mut self, wait: Duration) -> PostgresTarget {
+        let wait = wait.max(Duration::from_secs(1));
         if self.config.get_connect_timeout().is_none() {
-            self.config
-                .connect_timeout(wait.max(Duration::from_secs(1)));
+            self.config.connect_timeout(wait);
         }
+        let options = self.config.get_options().unwrap_or_default().to_string();
+        if !options.contains("lock_timeout") {
+            let options = format!("{options} -c lock_timeout={}", wait.as_millis());
+            self.config.options(options.trim_start());
+        }
+        self.config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
         self
     }
 

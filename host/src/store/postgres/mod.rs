@@ -30,12 +30,32 @@ type Manager = r2d2_postgres::PostgresConnectionManager<tokio_postgres_rustls::M
 
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: r2d2::Pool<Manager>,
+    pool: Arc<ConnectionPool>,
     /// Lock and audit writes, group-committed.
     writer: Arc<Writer<PgSession>>,
     target: Arc<PostgresTarget>,
     clock: Clock,
     limits: LockLimits,
+}
+
+/// The pool, closed off the async runtime when the last store handle goes: closing a
+/// `postgres::Client` blocks on the driver's own runtime, which panics on a tokio
+/// worker (where a server's state is dropped at shutdown).
+struct ConnectionPool(Option<r2d2::Pool<Manager>>);
+
+impl Drop for ConnectionPool {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let closing = std::thread::Builder::new()
+                .name("store-pool-close".into())
+                .spawn(move || drop(pool));
+            if let Ok(closing) = closing {
+                let _ = closing.join();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -65,7 +85,7 @@ impl PostgresStore {
         wait: Duration,
         clock: Clock,
     ) -> Result<PostgresStore, StoreError> {
-        let target = Arc::new(target.with_connect_timeout(wait));
+        let target = Arc::new(target.with_timeouts(wait));
         {
             let mut client = target.connect()?;
             schema::migrate(&mut client, &target)?;
@@ -85,7 +105,7 @@ impl PostgresStore {
         let connect = move || writer_target.connect().map(PgSession::new);
         let writer = Writer::start(Box::new(connect), clock.clone())?;
         Ok(PostgresStore {
-            pool,
+            pool: Arc::new(ConnectionPool(Some(pool))),
             writer: Arc::new(writer),
             target,
             clock,
@@ -108,7 +128,11 @@ impl PostgresStore {
     }
 
     fn client(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
-        self.pool.get().map_err(|e| StoreError::Pool {
+        let pool = self.pool.0.as_ref().ok_or_else(|| StoreError::Pool {
+            database: self.target.describe(),
+            message: "closed".to_string(),
+        })?;
+        pool.get().map_err(|e| StoreError::Pool {
             database: self.target.describe(),
             message: e.to_string(),
         })
@@ -118,18 +142,44 @@ impl PostgresStore {
     /// with `synchronous_commit = on` (flushed to the server's disk, and to its
     /// synchronous standbys if it has any): for key material and what a re-run relies
     /// on. Either all of it is stored or none.
+    ///
+    /// Two hosts activating two distribution keys at once both find none active; the
+    /// unique index lets one commit and fails the other, which then runs once more and
+    /// sees the winner, so it answers `DistributionExists` as on one host.
     fn write_durably<T>(
         &self,
-        write: impl FnOnce(&mut postgres::Transaction<'_>, i64) -> Result<T, StoreError>,
+        mut write: impl FnMut(&mut postgres::Transaction<'_>, i64) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self.write_durably_once(&mut write) {
+            Err(StoreError::Postgres(e)) if violates(&e, "keys_one_active_distribution") => {
+                self.write_durably_once(&mut write)
+            }
+            result => result,
+        }
+    }
+
+    fn write_durably_once<T>(
+        &self,
+        write: &mut impl FnMut(&mut postgres::Transaction<'_>, i64) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let now = self.now();
         let mut client = self.client()?;
         let mut tx = client.transaction()?;
         tx.batch_execute("SET LOCAL synchronous_commit TO on")?;
         let value = write(&mut tx, now)?;
+        // Fails if any statement of the transaction failed (had a write swallowed an
+        // error, COMMIT would roll back without one).
+        tx.batch_execute("SELECT 1")?;
         tx.commit()?;
         Ok(value)
     }
+}
+
+/// Whether `error` is the server refusing a row for the unique index `index`.
+fn violates(error: &postgres::Error, index: &str) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == postgres::error::SqlState::UNIQUE_VIOLATION && db.constraint() == Some(index)
+    })
 }
 
 /// SQL on either the writer's session (statements prepared once per connection) or a
@@ -219,6 +269,11 @@ impl Sql for PgSession {
 }
 
 impl Session for PgSession {
+    /// Each write's savepoint is a subtransaction; past 64 in one transaction every
+    /// server backend's snapshot has to look them up on disk (the subtransaction cache
+    /// overflows), which slows all of the database's sessions, not only this one.
+    const MAX_BATCH: usize = 64;
+
     fn begin(&mut self) -> Result<(), String> {
         self.control("BEGIN")
     }

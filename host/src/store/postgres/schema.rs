@@ -139,9 +139,14 @@ fn refuse_newer(found: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Applies pending migrations, one host at a time (a session advisory lock).
+/// Applies pending migrations, one host at a time (a session advisory lock). A host
+/// waits for another's migration however long it takes: the connection's
+/// `lock_timeout` (the busy timeout, for row locks) is lifted for the wait.
 pub fn migrate(client: &mut postgres::Client, target: &PostgresTarget) -> Result<(), StoreError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    client.batch_execute("SET lock_timeout = 0")?;
+    let locked = client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]);
+    client.batch_execute("RESET lock_timeout")?;
+    locked?;
     let result = (|| {
         let found = applied_version(client)?;
         refuse_newer(found)?;

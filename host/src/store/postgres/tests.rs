@@ -3,9 +3,11 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use postgres::config::SslMode;
+
 use super::*;
-use crate::store::tests::{PostgresSchema, acquire_concurrently, channel};
-use crate::store::{ChannelLocks, KeyStore, SCHEMA_VERSION};
+use crate::store::tests::{PostgresSchema, acquire_concurrently, channel, test_account};
+use crate::store::{ChannelLocks, KeyRole, KeyState, KeyStore, NewKey, SCHEMA_VERSION};
 
 fn open(schema: &PostgresSchema) -> Result<PostgresStore, StoreError> {
     let target = PostgresTarget::new(&schema.url, None)?;
@@ -91,6 +93,57 @@ fn the_description_names_the_database_but_not_the_password() {
     assert!(!refused.to_string().contains("hunter2"), "{refused}");
 }
 
+/// A database not on this machine is reached over TLS or not at all: libpq's default
+/// `prefer` (plaintext when a man in the middle answers "no TLS") is read as `require`,
+/// `disable` is refused, and so is a CA file next to `disable`. On this machine (a Unix
+/// socket, a loopback address) the URL's mode stands.
+#[test]
+fn tls_is_required_for_a_database_elsewhere() {
+    let mode = |url: &str| PostgresTarget::new(url, None).map(|t| t.config().get_ssl_mode());
+    for url in [
+        "postgres://signer@db.internal/signer",
+        "postgres://signer@db.internal/signer?sslmode=prefer",
+        "postgres://signer@db.internal/signer?sslmode=require",
+        "postgres://signer@db.internal/signer?sslmode=verify-ca",
+        "postgres://signer@10.0.0.5/signer?connect_timeout=3&sslmode=verify-full",
+    ] {
+        assert_eq!(mode(url).unwrap(), SslMode::Require, "{url}");
+    }
+    for url in [
+        "postgres://signer@db.internal/signer?sslmode=disable",
+        "postgres://signer@127.0.0.1,db.internal/signer?sslmode=disable",
+        "postgres://signer@localhost/signer?hostaddr=10.0.0.5&sslmode=disable",
+    ] {
+        let refused = mode(url).unwrap_err();
+        assert!(
+            refused.to_string().contains("plaintext"),
+            "{url}: {refused}"
+        );
+    }
+    for (url, stays) in [
+        (
+            "postgres://signer@127.0.0.1/signer?sslmode=disable",
+            SslMode::Disable,
+        ),
+        (
+            "postgres://signer@[::1]:6432/signer?sslmode=disable",
+            SslMode::Disable,
+        ),
+        ("postgres://signer@localhost/signer", SslMode::Prefer),
+        (
+            "postgres://signer@%2Fvar%2Frun%2Fpostgresql/signer?sslmode=disable",
+            SslMode::Disable,
+        ),
+    ] {
+        assert_eq!(mode(url).unwrap(), stays, "{url}");
+    }
+    let contradiction = PostgresTarget::new(
+        "postgres://signer@127.0.0.1/signer?sslmode=disable",
+        Some(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt")),
+    );
+    assert!(matches!(contradiction, Err(StoreError::BadUrl { .. })));
+}
+
 /// TLS against the test server (a certificate for 127.0.0.1 from a throwaway CA):
 /// verified with the CA file, refused against the web PKI roots (an unknown issuer is
 /// no server to trust), and `sslmode=require` really encrypts.
@@ -113,6 +166,16 @@ fn tls_is_verified_against_the_ca_file_and_refused_without_it() {
         .get(0);
     assert!(encrypted);
 
+    // With a CA file and no sslmode, or libpq's verify-full, TLS is required too.
+    for url in [
+        url.replace("sslmode=require&", ""),
+        url.replace("sslmode=require", "sslmode=verify-full"),
+    ] {
+        let target = PostgresTarget::new(&url, Some(std::path::Path::new(&ca))).unwrap();
+        assert_eq!(target.config().get_ssl_mode(), SslMode::Require, "{url}");
+        target.connect().unwrap();
+    }
+
     let untrusted = PostgresTarget::new(&url, None).unwrap();
     let Err(refused) = untrusted.connect() else {
         panic!("a certificate from an unknown CA was accepted");
@@ -120,4 +183,66 @@ fn tls_is_verified_against_the_ca_file_and_refused_without_it() {
     assert!(refused.to_string().contains("certificate"), "{refused}");
     let missing = PostgresTarget::new(&url, Some(std::path::Path::new("/nonexistent.pem")));
     assert!(matches!(missing, Err(StoreError::BadUrl { .. })));
+}
+
+/// Two hosts activating two distribution keys at the same moment: both find none
+/// active, the unique index lets the first commit, and the second host answers
+/// `DistributionExists` naming the first (not a bare database error), as one host would.
+#[test]
+fn distribution_keys_activated_at_once_on_two_hosts_leave_one_active() {
+    let schema = PostgresSchema::create();
+    let store = open(&schema).unwrap();
+    let distribution = |i: u32| NewKey {
+        role: KeyRole::Distribution,
+        state: KeyState::Pending,
+        ..channel(i)
+    };
+    store
+        .insert_keys(&[distribution(1), distribution(2)])
+        .unwrap();
+    let (first, second) = (test_account(1), test_account(2));
+
+    // The other host's activation, not yet committed.
+    let mut other_host = store.target().connect().unwrap();
+    let mut activation = other_host.transaction().unwrap();
+    activation
+        .execute(
+            "UPDATE keys SET state = 'active' WHERE public_key = $1",
+            &[&first],
+        )
+        .unwrap();
+    let racing = {
+        let (store, second) = (store.clone(), second.clone());
+        std::thread::spawn(move || store.set_key_state(&second, KeyState::Active, &[]))
+    };
+    // Commit once this host's UPDATE waits on the index entry the other one holds.
+    let mut watcher = store.target().connect().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE 'UPDATE keys SET state = $2%'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the UPDATE never waited"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    activation.commit().unwrap();
+
+    let refused = racing.join().unwrap().unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::DistributionExists { active, new } if *active == first && *new == second),
+        "{refused}"
+    );
+    assert_eq!(
+        store.key(&second).unwrap().map(|k| k.state),
+        Some(KeyState::Pending)
+    );
 }
