@@ -331,18 +331,24 @@ impl StoreConfig {
     }
 }
 
-/// A database URL with its password replaced by `[REDACTED]`, for output. Read as the
-/// driver reads it: the credentials run to the first `@` after the scheme (so a
-/// password may hold `/`, `?` or `:`), and a `password` parameter may have its name
-/// percent-encoded. Then checked against the driver's own parse: if the password it
-/// finds is still in the text, raw or percent-encoded, only the scheme is shown.
+/// A database URL with its password replaced by `[REDACTED]`, for output. Everything up
+/// to the last `@` after the scheme and the first `:` is hidden (the driver's
+/// credentials run to the first `@`; an unencoded `@` in a password is a common slip),
+/// and so is every parameter named `password`, its name percent-encoded or not. Then
+/// checked against the driver's own parse: if the password it finds is still in the
+/// text, raw or percent-encoded, only the scheme is shown.
 pub fn redact_url_password(url: &str) -> String {
     const HIDDEN: &str = "[REDACTED]";
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, rest)) = url.split_once("://").filter(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    }) else {
         // Not a URL (a libpq key=value string, a typo): any of it may be the password.
         return HIDDEN.to_string();
     };
-    let (credentials, location) = match rest.split_once('@') {
+    let (credentials, location) = match rest.rsplit_once('@') {
         Some((credentials, location)) => match credentials.split_once(':') {
             Some((user, _)) => (format!("{user}:{HIDDEN}@"), location),
             None => (format!("{credentials}@"), location),
@@ -354,17 +360,19 @@ pub fn redact_url_password(url: &str) -> String {
     // or wherever a malformed URL puts one.
     let pieces: Vec<String> = location
         .split('&')
-        .map(|piece| match piece.split_once('=') {
-            Some((before, _))
-                if percent_encoding::percent_decode_str(
-                    before.rsplit('?').next().unwrap_or(before),
-                )
-                .decode_utf8_lossy()
-                .eq_ignore_ascii_case("password") =>
-            {
-                format!("{before}={HIDDEN}")
+        .map(|piece| {
+            let (before, parameter) = piece.rsplit_once('?').unwrap_or(("", piece));
+            match parameter.split_once('=') {
+                Some((name, _))
+                    if percent_encoding::percent_decode_str(name)
+                        .decode_utf8_lossy()
+                        .eq_ignore_ascii_case("password") =>
+                {
+                    let separator = if piece.contains('?') { "?" } else { "" };
+                    format!("{before}{separator}{name}={HIDDEN}")
+                }
+                _ => piece.to_string(),
             }
-            _ => piece.to_string(),
         })
         .collect();
     shown.push_str(&pieces.join("&"));
@@ -789,6 +797,12 @@ mod tests {
                 "postgres://signer:hun/ter?2:x@db/signer",
                 "postgres://signer:[REDACTED]@db/signer",
             ),
+            // An '@' typed unencoded: the driver reads "hun" as the password and
+            // "ter2@db" as the host; all of it is hidden.
+            (
+                "postgres://signer:hun@ter2@db/signer",
+                "postgres://signer:[REDACTED]@db/signer",
+            ),
             (
                 "postgresql://signer:hun%74er2@db/signer",
                 "postgresql://signer:[REDACTED]@db/signer",
@@ -819,10 +833,15 @@ mod tests {
                 assert!(!shown.contains(&*password), "{url}: {shown}");
             }
         }
-        // A password the driver finds elsewhere (a host part holding '@') still
-        // hides the whole location.
-        let odd = "postgres://db/x?options=a@b&password=hunter2";
-        assert!(!redact_url_password(odd).contains("hunter2"));
+        // Malformed URLs: a parameter after an '@' in the query, a '=' in the
+        // database's name, a libpq key=value string holding "://".
+        for odd in [
+            "postgres://db/x?options=a@b&password=hunter2",
+            "postgres://db/a=b?password=hunter2&sslmode=verify-full",
+            "host=db password=hunter2 application_name=a://b",
+        ] {
+            assert!(!redact_url_password(odd).contains("hunter2"), "{odd}");
+        }
         let unknown = StoreConfig {
             url: Some(SecretString("mysql://root:hunter2@db/x".to_string())),
             ..StoreConfig::default()

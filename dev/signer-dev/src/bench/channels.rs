@@ -53,13 +53,12 @@ fn fill(
         PoolStore::Sqlite => None,
         PoolStore::Postgres { server_url } => {
             let name = format!("signer_bench_{:016x}", rand::random::<u64>());
-            let mut admin =
-                postgres::Client::connect(server_url, postgres::NoTls).with_context(|| {
-                    format!(
-                        "connecting to {}",
-                        host::config::redact_url_password(server_url)
-                    )
-                })?;
+            let mut admin = admin_connection(server_url).with_context(|| {
+                format!(
+                    "connecting to {}",
+                    host::config::redact_url_password(server_url)
+                )
+            })?;
             admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
             // The server URL with our database in place of its own, parameters kept.
             let (base, query) = server_url.split_once('?').unwrap_or((server_url, ""));
@@ -94,8 +93,13 @@ fn fill(
     Ok((config, created))
 }
 
+/// A connection to the server as the host would make it (the same TLS rules).
+fn admin_connection(server_url: &str) -> anyhow::Result<postgres::Client> {
+    Ok(host::store::PostgresTarget::new(server_url, None)?.connect()?)
+}
+
 fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = postgres::Client::connect(server_url, postgres::NoTls)?;
+    let mut admin = admin_connection(server_url)?;
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
     Ok(())
 }

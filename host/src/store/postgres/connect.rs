@@ -16,9 +16,16 @@ use crate::store::StoreError;
 /// and check the certificate") spelled `require`, the only TLS mode the driver parses;
 /// its TLS connector verifies the chain and the host name in every mode.
 fn verifying_modes_as_require(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
+    // The query starts at the first '?' after the credentials (which run to the first
+    // '@', as the driver reads them, and may hold a '?').
+    let after_credentials = url.find('@').map_or(0, |at| at + 1);
+    let Some(query_start) = url[after_credentials..]
+        .find('?')
+        .map(|i| after_credentials + i)
+    else {
         return url.to_string();
     };
+    let (base, query) = url.split_at(query_start + 1);
     let query: Vec<&str> = query
         .split('&')
         .map(|pair| match pair {
@@ -26,7 +33,7 @@ fn verifying_modes_as_require(url: &str) -> String {
             other => other,
         })
         .collect();
-    format!("{base}?{}", query.join("&"))
+    format!("{base}{}", query.join("&"))
 }
 
 /// The TLS mode to connect with: `require` unless the database is on this machine
@@ -36,12 +43,18 @@ fn required_ssl_mode(
     has_ca_file: bool,
 ) -> Result<postgres::config::SslMode, StoreError> {
     use postgres::config::SslMode;
+    // "localhost" is trusted as the resolver's loopback name: a host whose resolver
+    // lies about it is a compromised host, which can read its own connections anyway.
     let on_this_machine = config.get_hosts().iter().all(|host| match host {
         postgres::config::Host::Tcp(name) => {
             name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
         }
         postgres::config::Host::Unix(_) => true,
     }) && config.get_hostaddrs().iter().all(IpAddr::is_loopback);
+    let only_unix_sockets = config
+        .get_hosts()
+        .iter()
+        .all(|host| matches!(host, postgres::config::Host::Unix(_)));
     match config.get_ssl_mode() {
         SslMode::Disable if has_ca_file => Err(StoreError::BadUrl {
             reason: "sslmode=disable with a CA file: the CA file is for TLS; remove one"
@@ -53,9 +66,24 @@ fn required_ssl_mode(
                      loopback address)"
                 .to_string(),
         }),
-        SslMode::Prefer if has_ca_file || !on_this_machine => Ok(SslMode::Require),
+        // A CA file asks for TLS, except over Unix sockets, where the server has none.
+        SslMode::Prefer if (has_ca_file && !only_unix_sockets) || !on_this_machine => {
+            Ok(SslMode::Require)
+        }
         mode => Ok(mode),
     }
+}
+
+/// Whether libpq-style `options` (`-c name=value`, `-cname=value`, `--name=value`) set
+/// `lock_timeout` (and not merely a name ending in it, such as `deadlock_timeout`).
+fn sets_lock_timeout(options: &str) -> bool {
+    options.split_whitespace().any(|word| {
+        let setting = word
+            .strip_prefix("--")
+            .or_else(|| word.strip_prefix("-c"))
+            .unwrap_or(word);
+        setting.starts_with("lock_timeout=") || setting.starts_with("lock-timeout=")
+    })
 }
 
 /// A parsed database URL and the TLS settings to reach it.
@@ -129,20 +157,23 @@ impl PostgresTarget {
         })
     }
 
-    /// Bounds every wait on the database by `wait` (the store's busy timeout), unless the
-    /// URL sets its own: connecting, and a statement waiting for a row another host
-    /// holds (`lock_timeout`, as SQLite's busy timeout). A server that vanishes without
-    /// closing the connection (a network partition) is found by TCP keepalives and
-    /// `tcp_user_timeout` within about half a minute, so the writer fails its batch and
-    /// reconnects instead of waiting forever.
+    /// Bounds every wait on the database by `wait` (the store's busy timeout): the TCP
+    /// connect (unless the URL sets `connect_timeout`), and a statement waiting for a
+    /// row another host holds (`lock_timeout`, as SQLite's busy timeout, unless the
+    /// URL's `options` set one). TCP keepalives are always on, with `tcp_user_timeout`:
+    /// a server that vanishes without closing the connection (a network partition) is
+    /// found within about half a minute, so the writer fails its batch and reconnects
+    /// instead of waiting forever.
     pub(super) fn with_timeouts(mut self, wait: Duration) -> PostgresTarget {
         let wait = wait.max(Duration::from_secs(1));
         if self.config.get_connect_timeout().is_none() {
             self.config.connect_timeout(wait);
         }
         let options = self.config.get_options().unwrap_or_default().to_string();
-        if !options.contains("lock_timeout") {
-            let options = format!("{options} -c lock_timeout={}", wait.as_millis());
+        if !sets_lock_timeout(&options) {
+            // The server takes at most i32::MAX milliseconds.
+            let millis = wait.as_millis().min(i32::MAX as u128);
+            let options = format!("{options} -c lock_timeout={millis}");
             self.config.options(options.trim_start());
         }
         self.config
@@ -162,7 +193,7 @@ impl PostgresTarget {
         &self.tls
     }
 
-    pub(super) fn connect(&self) -> Result<postgres::Client, StoreError> {
+    pub fn connect(&self) -> Result<postgres::Client, StoreError> {
         self.config
             .connect(self.tls.clone())
             .map_err(|source| StoreError::Connect {
@@ -184,6 +215,10 @@ impl PostgresTarget {
                     .chain(std::iter::repeat(&5432)),
             )
             .map(|(host, port)| match host {
+                // An '@' in a host name is a password's '@' typed unencoded.
+                postgres::config::Host::Tcp(name) if name.contains('@') => {
+                    format!("[REDACTED]:{port}")
+                }
                 postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
                 postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
             })

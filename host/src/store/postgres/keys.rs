@@ -92,7 +92,7 @@ impl KeyStore for PostgresStore {
                 let inserted = tx.execute(
                     "INSERT INTO keys (public_key, role, format, kms_key_id, kms_ciphertext, \
                      sealed_seed, state, created_at_ms, updated_at_ms, pending_for) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) ON CONFLICT DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) ON CONFLICT (public_key) DO NOTHING",
                     &[
                         &key.public_key,
                         &key.role.as_str(),
@@ -236,7 +236,7 @@ impl KeyStore for PostgresStore {
             if role == KeyRole::Channel.as_str() {
                 match state {
                     KeyState::Active => tx.execute(
-                        "INSERT INTO channel_locks (public_key) VALUES ($1) ON CONFLICT DO NOTHING",
+                        "INSERT INTO channel_locks (public_key) VALUES ($1) ON CONFLICT (public_key) DO NOTHING",
                         &[&public_key],
                     )?,
                     KeyState::Pending | KeyState::Retired => tx.execute(

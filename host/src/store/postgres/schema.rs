@@ -145,8 +145,9 @@ fn refuse_newer(found: i64) -> Result<(), StoreError> {
 pub fn migrate(client: &mut postgres::Client, target: &PostgresTarget) -> Result<(), StoreError> {
     client.batch_execute("SET lock_timeout = 0")?;
     let locked = client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]);
-    client.batch_execute("RESET lock_timeout")?;
+    let reset = client.batch_execute("RESET lock_timeout");
     locked?;
+    reset?;
     let result = (|| {
         let found = applied_version(client)?;
         refuse_newer(found)?;

@@ -88,6 +88,9 @@ fn the_description_names_the_database_but_not_the_password() {
     .unwrap();
     assert_eq!(target.describe(), "signer@db.internal:6432/signer");
     assert!(!format!("{target:?}").contains("hunter2"));
+    // An '@' typed unencoded: the driver takes "ter2@db" for the host.
+    let slipped = PostgresTarget::new("postgres://signer:hun@ter2@db/x", None).unwrap();
+    assert_eq!(slipped.describe(), "signer@[REDACTED]:5432/x");
     let refused =
         PostgresTarget::new("postgres://signer:hunter2@db/x?sslmode=nonsense", None).unwrap_err();
     assert!(!refused.to_string().contains("hunter2"), "{refused}");
@@ -106,6 +109,7 @@ fn tls_is_required_for_a_database_elsewhere() {
         "postgres://signer@db.internal/signer?sslmode=require",
         "postgres://signer@db.internal/signer?sslmode=verify-ca",
         "postgres://signer@10.0.0.5/signer?connect_timeout=3&sslmode=verify-full",
+        "postgres://signer:pa?ss@db.internal/signer?sslmode=verify-full",
     ] {
         assert_eq!(mode(url).unwrap(), SslMode::Require, "{url}");
     }
@@ -142,6 +146,35 @@ fn tls_is_required_for_a_database_elsewhere() {
         Some(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt")),
     );
     assert!(matches!(contradiction, Err(StoreError::BadUrl { .. })));
+}
+
+/// The busy timeout bounds row-lock waits unless the URL's options set `lock_timeout`
+/// (a setting merely ending in the name, `deadlock_timeout`, does not count).
+#[test]
+fn the_busy_timeout_bounds_lock_waits_unless_the_url_sets_its_own() {
+    let options = |url: &str| {
+        PostgresTarget::new(url, None)
+            .unwrap()
+            .with_timeouts(Duration::from_millis(2_500))
+            .config()
+            .get_options()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let base = "postgres://signer@127.0.0.1/signer";
+    assert!(options(base).contains("-c lock_timeout=2500"));
+    assert!(
+        options(&format!("{base}?options=-c%20deadlock_timeout%3D1s"))
+            .contains("-c lock_timeout=2500")
+    );
+    for own in [
+        "-c%20lock_timeout%3D9s",
+        "-clock_timeout%3D9s",
+        "--lock-timeout%3D9s",
+    ] {
+        let set = options(&format!("{base}?options={own}"));
+        assert!(!set.contains("2500"), "{own}: {set}");
+    }
 }
 
 /// TLS against the test server (a certificate for 127.0.0.1 from a throwaway CA):
@@ -185,64 +218,81 @@ fn tls_is_verified_against_the_ca_file_and_refused_without_it() {
     assert!(matches!(missing, Err(StoreError::BadUrl { .. })));
 }
 
-/// Two hosts activating two distribution keys at the same moment: both find none
-/// active, the unique index lets the first commit, and the second host answers
-/// `DistributionExists` naming the first (not a bare database error), as one host would.
+/// Two hosts making two distribution keys active at the same moment (activating a
+/// pending one, or storing a new active one): both find none active, the unique index
+/// lets the first commit, and the second host answers `DistributionExists` naming the
+/// first (not a bare database error, not `KeyExists`), as one host would.
 #[test]
 fn distribution_keys_activated_at_once_on_two_hosts_leave_one_active() {
-    let schema = PostgresSchema::create();
-    let store = open(&schema).unwrap();
-    let distribution = |i: u32| NewKey {
+    type Activate = fn(&PostgresStore, NewKey) -> Result<(), StoreError>;
+    let distribution = |i: u32, state: KeyState| NewKey {
         role: KeyRole::Distribution,
-        state: KeyState::Pending,
+        state,
         ..channel(i)
     };
-    store
-        .insert_keys(&[distribution(1), distribution(2)])
-        .unwrap();
-    let (first, second) = (test_account(1), test_account(2));
+    let ways: [(&str, Activate); 2] = [
+        ("activating a pending key", |store, key| {
+            store.set_key_state(&key.public_key, KeyState::Active, &[])
+        }),
+        ("storing an active key", |store, key| {
+            store.insert_keys(&[NewKey {
+                state: KeyState::Active,
+                ..key
+            }])
+        }),
+    ];
+    for (way, activate) in ways {
+        let schema = PostgresSchema::create();
+        let store = open(&schema).unwrap();
+        store
+            .insert_keys(&[distribution(1, KeyState::Pending)])
+            .unwrap();
+        let second = distribution(2, KeyState::Pending);
+        if way == "activating a pending key" {
+            store.insert_keys(std::slice::from_ref(&second)).unwrap();
+        }
+        let first = test_account(1);
 
-    // The other host's activation, not yet committed.
-    let mut other_host = store.target().connect().unwrap();
-    let mut activation = other_host.transaction().unwrap();
-    activation
-        .execute(
-            "UPDATE keys SET state = 'active' WHERE public_key = $1",
-            &[&first],
-        )
-        .unwrap();
-    let racing = {
-        let (store, second) = (store.clone(), second.clone());
-        std::thread::spawn(move || store.set_key_state(&second, KeyState::Active, &[]))
-    };
-    // Commit once this host's UPDATE waits on the index entry the other one holds.
-    let mut watcher = store.target().connect().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while watcher
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND query LIKE 'UPDATE keys SET state = $2%'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
+        // The other host's activation, not yet committed.
+        let mut other_host = store.target().connect().unwrap();
+        let mut activation = other_host.transaction().unwrap();
+        let other_pid: i32 = activation
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        activation
+            .execute(
+                "UPDATE keys SET state = 'active' WHERE public_key = $1",
+                &[&first],
+            )
+            .unwrap();
+        let racing = {
+            let (store, second) = (store.clone(), second.clone());
+            std::thread::spawn(move || activate(&store, second))
+        };
+        // Commit once this host's write waits on the index entry the other one holds.
+        let mut watcher = store.target().connect().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&other_pid],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+        {
+            assert!(std::time::Instant::now() < deadline, "{way}: never waited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        activation.commit().unwrap();
+
+        let refused = racing.join().unwrap().unwrap_err();
         assert!(
-            std::time::Instant::now() < deadline,
-            "the UPDATE never waited"
+            matches!(&refused, StoreError::DistributionExists { active, new } if *active == first && *new == second.public_key),
+            "{way}: {refused}"
         );
-        std::thread::sleep(Duration::from_millis(10));
+        let left = store.key(&second.public_key).unwrap().map(|k| k.state);
+        assert_ne!(left, Some(KeyState::Active), "{way}");
     }
-    activation.commit().unwrap();
-
-    let refused = racing.join().unwrap().unwrap_err();
-    assert!(
-        matches!(&refused, StoreError::DistributionExists { active, new } if *active == first && *new == second),
-        "{refused}"
-    );
-    assert_eq!(
-        store.key(&second).unwrap().map(|k| k.state),
-        Some(KeyState::Pending)
-    );
 }
