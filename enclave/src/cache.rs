@@ -7,10 +7,16 @@
 //! cached key signs in place, so no seed is copied out per signature and callers signing
 //! with different (or the same) keys never wait on one another. The write lock is taken
 //! to insert, and to drop an entry that has just run out.
+//!
+//! A key that is missing (first use, expired, used up) is decrypted by one caller while
+//! the others asking for it at that moment wait and then sign from the cache: without
+//! that, every caller in flight would make its own KMS call each time a busy key runs
+//! out (64 calls instead of one at 64 concurrent requests), which costs KMS quota and
+//! invites throttling.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use common::wire::messages::{KeyFormat, KeyMaterial};
@@ -34,6 +40,35 @@ pub struct KeyCache {
     ttl: Duration,
     max_uses: u32,
     entries: RwLock<HashMap<CacheKey, Entry>>,
+    /// The keys being decrypted now, each with the lock its decrypting caller holds.
+    refills: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What a caller that missed the cache does next.
+pub enum Refill<'a> {
+    /// Decrypt the key and `put` it; the others wait until this is dropped.
+    Decrypt(RefillTurn<'a>),
+    /// Another caller decrypted it meanwhile: sign from the cache, or (if that
+    /// decryption failed or the key ran out already) decrypt on its own.
+    Waited,
+}
+
+/// The decrypting caller's turn; dropping it (done, failed or cancelled) lets the
+/// waiting callers go on.
+pub struct RefillTurn<'a> {
+    cache: &'a KeyCache,
+    key: CacheKey,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for RefillTurn<'_> {
+    fn drop(&mut self) {
+        self.cache
+            .refills
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 /// What a cached signature gives: the raw public key and the signature.
@@ -45,7 +80,34 @@ impl KeyCache {
             ttl,
             max_uses: max_uses.max(1),
             entries: RwLock::new(HashMap::new()),
+            refills: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// For a caller whose `sign` missed: the turn to decrypt `record`, or a wait for
+    /// the caller that already has it.
+    pub async fn refill(&self, record: &KeyMaterial) -> Refill<'_> {
+        let key = Self::key(record);
+        let in_progress = {
+            let mut refills = self.refills.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(lock) = refills.get(&key) {
+                lock.clone()
+            } else {
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                // Fresh and not shared yet, so this never waits.
+                let Ok(held) = lock.clone().try_lock_owned() else {
+                    return Refill::Waited;
+                };
+                refills.insert(key, lock);
+                return Refill::Decrypt(RefillTurn {
+                    cache: self,
+                    key,
+                    _held: held,
+                });
+            }
+        };
+        drop(in_progress.lock().await);
+        Refill::Waited
     }
 
     fn key(record: &KeyMaterial) -> CacheKey {

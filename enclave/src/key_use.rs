@@ -9,6 +9,7 @@ use common::wire::messages::{KeyFormat, KeyMaterial};
 use common::wire::{ErrorCode, WireError};
 use tracing::{info, warn};
 
+use crate::cache::Refill;
 use crate::context::SigningContext;
 use crate::keys::{Seed, kms_context, open_sealed_seed, seed_from_kms_direct, sign_checked};
 
@@ -97,12 +98,22 @@ async fn decrypt_and_sign(
     hash: &[u8; 32],
     cache: Option<&crate::cache::KeyCache>,
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
+    let mut decrypting = None;
     if let Some(cache) = cache {
         // `open_key` checks the KMS key; a cached seed is checked here, so a record
         // naming another KMS key never signs either way.
         check_kms_key(context, key)?;
         if let Some(signed) = cache.sign(key, hash) {
             return Ok(signed);
+        }
+        // One caller decrypts a missing key; the others in flight wait for it.
+        match cache.refill(key).await {
+            Refill::Decrypt(turn) => decrypting = Some(turn),
+            Refill::Waited => {
+                if let Some(signed) = cache.sign(key, hash) {
+                    return Ok(signed);
+                }
+            }
         }
     }
     let seed = open_key(context, key).await?;
@@ -111,6 +122,8 @@ async fn decrypt_and_sign(
     if let Some(cache) = cache {
         cache.put(key, &seed);
     }
+    // The waiting callers go on once the key is in the cache (or this failed above).
+    drop(decrypting);
     Ok(signed)
 }
 

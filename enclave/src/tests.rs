@@ -76,6 +76,8 @@ struct FakeKms {
     /// GenerateDataKey calls in flight now, and at most.
     generating: AtomicUsize,
     peak_generating: AtomicUsize,
+    /// How long each Decrypt takes.
+    latency: Mutex<std::time::Duration>,
 }
 
 /// What the fake KMS says about the key it used.
@@ -128,6 +130,10 @@ impl Kms for FakeKms {
                 .lock()
                 .unwrap()
                 .push(key_id.to_string());
+            let latency = *self.latency.lock().unwrap();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             if self.deny.load(Ordering::SeqCst) {
                 return Err(KmsError::AccessDenied("PCR0 does not match".into()));
             }
@@ -589,6 +595,55 @@ async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
     let refusal = refused_payment(&enclave, swapped).await;
     assert_eq!(refusal.code, ErrorCode::PublicKeyMismatch);
     assert_eq!(enclave.kms.calls(), 4);
+}
+
+/// Concurrent signatures with a key missing from the cache make one KMS call between
+/// them, not one each (a busy key running out would otherwise send every request in
+/// flight to KMS at once); when that call fails, the waiting callers each try on
+/// their own and are answered, none is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_missing_the_cache_together_share_one_kms_call() {
+    let kms = Arc::new(FakeKms::default());
+    *kms.latency.lock().unwrap() = std::time::Duration::from_millis(50);
+    let mut context = context(kms.clone());
+    context.cache = Some(Arc::new(crate::cache::KeyCache::new(
+        std::time::Duration::from_mins(1),
+        100,
+    )));
+    let enclave = Enclave::over(kms.clone(), context);
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let payments = (0..16).map(|_| {
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![channel.clone()],
+        )
+    });
+    for signed in futures_util::future::join_all(payments).await {
+        assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
+    }
+    assert_eq!(enclave.kms.calls(), 1, "16 callers, one decryption");
+
+    // The same key under another ciphertext (another cache entry), with KMS refusing.
+    let rewrapped = KeyMaterial {
+        ciphertext: b"another ciphertext of the channel key".to_vec(),
+        ..channel
+    };
+    enclave
+        .kms
+        .store(&rewrapped.ciphertext, &rewrapped.public_key, &CHANNEL_SEED);
+    enclave.kms.deny.store(true, Ordering::SeqCst);
+    let payments = (0..8).map(|_| refused_payment(&enclave, rewrapped.clone()));
+    let refusals = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        futures_util::future::join_all(payments),
+    )
+    .await
+    .expect("a caller was left waiting after the decryption it waited for failed");
+    for refusal in refusals {
+        assert_eq!(refusal.code, ErrorCode::KmsAccessDenied);
+    }
+    assert_eq!(enclave.kms.calls(), 1 + 8);
 }
 
 #[tokio::test]
