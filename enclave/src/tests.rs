@@ -539,15 +539,20 @@ async fn more_than_twenty_signers_or_none_are_refused_before_any_kms_call() {
     assert_eq!(enclave.kms.calls(), 0);
 }
 
-#[tokio::test]
-async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
-    let kms = Arc::new(FakeKms::default());
+/// An enclave with the opt-in key cache on (a minute, `max_uses` signatures per entry).
+fn with_key_cache(kms: FakeKms, max_uses: u32) -> Enclave {
+    let kms = Arc::new(kms);
     let mut context = context(kms.clone());
     context.cache = Some(Arc::new(crate::cache::KeyCache::new(
         std::time::Duration::from_mins(1),
-        10,
+        max_uses,
     )));
-    let enclave = Enclave::over(kms.clone(), context);
+    Enclave::over(kms, context)
+}
+
+#[tokio::test]
+async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
+    let enclave = with_key_cache(FakeKms::default(), 10);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     for _ in 0..3 {
         let xdr = channel_payment(common::now_unix_secs());
@@ -603,14 +608,9 @@ async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
 /// their own and are answered, none is left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_missing_the_cache_together_share_one_kms_call() {
-    let kms = Arc::new(FakeKms::default());
+    let kms = FakeKms::default();
     *kms.latency.lock().unwrap() = std::time::Duration::from_millis(50);
-    let mut context = context(kms.clone());
-    context.cache = Some(Arc::new(crate::cache::KeyCache::new(
-        std::time::Duration::from_mins(1),
-        100,
-    )));
-    let enclave = Enclave::over(kms.clone(), context);
+    let enclave = with_key_cache(kms, 100);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     let payments = (0..16).map(|_| {
         sign(
