@@ -87,6 +87,11 @@ impl KeyCache {
     /// For a caller whose `sign` missed: the turn to decrypt `record`, or a wait for
     /// the caller that already has it.
     pub async fn refill(&self, record: &KeyMaterial) -> Refill<'_> {
+        if self.max_uses <= 1 {
+            // Nothing is ever cached (`put` keeps no single-use key): waiting for
+            // another caller's decryption would only delay this one.
+            return Refill::Waited;
+        }
         let key = Self::key(record);
         let in_progress = {
             let mut refills = self.refills.lock().unwrap_or_else(PoisonError::into_inner);
@@ -237,6 +242,33 @@ mod tests {
             .unwrap()
             .verify(hash, &ed25519_dalek::Signature::from_bytes(&signature))
             .is_ok()
+    }
+
+    /// One caller decrypts a missing key while the others wait; with single-use
+    /// entries (nothing is ever cached) nobody waits.
+    #[tokio::test]
+    async fn one_caller_decrypts_a_missing_key_unless_nothing_is_cached() {
+        let blob = record(&SEED, b"blob");
+        let cache = KeyCache::new(Duration::from_mins(1), 3);
+        let Refill::Decrypt(turn) = cache.refill(&blob).await else {
+            panic!("the first caller did not get the turn to decrypt");
+        };
+        let waiting = cache.refill(&blob);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "a second caller did not wait for the first"
+        );
+        drop(turn);
+        assert!(matches!(waiting.await, Refill::Waited));
+        assert!(matches!(cache.refill(&blob).await, Refill::Decrypt(_)));
+
+        let single_use = KeyCache::new(Duration::from_mins(1), 1);
+        let _turn = single_use.refill(&blob).await;
+        let second = tokio::time::timeout(Duration::from_millis(50), single_use.refill(&blob));
+        assert!(matches!(second.await, Ok(Refill::Waited)));
     }
 
     #[test]
