@@ -5,14 +5,17 @@
 //!
 //! The hot path takes only a shared read lock: uses are counted with an atomic, and a
 //! cached key signs in place, so no seed is copied out per signature and callers signing
-//! with different (or the same) keys never wait on one another. The write lock is taken
+//! with different (or the same) keys never wait on one another on a hit. The write lock is taken
 //! to insert, and to drop an entry that has just run out.
 //!
 //! A key that is missing (first use, expired, used up) is decrypted by one caller while
 //! the others asking for it at that moment wait and then sign from the cache: without
 //! that, every caller in flight would make its own KMS call each time a busy key runs
 //! out (64 calls instead of one at 64 concurrent requests), which costs KMS quota and
-//! invites throttling.
+//! invites throttling. One decryption serves at most `max_uses` of them: waiters beyond
+//! that find the new entry used up and decrypt on their own (each `put` replacing the
+//! entry), so with more requests in flight for one key than its uses, some still call
+//! KMS.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
