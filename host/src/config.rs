@@ -361,15 +361,16 @@ pub fn redact_url_password(url: &str) -> String {
     let pieces: Vec<String> = location
         .split('&')
         .map(|piece| {
-            let (before, parameter) = piece.rsplit_once('?').unwrap_or(("", piece));
+            // The parameter is what follows the piece's last '?' (all of it if none).
+            let parameter = piece.rsplit('?').next().unwrap_or(piece);
+            let before = &piece[..piece.len() - parameter.len()];
             match parameter.split_once('=') {
                 Some((name, _))
                     if percent_encoding::percent_decode_str(name)
                         .decode_utf8_lossy()
                         .eq_ignore_ascii_case("password") =>
                 {
-                    let separator = if piece.contains('?') { "?" } else { "" };
-                    format!("{before}{separator}{name}={HIDDEN}")
+                    format!("{before}{name}={HIDDEN}")
                 }
                 _ => piece.to_string(),
             }
