@@ -12,10 +12,13 @@
 //! the others asking for it at that moment wait and then sign from the cache: without
 //! that, every caller in flight would make its own KMS call each time a busy key runs
 //! out (64 calls instead of one at 64 concurrent requests), which costs KMS quota and
-//! invites throttling. One decryption serves at most `max_uses` of them: waiters beyond
-//! that find the new entry used up and decrypt on their own (each `put` replacing the
-//! entry), so with more requests in flight for one key than its uses, some still call
-//! KMS.
+//! invites throttling. One decryption serves at most `max_uses` signatures; a waiter that
+//! finds the new entry used up already waits for (or becomes) the next decrypting caller,
+//! so a key with more requests in flight than its uses costs one KMS call per `max_uses`
+//! of them. Only when the decryption it waited for failed or was cancelled does a waiter
+//! decrypt on its own (and get its own answer), and after [`MAX_REFILL_ROUNDS`] rounds
+//! it stops waiting for others altogether, so no caller waits for more than a bounded
+//! number of decryptions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,17 +46,26 @@ pub struct KeyCache {
     ttl: Duration,
     max_uses: u32,
     entries: RwLock<HashMap<CacheKey, Entry>>,
-    /// The keys being decrypted now, each with the lock its decrypting caller holds.
-    refills: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The keys being decrypted now, each with the lock its decrypting caller holds; the
+    /// flag inside says whether that decryption ended with the key in the cache.
+    refills: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<bool>>>>,
 }
+
+/// How many other callers' decryptions one caller waits for before it decrypts on its own
+/// (each such round is another caller's successful KMS call whose entry ran out first).
+pub const MAX_REFILL_ROUNDS: u32 = 4;
 
 /// What a caller that missed the cache does next.
 pub enum Refill<'a> {
-    /// Decrypt the key and `put` it; the others wait until this is dropped.
+    /// Decrypt the key, `put` it and mark the turn [`RefillTurn::cached`]; the others
+    /// wait until this is dropped.
     Decrypt(RefillTurn<'a>),
-    /// Another caller decrypted it meanwhile: sign from the cache, or (if that
-    /// decryption failed or the key ran out already) decrypt on its own.
-    Waited,
+    /// Another caller's decryption put the key in the cache meanwhile: sign from it, or
+    /// if it ran out already, ask again.
+    Refilled,
+    /// Decrypt on its own without caching turns: the decryption waited for failed or was
+    /// cancelled (this caller gets its own answer), or nothing is ever cached.
+    Alone,
 }
 
 /// The decrypting caller's turn; dropping it (done, failed or cancelled) lets the
@@ -61,7 +73,14 @@ pub enum Refill<'a> {
 pub struct RefillTurn<'a> {
     cache: &'a KeyCache,
     key: CacheKey,
-    _held: tokio::sync::OwnedMutexGuard<()>,
+    held: tokio::sync::OwnedMutexGuard<bool>,
+}
+
+impl RefillTurn<'_> {
+    /// The key is in the cache now: the waiting callers sign from it.
+    pub fn cached(&mut self) {
+        *self.held = true;
+    }
 }
 
 impl Drop for RefillTurn<'_> {
@@ -93,7 +112,7 @@ impl KeyCache {
         if self.max_uses <= 1 {
             // Nothing is ever cached (`put` keeps no single-use key): waiting for
             // another caller's decryption would only delay this one.
-            return Refill::Waited;
+            return Refill::Alone;
         }
         let key = Self::key(record);
         let in_progress = {
@@ -101,21 +120,24 @@ impl KeyCache {
             if let Some(lock) = refills.get(&key) {
                 lock.clone()
             } else {
-                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                let lock = Arc::new(tokio::sync::Mutex::new(false));
                 // Fresh and not shared yet, so this never waits.
                 let Ok(held) = lock.clone().try_lock_owned() else {
-                    return Refill::Waited;
+                    return Refill::Alone;
                 };
                 refills.insert(key, lock);
                 return Refill::Decrypt(RefillTurn {
                     cache: self,
                     key,
-                    _held: held,
+                    held,
                 });
             }
         };
-        drop(in_progress.lock().await);
-        Refill::Waited
+        if *in_progress.lock().await {
+            Refill::Refilled
+        } else {
+            Refill::Alone
+        }
     }
 
     fn key(record: &KeyMaterial) -> CacheKey {
@@ -187,20 +209,21 @@ impl KeyCache {
     /// Caches the key of a freshly decrypted seed, which was just used once. `seed` must
     /// already have been checked against `record.public_key`; it is checked again here
     /// (the derived public key is part of the signing key, so this costs nothing).
-    pub fn put(&self, record: &KeyMaterial, seed: &[u8; 32]) {
+    /// Whether it was cached.
+    pub fn put(&self, record: &KeyMaterial, seed: &[u8; 32]) -> bool {
         if self.max_uses <= 1 {
-            return;
+            return false;
         }
         let Ok(expected) = stellar_strkey::ed25519::PublicKey::from_string(&record.public_key)
         else {
-            return;
+            return false;
         };
         // Built in its heap slot's call: the temporary the compiler may place on the stack
         // first is enclave memory the host cannot read (docs/design.md §2 invariant 1
         // concerns the wire, disk and logs); the boxed key is wiped on drop.
         let signing_key = Box::new(SigningKey::from_bytes(seed));
         if signing_key.verifying_key().to_bytes() != expected.0 {
-            return;
+            return false;
         }
         let entry = Entry {
             signing_key,
@@ -209,6 +232,7 @@ impl KeyCache {
         };
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         entries.insert(Self::key(record), entry);
+        true
     }
 
     /// Drops (and so wipes) expired and used-up entries; returns how many remain.
@@ -247,38 +271,46 @@ mod tests {
             .is_ok()
     }
 
-    /// One caller decrypts a missing key while the others wait; with single-use
-    /// entries (nothing is ever cached) nobody waits.
+    /// One caller decrypts a missing key while the others wait, and they learn whether
+    /// it reached the cache; with single-use entries (nothing is ever cached) nobody waits.
     #[tokio::test]
     async fn one_caller_decrypts_a_missing_key_unless_nothing_is_cached() {
         let blob = record(&SEED, b"blob");
         let cache = KeyCache::new(Duration::from_mins(1), 3);
-        let Refill::Decrypt(turn) = cache.refill(&blob).await else {
-            panic!("the first caller did not get the turn to decrypt");
-        };
-        let waiting = cache.refill(&blob);
-        tokio::pin!(waiting);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
-                .await
-                .is_err(),
-            "a second caller did not wait for the first"
-        );
-        drop(turn);
-        assert!(matches!(waiting.await, Refill::Waited));
+        for cached in [false, true] {
+            let Refill::Decrypt(mut turn) = cache.refill(&blob).await else {
+                panic!("the first caller did not get the turn to decrypt");
+            };
+            let waiting = cache.refill(&blob);
+            tokio::pin!(waiting);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                    .await
+                    .is_err(),
+                "a second caller did not wait for the first"
+            );
+            if cached {
+                turn.cached();
+            }
+            drop(turn);
+            match (cached, waiting.await) {
+                (true, Refill::Refilled) | (false, Refill::Alone) => {}
+                _ => panic!("the waiter was not told whether the key was cached ({cached})"),
+            }
+        }
         assert!(matches!(cache.refill(&blob).await, Refill::Decrypt(_)));
 
         let single_use = KeyCache::new(Duration::from_mins(1), 1);
         let _turn = single_use.refill(&blob).await;
         let second = tokio::time::timeout(Duration::from_millis(50), single_use.refill(&blob));
-        assert!(matches!(second.await, Ok(Refill::Waited)));
+        assert!(matches!(second.await, Ok(Refill::Alone)));
     }
 
     #[test]
     fn uses_are_counted_and_the_entry_leaves_when_used_up() {
         let cache = KeyCache::new(Duration::from_mins(1), 3);
         let blob = record(&SEED, b"blob");
-        cache.put(&blob, &SEED);
+        assert!(cache.put(&blob, &SEED));
         assert!(verifies(cache.sign(&blob, &[1; 32]).unwrap(), &[1; 32]));
         assert!(verifies(cache.sign(&blob, &[2; 32]).unwrap(), &[2; 32]));
         // 1 use at decryption + 2 from the cache = 3: gone, and already removed.
@@ -291,7 +323,7 @@ mod tests {
     fn entries_expire_and_other_records_miss() {
         let cache = KeyCache::new(Duration::from_millis(30), 100);
         let blob = record(&SEED, b"blob");
-        cache.put(&blob, &SEED);
+        assert!(cache.put(&blob, &SEED));
         assert!(
             cache
                 .sign(&record(&SEED, b"other blob"), &[1; 32])
@@ -326,7 +358,7 @@ mod tests {
     fn a_seed_that_is_not_the_records_key_is_never_cached() {
         let cache = KeyCache::new(Duration::from_mins(1), 100);
         let blob = record(&SEED, b"blob");
-        cache.put(&blob, &[6; 32]);
+        assert!(!cache.put(&blob, &[6; 32]));
         assert!(cache.sign(&blob, &[1; 32]).is_none());
         assert_eq!(cache.sweep(), 0);
     }
@@ -335,7 +367,7 @@ mod tests {
     fn max_uses_of_one_caches_nothing() {
         let cache = KeyCache::new(Duration::from_mins(1), 1);
         let blob = record(&SEED, b"blob");
-        cache.put(&blob, &SEED);
+        assert!(!cache.put(&blob, &SEED));
         assert!(cache.sign(&blob, &[1; 32]).is_none());
     }
 
@@ -343,7 +375,7 @@ mod tests {
     fn concurrent_signers_never_exceed_max_uses() {
         let cache = std::sync::Arc::new(KeyCache::new(Duration::from_mins(1), 101));
         let blob = record(&SEED, b"blob");
-        cache.put(&blob, &SEED);
+        assert!(cache.put(&blob, &SEED));
         let served: usize = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {

@@ -9,7 +9,7 @@ use common::wire::messages::{KeyFormat, KeyMaterial};
 use common::wire::{ErrorCode, WireError};
 use tracing::{info, warn};
 
-use crate::cache::Refill;
+use crate::cache::{CachedSignature, KeyCache, MAX_REFILL_ROUNDS, Refill, RefillTurn};
 use crate::context::SigningContext;
 use crate::keys::{Seed, kms_context, open_sealed_seed, seed_from_kms_direct, sign_checked};
 
@@ -78,7 +78,7 @@ async fn sign_logged(
     context: &SigningContext,
     key: &KeyMaterial,
     hash: &[u8; 32],
-    cache: Option<&crate::cache::KeyCache>,
+    cache: Option<&KeyCache>,
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
     let started = Instant::now();
     let result = decrypt_and_sign(context, key, hash, cache).await;
@@ -96,35 +96,59 @@ async fn decrypt_and_sign(
     context: &SigningContext,
     key: &KeyMaterial,
     hash: &[u8; 32],
-    cache: Option<&crate::cache::KeyCache>,
+    cache: Option<&KeyCache>,
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
     let mut decrypting = None;
     if let Some(cache) = cache {
         // `open_key` checks the KMS key; a cached seed is checked here, so a record
         // naming another KMS key never signs either way.
         check_kms_key(context, key)?;
-        if let Some(signed) = cache.sign(key, hash) {
-            return Ok(signed);
-        }
-        // One caller decrypts a missing key; the others in flight wait for it.
-        match cache.refill(key).await {
-            Refill::Decrypt(turn) => decrypting = Some(turn),
-            Refill::Waited => {
-                if let Some(signed) = cache.sign(key, hash) {
-                    return Ok(signed);
-                }
-            }
+        match sign_cached_or_take_turn(cache, key, hash).await {
+            Ok(signed) => return Ok(signed),
+            Err(turn) => decrypting = turn,
         }
     }
     let seed = open_key(context, key).await?;
     let signed = sign_checked(&seed, &key.public_key, hash)?;
     // Only a seed proven to match its public key is ever cached.
-    if let Some(cache) = cache {
-        cache.put(key, &seed);
+    if let Some(cache) = cache
+        && cache.put(key, &seed)
+        && let Some(turn) = decrypting.as_mut()
+    {
+        turn.cached();
     }
     // The waiting callers go on once the key is in the cache (or this failed above).
     drop(decrypting);
     Ok(signed)
+}
+
+/// A signature from the cache, or else what this caller decrypts with: its turn (the
+/// others in flight wait for it) or `None` (on its own).
+async fn sign_cached_or_take_turn<'c>(
+    cache: &'c KeyCache,
+    key: &KeyMaterial,
+    hash: &[u8; 32],
+) -> Result<CachedSignature, Option<RefillTurn<'c>>> {
+    for _ in 0..MAX_REFILL_ROUNDS {
+        if let Some(signed) = cache.sign(key, hash) {
+            return Ok(signed);
+        }
+        match cache.refill(key).await {
+            Refill::Decrypt(mut turn) => {
+                // Another caller's decryption may have landed between the miss and the
+                // turn: use it rather than decrypt again, and so may those waiting.
+                if let Some(signed) = cache.sign(key, hash) {
+                    turn.cached();
+                    return Ok(signed);
+                }
+                return Err(Some(turn));
+            }
+            // Used up already by the callers ahead of this one: ask again.
+            Refill::Refilled => {}
+            Refill::Alone => return cache.sign(key, hash).ok_or(None),
+        }
+    }
+    cache.sign(key, hash).ok_or(None)
 }
 
 /// Decrypts `key` through KMS (attested, for the measured key its record names) and

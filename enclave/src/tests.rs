@@ -646,6 +646,37 @@ async fn callers_missing_the_cache_together_share_one_kms_call() {
     assert_eq!(enclave.kms.calls(), 1 + 8);
 }
 
+/// More callers in flight than an entry's uses: each decryption serves `max_uses`
+/// signatures and the callers it cannot serve wait for the next one, so 16 callers of a
+/// 4-use key make 4 KMS calls (not one for the first 4 and one each for the other 12),
+/// and every one of them gets a valid signature by the channel key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_beyond_an_entrys_uses_wait_for_the_next_decryption() {
+    let kms = FakeKms::default();
+    *kms.latency.lock().unwrap() = std::time::Duration::from_millis(50);
+    let enclave = with_key_cache(kms, 4);
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let payments = (0..16).map(|_| {
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![channel.clone()],
+        )
+    });
+    let channel_key = VerifyingKey::from_bytes(&raw(&CHANNEL_SEED)).unwrap();
+    for signed in futures_util::future::join_all(payments).await {
+        let Ok(Response::Signed {
+            hash, signatures, ..
+        }) = signed
+        else {
+            panic!("not a signed answer: {signed:?}");
+        };
+        let signature = ed25519_dalek::Signature::from_slice(&signatures[0].signature).unwrap();
+        channel_key.verify(&hash, &signature).unwrap();
+    }
+    assert_eq!(enclave.kms.calls(), 4, "16 callers, 4 uses per decryption");
+}
+
 #[tokio::test]
 async fn a_kms_denial_is_kms_access_denied_and_signs_nothing() {
     let enclave = enclave();
