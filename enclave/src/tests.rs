@@ -602,15 +602,13 @@ async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
     assert_eq!(enclave.kms.calls(), 4);
 }
 
-/// Concurrent signatures with a key missing from the cache make one KMS call between
-/// them, not one each (a busy key running out would otherwise send every request in
-/// flight to KMS at once); when that call fails, the waiting callers each try on
-/// their own and are answered, none is left waiting.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_missing_the_cache_together_share_one_kms_call() {
+/// 16 concurrent payments by the channel key on an enclave whose key cache serves
+/// `max_uses` signatures per entry and whose KMS answers after 50 ms; every answer must
+/// carry a valid signature by the channel key.
+async fn sixteen_cached_payments_at_once(max_uses: u32) -> (Enclave, KeyMaterial) {
     let kms = FakeKms::default();
     *kms.latency.lock().unwrap() = std::time::Duration::from_millis(50);
-    let enclave = with_key_cache(kms, 100);
+    let enclave = with_key_cache(kms, max_uses);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     let payments = (0..16).map(|_| {
         sign(
@@ -619,9 +617,27 @@ async fn callers_missing_the_cache_together_share_one_kms_call() {
             vec![channel.clone()],
         )
     });
+    let channel_key = VerifyingKey::from_bytes(&raw(&CHANNEL_SEED)).unwrap();
     for signed in futures_util::future::join_all(payments).await {
-        assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
+        let Ok(Response::Signed {
+            hash, signatures, ..
+        }) = signed
+        else {
+            panic!("not a signed answer: {signed:?}");
+        };
+        let signature = ed25519_dalek::Signature::from_slice(&signatures[0].signature).unwrap();
+        channel_key.verify(&hash, &signature).unwrap();
     }
+    (enclave, channel)
+}
+
+/// Concurrent signatures with a key missing from the cache make one KMS call between
+/// them, not one each (a busy key running out would otherwise send every request in
+/// flight to KMS at once); when that call fails, the waiting callers each try on
+/// their own and are answered, none is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_missing_the_cache_together_share_one_kms_call() {
+    let (enclave, channel) = sixteen_cached_payments_at_once(100).await;
     assert_eq!(enclave.kms.calls(), 1, "16 callers, one decryption");
 
     // The same key under another ciphertext (another cache entry), with KMS refusing.
@@ -652,28 +668,7 @@ async fn callers_missing_the_cache_together_share_one_kms_call() {
 /// and every one of them gets a valid signature by the channel key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_beyond_an_entrys_uses_wait_for_the_next_decryption() {
-    let kms = FakeKms::default();
-    *kms.latency.lock().unwrap() = std::time::Duration::from_millis(50);
-    let enclave = with_key_cache(kms, 4);
-    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
-    let payments = (0..16).map(|_| {
-        sign(
-            &enclave,
-            channel_payment(common::now_unix_secs()),
-            vec![channel.clone()],
-        )
-    });
-    let channel_key = VerifyingKey::from_bytes(&raw(&CHANNEL_SEED)).unwrap();
-    for signed in futures_util::future::join_all(payments).await {
-        let Ok(Response::Signed {
-            hash, signatures, ..
-        }) = signed
-        else {
-            panic!("not a signed answer: {signed:?}");
-        };
-        let signature = ed25519_dalek::Signature::from_slice(&signatures[0].signature).unwrap();
-        channel_key.verify(&hash, &signature).unwrap();
-    }
+    let (enclave, _) = sixteen_cached_payments_at_once(4).await;
     assert_eq!(enclave.kms.calls(), 4, "16 callers, 4 uses per decryption");
 }
 
