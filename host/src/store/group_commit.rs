@@ -1,9 +1,15 @@
 //! Group commit for the hot writes (channel locks and audit rows), for every backend:
-//! one thread owns a connection, takes every write that is waiting, runs each in a
-//! savepoint of one transaction, commits once, and only then answers each caller. A
-//! write that fails rolls back its own savepoint and leaves the others in; a failed
-//! commit fails them all. So an answer never leaves before its rows are committed (the
-//! audit stays fail-closed), and the database still orders every lock change.
+//! one thread owns a connection, takes every write that is waiting, runs them all in one
+//! transaction, commits once, and only then answers each caller. So an answer never
+//! leaves before its rows are committed (the audit stays fail-closed), a failed commit
+//! fails them all, and the database still orders every lock change.
+//!
+//! A write that refuses (no idle account, a stale lock token) has changed nothing and
+//! the batch commits without it. A write that fails otherwise may have left a change
+//! (or on PostgreSQL an aborted transaction): the batch is rolled back and redone with a
+//! savepoint around each write, so that write alone is undone and the others commit.
+//! Failures are rare, so batches normally pay for no savepoints (which cost SQLite a
+//! journal copy of each page a write touches, and PostgreSQL a round trip per write).
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
@@ -17,7 +23,7 @@ const QUEUE: usize = 4096;
 /// The writer's connection, as each backend drives it. Transactions and savepoints are
 /// plain SQL (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`), which both backends speak.
 pub trait Session: Send + 'static {
-    /// Writes taken into one transaction at most.
+    /// Writes taken into one transaction at most (each may need its own savepoint).
     const MAX_BATCH: usize = 512;
     /// Starts the batch's transaction (SQLite: `BEGIN IMMEDIATE`, the write lock first).
     fn begin(&mut self) -> Result<(), String>;
@@ -33,14 +39,72 @@ pub trait Session: Send + 'static {
 /// Opens the writer's connection (again, after it broke).
 pub type Connect<C> = Box<dyn FnMut() -> Result<C, StoreError> + Send>;
 
-/// One write: given the transaction (a savepoint of it) and the time, runs and hands
-/// back what to tell its caller once the transaction has committed or failed; given
-/// `None` it never runs and its caller hears the batch's error.
-type Job<C> = Box<dyn FnOnce(Option<(&mut C, i64)>) -> Outcome + Send>;
+/// One write of a batch, run in the batch's transaction (again, if the batch is redone)
+/// and answered once the batch has committed or failed.
+trait QueuedWrite<C>: Send {
+    /// Runs the write, keeping its result for the answer.
+    fn run(&mut self, conn: &mut C, now: i64) -> Ran;
+    /// Forgets a result the batch will not commit: the write then takes the batch's error.
+    fn forget(&mut self);
+    /// Whether its result commits with the batch: a success, or never run (it then
+    /// hears the batch's error). A write that failed keeps its own error.
+    fn applied(&self) -> bool;
+    /// Answers the caller: `committed` is the batch's verdict for an applied write.
+    fn answer(self: Box<Self>, committed: Result<(), String>);
+}
 
-struct Outcome {
-    applied: bool,
-    answer: Box<dyn FnOnce(Result<(), String>) + Send>,
+type Job<C> = Box<dyn QueuedWrite<C>>;
+
+/// What one run of a write did to the transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Done,
+    /// Refused having changed nothing ([`StoreError::is_refusal`]).
+    Refused,
+    /// Failed, perhaps leaving a change or an aborted transaction behind.
+    Failed,
+}
+
+struct Queued<F, T, R> {
+    write: F,
+    result: Option<Result<T, StoreError>>,
+    reply: R,
+}
+
+impl<C, F, T, R> QueuedWrite<C> for Queued<F, T, R>
+where
+    F: FnMut(&mut C, i64) -> Result<T, StoreError> + Send,
+    T: Send,
+    R: FnOnce(Result<T, StoreError>) + Send,
+{
+    fn run(&mut self, conn: &mut C, now: i64) -> Ran {
+        let result = (self.write)(conn, now);
+        let ran = match &result {
+            Ok(_) => Ran::Done,
+            Err(refusal) if refusal.is_refusal() => Ran::Refused,
+            Err(_) => Ran::Failed,
+        };
+        self.result = Some(result);
+        ran
+    }
+
+    fn forget(&mut self) {
+        self.result = None;
+    }
+
+    fn applied(&self) -> bool {
+        self.result.as_ref().is_none_or(Result::is_ok)
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), String>) {
+        let Queued { result, reply, .. } = *self;
+        reply(match (committed, result) {
+            (_, Some(Err(own))) => Err(own),
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Err(message), _) => Err(StoreError::Writer(message)),
+            (Ok(()), None) => Err(StoreError::Writer("the write did not run".into())),
+        });
+    }
 }
 
 /// The handle the store keeps; the thread ends when the last handle is dropped.
@@ -62,9 +126,11 @@ impl<C: Session> Writer<C> {
     }
 
     /// Runs `write` in the next group commit and returns its result once committed.
+    /// `write` may run more than once (its batch redone after another write failed), each
+    /// time in a fresh transaction: only its last run's changes and result count.
     pub fn write<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
+        write: impl FnMut(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = sync_channel::<Result<T, StoreError>>(1);
         self.jobs
@@ -82,7 +148,7 @@ impl<C: Session> Writer<C> {
     /// the blocking pool; a stopped writer drops the job, and with it the answer.
     pub fn submit<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
+        write: impl FnMut(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
     ) -> Pending<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = job(write, move |result| {
@@ -103,23 +169,14 @@ impl<C: Session> Writer<C> {
 }
 
 /// Wraps a write and where its answer goes into a job for the writer thread.
-fn job<C, T: Send + 'static>(
-    write: impl FnOnce(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
+fn job<C: 'static, T: Send + 'static>(
+    write: impl FnMut(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
     reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
 ) -> Job<C> {
-    Box::new(move |slot| {
-        let result = slot.map(|(conn, now)| write(conn, now));
-        Outcome {
-            // Unrun writes take the batch's verdict, which is then an error.
-            applied: result.as_ref().is_none_or(Result::is_ok),
-            answer: Box::new(move |committed| {
-                reply(match (committed, result) {
-                    (Ok(()), Some(result)) => result,
-                    (Err(message), _) => Err(StoreError::Writer(message)),
-                    (Ok(()), None) => Err(StoreError::Writer("the write did not run".into())),
-                });
-            }),
-        }
+    Box::new(Queued {
+        write,
+        result: None,
+        reply,
     })
 }
 
@@ -147,69 +204,205 @@ fn run<C: Session>(
                 Err(e) => error!(error = %e, "store writer cannot reconnect to the database"),
             }
         }
-        let (outcomes, committed) = match conn.as_mut() {
-            Some(conn) => commit_batch(conn, batch, clock),
-            None => (
-                batch.into_iter().map(|job| job(None)).collect(),
-                Err("the database cannot be reached".to_string()),
-            ),
+        let committed = match conn.as_mut() {
+            Some(conn) => match run_batch(conn, &mut batch, clock, Savepoints::None) {
+                Attempt::Finished(verdict) => verdict,
+                Attempt::Redo => {
+                    let _ = conn.control("ROLLBACK");
+                    match run_batch(conn, &mut batch, clock, Savepoints::EachWrite) {
+                        Attempt::Finished(verdict) => verdict,
+                        Attempt::Redo => Err("a write failed inside its savepoint".to_string()),
+                    }
+                }
+            },
+            None => Err("the database cannot be reached".to_string()),
         };
         if let Err(message) = &committed {
-            error!(writes = outcomes.len(), %message, "store group commit failed");
+            error!(writes = batch.len(), %message, "store group commit failed");
         }
-        for outcome in outcomes {
+        for write in batch {
             // A write that failed on its own already carries its error.
-            let status = if outcome.applied {
+            let status = if write.applied() {
                 committed.clone()
             } else {
                 Ok(())
             };
-            (outcome.answer)(status);
+            write.answer(status);
         }
     }
 }
 
-fn commit_batch<C: Session>(
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Savepoints {
+    /// The usual run: one transaction, nothing to undo unless a write fails.
+    None,
+    /// The redo after a write failed: each write in a savepoint, so a failed one alone
+    /// is rolled back.
+    EachWrite,
+}
+
+enum Attempt {
+    /// Committed (`Ok`) or failed as a whole (`Err`, nothing of it committed).
+    Finished(Result<(), String>),
+    /// A write failed without savepoints: roll back and run the batch again with them.
+    Redo,
+}
+
+fn run_batch<C: Session>(
     conn: &mut C,
-    batch: Vec<Job<C>>,
+    batch: &mut [Job<C>],
     clock: &Clock,
-) -> (Vec<Outcome>, Result<(), String>) {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut jobs = batch.into_iter();
-    // One savepoint, kept across the batch: a write that succeeded is released and the
-    // savepoint set again in one statement, a failed one rolls back to it (which keeps
-    // it). One round trip per write besides its own statements, which on PostgreSQL is
-    // what a write costs.
-    if let Err(message) = conn.begin().and_then(|()| conn.control("SAVEPOINT write")) {
-        let _ = conn.control("ROLLBACK");
-        outcomes.extend(jobs.map(|job| job(None)));
-        return (outcomes, Err(message));
+    savepoints: Savepoints,
+) -> Attempt {
+    let began = match savepoints {
+        Savepoints::None => conn.begin(),
+        // One savepoint, kept across the batch: a write that succeeded is released and
+        // the savepoint set again in one statement, a failed one rolls back to it (which
+        // keeps it).
+        Savepoints::EachWrite => conn.begin().and_then(|()| conn.control("SAVEPOINT write")),
+    };
+    if let Err(message) = began {
+        return abandon(conn, batch, message);
     }
-    let mut broken = None;
-    for job in jobs.by_ref() {
-        let now = clock();
-        let outcome = job(Some((&mut *conn, now)));
-        let kept = if outcome.applied {
-            conn.control("RELEASE SAVEPOINT write; SAVEPOINT write")
-        } else {
-            conn.control("ROLLBACK TO SAVEPOINT write")
+    for index in 0..batch.len() {
+        let ran = batch[index].run(conn, clock());
+        let kept = match (savepoints, ran) {
+            (Savepoints::None, Ran::Failed) => return Attempt::Redo,
+            (Savepoints::None, Ran::Done | Ran::Refused) => Ok(()),
+            (Savepoints::EachWrite, Ran::Done) => {
+                conn.control("RELEASE SAVEPOINT write; SAVEPOINT write")
+            }
+            (Savepoints::EachWrite, Ran::Refused | Ran::Failed) => {
+                conn.control("ROLLBACK TO SAVEPOINT write")
+            }
         };
-        outcomes.push(outcome);
         if let Err(message) = kept {
-            broken = Some(message);
-            break;
+            // Nothing of this batch is committed: a half-kept savepoint is no state to
+            // keep. This write keeps its own result if it failed; the rest take the error.
+            if batch[index].applied() {
+                batch[index].forget();
+            }
+            return abandon(conn, &mut batch[index + 1..], message);
         }
-    }
-    if let Some(message) = broken {
-        // Nothing of this batch is committed: a half-kept savepoint is no state to keep.
-        let _ = conn.control("ROLLBACK");
-        outcomes.extend(jobs.map(|job| job(None)));
-        return (outcomes, Err(message));
     }
     let committed = conn.control("COMMIT");
     if committed.is_err() {
         // A failed COMMIT (SQLite: busy) leaves the transaction open.
         let _ = conn.control("ROLLBACK");
     }
-    (outcomes, committed)
+    Attempt::Finished(committed)
+}
+
+/// Rolls back and fails `unanswered` with `message`: none of it is committed.
+fn abandon<C: Session>(conn: &mut C, unanswered: &mut [Job<C>], message: String) -> Attempt {
+    let _ = conn.control("ROLLBACK");
+    for write in unanswered {
+        write.forget();
+    }
+    Attempt::Finished(Err(message))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, mpsc};
+
+    use super::*;
+    use crate::store::Pending;
+
+    fn insert(conn: &mut rusqlite::Connection, x: i64) -> Result<(), StoreError> {
+        conn.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
+        Ok(())
+    }
+
+    fn stored(path: &std::path::Path) -> Vec<i64> {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut rows = conn.prepare("SELECT x FROM t ORDER BY x").unwrap();
+        rows.query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Writes queued while the writer is busy land in one batch. One of them fails after
+    /// a change of its own: the batch is redone with savepoints, which undoes that write
+    /// alone; a refusal (which changes nothing) is no reason to redo a batch.
+    #[test]
+    fn a_failed_write_is_undone_alone_and_a_refusal_costs_no_redo() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER NOT NULL CHECK (x >= 0))")
+            .unwrap();
+        let connect_to = path.clone();
+        let writer = Writer::start(
+            Box::new(move || Ok(rusqlite::Connection::open(&connect_to)?)),
+            crate::store::system_clock(),
+        )
+        .unwrap();
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = |x: i64| {
+            let runs = runs.clone();
+            move |conn: &mut rusqlite::Connection, _| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                insert(conn, x)
+            }
+        };
+        let refusal = || {
+            Err::<(), _>(StoreError::NoIdleChannelAccount {
+                total: 1,
+                next_free_in_ms: 0,
+            })
+        };
+        for poisoned in [false, true] {
+            // Holds the writer, in a batch of its own, until every other write of the
+            // round is queued behind it.
+            let (started, writer_busy) = mpsc::channel::<()>();
+            let (go, wait) = mpsc::channel::<()>();
+            let mut hold = Some((started, wait));
+            let holding = writer.submit(move |conn, _| {
+                if let Some((started, wait)) = hold.take() {
+                    started.send(()).unwrap();
+                    wait.recv().unwrap();
+                }
+                insert(conn, 1)
+            });
+            writer_busy.recv().unwrap();
+            runs.store(0, Ordering::SeqCst);
+            let fine = writer.submit(counted(2));
+            let refused = writer.submit(move |_: &mut rusqlite::Connection, _| refusal());
+            let failing: Pending<()> = writer.submit(move |conn, _| {
+                insert(conn, 3)?;
+                // Breaks the CHECK after its first row went in, when poisoned.
+                insert(conn, if poisoned { -1 } else { 4 })
+            });
+            let last = writer.submit(counted(5));
+            go.send(()).unwrap();
+            holding.blocking_recv().unwrap().unwrap();
+            fine.blocking_recv().unwrap().unwrap();
+            last.blocking_recv().unwrap().unwrap();
+            assert!(matches!(
+                refused.blocking_recv().unwrap(),
+                Err(StoreError::NoIdleChannelAccount { .. })
+            ));
+            let failed = failing.blocking_recv().unwrap();
+            if poisoned {
+                assert!(matches!(failed, Err(StoreError::Sqlite(_))), "{failed:?}");
+                assert_eq!(
+                    stored(&path),
+                    [1, 1, 2, 2, 3, 4, 5, 5],
+                    "round 1's rows and round 2's, without the failed write's 3"
+                );
+                // `fine` before the failure and again in the redo, `last` in the redo only.
+                assert_eq!(runs.load(Ordering::SeqCst), 3, "the batch was not redone");
+            } else {
+                failed.unwrap();
+                assert_eq!(stored(&path), [1, 2, 3, 4, 5]);
+                assert_eq!(runs.load(Ordering::SeqCst), 2, "a refusal redid the batch");
+            }
+        }
+    }
 }

@@ -13,7 +13,9 @@ use super::{
     Pending, PendingWrite, SignedChannelTx, StoreError, UnlockOutcome, ready,
 };
 
-/// One statement of each hot write, on the writer's connection (inside its batch).
+/// One statement of each hot write, on the writer's connection (inside its batch). A
+/// write that refuses (a [`StoreError::is_refusal`] error) must have changed nothing:
+/// the writer commits its batch around it without undoing anything.
 pub trait HotSql: Session {
     /// Locks an idle account until `until` with `token`, or says why none is idle.
     fn lease(&mut self, now: i64, until: i64, token: String) -> Result<ChannelLease, StoreError>;
@@ -72,19 +74,23 @@ fn locked_until_for(now: i64, limits: LockLimits, max_time_unix_s: Option<u64>) 
 fn acquire_write<C: HotSql>(
     limits: LockLimits,
     duration: Option<Duration>,
-) -> Result<impl FnOnce(&mut C, i64) -> Result<ChannelLease, StoreError> + Send + 'static, StoreError>
+) -> Result<impl FnMut(&mut C, i64) -> Result<ChannelLease, StoreError> + Send + 'static, StoreError>
 {
     let duration = limits.lock_duration(duration)?;
     let token = new_token();
     Ok(move |conn: &mut C, now: i64| {
-        conn.lease(now, now.saturating_add(duration.as_millis() as i64), token)
+        conn.lease(
+            now,
+            now.saturating_add(duration.as_millis() as i64),
+            token.clone(),
+        )
     })
 }
 
 fn release_write<C: HotSql>(
     account: &str,
     lock_token: &str,
-) -> impl FnOnce(&mut C, i64) -> Result<(), StoreError> + Send + 'static {
+) -> impl FnMut(&mut C, i64) -> Result<(), StoreError> + Send + 'static {
     let (account, lock_token) = (account.to_string(), lock_token.to_string());
     move |conn, now| conn.release_lease(now, &account, &lock_token)
 }
@@ -94,7 +100,7 @@ fn outcome_write<C: HotSql>(
     limits: LockLimits,
     audit: &[AuditEntry],
     signed: Option<&SignedChannelTx>,
-) -> impl FnOnce(&mut C, i64) -> Result<(), StoreError> + Send + 'static {
+) -> impl FnMut(&mut C, i64) -> Result<(), StoreError> + Send + 'static {
     let (audit, signed) = (audit.to_vec(), signed.cloned());
     move |conn, now| {
         for entry in &audit {
@@ -139,7 +145,7 @@ impl<B: Backend> ChannelLocks for B {
         self.writer().write(move |conn: &mut B::Connection, now| {
             let until = locked_until_for(now, limits, signed.max_time_unix_s);
             conn.extend_lock(now, until, &signed)?
-                .ok_or(StoreError::UnknownChannelAccount(signed.account))
+                .ok_or_else(|| StoreError::UnknownChannelAccount(signed.account.clone()))
         })
     }
 

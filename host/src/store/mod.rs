@@ -282,6 +282,21 @@ pub fn postgres_detail(error: &::postgres::Error) -> String {
 }
 
 impl StoreError {
+    /// A channel write's refusal, decided from what it read (no idle account, a token
+    /// that no longer holds the lock): such a write has changed nothing, so its batch
+    /// commits without it. Every other error of a write may leave a change behind (or,
+    /// on PostgreSQL, an aborted transaction) and makes the writer redo its batch with a
+    /// savepoint per write (`group_commit.rs`).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoChannelAccountsConfigured
+                | StoreError::NoIdleChannelAccount { .. }
+                | StoreError::UnknownChannelAccount(_)
+                | StoreError::LockTokenMismatch { .. }
+        )
+    }
+
     pub fn to_wire(&self) -> WireError {
         let code = match self {
             StoreError::NoChannelAccountsConfigured => ErrorCode::NoChannelAccountsConfigured,

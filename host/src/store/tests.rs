@@ -40,6 +40,9 @@ pub trait TestBackend: Store + Clone + Sized + 'static {
     fn reopen(&self) -> Self;
     /// Runs SQL on a connection of its own, outside the store's API.
     fn execute_raw(&self, sql: &str) -> Result<(), String>;
+    /// Makes the database refuse audit rows of `kind` with an error of its own (a write
+    /// failing midway, after its earlier statements changed something).
+    fn refuse_audit_kind(&self, kind: &str);
 }
 
 pub struct Fixture<S: TestBackend> {
@@ -91,6 +94,14 @@ impl TestBackend for SqliteStore {
     fn execute_raw(&self, sql: &str) -> Result<(), String> {
         let conn = rusqlite::Connection::open(self.path()).unwrap();
         conn.execute_batch(sql).map_err(|e| e.to_string())
+    }
+
+    fn refuse_audit_kind(&self, kind: &str) {
+        self.execute_raw(&format!(
+            "CREATE TRIGGER refuse_{kind} BEFORE INSERT ON audit_log WHEN NEW.kind = '{kind}'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+        ))
+        .unwrap();
     }
 }
 
@@ -168,6 +179,12 @@ impl TestBackend for PostgresStore {
                 .map_or_else(|| e.to_string(), ToString::to_string)
         })
     }
+    fn refuse_audit_kind(&self, kind: &str) {
+        self.execute_raw(&format!(
+            "ALTER TABLE audit_log ADD CONSTRAINT refuse_{kind} CHECK (kind <> '{kind}')"
+        ))
+        .unwrap();
+    }
 }
 
 /// Each named test, once per backend.
@@ -202,6 +219,7 @@ on_every_backend!(
     sixty_four_concurrent_acquirers_never_share_an_account,
     the_audit_log_is_append_only,
     group_commit_answers_each_write_with_its_own_result,
+    a_write_failing_midway_leaves_nothing_and_the_others_commit,
     the_key_cache_sees_its_own_writes_at_once_and_others_within_the_epoch_check,
     queued_writes_answer_as_blocking_ones_do_and_commit_before_answering,
 );
@@ -734,6 +752,75 @@ fn group_commit_answers_each_write_with_its_own_result<S: TestBackend>() {
     let hashes: Vec<String> = (0..THREADS).map(|i| format!("{i:064x}")).collect();
     let unlocked = f.store.unlock_by_tx_hashes(&hashes).unwrap();
     assert_eq!(unlocked.unlocked.len(), THREADS as usize);
+}
+
+/// A signing outcome whose second audit row the database refuses fails alone, among
+/// concurrent writes sharing its group commits: its first row and its lock extension are
+/// undone, every other outcome is committed in full.
+fn a_write_failing_midway_leaves_nothing_and_the_others_commit<S: TestBackend>() {
+    const THREADS: u32 = 16;
+    let f = Fixture::<S>::new(THREADS);
+    f.store.refuse_audit_kind("poison");
+    let barrier = Arc::new(Barrier::new(THREADS as usize));
+    let poisoned = |i: u32| i.is_multiple_of(4);
+    let threads: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let store = f.store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let lease = store.acquire(None).unwrap();
+                let row = |kind: &str| AuditEntry {
+                    caller_uid: Some(i),
+                    public_key: Some(lease.account.clone()),
+                    tx_hash: Some(format!("{i:064x}")),
+                    kind: kind.into(),
+                    outcome: "ok".into(),
+                    detail: None,
+                };
+                let mut rows = vec![row("sign")];
+                if poisoned(i) {
+                    rows.push(row("poison"));
+                }
+                let signed = SignedChannelTx {
+                    account: lease.account.clone(),
+                    tx_hash: format!("{i:064x}"),
+                    max_time_unix_s: Some(1_700_000_100),
+                };
+                barrier.wait();
+                store.record_outcome(&rows, Some(&signed))
+            })
+        })
+        .collect();
+    for (i, thread) in threads.into_iter().enumerate() {
+        let recorded = thread.join().unwrap();
+        if poisoned(i as u32) {
+            assert!(
+                matches!(
+                    recorded,
+                    Err(StoreError::Sqlite(_) | StoreError::Postgres(_))
+                ),
+                "{i}: {recorded:?}"
+            );
+        } else {
+            recorded.unwrap();
+        }
+    }
+    let audit = f.store.recent_audit(1000).unwrap();
+    let mut audited: Vec<u32> = audit.iter().filter_map(|r| r.entry.caller_uid).collect();
+    audited.sort_unstable();
+    let expected: Vec<u32> = (0..THREADS).filter(|&i| !poisoned(i)).collect();
+    assert_eq!(audited, expected, "a failed outcome left an audit row");
+    let hashes: Vec<String> = (0..THREADS).map(|i| format!("{i:064x}")).collect();
+    let unlocked = f.store.unlock_by_tx_hashes(&hashes).unwrap();
+    assert_eq!(unlocked.unlocked.len(), expected.len());
+    let unmatched: Vec<String> = (0..THREADS)
+        .filter(|&i| poisoned(i))
+        .map(|i| format!("{i:064x}"))
+        .collect();
+    assert_eq!(
+        unlocked.unmatched, unmatched,
+        "a failed outcome left its lock extension"
+    );
 }
 
 /// The host's key cache: its own writes are seen at once; another process's within

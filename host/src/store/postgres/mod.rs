@@ -269,9 +269,10 @@ impl Sql for PgSession {
 }
 
 impl Session for PgSession {
-    /// Each write's savepoint is a subtransaction; past 64 in one transaction every
-    /// server backend's snapshot has to look them up on disk (the subtransaction cache
-    /// overflows), which slows all of the database's sessions, not only this one.
+    /// A batch redone after a failed write gives each write a savepoint, which is a
+    /// subtransaction; past 64 in one transaction every server backend's snapshot has to
+    /// look them up on disk (the subtransaction cache overflows), which slows all of the
+    /// database's sessions, not only this one.
     const MAX_BATCH: usize = 64;
 
     fn begin(&mut self) -> Result<(), String> {
