@@ -17,8 +17,8 @@
 //! so a key with more requests in flight than its uses costs one KMS call per `max_uses`
 //! of them. Only when the decryption it waited for failed or was cancelled does a waiter
 //! decrypt on its own (and get its own answer), and after [`MAX_REFILL_ROUNDS`] rounds
-//! it stops waiting for others altogether, so no caller waits for more than a bounded
-//! number of decryptions.
+//! or [`MAX_REFILL_WAIT`] in all it stops waiting for others, so no caller waits for
+//! more than a bounded number of decryptions or a bounded time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -45,6 +45,8 @@ struct Entry {
 pub struct KeyCache {
     ttl: Duration,
     max_uses: u32,
+    /// [`MAX_REFILL_WAIT`], shorter in tests.
+    max_wait: Duration,
     entries: RwLock<HashMap<CacheKey, Entry>>,
     /// The keys being decrypted now, each with the lock its decrypting caller holds; the
     /// flag inside says whether that decryption ended with the key in the cache.
@@ -54,6 +56,11 @@ pub struct KeyCache {
 /// How many other callers' decryptions one caller waits for before it decrypts on its own
 /// (each such round is another caller's successful KMS call whose entry ran out first).
 pub const MAX_REFILL_ROUNDS: u32 = 4;
+
+/// How long one caller waits for other callers' decryptions in all, before it decrypts on
+/// its own: one KMS operation's bound (`startup.rs`), so a waiter's worst case stays
+/// about two KMS operations, well within the host's request timeout.
+pub const MAX_REFILL_WAIT: Duration = Duration::from_secs(8);
 
 /// What a caller that missed the cache does next.
 pub enum Refill<'a> {
@@ -101,9 +108,21 @@ impl KeyCache {
         KeyCache {
             ttl,
             max_uses: max_uses.max(1),
+            max_wait: MAX_REFILL_WAIT,
             entries: RwLock::new(HashMap::new()),
             refills: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same cache with a shorter total wait for other callers' decryptions.
+    #[cfg(test)]
+    pub fn waiting_at_most(self, max_wait: Duration) -> KeyCache {
+        KeyCache { max_wait, ..self }
+    }
+
+    /// How long a caller waits for other callers' decryptions in all.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
     }
 
     /// For a caller whose `sign` missed: the turn to decrypt `record`, or a wait for

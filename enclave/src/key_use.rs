@@ -129,11 +129,16 @@ async fn sign_cached_or_take_turn<'c>(
     key: &KeyMaterial,
     hash: &[u8; 32],
 ) -> Result<CachedSignature, Option<RefillTurn<'c>>> {
+    let stop_waiting = tokio::time::Instant::now() + cache.max_wait();
     for _ in 0..MAX_REFILL_ROUNDS {
         if let Some(signed) = cache.sign(key, hash) {
             return Ok(signed);
         }
-        match cache.refill(key).await {
+        // Waited long enough for others' decryptions: decrypt on its own.
+        let Ok(refill) = tokio::time::timeout_at(stop_waiting, cache.refill(key)).await else {
+            break;
+        };
+        match refill {
             Refill::Decrypt(mut turn) => {
                 // Another caller's decryption may have landed between the miss and the
                 // turn: use it rather than decrypt again, and so may those waiting.

@@ -602,6 +602,22 @@ async fn the_opt_in_cache_saves_kms_calls_and_still_signs_correctly() {
     assert_eq!(enclave.kms.calls(), 4);
 }
 
+/// `count` payments by `channel`, signed concurrently.
+async fn channel_payments_at_once(
+    enclave: &Enclave,
+    channel: &KeyMaterial,
+    count: usize,
+) -> Vec<Result<Response, WireError>> {
+    let payments = (0..count).map(|_| {
+        sign(
+            enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![channel.clone()],
+        )
+    });
+    futures_util::future::join_all(payments).await
+}
+
 /// 16 concurrent payments by the channel key on an enclave whose key cache serves
 /// `max_uses` signatures per entry and whose KMS answers after 50 ms; every answer must
 /// carry a valid signature by the channel key.
@@ -610,15 +626,8 @@ async fn sixteen_cached_payments_at_once(max_uses: u32) -> (Enclave, KeyMaterial
     *kms.latency.lock().unwrap() = std::time::Duration::from_millis(50);
     let enclave = with_key_cache(kms, max_uses);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
-    let payments = (0..16).map(|_| {
-        sign(
-            &enclave,
-            channel_payment(common::now_unix_secs()),
-            vec![channel.clone()],
-        )
-    });
     let channel_key = VerifyingKey::from_bytes(&raw(&CHANNEL_SEED)).unwrap();
-    for signed in futures_util::future::join_all(payments).await {
+    for signed in channel_payments_at_once(&enclave, &channel, 16).await {
         let Ok(Response::Signed {
             hash, signatures, ..
         }) = signed
@@ -670,6 +679,29 @@ async fn callers_missing_the_cache_together_share_one_kms_call() {
 async fn callers_beyond_an_entrys_uses_wait_for_the_next_decryption() {
     let (enclave, _) = sixteen_cached_payments_at_once(4).await;
     assert_eq!(enclave.kms.calls(), 4, "16 callers, 4 uses per decryption");
+}
+
+/// A caller waits for another caller's decryption only so long in all, then decrypts on
+/// its own: a slow KMS never holds a waiter beyond about two KMS operations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_stops_waiting_after_its_budget_and_decrypts_alone() {
+    let kms = Arc::new(FakeKms::default());
+    *kms.latency.lock().unwrap() = std::time::Duration::from_millis(600);
+    let mut context = context(kms.clone());
+    context.cache = Some(Arc::new(
+        crate::cache::KeyCache::new(std::time::Duration::from_mins(1), 100)
+            .waiting_at_most(std::time::Duration::from_millis(100)),
+    ));
+    let enclave = Enclave::over(kms, context);
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    for signed in channel_payments_at_once(&enclave, &channel, 2).await {
+        assert!(matches!(signed, Ok(Response::Signed { .. })), "{signed:?}");
+    }
+    assert_eq!(
+        enclave.kms.calls(),
+        2,
+        "the second caller waited out the first one's 600 ms decryption"
+    );
 }
 
 #[tokio::test]
