@@ -34,6 +34,12 @@ pub trait Session: Send + 'static {
     fn is_broken(&mut self) -> bool {
         false
     }
+    /// Rolls back the open transaction; whether the connection is now outside any
+    /// transaction (if not, the writer drops it rather than run the next batch inside
+    /// what is left of this one).
+    fn rollback(&mut self) -> bool {
+        self.control("ROLLBACK").is_ok()
+    }
 }
 
 /// Opens the writer's connection (again, after it broke).
@@ -49,7 +55,9 @@ trait QueuedWrite<C>: Send {
     /// Whether its result commits with the batch: a success, or never run (it then
     /// hears the batch's error). A write that failed keeps its own error.
     fn applied(&self) -> bool;
-    /// Answers the caller: `committed` is the batch's verdict for an applied write.
+    /// Answers the caller, given the batch's verdict: a write that failed (and was
+    /// undone) gets its own error; the others their result if the batch committed, else
+    /// the batch's error (a refusal too, as it may rest on a write that was not kept).
     fn answer(self: Box<Self>, committed: Result<(), String>);
 }
 
@@ -99,8 +107,8 @@ where
     fn answer(self: Box<Self>, committed: Result<(), String>) {
         let Queued { result, reply, .. } = *self;
         reply(match (committed, result) {
-            (_, Some(Err(own))) => Err(own),
-            (Ok(()), Some(Ok(value))) => Ok(value),
+            (_, Some(Err(own))) if !own.is_refusal() => Err(own),
+            (Ok(()), Some(result)) => result,
             (Err(message), _) => Err(StoreError::Writer(message)),
             (Ok(()), None) => Err(StoreError::Writer("the write did not run".into())),
         });
@@ -204,30 +212,30 @@ fn run<C: Session>(
                 Err(e) => error!(error = %e, "store writer cannot reconnect to the database"),
             }
         }
-        let committed = match conn.as_mut() {
+        let attempt = match conn.as_mut() {
             Some(conn) => match run_batch(conn, &mut batch, clock, Savepoints::None) {
-                Attempt::Finished(verdict) => verdict,
-                Attempt::Redo => {
-                    let _ = conn.control("ROLLBACK");
-                    match run_batch(conn, &mut batch, clock, Savepoints::EachWrite) {
-                        Attempt::Finished(verdict) => verdict,
-                        Attempt::Redo => Err("a write failed inside its savepoint".to_string()),
-                    }
+                Attempt::Redo if !conn.rollback() => {
+                    abandon_unrolled(&mut batch, "cannot roll back a failed write".into())
                 }
+                Attempt::Redo => run_batch(conn, &mut batch, clock, Savepoints::EachWrite),
+                finished => finished,
             },
-            None => Err("the database cannot be reached".to_string()),
+            None => Attempt::Finished(Err("the database cannot be reached".to_string())),
+        };
+        let committed = match attempt {
+            Attempt::Finished(verdict) => verdict,
+            Attempt::Redo => Err("a write failed inside its savepoint".to_string()),
+            Attempt::Broken(message) => {
+                // Whatever is left of its transaction must not take the next batch in.
+                conn = None;
+                Err(message)
+            }
         };
         if let Err(message) = &committed {
             error!(writes = batch.len(), %message, "store group commit failed");
         }
         for write in batch {
-            // A write that failed on its own already carries its error.
-            let status = if write.applied() {
-                committed.clone()
-            } else {
-                Ok(())
-            };
-            write.answer(status);
+            write.answer(committed.clone());
         }
     }
 }
@@ -246,6 +254,8 @@ enum Attempt {
     Finished(Result<(), String>),
     /// A write failed without savepoints: roll back and run the batch again with them.
     Redo,
+    /// Failed as a whole, and the rollback did not leave the connection clean.
+    Broken(String),
 }
 
 fn run_batch<C: Session>(
@@ -285,45 +295,160 @@ fn run_batch<C: Session>(
             return abandon(conn, &mut batch[index + 1..], message);
         }
     }
-    let committed = conn.control("COMMIT");
-    if committed.is_err() {
+    match conn.control("COMMIT") {
+        Ok(()) => Attempt::Finished(Ok(())),
         // A failed COMMIT (SQLite: busy) leaves the transaction open.
-        let _ = conn.control("ROLLBACK");
+        Err(message) => abandon(conn, &mut [], message),
     }
-    Attempt::Finished(committed)
 }
 
 /// Rolls back and fails `unanswered` with `message`: none of it is committed.
 fn abandon<C: Session>(conn: &mut C, unanswered: &mut [Job<C>], message: String) -> Attempt {
-    let _ = conn.control("ROLLBACK");
+    if conn.rollback() {
+        for write in unanswered {
+            write.forget();
+        }
+        Attempt::Finished(Err(message))
+    } else {
+        abandon_unrolled(unanswered, message)
+    }
+}
+
+/// Fails `unanswered` with `message` on a connection left in a transaction.
+fn abandon_unrolled<C>(unanswered: &mut [Job<C>], message: String) -> Attempt {
     for write in unanswered {
         write.forget();
     }
-    Attempt::Finished(Err(message))
+    Attempt::Broken(message)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::{Arc, mpsc};
 
     use super::*;
     use crate::store::Pending;
 
-    fn insert(conn: &mut rusqlite::Connection, x: i64) -> Result<(), StoreError> {
-        conn.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
+    /// SQLite's session, with faults to switch on: a COMMIT that fails, and a rollback
+    /// that leaves the transaction open.
+    struct Faulty {
+        conn: rusqlite::Connection,
+        faults: Arc<Faults>,
+    }
+
+    #[derive(Default)]
+    struct Faults {
+        commit_fails: AtomicBool,
+        rollback_leaves_transaction: AtomicBool,
+        connections: AtomicU32,
+    }
+
+    impl Session for Faulty {
+        fn begin(&mut self) -> Result<(), String> {
+            self.conn.begin()
+        }
+
+        fn control(&mut self, sql: &str) -> Result<(), String> {
+            if sql == "COMMIT" && self.faults.commit_fails.load(Ordering::SeqCst) {
+                return Err("the test refuses this COMMIT".into());
+            }
+            self.conn.control(sql)
+        }
+
+        fn rollback(&mut self) -> bool {
+            !self
+                .faults
+                .rollback_leaves_transaction
+                .load(Ordering::SeqCst)
+                && self.conn.rollback()
+        }
+    }
+
+    struct Fixture {
+        writer: Writer<Faulty>,
+        faults: Arc<Faults>,
+        path: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute_batch("CREATE TABLE t (x INTEGER NOT NULL CHECK (x >= 0))")
+                .unwrap();
+            let faults = Arc::new(Faults::default());
+            let (connect_to, counted) = (path.clone(), faults.clone());
+            let writer = Writer::start(
+                Box::new(move || {
+                    counted.connections.fetch_add(1, Ordering::SeqCst);
+                    Ok(Faulty {
+                        conn: rusqlite::Connection::open(&connect_to)?,
+                        faults: counted.clone(),
+                    })
+                }),
+                crate::store::system_clock(),
+            )
+            .unwrap();
+            Fixture {
+                writer,
+                faults,
+                path,
+                _dir: dir,
+            }
+        }
+
+        fn stored(&self) -> Vec<i64> {
+            let conn = rusqlite::Connection::open(&self.path).unwrap();
+            let mut rows = conn.prepare("SELECT x FROM t ORDER BY x").unwrap();
+            rows.query_map([], |row| row.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        }
+
+        /// Holds the writer in a batch of its own (which inserts 1) until the returned
+        /// sender is used, so that the writes queued meanwhile make one batch.
+        fn hold(&self) -> (Pending<()>, mpsc::Sender<()>) {
+            let (started, writer_busy) = mpsc::channel::<()>();
+            let (go, wait) = mpsc::channel::<()>();
+            let mut hold = Some((started, wait));
+            let holding = self.writer.submit(move |session, _| {
+                if let Some((started, wait)) = hold.take() {
+                    started.send(()).unwrap();
+                    wait.recv().unwrap();
+                }
+                insert(session, 1)
+            });
+            writer_busy.recv().unwrap();
+            (holding, go)
+        }
+    }
+
+    fn insert(session: &mut Faulty, x: i64) -> Result<(), StoreError> {
+        session.conn.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
         Ok(())
     }
 
-    fn stored(path: &std::path::Path) -> Vec<i64> {
-        let conn = rusqlite::Connection::open(path).unwrap();
-        let mut rows = conn.prepare("SELECT x FROM t ORDER BY x").unwrap();
-        rows.query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+    fn refusal() -> Result<(), StoreError> {
+        Err(StoreError::NoIdleChannelAccount {
+            total: 1,
+            next_free_in_ms: 0,
+        })
+    }
+
+    /// Inserts 3, then (when poisoned) breaks the table's CHECK: a write failing after a
+    /// change of its own.
+    fn failing_midway(poisoned: bool) -> impl FnMut(&mut Faulty, i64) -> Result<(), StoreError> {
+        move |session, _| {
+            insert(session, 3)?;
+            insert(session, if poisoned { -1 } else { 4 })
+        }
     }
 
     /// Writes queued while the writer is busy land in one batch. One of them fails after
@@ -331,55 +456,22 @@ mod tests {
     /// alone; a refusal (which changes nothing) is no reason to redo a batch.
     #[test]
     fn a_failed_write_is_undone_alone_and_a_refusal_costs_no_redo() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x INTEGER NOT NULL CHECK (x >= 0))")
-            .unwrap();
-        let connect_to = path.clone();
-        let writer = Writer::start(
-            Box::new(move || Ok(rusqlite::Connection::open(&connect_to)?)),
-            crate::store::system_clock(),
-        )
-        .unwrap();
+        let f = Fixture::new();
         let runs = Arc::new(AtomicU32::new(0));
         let counted = |x: i64| {
             let runs = runs.clone();
-            move |conn: &mut rusqlite::Connection, _| {
+            move |session: &mut Faulty, _| {
                 runs.fetch_add(1, Ordering::SeqCst);
-                insert(conn, x)
+                insert(session, x)
             }
         };
-        let refusal = || {
-            Err::<(), _>(StoreError::NoIdleChannelAccount {
-                total: 1,
-                next_free_in_ms: 0,
-            })
-        };
         for poisoned in [false, true] {
-            // Holds the writer, in a batch of its own, until every other write of the
-            // round is queued behind it.
-            let (started, writer_busy) = mpsc::channel::<()>();
-            let (go, wait) = mpsc::channel::<()>();
-            let mut hold = Some((started, wait));
-            let holding = writer.submit(move |conn, _| {
-                if let Some((started, wait)) = hold.take() {
-                    started.send(()).unwrap();
-                    wait.recv().unwrap();
-                }
-                insert(conn, 1)
-            });
-            writer_busy.recv().unwrap();
+            let (holding, go) = f.hold();
             runs.store(0, Ordering::SeqCst);
-            let fine = writer.submit(counted(2));
-            let refused = writer.submit(move |_: &mut rusqlite::Connection, _| refusal());
-            let failing: Pending<()> = writer.submit(move |conn, _| {
-                insert(conn, 3)?;
-                // Breaks the CHECK after its first row went in, when poisoned.
-                insert(conn, if poisoned { -1 } else { 4 })
-            });
-            let last = writer.submit(counted(5));
+            let fine = f.writer.submit(counted(2));
+            let refused = f.writer.submit(|_: &mut Faulty, _| refusal());
+            let failing = f.writer.submit(failing_midway(poisoned));
+            let last = f.writer.submit(counted(5));
             go.send(()).unwrap();
             holding.blocking_recv().unwrap().unwrap();
             fine.blocking_recv().unwrap().unwrap();
@@ -392,7 +484,7 @@ mod tests {
             if poisoned {
                 assert!(matches!(failed, Err(StoreError::Sqlite(_))), "{failed:?}");
                 assert_eq!(
-                    stored(&path),
+                    f.stored(),
                     [1, 1, 2, 2, 3, 4, 5, 5],
                     "round 1's rows and round 2's, without the failed write's 3"
                 );
@@ -400,9 +492,63 @@ mod tests {
                 assert_eq!(runs.load(Ordering::SeqCst), 3, "the batch was not redone");
             } else {
                 failed.unwrap();
-                assert_eq!(stored(&path), [1, 2, 3, 4, 5]);
+                assert_eq!(f.stored(), [1, 2, 3, 4, 5]);
                 assert_eq!(runs.load(Ordering::SeqCst), 2, "a refusal redid the batch");
             }
         }
+    }
+
+    /// A batch that does not commit answers every write with its error, a refusal too
+    /// (it may rest on a write that was not kept); a connection whose rollback left the
+    /// transaction open is dropped, and the next batch runs on a new one.
+    #[test]
+    fn a_failed_batch_fails_its_refusals_and_a_connection_left_in_a_transaction_is_replaced() {
+        let f = Fixture::new();
+        f.faults.commit_fails.store(true, Ordering::SeqCst);
+        let (holding, go) = f.hold();
+        let fine = f
+            .writer
+            .submit(|session: &mut Faulty, _| insert(session, 2));
+        let refused = f.writer.submit(|_: &mut Faulty, _| refusal());
+        go.send(()).unwrap();
+        for answer in [holding, fine, refused] {
+            let answer = answer.blocking_recv().unwrap();
+            assert!(
+                matches!(&answer, Err(StoreError::Writer(m)) if m.contains("COMMIT")),
+                "{answer:?}"
+            );
+        }
+        assert!(f.stored().is_empty());
+        f.faults.commit_fails.store(false, Ordering::SeqCst);
+
+        f.faults
+            .rollback_leaves_transaction
+            .store(true, Ordering::SeqCst);
+        let (holding, go) = f.hold();
+        let failing = f.writer.submit(failing_midway(true));
+        go.send(()).unwrap();
+        holding.blocking_recv().unwrap().unwrap();
+        let failed = failing.blocking_recv().unwrap();
+        assert!(
+            matches!(&failed, Err(StoreError::Writer(m)) if m.contains("roll back")),
+            "{failed:?}"
+        );
+        f.faults
+            .rollback_leaves_transaction
+            .store(false, Ordering::SeqCst);
+        assert_eq!(f.faults.connections.load(Ordering::SeqCst), 1);
+        f.writer
+            .write(|session: &mut Faulty, _| insert(session, 7))
+            .unwrap();
+        assert_eq!(
+            f.faults.connections.load(Ordering::SeqCst),
+            2,
+            "the connection left in a transaction was used again"
+        );
+        assert_eq!(
+            f.stored(),
+            [1, 7],
+            "the abandoned transaction was committed"
+        );
     }
 }

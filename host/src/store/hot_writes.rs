@@ -87,12 +87,23 @@ fn acquire_write<C: HotSql>(
     })
 }
 
+/// A release, once it names a `G...` account and a token without a NUL: anything else
+/// holds no lock and is refused before any SQL (PostgreSQL refuses NUL in text, which
+/// would fail the write and make the writer redo its whole batch with savepoints).
 fn release_write<C: HotSql>(
     account: &str,
     lock_token: &str,
-) -> impl FnMut(&mut C, i64) -> Result<(), StoreError> + Send + 'static {
+) -> Result<impl FnMut(&mut C, i64) -> Result<(), StoreError> + Send + 'static, StoreError> {
+    if stellar_strkey::ed25519::PublicKey::from_string(account).is_err() {
+        return Err(StoreError::UnknownChannelAccount(account.to_string()));
+    }
+    if lock_token.contains('\0') {
+        return Err(StoreError::LockTokenMismatch {
+            account: account.to_string(),
+        });
+    }
     let (account, lock_token) = (account.to_string(), lock_token.to_string());
-    move |conn, now| conn.release_lease(now, &account, &lock_token)
+    Ok(move |conn: &mut C, now| conn.release_lease(now, &account, &lock_token))
 }
 
 /// One signing request's rows and lock extension, as one write of a group commit.
@@ -121,7 +132,7 @@ impl<B: Backend> ChannelLocks for B {
     }
 
     fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
-        self.writer().write(release_write(account, lock_token))
+        self.writer().write(release_write(account, lock_token)?)
     }
 
     fn unlock_by_tx_hashes(&self, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
@@ -169,7 +180,10 @@ impl<B: Backend> ChannelLocks for B {
     }
 
     fn submit_release(&self, account: &str, lock_token: &str) -> PendingWrite {
-        self.writer().submit(release_write(account, lock_token))
+        match release_write(account, lock_token) {
+            Ok(write) => self.writer().submit(write),
+            Err(refused) => ready(Err(refused)),
+        }
     }
 }
 

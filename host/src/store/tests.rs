@@ -220,6 +220,7 @@ on_every_backend!(
     the_audit_log_is_append_only,
     group_commit_answers_each_write_with_its_own_result,
     a_write_failing_midway_leaves_nothing_and_the_others_commit,
+    text_from_requests_never_fails_a_write_with_a_database_error,
     the_key_cache_sees_its_own_writes_at_once_and_others_within_the_epoch_check,
     queued_writes_answer_as_blocking_ones_do_and_commit_before_answering,
 );
@@ -820,6 +821,53 @@ fn a_write_failing_midway_leaves_nothing_and_the_others_commit<S: TestBackend>()
     assert_eq!(
         unlocked.unmatched, unmatched,
         "a failed outcome left its lock extension"
+    );
+}
+
+/// Text from a request that PostgreSQL cannot store (a NUL) never reaches the database
+/// as a failing write, which would also make the writer redo its batch: a release naming
+/// it is refused for what it is, and an audit row stores it (PostgreSQL with U+FFFD).
+fn text_from_requests_never_fails_a_write_with_a_database_error<S: TestBackend>() {
+    let f = Fixture::<S>::new(1);
+    let lease = f.store.acquire(None).unwrap();
+    let refused = f.store.release("G\0", &lease.lock_token);
+    assert!(
+        matches!(refused, Err(StoreError::UnknownChannelAccount(_))),
+        "{refused:?}"
+    );
+    let truncated = format!("{}\0", &lease.lock_token[1..]);
+    for token in ["\0", truncated.as_str()] {
+        let refused = f.store.release(&lease.account, token);
+        assert!(
+            matches!(refused, Err(StoreError::LockTokenMismatch { .. })),
+            "{refused:?}"
+        );
+        let queued = f
+            .store
+            .submit_release(&lease.account, token)
+            .blocking_recv()
+            .unwrap();
+        assert!(
+            matches!(queued, Err(StoreError::LockTokenMismatch { .. })),
+            "{queued:?}"
+        );
+    }
+    f.store.release(&lease.account, &lease.lock_token).unwrap();
+
+    let entry = AuditEntry {
+        caller_uid: None,
+        public_key: Some("G\0".into()),
+        tx_hash: None,
+        kind: "sign".into(),
+        outcome: "refused".into(),
+        detail: Some("before\0after".into()),
+    };
+    f.store.record_outcome(&[entry], None).unwrap();
+    let row = &f.store.recent_audit(1).unwrap()[0];
+    let detail = row.entry.detail.as_deref().unwrap();
+    assert!(
+        ["before\0after", "before\u{FFFD}after"].contains(&detail),
+        "{detail:?}"
     );
 }
 

@@ -1,8 +1,23 @@
 //! The append-only audit log on PostgreSQL (triggers refuse updates, deletes and
 //! truncation), written by the group-commit writer with the signing outcome.
 
+use std::borrow::Cow;
+
 use super::{PostgresStore, Sql, uid_column};
 use crate::store::{AuditEntry, AuditRow, StoreError};
+
+/// `text` as PostgreSQL can store it: it refuses NUL in text, and an audit row must not
+/// fail (and with it a signature, and its batch's first run) over a string that came in a
+/// request. Each NUL becomes U+FFFD.
+fn storable(text: Option<&str>) -> Option<Cow<'_, str>> {
+    text.map(|text| {
+        if text.contains('\0') {
+            Cow::Owned(text.replace('\0', "\u{FFFD}"))
+        } else {
+            Cow::Borrowed(text)
+        }
+    })
+}
 
 /// One audit row, on the writer's session or a durable write's transaction.
 pub(super) fn insert_audit(
@@ -10,17 +25,25 @@ pub(super) fn insert_audit(
     now_ms: i64,
     entry: &AuditEntry,
 ) -> Result<(), StoreError> {
+    let [public_key, tx_hash, kind, outcome, detail] = [
+        entry.public_key.as_deref(),
+        entry.tx_hash.as_deref(),
+        Some(entry.kind.as_str()),
+        Some(entry.outcome.as_str()),
+        entry.detail.as_deref(),
+    ]
+    .map(storable);
     tx.execute(
         "INSERT INTO audit_log (at_ms, caller_uid, public_key, tx_hash, kind, outcome, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             &now_ms,
             &uid_column(entry.caller_uid),
-            &entry.public_key,
-            &entry.tx_hash,
-            &entry.kind,
-            &entry.outcome,
-            &entry.detail,
+            &public_key,
+            &tx_hash,
+            &kind,
+            &outcome,
+            &detail,
         ],
     )?;
     Ok(())

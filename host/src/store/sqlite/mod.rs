@@ -128,6 +128,13 @@ impl Session for rusqlite::Connection {
         self.execute_batch(sql)
             .map_err(|e| format!("database error: {e}"))
     }
+
+    /// SQLite may have rolled back on its own (after SQLITE_FULL, IOERR, NOMEM), and then
+    /// `ROLLBACK` fails with nothing left to undo: what counts is that no transaction is open.
+    fn rollback(&mut self) -> bool {
+        let _ = self.control("ROLLBACK");
+        self.is_autocommit()
+    }
 }
 
 impl Store for SqliteStore {
