@@ -40,6 +40,12 @@ pub trait Session: Send + 'static {
     fn rollback(&mut self) -> bool {
         self.control("ROLLBACK").is_ok()
     }
+    /// Rows changed on this connection so far, where the backend counts them (SQLite):
+    /// a refusal that changed rows is then treated as a failure and undone, so the rule
+    /// that refusals change nothing does not rest on every write keeping it.
+    fn rows_changed(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Opens the writer's connection (again, after it broke).
@@ -81,15 +87,19 @@ struct Queued<F, T, R> {
 
 impl<C, F, T, R> QueuedWrite<C> for Queued<F, T, R>
 where
+    C: Session,
     F: FnMut(&mut C, i64) -> Result<T, StoreError> + Send,
     T: Send,
     R: FnOnce(Result<T, StoreError>) + Send,
 {
     fn run(&mut self, conn: &mut C, now: i64) -> Ran {
+        let changed_before = conn.rows_changed();
         let result = (self.write)(conn, now);
         let ran = match &result {
             Ok(_) => Ran::Done,
-            Err(refusal) if refusal.is_refusal() => Ran::Refused,
+            Err(refusal) if refusal.is_refusal() && conn.rows_changed() == changed_before => {
+                Ran::Refused
+            }
             Err(_) => Ran::Failed,
         };
         self.result = Some(result);
@@ -177,7 +187,7 @@ impl<C: Session> Writer<C> {
 }
 
 /// Wraps a write and where its answer goes into a job for the writer thread.
-fn job<C: 'static, T: Send + 'static>(
+fn job<C: Session, T: Send + 'static>(
     write: impl FnMut(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
     reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
 ) -> Job<C> {
@@ -365,6 +375,10 @@ mod tests {
                 .load(Ordering::SeqCst)
                 && self.conn.rollback()
         }
+
+        fn rows_changed(&self) -> Option<u64> {
+            self.conn.rows_changed()
+        }
     }
 
     struct Fixture {
@@ -496,6 +510,30 @@ mod tests {
                 assert_eq!(runs.load(Ordering::SeqCst), 2, "a refusal redid the batch");
             }
         }
+    }
+
+    /// A write that changes rows and then refuses breaks the rule that refusals change
+    /// nothing; SQLite counts changed rows, so it is undone like a failed write.
+    #[test]
+    fn a_refusal_after_a_change_is_undone() {
+        let f = Fixture::new();
+        let (holding, go) = f.hold();
+        let changed_then_refused = f.writer.submit(|session: &mut Faulty, _| {
+            insert(session, 8)?;
+            refusal()
+        });
+        let fine = f
+            .writer
+            .submit(|session: &mut Faulty, _| insert(session, 2));
+        go.send(()).unwrap();
+        holding.blocking_recv().unwrap().unwrap();
+        fine.blocking_recv().unwrap().unwrap();
+        let refused = changed_then_refused.blocking_recv().unwrap();
+        assert!(
+            matches!(refused, Err(StoreError::NoIdleChannelAccount { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(f.stored(), [1, 2], "the refused write's row was committed");
     }
 
     /// A batch that does not commit answers every write with its error, a refusal too

@@ -15,7 +15,8 @@ use super::{
 
 /// One statement of each hot write, on the writer's connection (inside its batch). A
 /// write that refuses (a [`StoreError::is_refusal`] error) must have changed nothing:
-/// the writer commits its batch around it without undoing anything.
+/// the writer commits its batch around it without undoing anything. (On SQLite the writer
+/// checks: a refusal that changed rows is undone like a failure.)
 pub trait HotSql: Session {
     /// Locks an idle account until `until` with `token`, or says why none is idle.
     fn lease(&mut self, now: i64, until: i64, token: String) -> Result<ChannelLease, StoreError>;

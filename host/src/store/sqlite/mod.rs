@@ -135,6 +135,10 @@ impl Session for rusqlite::Connection {
         let _ = self.control("ROLLBACK");
         self.is_autocommit()
     }
+
+    fn rows_changed(&self) -> Option<u64> {
+        Some(self.total_changes())
+    }
 }
 
 impl Store for SqliteStore {
