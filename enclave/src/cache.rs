@@ -15,11 +15,10 @@
 //! invites throttling. One decryption serves at most `max_uses` signatures; a waiter that
 //! finds the new entry used up already waits for (or becomes) the next decrypting caller,
 //! so a key with more requests in flight than its uses costs one KMS call per `max_uses`
-//! of them. When the decryption it waited for failed or was cancelled, the next waiter
-//! takes the turn (and gets its own answer), so a failing or throttling KMS is asked by
-//! one caller at a time rather than by every caller in flight at once. After
-//! [`MAX_REFILL_ROUNDS`] used-up entries, or [`MAX_REFILL_WAIT`] in all, a caller stops
-//! waiting for others and decrypts on its own, so no caller waits without bound.
+//! of them. Only when the decryption it waited for failed or was cancelled does a waiter
+//! decrypt on its own (and get its own answer), and after [`MAX_REFILL_ROUNDS`] rounds
+//! or [`MAX_REFILL_WAIT`] in all it stops waiting for others, so no caller waits for
+//! more than a bounded number of decryptions or a bounded time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -71,10 +70,8 @@ pub enum Refill<'a> {
     /// Another caller's decryption put the key in the cache meanwhile: sign from it, or
     /// if it ran out already, ask again.
     Refilled,
-    /// The decryption waited for failed or was cancelled: ask for the next turn, so that
-    /// a failing KMS is asked by one caller at a time (each still gets its own answer).
-    Failed,
-    /// Decrypt on its own without taking turns: nothing is ever cached.
+    /// Decrypt on its own without caching turns: the decryption waited for failed or was
+    /// cancelled (this caller gets its own answer), or nothing is ever cached.
     Alone,
 }
 
@@ -158,7 +155,7 @@ impl KeyCache {
         if *in_progress.lock().await {
             Refill::Refilled
         } else {
-            Refill::Failed
+            Refill::Alone
         }
     }
 
@@ -316,7 +313,7 @@ mod tests {
             }
             drop(turn);
             match (cached, waiting.await) {
-                (true, Refill::Refilled) | (false, Refill::Failed) => {}
+                (true, Refill::Refilled) | (false, Refill::Alone) => {}
                 _ => panic!("the waiter was not told whether the key was cached ({cached})"),
             }
         }

@@ -130,8 +130,7 @@ async fn sign_cached_or_take_turn<'c>(
     hash: &[u8; 32],
 ) -> Result<CachedSignature, Option<RefillTurn<'c>>> {
     let stop_waiting = tokio::time::Instant::now() + cache.max_wait();
-    let mut used_up_rounds = 0;
-    while used_up_rounds < MAX_REFILL_ROUNDS {
+    for _ in 0..MAX_REFILL_ROUNDS {
         if let Some(signed) = cache.sign(key, hash) {
             return Ok(signed);
         }
@@ -150,9 +149,7 @@ async fn sign_cached_or_take_turn<'c>(
                 return Err(Some(turn));
             }
             // Used up already by the callers ahead of this one: ask again.
-            Refill::Refilled => used_up_rounds += 1,
-            // That caller's decryption failed: one of those waiting takes the next turn.
-            Refill::Failed => {}
+            Refill::Refilled => {}
             Refill::Alone => return cache.sign(key, hash).ok_or(None),
         }
     }

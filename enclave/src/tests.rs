@@ -78,9 +78,6 @@ struct FakeKms {
     peak_generating: AtomicUsize,
     /// How long each Decrypt takes.
     latency: Mutex<std::time::Duration>,
-    /// Decrypt calls in flight now, and at most.
-    decrypting: AtomicUsize,
-    peak_decrypting: AtomicUsize,
 }
 
 /// What the fake KMS says about the key it used.
@@ -135,10 +132,7 @@ impl Kms for FakeKms {
                 .push(key_id.to_string());
             let latency = *self.latency.lock().unwrap();
             if !latency.is_zero() {
-                let now = self.decrypting.fetch_add(1, Ordering::SeqCst) + 1;
-                self.peak_decrypting.fetch_max(now, Ordering::SeqCst);
                 tokio::time::sleep(latency).await;
-                self.decrypting.fetch_sub(1, Ordering::SeqCst);
             }
             if self.deny.load(Ordering::SeqCst) {
                 return Err(KmsError::AccessDenied("PCR0 does not match".into()));
@@ -648,8 +642,8 @@ async fn sixteen_cached_payments_at_once(max_uses: u32) -> (Enclave, KeyMaterial
 
 /// Concurrent signatures with a key missing from the cache make one KMS call between
 /// them, not one each (a busy key running out would otherwise send every request in
-/// flight to KMS at once); when that call fails, the waiting callers take turns, each
-/// answered by a KMS call of its own, one at a time, and none is left waiting.
+/// flight to KMS at once); when that call fails, the waiting callers each try on
+/// their own and are answered, none is left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_missing_the_cache_together_share_one_kms_call() {
     let (enclave, channel) = sixteen_cached_payments_at_once(100).await;
@@ -675,11 +669,6 @@ async fn callers_missing_the_cache_together_share_one_kms_call() {
         assert_eq!(refusal.code, ErrorCode::KmsAccessDenied);
     }
     assert_eq!(enclave.kms.calls(), 1 + 8);
-    assert_eq!(
-        enclave.kms.peak_decrypting.load(Ordering::SeqCst),
-        1,
-        "callers whose shared decryption failed all went to KMS at once"
-    );
 }
 
 /// More callers in flight than an entry's uses: each decryption serves `max_uses`
