@@ -19,23 +19,24 @@ use rusqlite::{Connection, OptionalExtension, params};
 /// How many of the longest-idle accounts the random pick draws from.
 const PICK_FROM: i64 = 16;
 
+/// Locks one of the longest-idle accounts, picked at random among the first few.
+pub(super) const LEASE: &str = "UPDATE channel_locks
+     SET locked_at_ms = ?1, locked_until_ms = ?2, lock_token = ?3, tx_hash = NULL
+     WHERE public_key = (
+         SELECT public_key FROM (
+             SELECT public_key FROM channel_locks
+             WHERE locked_until_ms <= ?1
+             ORDER BY locked_until_ms
+             LIMIT ?4)
+         ORDER BY random() LIMIT 1)
+     RETURNING public_key, locked_until_ms";
+
 impl HotSql for Connection {
     /// Locks a random account among the longest idle, on the writer's transaction.
     fn lease(&mut self, now: i64, until: i64, token: String) -> Result<ChannelLease, StoreError> {
         let conn = &*self;
         let leased: Option<(String, i64)> = conn
-            .prepare_cached(
-                "UPDATE channel_locks
-             SET locked_at_ms = ?1, locked_until_ms = ?2, lock_token = ?3, tx_hash = NULL
-             WHERE public_key = (
-                 SELECT public_key FROM (
-                     SELECT public_key FROM channel_locks
-                     WHERE locked_until_ms <= ?1
-                     ORDER BY locked_until_ms
-                     LIMIT ?4)
-                 ORDER BY random() LIMIT 1)
-             RETURNING public_key, locked_until_ms",
-            )?
+            .prepare_cached(LEASE)?
             .query_row(params![now, until, token, PICK_FROM], |row| {
                 Ok((row.get(0)?, row.get(1)?))
             })

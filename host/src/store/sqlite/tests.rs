@@ -94,3 +94,26 @@ fn a_group_that_cannot_commit_fails_all_its_writes_and_keeps_nothing() {
     // The writer carries on once the lock is free.
     store.acquire(None).unwrap();
 }
+
+/// Every connection plans without looking at bound values, so a cached statement is
+/// never re-prepared because a parameter changed (the channel lease was, on every
+/// acquire, for more than half its cost): checked on the lease, run at three times.
+#[test]
+fn cached_statements_are_not_re_prepared_when_their_parameters_change() {
+    use crate::store::hot_writes::HotSql;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signer.db");
+    let store = SqliteStore::open(&path, LockLimits::default(), Duration::from_secs(5)).unwrap();
+    store
+        .insert_keys(&[channel(1), channel(2), channel(3)])
+        .unwrap();
+    let mut conn = super::pool::open(&path, Duration::from_secs(5)).unwrap();
+    for (i, now) in [1_000_i64, 2_000, 3_000].into_iter().enumerate() {
+        conn.lease(now, now + 10, format!("t{i}")).unwrap();
+    }
+    let reprepared = conn
+        .prepare_cached(super::channels::LEASE)
+        .unwrap()
+        .get_status(rusqlite::StatementStatus::RePrepare);
+    assert_eq!(reprepared, 0);
+}
