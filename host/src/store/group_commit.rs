@@ -56,11 +56,8 @@ pub type Connect<C> = Box<dyn FnMut() -> Result<C, StoreError> + Send>;
 trait QueuedWrite<C>: Send {
     /// Runs the write, keeping its result for the answer.
     fn run(&mut self, conn: &mut C, now: i64) -> Ran;
-    /// Forgets a result the batch will not commit: the write then takes the batch's error.
+    /// Forgets the result of an earlier run: unrun, the write takes the batch's error.
     fn forget(&mut self);
-    /// Whether its result commits with the batch: a success, or never run (it then
-    /// hears the batch's error). A write that failed keeps its own error.
-    fn applied(&self) -> bool;
     /// Answers the caller, given the batch's verdict: a write that failed (and was
     /// undone) gets its own error; the others their result if the batch committed, else
     /// the batch's error (a refusal too, as it may rest on a write that was not kept).
@@ -108,10 +105,6 @@ where
 
     fn forget(&mut self) {
         self.result = None;
-    }
-
-    fn applied(&self) -> bool {
-        self.result.as_ref().is_none_or(Result::is_ok)
     }
 
     fn answer(self: Box<Self>, committed: Result<(), String>) {
@@ -225,7 +218,10 @@ fn run<C: Session>(
         let attempt = match conn.as_mut() {
             Some(conn) => match run_batch(conn, &mut batch, clock, Savepoints::None) {
                 Attempt::Redo if !conn.rollback() => {
-                    abandon_unrolled(&mut batch, "cannot roll back a failed write".into())
+                    for write in &mut batch {
+                        write.forget();
+                    }
+                    Attempt::Broken("cannot roll back a failed write".into())
                 }
                 Attempt::Redo => run_batch(conn, &mut batch, clock, Savepoints::EachWrite),
                 finished => finished,
@@ -274,6 +270,10 @@ fn run_batch<C: Session>(
     clock: &Clock,
     savepoints: Savepoints,
 ) -> Attempt {
+    // Only this run's results count; a write it does not reach takes the batch's error.
+    for write in batch.iter_mut() {
+        write.forget();
+    }
     let began = match savepoints {
         Savepoints::None => conn.begin(),
         // One savepoint, kept across the batch: a write that succeeded is released and
@@ -282,10 +282,10 @@ fn run_batch<C: Session>(
         Savepoints::EachWrite => conn.begin().and_then(|()| conn.control("SAVEPOINT write")),
     };
     if let Err(message) = began {
-        return abandon(conn, batch, message);
+        return abandon(conn, message);
     }
-    for index in 0..batch.len() {
-        let ran = batch[index].run(conn, clock());
+    for write in batch.iter_mut() {
+        let ran = write.run(conn, clock());
         let kept = match (savepoints, ran) {
             (Savepoints::None, Ran::Failed) => return Attempt::Redo,
             (Savepoints::None, Ran::Done | Ran::Refused) => Ok(()),
@@ -298,38 +298,24 @@ fn run_batch<C: Session>(
         };
         if let Err(message) = kept {
             // Nothing of this batch is committed: a half-kept savepoint is no state to
-            // keep. This write keeps its own result if it failed; the rest take the error.
-            if batch[index].applied() {
-                batch[index].forget();
-            }
-            return abandon(conn, &mut batch[index + 1..], message);
+            // keep. A write that failed keeps its own error; the rest take the batch's.
+            return abandon(conn, message);
         }
     }
     match conn.control("COMMIT") {
         Ok(()) => Attempt::Finished(Ok(())),
         // A failed COMMIT (SQLite: busy) leaves the transaction open.
-        Err(message) => abandon(conn, &mut [], message),
+        Err(message) => abandon(conn, message),
     }
 }
 
-/// Rolls back and fails `unanswered` with `message`: none of it is committed.
-fn abandon<C: Session>(conn: &mut C, unanswered: &mut [Job<C>], message: String) -> Attempt {
+/// Rolls back a batch that failed as a whole with `message`: nothing of it is committed.
+fn abandon<C: Session>(conn: &mut C, message: String) -> Attempt {
     if conn.rollback() {
-        for write in unanswered {
-            write.forget();
-        }
         Attempt::Finished(Err(message))
     } else {
-        abandon_unrolled(unanswered, message)
+        Attempt::Broken(message)
     }
-}
-
-/// Fails `unanswered` with `message` on a connection left in a transaction.
-fn abandon_unrolled<C>(unanswered: &mut [Job<C>], message: String) -> Attempt {
-    for write in unanswered {
-        write.forget();
-    }
-    Attempt::Broken(message)
 }
 
 #[cfg(test)]
