@@ -55,7 +55,7 @@ pub struct KeyCache {
 
 /// How many other callers' decryptions one caller waits for before it decrypts on its own
 /// (each such round is another caller's successful KMS call whose entry ran out first).
-pub const MAX_REFILL_ROUNDS: u32 = 4;
+const MAX_REFILL_ROUNDS: u32 = 4;
 
 /// How long one caller waits for other callers' decryptions in all, before it decrypts on
 /// its own: one KMS operation's bound (`startup.rs`), so a waiter's worst case stays
@@ -63,7 +63,7 @@ pub const MAX_REFILL_ROUNDS: u32 = 4;
 pub const MAX_REFILL_WAIT: Duration = Duration::from_secs(8);
 
 /// What a caller that missed the cache does next.
-pub enum Refill<'a> {
+enum Refill<'a> {
     /// Decrypt the key, `put` it and mark the turn [`RefillTurn::cached`]; the others
     /// wait until this is dropped.
     Decrypt(RefillTurn<'a>),
@@ -120,14 +120,9 @@ impl KeyCache {
         KeyCache { max_wait, ..self }
     }
 
-    /// How long a caller waits for other callers' decryptions in all.
-    pub fn max_wait(&self) -> Duration {
-        self.max_wait
-    }
-
     /// For a caller whose `sign` missed: the turn to decrypt `record`, or a wait for
     /// the caller that already has it.
-    pub async fn refill(&self, record: &KeyMaterial) -> Refill<'_> {
+    async fn refill(&self, record: &KeyMaterial) -> Refill<'_> {
         if self.max_uses <= 1 {
             // Nothing is ever cached (`put` keeps no single-use key): waiting for
             // another caller's decryption would only delay this one.
@@ -157,6 +152,48 @@ impl KeyCache {
         } else {
             Refill::Alone
         }
+    }
+
+    /// Signs `hash` with the cached key of `record`, waiting if another caller is
+    /// decrypting it; else what this caller decrypts with: its turn (the others in
+    /// flight wait for it; mark it [`RefillTurn::cached`] once `put`) or `None` (on its
+    /// own).
+    pub async fn sign_or_take_turn(
+        &self,
+        record: &KeyMaterial,
+        hash: &[u8; 32],
+    ) -> Result<CachedSignature, Option<RefillTurn<'_>>> {
+        // A hit, the usual case, signs before any clock is read.
+        if let Some(signed) = self.sign(record, hash) {
+            return Ok(signed);
+        }
+        let stop_waiting = tokio::time::Instant::now() + self.max_wait;
+        for _ in 0..MAX_REFILL_ROUNDS {
+            // Waited long enough for others' decryptions: decrypt on its own.
+            let Ok(refill) = tokio::time::timeout_at(stop_waiting, self.refill(record)).await
+            else {
+                return self.sign(record, hash).ok_or(None);
+            };
+            match refill {
+                Refill::Decrypt(mut turn) => {
+                    // Another caller's decryption may have landed between the miss and
+                    // the turn: use it rather than decrypt again, and so may those waiting.
+                    if let Some(signed) = self.sign(record, hash) {
+                        turn.cached();
+                        return Ok(signed);
+                    }
+                    return Err(Some(turn));
+                }
+                // Used up already by the callers ahead of this one: ask again.
+                Refill::Refilled => {}
+                // That decryption failed, or nothing is ever cached.
+                Refill::Alone => return self.sign(record, hash).ok_or(None),
+            }
+            if let Some(signed) = self.sign(record, hash) {
+                return Ok(signed);
+            }
+        }
+        Err(None)
     }
 
     fn key(record: &KeyMaterial) -> CacheKey {

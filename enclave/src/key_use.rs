@@ -9,7 +9,7 @@ use common::wire::messages::{KeyFormat, KeyMaterial};
 use common::wire::{ErrorCode, WireError};
 use tracing::{info, warn};
 
-use crate::cache::{CachedSignature, KeyCache, MAX_REFILL_ROUNDS, Refill, RefillTurn};
+use crate::cache::KeyCache;
 use crate::context::SigningContext;
 use crate::keys::{Seed, kms_context, open_sealed_seed, seed_from_kms_direct, sign_checked};
 
@@ -103,7 +103,7 @@ async fn decrypt_and_sign(
         // `open_key` checks the KMS key; a cached seed is checked here, so a record
         // naming another KMS key never signs either way.
         check_kms_key(context, key)?;
-        match sign_cached_or_take_turn(cache, key, hash).await {
+        match cache.sign_or_take_turn(key, hash).await {
             Ok(signed) => return Ok(signed),
             Err(turn) => decrypting = turn,
         }
@@ -120,40 +120,6 @@ async fn decrypt_and_sign(
     // The waiting callers go on once the key is in the cache (or this failed above).
     drop(decrypting);
     Ok(signed)
-}
-
-/// A signature from the cache, or else what this caller decrypts with: its turn (the
-/// others in flight wait for it) or `None` (on its own).
-async fn sign_cached_or_take_turn<'c>(
-    cache: &'c KeyCache,
-    key: &KeyMaterial,
-    hash: &[u8; 32],
-) -> Result<CachedSignature, Option<RefillTurn<'c>>> {
-    let stop_waiting = tokio::time::Instant::now() + cache.max_wait();
-    for _ in 0..MAX_REFILL_ROUNDS {
-        if let Some(signed) = cache.sign(key, hash) {
-            return Ok(signed);
-        }
-        // Waited long enough for others' decryptions: decrypt on its own.
-        let Ok(refill) = tokio::time::timeout_at(stop_waiting, cache.refill(key)).await else {
-            break;
-        };
-        match refill {
-            Refill::Decrypt(mut turn) => {
-                // Another caller's decryption may have landed between the miss and the
-                // turn: use it rather than decrypt again, and so may those waiting.
-                if let Some(signed) = cache.sign(key, hash) {
-                    turn.cached();
-                    return Ok(signed);
-                }
-                return Err(Some(turn));
-            }
-            // Used up already by the callers ahead of this one: ask again.
-            Refill::Refilled => {}
-            Refill::Alone => return cache.sign(key, hash).ok_or(None),
-        }
-    }
-    cache.sign(key, hash).ok_or(None)
 }
 
 /// Decrypts `key` through KMS (attested, for the measured key its record names) and
