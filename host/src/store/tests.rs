@@ -707,6 +707,28 @@ fn the_audit_log_is_append_only<S: TestBackend>() {
     assert_eq!(f.store.recent_audit(10).unwrap().len(), 2);
 }
 
+/// Caller `i`'s signature by channel `account`, as the sign path records it: one audit
+/// row of each of `kinds` and the signed transaction (hash `i`) extending the lock.
+fn signed_by_channel(i: u32, account: &str, kinds: &[&str]) -> (Vec<AuditEntry>, SignedChannelTx) {
+    let rows = kinds
+        .iter()
+        .map(|kind| AuditEntry {
+            caller_uid: Some(i),
+            public_key: Some(account.to_string()),
+            tx_hash: Some(format!("{i:064x}")),
+            kind: (*kind).into(),
+            outcome: "ok".into(),
+            detail: None,
+        })
+        .collect();
+    let signed = SignedChannelTx {
+        account: account.to_string(),
+        tx_hash: format!("{i:064x}"),
+        max_time_unix_s: Some(1_700_000_100),
+    };
+    (rows, signed)
+}
+
 /// Writes from many threads land in shared group commits, each answered with its own
 /// result: a refused release among them fails alone, and every answered write's rows
 /// are there.
@@ -723,20 +745,8 @@ fn group_commit_answers_each_write_with_its_own_result<S: TestBackend>() {
                 let lease = store.acquire(None).unwrap();
                 let wrong = store.release(&lease.account, "not-the-token");
                 assert!(matches!(wrong, Err(StoreError::LockTokenMismatch { .. })));
-                let row = AuditEntry {
-                    caller_uid: Some(i),
-                    public_key: Some(lease.account.clone()),
-                    tx_hash: Some(format!("{i:064x}")),
-                    kind: "sign".into(),
-                    outcome: "ok".into(),
-                    detail: None,
-                };
-                let signed = SignedChannelTx {
-                    account: lease.account.clone(),
-                    tx_hash: format!("{i:064x}"),
-                    max_time_unix_s: Some(1_700_000_100),
-                };
-                store.record_outcome(&[row], Some(&signed)).unwrap();
+                let (rows, signed) = signed_by_channel(i, &lease.account, &["sign"]);
+                store.record_outcome(&rows, Some(&signed)).unwrap();
                 lease.account
             })
         })
@@ -770,23 +780,12 @@ fn a_write_failing_midway_leaves_nothing_and_the_others_commit<S: TestBackend>()
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let lease = store.acquire(None).unwrap();
-                let row = |kind: &str| AuditEntry {
-                    caller_uid: Some(i),
-                    public_key: Some(lease.account.clone()),
-                    tx_hash: Some(format!("{i:064x}")),
-                    kind: kind.into(),
-                    outcome: "ok".into(),
-                    detail: None,
+                let kinds: &[&str] = if poisoned(i) {
+                    &["sign", "poison"]
+                } else {
+                    &["sign"]
                 };
-                let mut rows = vec![row("sign")];
-                if poisoned(i) {
-                    rows.push(row("poison"));
-                }
-                let signed = SignedChannelTx {
-                    account: lease.account.clone(),
-                    tx_hash: format!("{i:064x}"),
-                    max_time_unix_s: Some(1_700_000_100),
-                };
+                let (rows, signed) = signed_by_channel(i, &lease.account, kinds);
                 barrier.wait();
                 store.record_outcome(&rows, Some(&signed))
             })
