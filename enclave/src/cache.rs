@@ -15,9 +15,12 @@
 //! invites throttling. One decryption serves at most `max_uses` signatures; a waiter that
 //! finds the new entry used up already waits for (or becomes) the next decrypting caller,
 //! so a key with more requests in flight than its uses costs one KMS call per `max_uses`
-//! of them. Only when the decryption it waited for failed or was cancelled does a waiter
-//! decrypt on its own (and get its own answer), and after [`MAX_REFILL_ROUNDS`] rounds
-//! or [`MAX_REFILL_WAIT`] in all it stops waiting for others, so no caller waits for
+//! of them. When the decryption a caller waited for failed, the caller gets the same
+//! error: it asks for the same record (same ciphertext, context and attestation), so KMS
+//! would answer it alike, and a throttling or failing KMS sees one call, not one per
+//! caller in flight. When that decryption was cancelled, its waiters ask again and one of
+//! them takes the turn. After [`MAX_REFILL_ROUNDS`] rounds or [`MAX_REFILL_WAIT`] in all
+//! a caller stops waiting for others and decrypts on its own, so no caller waits for
 //! more than a bounded number of decryptions or a bounded time.
 
 use std::collections::HashMap;
@@ -25,6 +28,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use common::wire::WireError;
 use common::wire::messages::{KeyFormat, KeyMaterial};
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
@@ -48,9 +52,21 @@ pub struct KeyCache {
     /// [`MAX_REFILL_WAIT`], shorter in tests.
     max_wait: Duration,
     entries: RwLock<HashMap<CacheKey, Entry>>,
-    /// The keys being decrypted now, each with the lock its decrypting caller holds; the
-    /// flag inside says whether that decryption ended with the key in the cache.
-    refills: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<bool>>>>,
+    /// The keys being decrypted now, each with the lock its decrypting caller holds and,
+    /// inside, how that decryption ended.
+    refills: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<TurnOutcome>>>>,
+}
+
+/// How a decrypting caller's turn ended, as its waiters find it.
+#[derive(Default)]
+enum TurnOutcome {
+    /// Without an outcome: the caller was cancelled (its request dropped).
+    #[default]
+    Abandoned,
+    /// The key is in the cache.
+    Cached,
+    /// The decryption (or the check of its seed) failed with this.
+    Failed(WireError),
 }
 
 /// How many other callers' decryptions one caller waits for before it decrypts on its own
@@ -70,9 +86,23 @@ enum Refill<'a> {
     /// Another caller's decryption put the key in the cache meanwhile: sign from it, or
     /// if it ran out already, ask again.
     Refilled,
-    /// Decrypt on its own without caching turns: the decryption waited for failed or was
-    /// cancelled (this caller gets its own answer), or nothing is ever cached.
+    /// The decryption waited for was cancelled: ask again.
+    Abandoned,
+    /// The decryption waited for failed: this caller's answer is the same error.
+    Failed(WireError),
+    /// Decrypt on its own without caching turns: nothing is ever cached.
     Alone,
+}
+
+/// What a caller does after looking in the cache.
+pub enum Lookup<'a> {
+    /// Signed from the cache.
+    Signed(CachedSignature),
+    /// The decryption this caller waited for failed: answer with its error.
+    Failed(WireError),
+    /// Decrypt through KMS, holding the turn the others in flight wait for (mark it
+    /// [`RefillTurn::cached`] or [`RefillTurn::failed`]), or on its own (`None`).
+    Decrypt(Option<RefillTurn<'a>>),
 }
 
 /// The decrypting caller's turn; dropping it (done, failed or cancelled) lets the
@@ -80,13 +110,18 @@ enum Refill<'a> {
 pub struct RefillTurn<'a> {
     cache: &'a KeyCache,
     key: CacheKey,
-    held: tokio::sync::OwnedMutexGuard<bool>,
+    held: tokio::sync::OwnedMutexGuard<TurnOutcome>,
 }
 
 impl RefillTurn<'_> {
     /// The key is in the cache now: the waiting callers sign from it.
     pub fn cached(&mut self) {
-        *self.held = true;
+        *self.held = TurnOutcome::Cached;
+    }
+
+    /// The decryption failed: the waiting callers answer with `error` too.
+    pub fn failed(&mut self, error: &WireError) {
+        *self.held = TurnOutcome::Failed(error.clone());
     }
 }
 
@@ -134,7 +169,7 @@ impl KeyCache {
             if let Some(lock) = refills.get(&key) {
                 lock.clone()
             } else {
-                let lock = Arc::new(tokio::sync::Mutex::new(false));
+                let lock = Arc::new(tokio::sync::Mutex::new(TurnOutcome::Abandoned));
                 // Fresh and not shared yet, so this never waits.
                 let Ok(held) = lock.clone().try_lock_owned() else {
                     return Refill::Alone;
@@ -147,32 +182,31 @@ impl KeyCache {
                 });
             }
         };
-        if *in_progress.lock().await {
-            Refill::Refilled
-        } else {
-            Refill::Alone
+        match &*in_progress.lock().await {
+            TurnOutcome::Cached => Refill::Refilled,
+            TurnOutcome::Abandoned => Refill::Abandoned,
+            TurnOutcome::Failed(error) => Refill::Failed(error.clone()),
         }
     }
 
     /// Signs `hash` with the cached key of `record`, waiting if another caller is
-    /// decrypting it; else what this caller decrypts with: its turn (the others in
-    /// flight wait for it; mark it [`RefillTurn::cached`] once `put`) or `None` (on its
-    /// own).
-    pub async fn sign_or_take_turn(
-        &self,
-        record: &KeyMaterial,
-        hash: &[u8; 32],
-    ) -> Result<CachedSignature, Option<RefillTurn<'_>>> {
+    /// decrypting it; else the error that decryption failed with, or what this caller
+    /// decrypts with (see [`Lookup`]).
+    pub async fn sign_or_take_turn(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Lookup<'_> {
         // A hit, the usual case, signs before any clock is read.
         if let Some(signed) = self.sign(record, hash) {
-            return Ok(signed);
+            return Lookup::Signed(signed);
         }
+        let decrypt_alone = || {
+            self.sign(record, hash)
+                .map_or(Lookup::Decrypt(None), Lookup::Signed)
+        };
         let stop_waiting = tokio::time::Instant::now() + self.max_wait;
         for _ in 0..MAX_REFILL_ROUNDS {
             // Waited long enough for others' decryptions: decrypt on its own.
             let Ok(refill) = tokio::time::timeout_at(stop_waiting, self.refill(record)).await
             else {
-                return self.sign(record, hash).ok_or(None);
+                return decrypt_alone();
             };
             match refill {
                 Refill::Decrypt(mut turn) => {
@@ -180,20 +214,26 @@ impl KeyCache {
                     // the turn: use it rather than decrypt again, and so may those waiting.
                     if let Some(signed) = self.sign(record, hash) {
                         turn.cached();
-                        return Ok(signed);
+                        return Lookup::Signed(signed);
                     }
-                    return Err(Some(turn));
+                    return Lookup::Decrypt(Some(turn));
                 }
-                // Used up already by the callers ahead of this one: ask again.
-                Refill::Refilled => {}
-                // That decryption failed, or nothing is ever cached.
-                Refill::Alone => return self.sign(record, hash).ok_or(None),
+                // Used up already by the callers ahead of this one, or never decrypted
+                // because its caller was cancelled: ask again.
+                Refill::Refilled | Refill::Abandoned => {}
+                Refill::Failed(error) => {
+                    // Unless a caller decrypting on its own cached the key meanwhile.
+                    return self
+                        .sign(record, hash)
+                        .map_or(Lookup::Failed(error), Lookup::Signed);
+                }
+                Refill::Alone => return decrypt_alone(),
             }
             if let Some(signed) = self.sign(record, hash) {
-                return Ok(signed);
+                return Lookup::Signed(signed);
             }
         }
-        Err(None)
+        Lookup::Decrypt(None)
     }
 
     fn key(record: &KeyMaterial) -> CacheKey {
@@ -305,6 +345,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use common::wire::ErrorCode;
     use ed25519_dalek::{Verifier, VerifyingKey};
 
     const SEED: [u8; 32] = [5; 32];
@@ -327,13 +368,15 @@ mod tests {
             .is_ok()
     }
 
-    /// One caller decrypts a missing key while the others wait, and they learn whether
-    /// it reached the cache; with single-use entries (nothing is ever cached) nobody waits.
+    /// One caller decrypts a missing key while the others wait, and they learn how its
+    /// turn ended: cached, failed (with its error) or abandoned; with single-use entries
+    /// (nothing is ever cached) nobody waits.
     #[tokio::test]
     async fn one_caller_decrypts_a_missing_key_unless_nothing_is_cached() {
         let blob = record(&SEED, b"blob");
         let cache = KeyCache::new(Duration::from_mins(1), 3);
-        for cached in [false, true] {
+        let denied = WireError::new(ErrorCode::KmsAccessDenied, "PCR0 does not match");
+        for ending in ["abandoned", "failed", "cached"] {
             let Refill::Decrypt(mut turn) = cache.refill(&blob).await else {
                 panic!("the first caller did not get the turn to decrypt");
             };
@@ -345,13 +388,16 @@ mod tests {
                     .is_err(),
                 "a second caller did not wait for the first"
             );
-            if cached {
-                turn.cached();
+            match ending {
+                "cached" => turn.cached(),
+                "failed" => turn.failed(&denied),
+                _ => {}
             }
             drop(turn);
-            match (cached, waiting.await) {
-                (true, Refill::Refilled) | (false, Refill::Alone) => {}
-                _ => panic!("the waiter was not told whether the key was cached ({cached})"),
+            match (ending, waiting.await) {
+                ("cached", Refill::Refilled) | ("abandoned", Refill::Abandoned) => {}
+                ("failed", Refill::Failed(error)) if error == denied => {}
+                _ => panic!("the waiter was not told how the turn ended ({ending})"),
             }
         }
         assert!(matches!(cache.refill(&blob).await, Refill::Decrypt(_)));

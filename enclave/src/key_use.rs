@@ -9,7 +9,7 @@ use common::wire::messages::{KeyFormat, KeyMaterial};
 use common::wire::{ErrorCode, WireError};
 use tracing::{info, warn};
 
-use crate::cache::KeyCache;
+use crate::cache::{KeyCache, Lookup};
 use crate::context::SigningContext;
 use crate::keys::{Seed, kms_context, open_sealed_seed, seed_from_kms_direct, sign_checked};
 
@@ -104,22 +104,30 @@ async fn decrypt_and_sign(
         // naming another KMS key never signs either way.
         check_kms_key(context, key)?;
         match cache.sign_or_take_turn(key, hash).await {
-            Ok(signed) => return Ok(signed),
-            Err(turn) => decrypting = turn,
+            Lookup::Signed(signed) => return Ok(signed),
+            Lookup::Failed(error) => return Err(error),
+            Lookup::Decrypt(turn) => decrypting = turn,
         }
     }
-    let seed = open_key(context, key).await?;
-    let signed = sign_checked(&seed, &key.public_key, hash)?;
-    // Only a seed proven to match its public key is ever cached.
-    if let Some(cache) = cache
-        && cache.put(key, &seed)
-        && let Some(turn) = decrypting.as_mut()
-    {
-        turn.cached();
+    let outcome = async {
+        let seed = open_key(context, key).await?;
+        let signed = sign_checked(&seed, &key.public_key, hash)?;
+        // Only a seed proven to match its public key is ever cached.
+        let cached = cache.is_some_and(|cache| cache.put(key, &seed));
+        Ok((signed, cached))
     }
-    // The waiting callers go on once the key is in the cache (or this failed above).
+    .await;
+    // The waiting callers go on when the turn is dropped: signing from the cache, or
+    // answering with this failure.
+    if let Some(turn) = decrypting.as_mut() {
+        match &outcome {
+            Ok((_, true)) => turn.cached(),
+            Ok((_, false)) => {}
+            Err(error) => turn.failed(error),
+        }
+    }
     drop(decrypting);
-    Ok(signed)
+    outcome.map(|(signed, _)| signed)
 }
 
 /// Decrypts `key` through KMS (attested, for the measured key its record names) and

@@ -642,8 +642,9 @@ async fn sixteen_cached_payments_at_once(max_uses: u32) -> (Enclave, KeyMaterial
 
 /// Concurrent signatures with a key missing from the cache make one KMS call between
 /// them, not one each (a busy key running out would otherwise send every request in
-/// flight to KMS at once); when that call fails, the waiting callers each try on
-/// their own and are answered, none is left waiting.
+/// flight to KMS at once); when that call fails, the waiting callers get its error
+/// without calling KMS themselves (a throttling KMS is not hit by all of them at once),
+/// and none is left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_missing_the_cache_together_share_one_kms_call() {
     let (enclave, channel) = sixteen_cached_payments_at_once(100).await;
@@ -668,7 +669,45 @@ async fn callers_missing_the_cache_together_share_one_kms_call() {
     for refusal in refusals {
         assert_eq!(refusal.code, ErrorCode::KmsAccessDenied);
     }
-    assert_eq!(enclave.kms.calls(), 1 + 8);
+    assert_eq!(
+        enclave.kms.calls(),
+        1 + 1,
+        "8 callers, one failed decryption"
+    );
+}
+
+/// When the caller decrypting a missing key is cancelled (its request dropped), the
+/// callers waiting for it do not all go to KMS at once: one takes the turn and the others
+/// sign from what it cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_decrypting_caller_is_cancelled_one_waiter_takes_its_turn() {
+    let kms = FakeKms::default();
+    *kms.latency.lock().unwrap() = std::time::Duration::from_millis(300);
+    let enclave = with_key_cache(kms, 100);
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![channel.clone()],
+        ),
+    );
+    let waiting = async {
+        // Start once the first caller holds the turn.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        channel_payments_at_once(&enclave, &channel, 8).await
+    };
+    let (cancelled, answers) = tokio::join!(cancelled, waiting);
+    assert!(cancelled.is_err(), "the first caller was not cancelled");
+    for answer in answers {
+        assert!(matches!(answer, Ok(Response::Signed { .. })), "{answer:?}");
+    }
+    assert_eq!(
+        enclave.kms.calls(),
+        2,
+        "the cancelled decryption and one more for the 8 waiting callers"
+    );
 }
 
 /// More callers in flight than an entry's uses: each decryption serves `max_uses`
