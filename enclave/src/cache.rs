@@ -16,10 +16,13 @@
 //! finds the new entry used up already waits for (or becomes) the next decrypting caller,
 //! so a key with more requests in flight than its uses costs one KMS call per `max_uses`
 //! of them. When the decryption a caller waited for failed, the caller gets the same
-//! error: it asks for the same record (same ciphertext, context and attestation), so KMS
-//! would answer it alike, and a throttling or failing KMS sees one call, not one per
-//! caller in flight. When that decryption was cancelled, its waiters ask again and one of
-//! them takes the turn. After [`MAX_REFILL_ROUNDS`] rounds or [`MAX_REFILL_WAIT`] in all
+//! error, as with Go's singleflight: it asks for the same record (same ciphertext and
+//! so the same KMS request), so KMS would most likely answer it alike, and a throttling
+//! or failing KMS sees one call, not one per caller in flight. The error it gets is at
+//! most one KMS operation old (credentials pushed or throttling cleared meanwhile help
+//! the next request, not this one). When that decryption was cancelled (a panic or
+//! shutdown: the server never drops a request it has started), its waiters ask again
+//! and one of them takes the turn. After [`MAX_REFILL_ROUNDS`] rounds or [`MAX_REFILL_WAIT`] in all
 //! a caller stops waiting for others and decrypts on its own, so no caller waits for
 //! more than a bounded number of decryptions or a bounded time.
 
@@ -80,8 +83,8 @@ pub const MAX_REFILL_WAIT: Duration = Duration::from_secs(8);
 
 /// What a caller that missed the cache does next.
 enum Refill<'a> {
-    /// Decrypt the key, `put` it and mark the turn [`RefillTurn::cached`]; the others
-    /// wait until this is dropped.
+    /// Decrypt the key, `put` it and mark the turn [`RefillTurn::cached`] (or
+    /// [`RefillTurn::failed`]); the others wait until this is dropped.
     Decrypt(RefillTurn<'a>),
     /// Another caller's decryption put the key in the cache meanwhile: sign from it, or
     /// if it ran out already, ask again.
@@ -247,7 +250,13 @@ impl KeyCache {
             },
             &record.ciphertext,
             // Opened only for `envelope` keys: a kms-direct record with junk here must
-            // not make a second entry (a second copy) of the same key.
+            // not make a second entry (a second copy) of the same key. An absent seal
+            // and an empty one are different records (they fail differently).
+            match (record.format, &record.sealed_seed) {
+                (KeyFormat::KmsDirect, _) => &[][..],
+                (KeyFormat::Envelope, None) => b"no seal".as_slice(),
+                (KeyFormat::Envelope, Some(_)) => b"sealed".as_slice(),
+            },
             match record.format {
                 KeyFormat::KmsDirect => &[][..],
                 KeyFormat::Envelope => record.sealed_seed.as_deref().unwrap_or_default(),
@@ -450,6 +459,16 @@ mod tests {
             ..blob.clone()
         };
         assert!(cache.sign(&reformatted, &[1; 32]).is_none());
+        let envelope = |sealed_seed| KeyMaterial {
+            format: KeyFormat::Envelope,
+            sealed_seed,
+            ..blob.clone()
+        };
+        assert_ne!(
+            KeyCache::key(&envelope(None)),
+            KeyCache::key(&envelope(Some(Vec::new()))),
+            "an absent seal and an empty one are different records"
+        );
         assert_eq!(cache.sweep(), 1);
         std::thread::sleep(Duration::from_millis(40));
         assert!(cache.sign(&blob, &[1; 32]).is_none());

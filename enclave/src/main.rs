@@ -12,10 +12,6 @@ use enclave::dispatch::Dispatcher;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-// glibc malloc was about a tenth of the CPU under load (README, Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     if settings.print_config {

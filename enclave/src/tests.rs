@@ -676,9 +676,43 @@ async fn callers_missing_the_cache_together_share_one_kms_call() {
     );
 }
 
-/// When the caller decrypting a missing key is cancelled (its request dropped), the
-/// callers waiting for it do not all go to KMS at once: one takes the turn and the others
-/// sign from what it cached.
+/// Two records of the same key under different ciphertexts (say before and after a
+/// rewrap) are separate cache entries and separate turns: while KMS refuses one, the
+/// callers of the other, waiting at the same moment, still sign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_record_never_answers_for_another_record_of_the_same_key() {
+    let kms = FakeKms::default();
+    *kms.latency.lock().unwrap() = std::time::Duration::from_millis(50);
+    let enclave = with_key_cache(kms, 100);
+    let known = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let unknown = KeyMaterial {
+        ciphertext: b"a ciphertext KMS does not know".to_vec(),
+        ..known.clone()
+    };
+    // The unknown record first, so its turn is taken before any caller of the known one.
+    let payments = (0..16).map(|i| {
+        let record = if i % 2 == 0 { &unknown } else { &known };
+        sign(
+            &enclave,
+            channel_payment(common::now_unix_secs()),
+            vec![record.clone()],
+        )
+    });
+    let answers = futures_util::future::join_all(payments).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(refused(answer).code, ErrorCode::KmsInvalidCiphertext);
+        } else {
+            assert!(matches!(answer, Ok(Response::Signed { .. })), "{answer:?}");
+        }
+    }
+    assert_eq!(enclave.kms.calls(), 2, "one decryption per record");
+}
+
+/// When the caller decrypting a missing key is cancelled (a panic or shutdown in
+/// production, where a started request is never dropped), the callers waiting for it
+/// do not all go to KMS at once: one takes the turn and the others sign from what it
+/// cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_decrypting_caller_is_cancelled_one_waiter_takes_its_turn() {
     let kms = FakeKms::default();
