@@ -10,7 +10,7 @@ use rand::RngCore;
 use super::group_commit::{Session, Writer};
 use super::{
     AuditEntry, AuditLog, AuditRow, ChannelLease, ChannelLocks, ChannelSummary, LockLimits,
-    Pending, PendingWrite, SignedChannelTx, StoreError, UnlockOutcome, ready,
+    Pending, PendingWrite, SignedChannelTx, StoreError, UnlockOutcome, names_an_account, ready,
 };
 
 /// One statement of each hot write, on the writer's connection (inside its batch). A
@@ -95,7 +95,7 @@ fn release_write<C: HotSql>(
     account: &str,
     lock_token: &str,
 ) -> Result<impl FnMut(&mut C, i64) -> Result<(), StoreError> + Send + 'static, StoreError> {
-    if stellar_strkey::ed25519::PublicKey::from_string(account).is_err() {
+    if !names_an_account(account) {
         return Err(StoreError::UnknownChannelAccount(account.to_string()));
     }
     if lock_token.contains('\0') {

@@ -89,6 +89,13 @@ pub trait KeyStore: Send + Sync {
 pub type Pending<T> = tokio::sync::oneshot::Receiver<Result<T, StoreError>>;
 pub type PendingWrite = Pending<()>;
 
+/// Whether `text` can name a stored key or channel account: only a `G...` strkey can.
+/// Lookups of anything else find nothing without asking the database, so request text
+/// never makes a query fail (PostgreSQL refuses a NUL in text).
+pub fn names_an_account(text: &str) -> bool {
+    stellar_strkey::ed25519::PublicKey::from_string(text).is_ok()
+}
+
 /// An answer known before any write (a refused argument), as a pending one.
 pub fn ready<T>(result: Result<T, StoreError>) -> Pending<T> {
     let (reply, answer) = tokio::sync::oneshot::channel();

@@ -826,8 +826,14 @@ fn a_write_failing_midway_leaves_nothing_and_the_others_commit<S: TestBackend>()
 /// Text from a request that PostgreSQL cannot store (a NUL) never reaches the database
 /// as a failing write, which would also make the writer redo its batch: a release naming
 /// it is refused for what it is, and an audit row stores it (PostgreSQL with U+FFFD).
+/// A key looked up by it is simply not stored.
 fn text_from_requests_never_fails_a_write_with_a_database_error<S: TestBackend>() {
     let f = Fixture::<S>::new(1);
+    let cached = KeyCache::new(f.store.clone());
+    for name in ["G\0", "\0", "not a key"] {
+        assert!(matches!(f.store.key(name), Ok(None)), "{name:?}");
+        assert!(matches!(cached.key(name), Ok(None)), "{name:?}");
+    }
     let lease = f.store.acquire(None).unwrap();
     let refused = f.store.release("G\0", &lease.lock_token);
     assert!(

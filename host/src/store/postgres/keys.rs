@@ -5,7 +5,7 @@ use postgres::Row;
 use super::{PostgresStore, Sql};
 use crate::store::{
     AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, PendingFor,
-    Provisioning, StoreError,
+    Provisioning, StoreError, names_an_account,
 };
 
 const SELECT_KEYS: &str = "SELECT public_key, role, format, kms_key_id, kms_ciphertext, \
@@ -250,6 +250,9 @@ impl KeyStore for PostgresStore {
     }
 
     fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError> {
+        if !names_an_account(public_key) {
+            return Ok(None);
+        }
         let mut client = self.client()?;
         let sql = format!("{SELECT_KEYS} WHERE public_key = $1");
         client

@@ -4,7 +4,7 @@
 use super::SqliteStore;
 use crate::store::{
     AuditEntry, KeyFormat, KeyRecord, KeyRole, KeyState, KeyStore, NewKey, PendingFor,
-    Provisioning, StoreError,
+    Provisioning, StoreError, names_an_account,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -261,6 +261,9 @@ impl KeyStore for SqliteStore {
     }
 
     fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError> {
+        if !names_an_account(public_key) {
+            return Ok(None);
+        }
         let conn = self.pool.get()?;
         let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE public_key = ?1");
         Ok(conn
