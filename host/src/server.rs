@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::api::callers::CallerPolicy;
 use crate::api::connections::{self, ConnectionLimits};
-use crate::api::{AppState, BodyLimits, router};
+use crate::api::{AppState, BodyLimits, Shared, router};
 use crate::config::{ApiConfig, Config};
 use crate::enclave_client::EnclaveClient;
 use crate::signing::Signing;
@@ -90,14 +90,14 @@ impl BoundHost {
             )
         });
         let store_description = store.describe();
-        let state = AppState {
+        let state = AppState::new(Shared {
             enclave,
             store,
             signing,
             shutdown: shutdown.clone(),
             credentials,
             canary,
-        };
+        });
         let app = router(
             state,
             BodyLimits {

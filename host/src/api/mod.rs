@@ -25,4 +25,4 @@ pub mod state;
 pub use error::ApiError;
 pub use extract::Caller;
 pub use router::{BodyLimits, router};
-pub use state::AppState;
+pub use state::{AppState, Shared};

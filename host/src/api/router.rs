@@ -170,7 +170,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::router;
-    use crate::api::AppState;
+    use crate::api::{AppState, Shared};
     use crate::enclave_client::EnclaveClient;
     use crate::signing::Signing;
     use crate::store::{LockLimits, SqliteStore};
@@ -191,7 +191,7 @@ mod tests {
             )
             .unwrap(),
         );
-        AppState {
+        AppState::new(Shared {
             signing: Signing::new(
                 enclave.clone(),
                 store.clone(),
@@ -205,7 +205,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             credentials: None,
             canary: None,
-        }
+        })
     }
 
     async fn status_and_code(app: axum::Router, path: &str) -> (StatusCode, String) {
