@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::wire::frame::{FrameCodec, FrameError, decode_message, encode_message, write_queued};
+use common::wire::frame::{
+    Batching, FrameCodec, FrameError, decode_message, encode_message, write_queued,
+};
 use common::wire::hello::{self, HandshakeError};
 use common::wire::messages::{EnclaveMessage, Hello, HostMessage};
 use common::wire::transport::{Listener, Stream};
@@ -113,7 +115,7 @@ async fn serve_connection(
     debug!(host_software = %host_hello.software_version, host_build = %host_hello.build, "handshake");
 
     let (responses, queue) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    let writer_task = tokio::spawn(write_queued(writer, queue));
+    let writer_task = tokio::spawn(write_queued(writer, queue, Batching::Immediate));
 
     let outcome = loop {
         let frame = tokio::select! {

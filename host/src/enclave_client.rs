@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::wire::frame::{FrameCodec, decode_message, encode_message, write_queued};
+use common::wire::frame::{Batching, FrameCodec, decode_message, encode_message, write_queued};
 use common::wire::hello;
 use common::wire::messages::{BuildFlavor, EnclaveMessage, Hello, HostMessage, Request, Response};
 use common::wire::transport::{Endpoint, Stream};
@@ -389,7 +389,7 @@ async fn run_connection(
     queue: mpsc::Receiver<Bytes>,
     shutdown: &CancellationToken,
 ) -> String {
-    let mut writer_task = tokio::spawn(write_queued(writer, queue));
+    let mut writer_task = tokio::spawn(write_queued(writer, queue, Batching::Gathered));
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let reason = loop {

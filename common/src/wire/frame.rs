@@ -145,6 +145,21 @@ pub fn decode_message<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError
     Ok(message)
 }
 
+/// When [`write_queued`] writes a frame that finds the queue otherwise empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// At once, with whatever else is queued.
+    Immediate,
+    /// After letting the other tasks that are ready to run on this thread run once
+    /// (a yield), so that the frames they are about to queue share its system call. The
+    /// host's writer does this: its many request tasks each queue one frame, and
+    /// without it nearly every frame went out in a write of its own, each also waking
+    /// the enclave's reader (ping at 64 clients did 53,000 to 70,000/s, with it 76,000
+    /// to 86,000/s). The enclave's writer does not: there the yield waits behind whole
+    /// signing operations, and cached signing lost about a tenth of its throughput.
+    Gathered,
+}
+
 /// Writes queued frames until the queue closes or the peer goes away, flushing only
 /// when the queue runs dry so that a burst of messages shares system calls. Both ends
 /// of the vsock channel write through this: requests and responses are produced by
@@ -152,9 +167,13 @@ pub fn decode_message<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError
 pub async fn write_queued<W: AsyncWrite + Unpin>(
     mut writer: FramedWrite<W, FrameCodec>,
     mut queue: mpsc::Receiver<Bytes>,
+    batching: Batching,
 ) -> Result<(), FrameError> {
     while let Some(first) = queue.recv().await {
         writer.feed(first).await?;
+        if batching == Batching::Gathered {
+            tokio::task::yield_now().await;
+        }
         while let Ok(next) = queue.try_recv() {
             writer.feed(next).await?;
         }
@@ -182,6 +201,71 @@ mod tests {
         }
         // Nothing was reserved for the announced 4 GiB body.
         assert!(buf.capacity() < 1024);
+    }
+
+    /// An in-memory stream that records what reaches it, and in how many writes.
+    #[derive(Default, Clone)]
+    struct RecordingStream(std::sync::Arc<std::sync::Mutex<(usize, Vec<u8>)>>);
+
+    impl AsyncWrite for RecordingStream {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut recorded = self.0.lock().unwrap();
+            recorded.0 += 1;
+            recorded.1.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A frame is queued, then nine tasks become ready that queue one each: a gathering
+    /// writer lets them run first and writes all ten at once; an immediate one writes
+    /// the first alone. Every frame arrives intact and in order either way.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_gathering_writer_lets_ready_tasks_join_its_write() {
+        for (batching, expected_writes) in [(Batching::Gathered, 1), (Batching::Immediate, 2)] {
+            let stream = RecordingStream::default();
+            let (queue, queued) = mpsc::channel::<Bytes>(16);
+            let writer = tokio::spawn(write_queued(
+                FramedWrite::new(stream.clone(), FrameCodec::new()),
+                queued,
+                batching,
+            ));
+            // The writer starts and waits on the empty queue.
+            tokio::task::yield_now().await;
+            queue.send(Bytes::from_static(&[0])).await.unwrap();
+            for i in 1..10u8 {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.send(Bytes::from(vec![i])).await });
+            }
+            drop(queue);
+            writer.await.unwrap().unwrap();
+
+            let (writes, mut bytes) = stream.0.lock().unwrap().clone();
+            assert_eq!(writes, expected_writes, "{batching:?}");
+            let mut bytes = BytesMut::from(&bytes.split_off(0)[..]);
+            let mut codec = FrameCodec::new();
+            for i in 0..10u8 {
+                assert_eq!(codec.decode(&mut bytes).unwrap().unwrap(), vec![i]);
+            }
+            assert!(bytes.is_empty());
+        }
     }
 
     #[test]
