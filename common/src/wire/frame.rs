@@ -145,15 +145,14 @@ pub fn decode_message<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError
     Ok(message)
 }
 
-/// When [`write_queued`] writes a frame that finds the queue otherwise empty.
+/// When [`write_queued`] writes what it has taken from the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Batching {
     /// At once, with whatever else is queued.
     Immediate,
-    /// After a yield, when nothing else is queued yet: the tasks ready on this worker
-    /// thread run first (until it runs dry, or at most until tokio's periodic driver
-    /// poll, 61 scheduler ticks), so that the frames they are about to queue share its
-    /// system call. The host's writer does this: its many request tasks each queue
+    /// After a yield: the tasks ready on this worker thread run first (until it runs
+    /// dry, or at most until tokio's periodic driver poll, 61 scheduler ticks), so that
+    /// the frames they are about to queue share its system call. The host's writer does this: its many request tasks each queue
     /// one frame, and without it nearly every frame went out in a write of its own,
     /// each also waking the enclave's reader (the enclave's CPU per ping fell by a
     /// fifth). The enclave's writer does not: there the yield waits behind whole
@@ -172,8 +171,11 @@ pub async fn write_queued<W: AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     while let Some(first) = queue.recv().await {
         writer.feed(first).await?;
-        // Under sustained load frames are queued already: no reason to wait.
-        if batching == Batching::Gathered && queue.is_empty() {
+        // Also when frames are queued already: under load the yield lets more join the
+        // write. Yielding only on an empty queue measured cached signing at 64 clients
+        // 15,100 to 18,200/s (p99 up to 10.5 ms) against 16,900 to 19,600/s (p99 at
+        // most 8.6 ms) this way.
+        if batching == Batching::Gathered {
             tokio::task::yield_now().await;
         }
         while let Ok(next) = queue.try_recv() {
