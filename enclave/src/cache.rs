@@ -22,9 +22,9 @@
 //! most one KMS operation old (credentials pushed or throttling cleared meanwhile help
 //! the next request, not this one). When that decryption was cancelled (a panic or
 //! shutdown: the server never drops a request it has started), its waiters ask again
-//! and one of them takes the turn. After [`MAX_REFILL_ROUNDS`] rounds or [`MAX_REFILL_WAIT`] in all
-//! a caller stops waiting for others and decrypts on its own, so no caller waits for
-//! more than a bounded number of decryptions or a bounded time.
+//! and one of them takes the turn. After [`MAX_REFILL_ROUNDS`] rounds or
+//! [`MAX_REFILL_WAIT`] in all a caller stops waiting for others and decrypts on its own,
+//! so no caller waits for more than a bounded number of decryptions or a bounded time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,10 +61,8 @@ pub struct KeyCache {
 }
 
 /// How a decrypting caller's turn ended, as its waiters find it.
-#[derive(Default)]
 enum TurnOutcome {
     /// Without an outcome: the caller was cancelled (its request dropped).
-    #[default]
     Abandoned,
     /// The key is in the cache.
     Cached,
@@ -240,27 +238,21 @@ impl KeyCache {
     }
 
     fn key(record: &KeyMaterial) -> CacheKey {
+        let (format, seal): (&[u8], &[u8]) = match (record.format, record.sealed_seed.as_deref()) {
+            // The seal is opened only for `envelope` keys: a kms-direct record with junk
+            // there must not make a second entry (a second copy) of the same key.
+            (KeyFormat::KmsDirect, _) => (b"kms-direct", &[]),
+            // An absent seal and an empty one are different records (they fail differently).
+            (KeyFormat::Envelope, None) => (b"envelope without seal", &[]),
+            (KeyFormat::Envelope, Some(seal)) => (b"envelope", seal),
+        };
         let mut digest = Sha256::new();
         for part in [
             record.public_key.as_bytes(),
             record.kms_key_id.as_bytes(),
-            match record.format {
-                KeyFormat::KmsDirect => b"kms-direct".as_slice(),
-                KeyFormat::Envelope => b"envelope".as_slice(),
-            },
+            format,
             &record.ciphertext,
-            // Opened only for `envelope` keys: a kms-direct record with junk here must
-            // not make a second entry (a second copy) of the same key. An absent seal
-            // and an empty one are different records (they fail differently).
-            match (record.format, &record.sealed_seed) {
-                (KeyFormat::KmsDirect, _) => &[][..],
-                (KeyFormat::Envelope, None) => b"no seal".as_slice(),
-                (KeyFormat::Envelope, Some(_)) => b"sealed".as_slice(),
-            },
-            match record.format {
-                KeyFormat::KmsDirect => &[][..],
-                KeyFormat::Envelope => record.sealed_seed.as_deref().unwrap_or_default(),
-            },
+            seal,
         ] {
             // Length-prefixed, so no two different records hash the same bytes.
             digest.update((part.len() as u64).to_be_bytes());

@@ -152,10 +152,10 @@ pub enum Batching {
     Immediate,
     /// After a yield: the tasks ready on this worker thread run first (until it runs
     /// dry, or at most until tokio's periodic driver poll, 61 scheduler ticks), so that
-    /// the frames they are about to queue share its system call. The host's writer does this: its many request tasks each queue
-    /// one frame, and without it nearly every frame went out in a write of its own,
-    /// each also waking the enclave's reader (the enclave's CPU per ping fell by a
-    /// fifth). The enclave's writer does not: there the yield waits behind whole
+    /// the frames they are about to queue share its system call. The host's writer does
+    /// this: its many request tasks each queue one frame, and without it nearly every
+    /// frame went out in a write of its own, each also waking the enclave's reader (the
+    /// enclave's CPU per ping fell by a fifth). The enclave's writer does not: there the yield waits behind whole
     /// signing operations, and cached signing lost about a tenth of its throughput.
     Gathered,
 }
@@ -263,9 +263,9 @@ mod tests {
             drop(queue);
             writer.await.unwrap().unwrap();
 
-            let (writes, mut bytes) = stream.0.lock().unwrap().clone();
+            let (writes, bytes) = stream.0.lock().unwrap().clone();
             assert_eq!(writes, expected_writes, "{batching:?}");
-            let mut bytes = BytesMut::from(&bytes.split_off(0)[..]);
+            let mut bytes = BytesMut::from(&bytes[..]);
             let mut codec = FrameCodec::new();
             for i in 0..10u8 {
                 assert_eq!(codec.decode(&mut bytes).unwrap().unwrap(), vec![i]);
