@@ -409,6 +409,45 @@ mod tests {
         assert!(matches!(second.await, Ok(Refill::Alone)));
     }
 
+    /// A caller whose every refill is used up by others before it can sign waits for
+    /// [`MAX_REFILL_ROUNDS`] decryptions, no more, then decrypts on its own. Runs on the
+    /// test's one thread: the waiter moves only when polled, so each round is exact.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_caller_outrun_by_others_stops_waiting_after_its_rounds() {
+        let blob = record(&SEED, b"blob");
+        // Two uses: the decrypting caller's own, and one left that the test takes.
+        let cache = KeyCache::new(Duration::from_mins(1), 2);
+        let Refill::Decrypt(mut turn) = cache.refill(&blob).await else {
+            panic!("the first caller did not get the turn to decrypt");
+        };
+        let waiter = cache.sign_or_take_turn(&blob, &[7; 32]);
+        tokio::pin!(waiter);
+        let poll_briefly = Duration::from_millis(20);
+        assert!(
+            tokio::time::timeout(poll_briefly, &mut waiter)
+                .await
+                .is_err()
+        );
+        for round in 1..=MAX_REFILL_ROUNDS {
+            assert!(cache.put(&blob, &SEED));
+            assert!(cache.sign(&blob, &[8; 32]).is_some(), "round {round}");
+            turn.cached();
+            drop(turn);
+            // Another caller takes the next turn before the waiter runs again.
+            let Refill::Decrypt(next) = cache.refill(&blob).await else {
+                panic!("round {round}: the next caller did not get the turn");
+            };
+            turn = next;
+            let polled = tokio::time::timeout(poll_briefly, &mut waiter).await;
+            match (round == MAX_REFILL_ROUNDS, polled) {
+                (false, Err(_)) | (true, Ok(Lookup::Decrypt(None))) => {}
+                (false, Ok(_)) => panic!("round {round}: the waiter stopped waiting early"),
+                (true, Err(_)) => panic!("the waiter still waits after {round} rounds"),
+                (true, Ok(_)) => panic!("the waiter did not decrypt on its own"),
+            }
+        }
+    }
+
     #[test]
     fn uses_are_counted_and_the_entry_leaves_when_used_up() {
         let cache = KeyCache::new(Duration::from_mins(1), 3);

@@ -1,20 +1,12 @@
 //! Who may call what: every route belongs to one group, each group has an allow-list of
 //! peer uids and gids (`api.callers`), checked against the connection's SO_PEERCRED
-//! before anything else runs. Also the one log line per request (caller, route, status,
-//! duration).
+//! before anything else runs ([`super::gate`] applies them).
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use common::wire::ErrorCode;
 use serde::Serialize;
-use tracing::{info, warn};
 
-use super::error::ApiError;
 use super::extract::Caller;
 use crate::config::{AllowList, CallerRules};
 use crate::signing::SignKind;
@@ -92,66 +84,8 @@ impl CallerPolicy {
     }
 }
 
-/// Refuses callers the group's allow-list does not name (403 `caller_not_allowed`, and a
-/// log line), then runs the request and logs one line for it.
-pub async fn authorize_and_log(
-    State(policy): State<CallerPolicy>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let caller = request
-        .extensions()
-        .get::<ConnectInfo<Caller>>()
-        .map(|ConnectInfo(caller)| *caller)
-        .unwrap_or_default();
-    let method = request.method().clone();
-    // The path only: no query string (it may carry a caller's nonce, never a secret,
-    // but nothing in it is needed to read the log).
-    let route = request.uri().path().to_string();
-    let group = RouteGroup::of(&method, &route);
-    let response = if policy.admits(group, &caller) {
-        next.run(request).await
-    } else {
-        warn!(
-            uid = %id_text(caller.uid),
-            gid = %id_text(caller.gid),
-            pid = ?caller.pid,
-            %method,
-            route,
-            group = group.as_str(),
-            "caller not allowed"
-        );
-        ApiError::new(
-            ErrorCode::CallerNotAllowed,
-            format!(
-                "uid {} (gid {}) may not call {} routes ({method} {route}); \
-                 see api.callers.{} in the host's configuration",
-                id_text(caller.uid),
-                id_text(caller.gid),
-                group.as_str(),
-                group.as_str()
-            ),
-        )
-        .into_response()
-    };
-    if let Some(kind) = signing_kind(&method, &route) {
-        crate::metrics::global().sign_duration(kind, started.elapsed());
-    }
-    info!(
-        uid = %id_text(caller.uid),
-        pid = ?caller.pid,
-        %method,
-        route,
-        status = response.status().as_u16(),
-        duration_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    response
-}
-
 /// The signing kind of a route that signs, as the audit log and the metrics name it.
-fn signing_kind(method: &Method, route: &str) -> Option<&'static str> {
+pub(super) fn signing_kind(method: &Method, route: &str) -> Option<&'static str> {
     if method != Method::POST {
         return None;
     }
@@ -165,7 +99,7 @@ fn signing_kind(method: &Method, route: &str) -> Option<&'static str> {
     Some(kind.as_str())
 }
 
-fn id_text(id: Option<u32>) -> String {
+pub(super) fn id_text(id: Option<u32>) -> String {
     id.map_or_else(|| "unknown".to_string(), |id| id.to_string())
 }
 

@@ -2,7 +2,7 @@
 //! caller that opens connections and sends half a request (or nothing) could hold the
 //! socket's capacity for ever. Here each connection is served by hyper with a deadline
 //! for a request's headers (which also closes a keep-alive connection idle that long),
-//! the router reads each body within its own deadline (`router::read_body_within`), a
+//! the router reads each body within its own deadline (`gate::run_with_body`), a
 //! caller that stops reading its answers is cut off once a write has waited as long,
 //! and at most `max_connections` are open: the next caller gets `too_many_connections`
 //! and the connection is closed.

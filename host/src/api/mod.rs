@@ -10,6 +10,7 @@ pub mod connections;
 pub mod error;
 pub mod extract;
 mod fee_bump;
+mod gate;
 mod health;
 mod json;
 mod key_import;
@@ -24,5 +25,6 @@ pub mod state;
 
 pub use error::ApiError;
 pub use extract::Caller;
-pub use router::{BodyLimits, router};
+pub use gate::BodyLimits;
+pub use router::router;
 pub use state::{AppState, Shared};

@@ -1,31 +1,20 @@
 //! Every route of the host API, in one place.
 
-use std::time::Duration;
-
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use common::wire::ErrorCode;
 
-use super::callers::{CallerPolicy, authorize_and_log};
+use super::callers::CallerPolicy;
 use super::error::ApiError;
+use super::gate::{BodyLimits, Gate, gate};
 use super::state::AppState;
 use super::{
     attestation, channels, fee_bump, health, key_import, key_lifecycle, keys, metrics,
     provisioning, sign, soroban,
 };
 
-/// What a request body may be: at most `max_bytes`, all of it within `read_timeout`
-/// of the headers.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimits {
-    pub max_bytes: usize,
-    pub read_timeout: Duration,
-}
-
-/// The API with its error fallbacks, body limits and caller allow-lists.
+/// The API with its error fallbacks, and [`gate`] (caller allow-lists, the drain, body
+/// limits, the log line) in front of every route.
 pub fn router(state: AppState, body: BodyLimits, callers: CallerPolicy) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -57,92 +46,15 @@ pub fn router(state: AppState, body: BodyLimits, callers: CallerPolicy) -> Route
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(body.max_bytes))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            read_body_within(body, request, next)
-        }))
-        // Outermost: during shutdown new work is refused before its body is read.
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            refuse_while_shutting_down,
-        ))
-        // Outermost of all: a caller the allow-lists refuse has no body read, and every
-        // request, refused or not, gets its log line.
-        .layer(axum::middleware::from_fn_with_state(
-            callers,
-            authorize_and_log,
+            Gate {
+                callers,
+                body,
+                shutdown: state.shutdown.clone(),
+            },
+            gate,
         ))
         .with_state(state)
-}
-
-/// Reads the whole body before any handler runs, within the deadline: a caller that
-/// sends headers and then trickles (or withholds) the body gets `request_timeout` and
-/// loses the connection instead of holding it. Every route takes a small JSON body,
-/// so buffering it here costs nothing.
-async fn read_body_within(limits: BodyLimits, request: Request, next: Next) -> Response {
-    // Nothing to wait for (a GET, or an empty body): no deadline, no copy.
-    if axum::body::HttpBody::is_end_stream(request.body()) {
-        return next.run(request).await;
-    }
-    let (parts, body) = request.into_parts();
-    match buffer_body(limits, body).await {
-        Ok(bytes) => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
-        }
-        Err(refusal) => refusal.into_response(),
-    }
-}
-
-async fn buffer_body(limits: BodyLimits, body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
-    let read =
-        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limits.max_bytes));
-    match tokio::time::timeout(limits.read_timeout, read).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "the request body exceeds {} bytes (api.max_body_bytes)",
-                limits.max_bytes
-            ),
-        )),
-        Ok(Err(e)) => Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("reading the request body: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            ErrorCode::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} ms of its headers \
-                 (api.body_read_timeout_ms)",
-                limits.read_timeout.as_millis()
-            ),
-        )),
-    }
-}
-
-/// Once shutdown has begun, requests that would start new work (signing, key
-/// registration, acquiring a channel) and arrive on connections still open are refused
-/// with `shutting_down` (503); requests already running finish. Reads (health,
-/// readiness, listings) and the clean-up calls (release, unlock) still answer, so
-/// probes see the drain and callers can free what they hold.
-async fn refuse_while_shutting_down(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let clean_up = matches!(
-        request.uri().path(),
-        "/v1/channels/release" | "/v1/channels/unlock"
-    );
-    let starts_work = request.method() != axum::http::Method::GET && !clean_up;
-    if starts_work && state.shutdown.is_cancelled() {
-        return ApiError::new(
-            ErrorCode::ShuttingDown,
-            "signer-host is shutting down; retry on another instance or after the restart",
-        )
-        .into_response();
-    }
-    next.run(request).await
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -240,7 +152,7 @@ mod tests {
         let shutdown = state.shutdown.clone();
         let app = router(
             state,
-            super::BodyLimits {
+            crate::api::BodyLimits {
                 max_bytes: 1024,
                 read_timeout: Duration::from_secs(5),
             },
