@@ -46,6 +46,13 @@ pub trait Session: Send + 'static {
     fn rows_changed(&self) -> Option<u64> {
         None
     }
+    /// Whether the connection is known to be outside any transaction (SQLite tells):
+    /// then a write has ended the batch's transaction itself, by a stray `COMMIT` or
+    /// `ROLLBACK` or by swallowing an error SQLite answers with a rollback, and the next
+    /// write would run, and commit, on its own.
+    fn outside_transaction(&self) -> bool {
+        false
+    }
 }
 
 /// Opens the writer's connection (again, after it broke).
@@ -260,7 +267,8 @@ enum Attempt {
     Finished(Result<(), String>),
     /// A write failed without savepoints: roll back and run the batch again with them.
     Redo,
-    /// Failed as a whole, and the rollback did not leave the connection clean.
+    /// Failed as a whole, and the connection is unfit for another batch (its rollback
+    /// did not leave it clean, or a write ended the transaction): it is replaced.
     Broken(String),
 }
 
@@ -286,6 +294,11 @@ fn run_batch<C: Session>(
     }
     for write in batch.iter_mut() {
         let ran = write.run(conn, clock());
+        if conn.outside_transaction() {
+            // What ran before may be committed or rolled back; either way no later
+            // write may run unguarded, and the batch is answered as failed.
+            return Attempt::Broken("a write ended the batch's transaction".into());
+        }
         let kept = match (savepoints, ran) {
             (Savepoints::None, Ran::Failed) => return Attempt::Redo,
             (Savepoints::None, Ran::Done | Ran::Refused) => Ok(()),
@@ -364,6 +377,10 @@ mod tests {
 
         fn rows_changed(&self) -> Option<u64> {
             self.conn.rows_changed()
+        }
+
+        fn outside_transaction(&self) -> bool {
+            self.conn.outside_transaction()
         }
     }
 
@@ -520,6 +537,41 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(f.stored(), [1, 2], "the refused write's row was committed");
+    }
+
+    /// A write that ends the batch's transaction itself (a stray ROLLBACK here) stops
+    /// the batch: no later write runs, and commits, on its own; every write is answered
+    /// with an error, and the next batch runs on a new connection.
+    #[test]
+    fn a_write_that_ends_the_transaction_stops_the_batch() {
+        let f = Fixture::new();
+        let (holding, go) = f.hold();
+        let stray = f.writer.submit(|session: &mut Faulty, _| {
+            session.conn.execute_batch("ROLLBACK")?;
+            Ok(())
+        });
+        let after = f
+            .writer
+            .submit(|session: &mut Faulty, _| insert(session, 2));
+        go.send(()).unwrap();
+        holding.blocking_recv().unwrap().unwrap();
+        for answer in [stray, after] {
+            let answer = answer.blocking_recv().unwrap();
+            assert!(
+                matches!(&answer, Err(StoreError::Writer(m)) if m.contains("ended the batch's transaction")),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(
+            f.stored(),
+            [1],
+            "a write ran outside the batch's transaction"
+        );
+        f.writer
+            .write(|session: &mut Faulty, _| insert(session, 7))
+            .unwrap();
+        assert_eq!(f.faults.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(f.stored(), [1, 7]);
     }
 
     /// A batch that does not commit answers every write with its error, a refusal too

@@ -139,6 +139,10 @@ impl Session for rusqlite::Connection {
     fn rows_changed(&self) -> Option<u64> {
         Some(self.total_changes())
     }
+
+    fn outside_transaction(&self) -> bool {
+        self.is_autocommit()
+    }
 }
 
 impl Store for SqliteStore {
