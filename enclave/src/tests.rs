@@ -755,7 +755,7 @@ async fn callers_beyond_an_entrys_uses_wait_for_the_next_decryption() {
 }
 
 /// A caller waits for another caller's decryption only so long in all, then decrypts on
-/// its own: a slow KMS never holds a waiter beyond about two KMS operations.
+/// its own: a slow KMS holds a waiter for its budget and its own call, no longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_stops_waiting_after_its_budget_and_decrypts_alone() {
     let kms = Arc::new(FakeKms::default());
