@@ -294,9 +294,12 @@ fn run_batch<C: Session>(
     }
     for write in batch.iter_mut() {
         let ran = write.run(conn, clock());
-        if conn.outside_transaction() {
-            // What ran before may be committed or rolled back; either way no later
-            // write may run unguarded, and the batch is answered as failed.
+        // A write that failed is undone below however it left the transaction (SQLite
+        // rolls back on its own after some errors, and the redo handles that). One that
+        // claims success or a refusal must have left it open: otherwise what ran before
+        // may be committed or rolled back, no later write may run unguarded, and the
+        // batch is answered as failed.
+        if ran != Ran::Failed && conn.outside_transaction() {
             return Attempt::Broken("a write ended the batch's transaction".into());
         }
         let kept = match (savepoints, ran) {
@@ -572,6 +575,39 @@ mod tests {
             .unwrap();
         assert_eq!(f.faults.connections.load(Ordering::SeqCst), 2);
         assert_eq!(f.stored(), [1, 7]);
+    }
+
+    /// A write whose error ended the transaction (as SQLite does itself after a full
+    /// disk or an I/O error) is undone alone like any failed write: the batch is redone,
+    /// the others commit, and the connection is kept.
+    #[test]
+    fn a_failure_that_rolled_back_the_transaction_is_redone_not_fatal() {
+        let f = Fixture::new();
+        let (holding, go) = f.hold();
+        let fine = f
+            .writer
+            .submit(|session: &mut Faulty, _| insert(session, 2));
+        let mut first_run = true;
+        let failing = f.writer.submit(move |session: &mut Faulty, _| {
+            if std::mem::take(&mut first_run) {
+                session.conn.execute_batch("ROLLBACK")?;
+            }
+            Err::<(), _>(StoreError::Writer("the disk is full".into()))
+        });
+        let last = f
+            .writer
+            .submit(|session: &mut Faulty, _| insert(session, 3));
+        go.send(()).unwrap();
+        holding.blocking_recv().unwrap().unwrap();
+        fine.blocking_recv().unwrap().unwrap();
+        last.blocking_recv().unwrap().unwrap();
+        let failed = failing.blocking_recv().unwrap();
+        assert!(
+            matches!(&failed, Err(StoreError::Writer(m)) if m == "the disk is full"),
+            "{failed:?}"
+        );
+        assert_eq!(f.stored(), [1, 2, 3]);
+        assert_eq!(f.faults.connections.load(Ordering::SeqCst), 1);
     }
 
     /// A batch that does not commit answers every write with its error, a refusal too
