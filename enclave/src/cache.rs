@@ -76,9 +76,9 @@ const MAX_REFILL_ROUNDS: u32 = 4;
 
 /// How long one caller waits for other callers' decryptions in all, before it decrypts on
 /// its own: one KMS operation's bound (`startup.rs`). Its own decryption then waits at
-/// most about one more for a KMS slot (`server.rs` keeps the requests in flight within
-/// twice the slots) and one for the call, so the worst case, about 24 s, stays within
-/// the host's default request timeout (30 s).
+/// most as long again for a KMS slot (`context::KMS_SLOT_WAIT`) and one operation for
+/// the call, so the worst case, about 24 s, stays within the host's default request
+/// timeout (30 s).
 pub const MAX_REFILL_WAIT: Duration = Duration::from_secs(8);
 
 /// What a caller that missed the cache does next.

@@ -55,6 +55,12 @@ pub struct SigningContext {
 /// bounded however many signers the requests in flight name.
 pub const MAX_CONCURRENT_KMS_CALLS: usize = 64;
 
+/// How long a KMS call waits for a slot before its request is answered `enclave_busy`:
+/// one KMS operation's bound (`startup.rs`). Requests in flight may name up to 20
+/// signers each, so without it the queue for slots, and a request's time in the
+/// enclave, would have no bound but the host's request timeout.
+pub const KMS_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
 impl SigningContext {
     /// A context without a key cache (per-call KMS decryption, the default).
     pub fn new(
@@ -101,15 +107,30 @@ impl SigningContext {
             .find(|arn| arn.as_str() == kms_key_id)
     }
 
-    /// A turn at KMS: a slot of the bounded KMS calls (waited for, in order) and the
-    /// attested identity to call with, kept for the whole call.
+    /// A turn at KMS: a slot of the bounded KMS calls (waited for in order, at most
+    /// [`KMS_SLOT_WAIT`]) and the attested identity to call with, kept for the whole call.
     pub async fn kms_turn(
         &self,
     ) -> Result<(tokio::sync::SemaphorePermit<'_>, Arc<Identity>), WireError> {
-        let slot =
-            self.kms_calls.acquire().await.map_err(|_| {
-                WireError::new(ErrorCode::Internal, "the KMS call limiter is closed")
-            })?;
+        let slot = match tokio::time::timeout(KMS_SLOT_WAIT, self.kms_calls.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => {
+                return Err(WireError::new(
+                    ErrorCode::Internal,
+                    "the KMS call limiter is closed",
+                ));
+            }
+            Err(_) => {
+                return Err(WireError::new(
+                    ErrorCode::EnclaveBusy,
+                    format!(
+                        "all {MAX_CONCURRENT_KMS_CALLS} KMS call slots stayed taken for {} s \
+                         (a slow KMS, or many signers in flight); retry shortly",
+                        KMS_SLOT_WAIT.as_secs()
+                    ),
+                ));
+            }
+        };
         Ok((slot, self.attestor.current()?))
     }
 

@@ -31,9 +31,6 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// `enclave_busy`; with frames of at most 1 MiB, request memory stays under 128 MiB
 /// whatever the host sends.
 pub const MAX_IN_FLIGHT: usize = 128;
-// Then a request waiting for a KMS slot has at most one call in progress ahead of it per
-// slot, and waits at most about one KMS operation's bound (`cache::MAX_REFILL_WAIT`).
-const _: () = assert!(MAX_IN_FLIGHT <= 2 * crate::context::MAX_CONCURRENT_KMS_CALLS);
 /// How long a request at the limit waits for a slot before it is refused. The
 /// connection's reader waits with it, which slows a flooding peer down.
 pub const BUSY_WAIT: Duration = Duration::from_millis(250);

@@ -777,6 +777,40 @@ async fn a_waiter_stops_waiting_after_its_budget_and_decrypts_alone() {
     );
 }
 
+/// With every KMS slot taken by calls to a slow KMS, a further signature waits
+/// [`crate::context::KMS_SLOT_WAIT`] for a slot, no longer, and is answered
+/// `enclave_busy` without a KMS call; the calls holding the slots still finish and sign.
+#[tokio::test(start_paused = true)]
+async fn a_signature_waits_for_a_kms_slot_only_so_long() {
+    use crate::context::{KMS_SLOT_WAIT, MAX_CONCURRENT_KMS_CALLS};
+    let enclave = enclave();
+    *enclave.kms.latency.lock().unwrap() = KMS_SLOT_WAIT * 3;
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let now = common::now_unix_secs();
+    let holding = futures_util::future::join_all(
+        (0..MAX_CONCURRENT_KMS_CALLS)
+            .map(|_| sign(&enclave, channel_payment(now), vec![channel.clone()])),
+    );
+    let late = async {
+        // After the others have taken every slot.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let started = tokio::time::Instant::now();
+        let answer = sign(&enclave, channel_payment(now), vec![channel.clone()]).await;
+        (answer, started.elapsed())
+    };
+    let (held, (late, waited)) = tokio::join!(holding, late);
+    assert_eq!(refused(late).code, ErrorCode::EnclaveBusy);
+    assert!(
+        waited >= KMS_SLOT_WAIT && waited < KMS_SLOT_WAIT * 2,
+        "waited {waited:?} for a slot"
+    );
+    assert!(
+        held.iter()
+            .all(|signed| matches!(signed, Ok(Response::Signed { .. })))
+    );
+    assert_eq!(enclave.kms.calls(), MAX_CONCURRENT_KMS_CALLS);
+}
+
 #[tokio::test]
 async fn a_kms_denial_is_kms_access_denied_and_signs_nothing() {
     let enclave = enclave();
