@@ -81,8 +81,9 @@ pub async fn gate(State(gate): State<Gate>, request: Request, next: Next) -> Res
 /// listings) and the clean-up calls (release, unlock) still answer, so probes see the
 /// drain and callers can free what they hold. Everything else starts work.
 fn starts_work(method: &Method, route: &str) -> bool {
+    let read = matches!(*method, Method::GET | Method::HEAD);
     let clean_up = matches!(route, "/v1/channels/release" | "/v1/channels/unlock");
-    method != Method::GET && !clean_up
+    !read && !clean_up
 }
 
 /// 403 `caller_not_allowed`, with a log line naming who tried what.

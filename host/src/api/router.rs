@@ -163,11 +163,13 @@ mod tests {
             (StatusCode::OK, String::new())
         );
         shutdown.cancel();
-        // Reads and clean-up still answer during the drain.
+        // Reads (HEAD too, as probes send it) and clean-up still answer during the drain.
         assert_eq!(
             status_and_code(app.clone(), "/v1/channels").await,
             (StatusCode::OK, String::new())
         );
+        let probe = Request::head("/healthz").body(Body::empty()).unwrap();
+        assert_eq!(answer(app.clone(), probe).await.0, StatusCode::OK);
         assert_eq!(
             call(
                 app.clone(),
