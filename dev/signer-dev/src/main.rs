@@ -105,6 +105,10 @@ enum Command {
         /// benchmark creates its own and drops it).
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
+        /// The stack's log filter (`SIGNER_LOG`) while measured. `warn` by default;
+        /// `info`, the servers' own default, adds a log line per request.
+        #[arg(long, value_name = "FILTER", default_value = "warn")]
+        stack_log: String,
     },
 }
 
@@ -185,12 +189,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             clients,
             json,
             postgres,
+            stack_log,
         } => {
             bench::run(bench::BenchOptions {
                 requests,
                 clients,
                 json,
                 postgres,
+                stack_log,
             })
             .await
         }

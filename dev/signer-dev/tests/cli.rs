@@ -28,7 +28,13 @@ fn up_and_bench_keep_their_flags() {
         assert!(up.contains(flag), "{flag} missing from:\n{up}");
     }
     let bench = help(&["bench", "--help"]);
-    for flag in ["--json", "--requests", "--clients"] {
+    for flag in [
+        "--json",
+        "--requests",
+        "--clients",
+        "--postgres",
+        "--stack-log",
+    ] {
         assert!(bench.contains(flag), "{flag} missing from:\n{bench}");
     }
 }

@@ -30,6 +30,8 @@ pub struct BenchOptions {
     /// A PostgreSQL server (the URL of any database on it, as a role that may create
     /// databases) for the channel pool on PostgreSQL; not measured without it.
     pub postgres: Option<String>,
+    /// The stack's `SIGNER_LOG` while measured.
+    pub stack_log: String,
 }
 
 /// Concurrency of the measurements quoted at one level only.
@@ -53,15 +55,18 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     report.set("baseline.uds_round_trip_per_s", uds.per_s);
 
     let dir = scratch.path().join("dev");
-    eprintln!("signer-dev bench: per-call stack");
-    let stack = Stack::start(&dir, KeyMode::PerCall).await?;
+    eprintln!(
+        "signer-dev bench: per-call stack (SIGNER_LOG={})",
+        options.stack_log
+    );
+    let stack = Stack::start(&dir, KeyMode::PerCall, &options.stack_log).await?;
     let measured = per_call_figures(&options, &stack, scratch.path(), &mut report).await;
     record_peak_memory(&stack, &mut report);
     stack.stop().await;
     measured?;
 
     eprintln!("signer-dev bench: cached stack");
-    let stack = Stack::start(&dir, KeyMode::Cached).await?;
+    let stack = Stack::start(&dir, KeyMode::Cached, &options.stack_log).await?;
     let measured = sign_levels(
         &options,
         &stack,

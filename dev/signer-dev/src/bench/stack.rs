@@ -35,8 +35,9 @@ pub struct Stack {
 const START_WAIT: Duration = Duration::from_mins(1);
 
 impl Stack {
-    /// Starts `signer-dev up` in `dir` (keys persist there between starts).
-    pub async fn start(dir: &Path, mode: KeyMode) -> anyhow::Result<Stack> {
+    /// Starts `signer-dev up` in `dir` (keys persist there between starts), logging
+    /// with `log_filter` as its `SIGNER_LOG`.
+    pub async fn start(dir: &Path, mode: KeyMode, log_filter: &str) -> anyhow::Result<Stack> {
         let me = std::env::current_exe().context("locating this executable")?;
         let _ = std::fs::remove_file(dir.join(STACK_FILE));
         let log_path = dir.with_extension("log");
@@ -49,7 +50,7 @@ impl Stack {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
-            .env("SIGNER_LOG", "warn")
+            .env("SIGNER_LOG", log_filter)
             .kill_on_drop(true);
         match mode {
             KeyMode::PerCall => command.env_remove("SIGNER_KEY_CACHE_TTL_SECS"),
