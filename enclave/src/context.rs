@@ -112,25 +112,19 @@ impl SigningContext {
     pub async fn kms_turn(
         &self,
     ) -> Result<(tokio::sync::SemaphorePermit<'_>, Arc<Identity>), WireError> {
-        let slot = match tokio::time::timeout(KMS_SLOT_WAIT, self.kms_calls.acquire()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_)) => {
-                return Err(WireError::new(
-                    ErrorCode::Internal,
-                    "the KMS call limiter is closed",
-                ));
-            }
-            Err(_) => {
-                return Err(WireError::new(
+        let slot = tokio::time::timeout(KMS_SLOT_WAIT, self.kms_calls.acquire())
+            .await
+            .map_err(|_| {
+                WireError::new(
                     ErrorCode::EnclaveBusy,
                     format!(
                         "all {MAX_CONCURRENT_KMS_CALLS} KMS call slots stayed taken for {} s \
                          (a slow KMS, or many signers in flight); retry shortly",
                         KMS_SLOT_WAIT.as_secs()
                     ),
-                ));
-            }
-        };
+                )
+            })?
+            .map_err(|_| WireError::new(ErrorCode::Internal, "the KMS call limiter is closed"))?;
         Ok((slot, self.attestor.current()?))
     }
 

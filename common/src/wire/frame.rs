@@ -155,8 +155,9 @@ pub enum Batching {
     /// the frames they are about to queue share its system call. The host's writer does
     /// this: its many request tasks each queue one frame, and without it nearly every
     /// frame went out in a write of its own, each also waking the enclave's reader (the
-    /// enclave's CPU per ping fell by a fifth). The enclave's writer does not: there the yield waits behind whole
-    /// signing operations, and cached signing lost about a tenth of its throughput.
+    /// enclave's CPU per ping fell by a fifth). The enclave's writer does not: there the
+    /// yield waits behind whole signing operations, and cached signing lost about a
+    /// tenth of its throughput.
     Gathered,
 }
 

@@ -432,6 +432,12 @@ mod tests {
                 .unwrap()
         }
 
+        /// Queues a write that inserts `x`.
+        fn submit_insert(&self, x: i64) -> Pending<()> {
+            self.writer
+                .submit(move |session: &mut Faulty, _| insert(session, x))
+        }
+
         /// Holds the writer in a batch of its own (which inserts 1) until the returned
         /// sender is used, so that the writes queued meanwhile make one batch.
         fn hold(&self) -> (Pending<()>, mpsc::Sender<()>) {
@@ -528,9 +534,7 @@ mod tests {
             insert(session, 8)?;
             refusal()
         });
-        let fine = f
-            .writer
-            .submit(|session: &mut Faulty, _| insert(session, 2));
+        let fine = f.submit_insert(2);
         go.send(()).unwrap();
         holding.blocking_recv().unwrap().unwrap();
         fine.blocking_recv().unwrap().unwrap();
@@ -553,9 +557,7 @@ mod tests {
             session.conn.execute_batch("ROLLBACK")?;
             Ok(())
         });
-        let after = f
-            .writer
-            .submit(|session: &mut Faulty, _| insert(session, 2));
+        let after = f.submit_insert(2);
         go.send(()).unwrap();
         holding.blocking_recv().unwrap().unwrap();
         for answer in [stray, after] {
@@ -584,9 +586,7 @@ mod tests {
     fn a_failure_that_rolled_back_the_transaction_is_redone_not_fatal() {
         let f = Fixture::new();
         let (holding, go) = f.hold();
-        let fine = f
-            .writer
-            .submit(|session: &mut Faulty, _| insert(session, 2));
+        let fine = f.submit_insert(2);
         let mut first_run = true;
         let failing = f.writer.submit(move |session: &mut Faulty, _| {
             if std::mem::take(&mut first_run) {
@@ -594,9 +594,7 @@ mod tests {
             }
             Err::<(), _>(StoreError::Writer("the disk is full".into()))
         });
-        let last = f
-            .writer
-            .submit(|session: &mut Faulty, _| insert(session, 3));
+        let last = f.submit_insert(3);
         go.send(()).unwrap();
         holding.blocking_recv().unwrap().unwrap();
         fine.blocking_recv().unwrap().unwrap();
@@ -618,9 +616,7 @@ mod tests {
         let f = Fixture::new();
         f.faults.commit_fails.store(true, Ordering::SeqCst);
         let (holding, go) = f.hold();
-        let fine = f
-            .writer
-            .submit(|session: &mut Faulty, _| insert(session, 2));
+        let fine = f.submit_insert(2);
         let refused = f.writer.submit(|_: &mut Faulty, _| refusal());
         go.send(()).unwrap();
         for answer in [holding, fine, refused] {
