@@ -1,11 +1,17 @@
 //! Channel-account locks (docs/design.md §5).
 //!
-//! Acquire is one `UPDATE … RETURNING` run by the group-commit writer inside
-//! `BEGIN IMMEDIATE`: SQLite admits one writer at a time (across processes too), and
-//! each write in a group sees the ones before it, so two callers can never get the
+//! Acquire is a pick and an `UPDATE` of the picked row, run by the group-commit writer
+//! inside `BEGIN IMMEDIATE`: SQLite admits one writer at a time (across processes too),
+//! and each write in a group sees the ones before it, so two callers can never get the
 //! same account. The candidate is drawn at random from the few accounts whose locks
 //! expired longest ago, found through the `locked_until_ms` index: the cost does not
 //! grow with the pool, and an account that just came free is the last to be reused.
+//!
+//! The hot statements carry no `RETURNING`: SQLite runs a write with `RETURNING` (as with
+//! a trigger) under a statement journal, a copy of every page it touches that is
+//! allocated and freed per statement. That was about an eighth of the host's CPU in
+//! cached signing, most of it glibc handing the freed memory back to the kernel and
+//! faulting it in again. A read by primary key beside the write costs far less.
 
 use super::SqliteStore;
 use crate::store::group_commit::Writer;
@@ -19,29 +25,23 @@ use rusqlite::{Connection, OptionalExtension, params};
 /// How many of the longest-idle accounts the random pick draws from.
 const PICK_FROM: i64 = 16;
 
-/// Locks one of the longest-idle accounts, picked at random among the first few.
-pub(super) const LEASE: &str = "UPDATE channel_locks
-     SET locked_at_ms = ?1, locked_until_ms = ?2, lock_token = ?3, tx_hash = NULL
-     WHERE public_key = (
-         SELECT public_key FROM (
-             SELECT public_key FROM channel_locks
-             WHERE locked_until_ms <= ?1
-             ORDER BY locked_until_ms
-             LIMIT ?4)
-         ORDER BY random() LIMIT 1)
-     RETURNING public_key, locked_until_ms";
+/// One of the longest-idle accounts, picked at random among the first few.
+pub(super) const PICK_IDLE: &str = "SELECT public_key FROM (
+         SELECT public_key FROM channel_locks
+         WHERE locked_until_ms <= ?1
+         ORDER BY locked_until_ms
+         LIMIT ?2)
+     ORDER BY random() LIMIT 1";
 
 impl HotSql for Connection {
     /// Locks a random account among the longest idle, on the writer's transaction.
     fn lease(&mut self, now: i64, until: i64, token: String) -> Result<ChannelLease, StoreError> {
         let conn = &*self;
-        let leased: Option<(String, i64)> = conn
-            .prepare_cached(LEASE)?
-            .query_row(params![now, until, token, PICK_FROM], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
+        let picked: Option<String> = conn
+            .prepare_cached(PICK_IDLE)?
+            .query_row(params![now, PICK_FROM], |row| row.get(0))
             .optional()?;
-        let Some((account, locked_until_ms)) = leased else {
+        let Some(account) = picked else {
             let (total, next_free): (i64, Option<i64>) = conn
                 .prepare_cached("SELECT count(*), min(locked_until_ms) FROM channel_locks")?
                 .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
@@ -54,10 +54,24 @@ impl HotSql for Connection {
                 }
             });
         };
+        let locked = conn
+            .prepare_cached(
+                "UPDATE channel_locks
+             SET locked_at_ms = ?2, locked_until_ms = ?3, lock_token = ?4, tx_hash = NULL
+             WHERE public_key = ?1",
+            )?
+            .execute(params![account, now, until, token])?;
+        // The pick ran in this transaction, under the write lock: nothing can have taken
+        // the row between the two statements.
+        if locked != 1 {
+            return Err(StoreError::Writer(format!(
+                "picked channel account {account} but locking it changed {locked} rows, not 1"
+            )));
+        }
         Ok(ChannelLease {
             account,
             lock_token: token,
-            locked_until_ms,
+            locked_until_ms: until,
         })
     }
 
@@ -98,22 +112,25 @@ impl HotSql for Connection {
     fn unlock_hashes(&mut self, now: i64, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
         let conn = &*self;
         let mut outcome = UnlockOutcome::default();
+        let mut locked_by = conn.prepare_cached(
+            "SELECT public_key FROM channel_locks WHERE tx_hash = ?1 ORDER BY public_key",
+        )?;
         let mut unlock = conn.prepare_cached(
             "UPDATE channel_locks
          SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?2),
              lock_token = NULL, tx_hash = NULL
-         WHERE tx_hash = ?1
-         RETURNING public_key",
+         WHERE tx_hash = ?1",
         )?;
         for hash in hashes {
             let hash = hash.to_ascii_lowercase();
-            let accounts = unlock
-                .query_map(params![hash, now], |row| row.get::<_, String>(0))?
+            let accounts = locked_by
+                .query_map(params![hash], |row| row.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
             if accounts.is_empty() {
                 outcome.unmatched.push(hash);
                 continue;
             }
+            unlock.execute(params![hash, now])?;
             for account in accounts {
                 outcome.unlocked.push(UnlockedChannel {
                     account,
@@ -131,25 +148,27 @@ impl HotSql for Connection {
         signed: &SignedChannelTx,
     ) -> Result<Option<i64>, StoreError> {
         let conn = &*self;
-        Ok(conn
+        let extended = conn
             .prepare_cached(
                 "UPDATE channel_locks
              SET tx_hash = ?2,
                  locked_at_ms = coalesce(locked_at_ms, ?3),
                  locked_until_ms = max(locked_until_ms, ?4)
-             WHERE public_key = ?1
-             RETURNING locked_until_ms",
+             WHERE public_key = ?1",
             )?
-            .query_row(
-                params![
-                    signed.account,
-                    signed.tx_hash.to_ascii_lowercase(),
-                    now,
-                    until
-                ],
-                |row| row.get(0),
-            )
-            .optional()?)
+            .execute(params![
+                signed.account,
+                signed.tx_hash.to_ascii_lowercase(),
+                now,
+                until
+            ])?;
+        if extended == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            conn.prepare_cached("SELECT locked_until_ms FROM channel_locks WHERE public_key = ?1")?
+                .query_row(params![signed.account], |row| row.get(0))?,
+        ))
     }
 
     fn insert_audit(&mut self, now: i64, entry: &AuditEntry) -> Result<(), StoreError> {

@@ -112,7 +112,7 @@ fn cached_statements_are_not_re_prepared_when_their_parameters_change() {
         conn.lease(now, now + 10, format!("t{i}")).unwrap();
     }
     let reprepared = conn
-        .prepare_cached(super::channels::LEASE)
+        .prepare_cached(super::channels::PICK_IDLE)
         .unwrap()
         .get_status(rusqlite::StatementStatus::RePrepare);
     assert_eq!(reprepared, 0);
