@@ -25,7 +25,13 @@ pub trait RoundTrip: Send + 'static {
 }
 
 /// Warm-up requests per client before the clock starts (connections, caches, pools).
-pub const WARM_UP: usize = 10;
+const WARM_UP: usize = 10;
+
+/// How many round trips [`measure`] makes for `requests` over `clients`, warm-up included.
+pub fn requests_sent(clients: usize, requests: usize) -> usize {
+    let clients = clients.max(1);
+    (requests.div_ceil(clients).max(1) + WARM_UP) * clients
+}
 
 /// Runs `requests` round trips spread over `clients` connections made by `connect`.
 pub async fn measure<C, F, Fut>(
@@ -208,5 +214,43 @@ pub async fn serve_echo(listener: UnixListener) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Counted(Arc<AtomicUsize>);
+
+    impl RoundTrip for Counted {
+        async fn once(&mut self) -> anyhow::Result<()> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// The CPU per request the benchmark reports divides by this count, so it must be
+    /// every round trip made, warm-up included, also when the clients do not divide
+    /// the requests evenly.
+    #[tokio::test]
+    async fn requests_sent_counts_every_round_trip_measure_makes() {
+        for (clients, requests) in [(1, 1), (3, 10), (64, 1_000), (16, 5)] {
+            let made = Arc::new(AtomicUsize::new(0));
+            measure(clients, requests, |_| {
+                let made = made.clone();
+                async move { Ok(Counted(made)) }
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                made.load(Ordering::Relaxed),
+                requests_sent(clients, requests),
+                "{clients} clients, {requests} requests"
+            );
+        }
     }
 }

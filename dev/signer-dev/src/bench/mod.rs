@@ -96,8 +96,10 @@ async fn per_call_figures(
 ) -> anyhow::Result<()> {
     eprintln!("signer-dev bench: ping");
     for &clients in &options.clients {
-        let ping = measure(clients, options.requests, |_| {
-            ApiClient::ping(&stack.socket)
+        let ping = measure_level(stack, report, "ping", clients, options.requests, || {
+            measure(clients, options.requests, |_| {
+                ApiClient::ping(&stack.socket)
+            })
         })
         .await?;
         report.set_stats(&format!("ping.c{clients}"), ping);
@@ -145,10 +147,57 @@ async fn sign_levels(
 ) -> anyhow::Result<()> {
     eprintln!("signer-dev bench: {prefix}");
     for &clients in &options.clients {
-        let stats = sign(stack, clients, signatures).await?;
+        let stats = measure_level(stack, report, prefix, clients, signatures, || {
+            sign(stack, clients, signatures)
+        })
+        .await?;
         report.set_stats(&format!("{prefix}.c{clients}"), stats);
     }
     Ok(())
+}
+
+/// Runs one level's measurement; at full load it also records the CPU time each process
+/// used per request (`cpu_us_per_request.{name}.client|host|enclave|kms|total`, warm-up
+/// requests included in both the time and the count). The machine is saturated there,
+/// so the throughput of two kinds of request can differ at most as their CPU does.
+async fn measure_level<F, Fut>(
+    stack: &Stack,
+    report: &mut Report,
+    name: &str,
+    clients: usize,
+    requests: usize,
+    run: F,
+) -> anyhow::Result<Stats>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Stats>>,
+{
+    if clients != FULL_LOAD {
+        return run().await;
+    }
+    let before = cpu_by_process(stack)?;
+    let stats = run().await?;
+    let after = cpu_by_process(stack)?;
+    let count = load::requests_sent(clients, requests) as f64;
+    let mut total = 0.0;
+    for ((process, start), (_, end)) in before.iter().zip(&after) {
+        let us = end.saturating_sub(*start).as_secs_f64() * 1e6 / count;
+        total += us;
+        report.set(&format!("cpu_us_per_request.{name}.{process}"), us);
+    }
+    report.set(&format!("cpu_us_per_request.{name}.total"), total);
+    Ok(stats)
+}
+
+/// CPU time so far of this process (the benchmark's clients) and of the stack's three.
+fn cpu_by_process(stack: &Stack) -> anyhow::Result<[(&'static str, std::time::Duration); 4]> {
+    let processes = &stack.processes;
+    Ok([
+        ("client", stack::cpu_time(std::process::id())?),
+        ("host", stack::cpu_time(processes.host_pid)?),
+        ("enclave", stack::cpu_time(processes.enclave_pid)?),
+        ("kms", stack::cpu_time(processes.mock_kms_pid)?),
+    ])
 }
 
 /// Each client signs a payment sourced by one of the stack's channel accounts.
@@ -178,7 +227,7 @@ async fn enclave_cpu(stack: &Stack, signatures: usize, report: &mut Report) -> a
     let before = stack::cpu_time(pid)?;
     sign(stack, clients, signatures).await?;
     let used = stack::cpu_time(pid)?.saturating_sub(before);
-    let count = signatures.div_ceil(clients) * clients + clients * load::WARM_UP;
+    let count = load::requests_sent(clients, signatures);
     report.set(
         "enclave_cpu_ms_per_signature",
         used.as_secs_f64() * 1e3 / count as f64,
