@@ -42,6 +42,8 @@ const CHANNEL_POOLS: [u32; 2] = [1_000, 10_000];
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let mut report = Report::default();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    report.set("machine.cores", cores as f64);
     eprintln!("signer-dev bench: baselines");
     report.set(
         "baseline.ed25519_sign_per_s",
@@ -158,8 +160,8 @@ async fn sign_levels(
 
 /// Runs one level's measurement; at full load it also records the CPU time each process
 /// used per request (`cpu_us_per_request.{name}.client|host|enclave|kms|total`, warm-up
-/// requests included in both the time and the count). The machine is saturated there,
-/// so the throughput of two kinds of request can differ at most as their CPU does.
+/// requests included in both the time and the count) and how many cores were busy on
+/// average (`cores_busy.{name}`, all four processes' CPU over the wall time).
 async fn measure_level<F, Fut>(
     stack: &Stack,
     report: &mut Report,
@@ -176,7 +178,9 @@ where
         return run().await;
     }
     let before = cpu_by_process(stack)?;
+    let started = std::time::Instant::now();
     let stats = run().await?;
+    let wall = started.elapsed();
     let after = cpu_by_process(stack)?;
     let count = load::requests_sent(clients, requests) as f64;
     let mut total = 0.0;
@@ -186,6 +190,10 @@ where
         report.set(&format!("cpu_us_per_request.{name}.{process}"), us);
     }
     report.set(&format!("cpu_us_per_request.{name}.total"), total);
+    report.set(
+        &format!("cores_busy.{name}"),
+        total * count / 1e6 / wall.as_secs_f64(),
+    );
     Ok(stats)
 }
 

@@ -7,11 +7,12 @@
 //! expired longest ago, found through the `locked_until_ms` index: the cost does not
 //! grow with the pool, and an account that just came free is the last to be reused.
 //!
-//! The hot statements carry no `RETURNING`: SQLite runs a write with `RETURNING` (as with
-//! a trigger) under a statement journal, a copy of every page it touches that is
+//! The hot writes each change one row found by its primary key, without `RETURNING`:
+//! SQLite runs a write that may change several rows, or has a `RETURNING` clause (run
+//! as a trigger), under a statement journal, a copy of every page it touches that is
 //! allocated and freed per statement. That was about an eighth of the host's CPU in
 //! cached signing, most of it glibc handing the freed memory back to the kernel and
-//! faulting it in again. A read by primary key beside the write costs far less.
+//! faulting it in again. A read by key beside the write costs far less.
 
 use super::SqliteStore;
 use crate::store::group_commit::Writer;
@@ -112,14 +113,15 @@ impl HotSql for Connection {
     fn unlock_hashes(&mut self, now: i64, hashes: &[String]) -> Result<UnlockOutcome, StoreError> {
         let conn = &*self;
         let mut outcome = UnlockOutcome::default();
-        let mut locked_by = conn.prepare_cached(
-            "SELECT public_key FROM channel_locks WHERE tx_hash = ?1 ORDER BY public_key",
-        )?;
+        let mut locked_by =
+            conn.prepare_cached("SELECT public_key FROM channel_locks WHERE tx_hash = ?1")?;
+        // By primary key, one row per statement: an UPDATE that may touch several rows
+        // (as `WHERE tx_hash = ?1` may) needs a statement journal too.
         let mut unlock = conn.prepare_cached(
             "UPDATE channel_locks
-         SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?2),
+         SET locked_at_ms = NULL, locked_until_ms = min(locked_until_ms, ?3),
              lock_token = NULL, tx_hash = NULL
-         WHERE tx_hash = ?1",
+         WHERE public_key = ?1 AND tx_hash = ?2",
         )?;
         for hash in hashes {
             let hash = hash.to_ascii_lowercase();
@@ -130,8 +132,8 @@ impl HotSql for Connection {
                 outcome.unmatched.push(hash);
                 continue;
             }
-            unlock.execute(params![hash, now])?;
             for account in accounts {
+                unlock.execute(params![account, hash, now])?;
                 outcome.unlocked.push(UnlockedChannel {
                     account,
                     tx_hash: hash.clone(),

@@ -1,6 +1,6 @@
-//! The embedded SQLite backend, the default. One database file; every lock change is
-//! one statement inside `BEGIN IMMEDIATE`, so SQLite's single writer (across processes
-//! too) is what keeps a channel from being handed out twice. Key writes are fsynced,
+//! The embedded SQLite backend, the default. One database file; every lock change runs
+//! inside `BEGIN IMMEDIATE`, so SQLite's single writer (across processes too) is what
+//! keeps a channel from being handed out twice. Key writes are fsynced,
 //! file and directory, before they return.
 
 mod audit;
