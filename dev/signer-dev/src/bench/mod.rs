@@ -183,16 +183,23 @@ where
     let wall = started.elapsed();
     let after = cpu_by_process(stack)?;
     let count = load::requests_sent(clients, requests) as f64;
-    let mut total = 0.0;
+    let per_request_us = |used: std::time::Duration| used.as_secs_f64() * 1e6 / count;
+    let mut used_by_all = std::time::Duration::ZERO;
     for ((process, start), (_, end)) in before.iter().zip(&after) {
-        let us = end.saturating_sub(*start).as_secs_f64() * 1e6 / count;
-        total += us;
-        report.set(&format!("cpu_us_per_request.{name}.{process}"), us);
+        let used = end.saturating_sub(*start);
+        used_by_all += used;
+        report.set(
+            &format!("cpu_us_per_request.{name}.{process}"),
+            per_request_us(used),
+        );
     }
-    report.set(&format!("cpu_us_per_request.{name}.total"), total);
+    report.set(
+        &format!("cpu_us_per_request.{name}.total"),
+        per_request_us(used_by_all),
+    );
     report.set(
         &format!("cores_busy.{name}"),
-        total * count / 1e6 / wall.as_secs_f64(),
+        used_by_all.as_secs_f64() / wall.as_secs_f64(),
     );
     Ok(stats)
 }

@@ -7,6 +7,11 @@ use serde_json::{Map, Value};
 
 use super::load::Stats;
 
+/// `value` with `decimals` decimals, or `-` when it was not measured.
+fn shown(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     figures: Map<String, Value>,
@@ -42,6 +47,11 @@ impl Report {
         self.set(&format!("{prefix}.p99_us"), stats.p99.as_secs_f64() * 1e6);
     }
 
+    /// The figure at `key` with `decimals` decimals, or `-` when it was not measured.
+    fn shown(&self, key: &str, decimals: usize) -> String {
+        shown(self.get(key), decimals)
+    }
+
     pub fn get(&self, key: &str) -> Option<f64> {
         let mut node = self.figures.get(key.split('.').next()?)?;
         for part in key.split('.').skip(1) {
@@ -58,10 +68,7 @@ impl Report {
 
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let figure = |key: &str| {
-            self.get(key)
-                .map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))
-        };
+        let figure = |key: &str| self.shown(key, 0);
         let _ = writeln!(
             out,
             "\nbaselines (one core each; the round trip at 64 connections)"
@@ -113,9 +120,8 @@ impl Report {
         let _ = writeln!(
             out,
             "\nenclave CPU per per-call signature {:>8} ms (RSA decryption alone: {} ms)",
-            self.get("enclave_cpu_ms_per_signature")
-                .map_or("-".into(), |v| format!("{v:.2}")),
-            rsa_ms.map_or("-".into(), |v| format!("{v:.2}"))
+            self.shown("enclave_cpu_ms_per_signature", 2),
+            shown(rsa_ms, 2)
         );
         let _ = writeln!(
             out,
@@ -144,8 +150,7 @@ impl Report {
     /// CPU per request of each process at 64 clients, where the machine is saturated.
     fn cpu_table(&self) -> String {
         let mut out = format!(
-            "
-{:<28} {:>7} {:>7} {:>7} {:>8} {:>7}\n",
+            "\n{:<28} {:>7} {:>7} {:>7} {:>8} {:>7}\n",
             "CPU µs per request, c64", "client", "host", "enclave", "mock KMS", "all"
         );
         for (label, name) in [
@@ -153,10 +158,7 @@ impl Report {
             ("sign, per-call KMS", "sign_per_call"),
             ("sign, enclave key cache", "sign_cached"),
         ] {
-            let us = |process: &str| {
-                self.get(&format!("cpu_us_per_request.{name}.{process}"))
-                    .map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
-            };
+            let us = |process: &str| self.shown(&format!("cpu_us_per_request.{name}.{process}"), 1);
             let _ = writeln!(
                 out,
                 "{label:<28} {:>7} {:>7} {:>7} {:>8} {:>7}",
@@ -184,10 +186,7 @@ impl Report {
         ) else {
             return String::new();
         };
-        let busy = |name: &str| {
-            self.get(&format!("cores_busy.{name}"))
-                .map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
-        };
+        let busy = |name: &str| self.shown(&format!("cores_busy.{name}"), 1);
         let bound_per_s = cores * 1e6 / cached_us;
         format!(
             "\ncached signing could reach at most {bound_per_s:.0}/s here, {:.2} times ping c64: \
@@ -280,11 +279,11 @@ impl Report {
                 Some(v) => ("<=", v <= target),
                 None => ("", false),
             };
-            let shown = value.map_or("-".to_string(), |v| format!("{v:.2}"));
+            let value_text = shown(value, 2);
             let verdict = if met { "met" } else { "NOT met" };
             let _ = writeln!(
                 out,
-                "  {label:<38} {shown:>10}  target {sign} {target:<8} {verdict}"
+                "  {label:<38} {value_text:>10}  target {sign} {target:<8} {verdict}"
             );
         }
         let rss = self.get("rss_mib.enclave");
@@ -293,7 +292,7 @@ impl Report {
             out,
             "  {:<38} {:>10}  target <  64       {}",
             "enclave peak RSS (MiB)",
-            rss.map_or("-".into(), |v| format!("{v:.1}")),
+            shown(rss, 1),
             if met { "met" } else { "NOT met" }
         );
         out
@@ -304,15 +303,22 @@ impl Report {
 mod tests {
     use super::*;
 
+    /// A report with the figures the bound needs besides the CPU per request: 2 cores,
+    /// ed25519 at 50,000/s, ping at 64 clients 50,000/s.
+    fn two_cores_pinging_50k() -> Report {
+        let mut report = Report::default();
+        report.set("machine.cores", 2.0);
+        report.set("baseline.ed25519_sign_per_s", 50_000.0);
+        report.set("ping.c64.per_s", 50_000.0);
+        report
+    }
+
     /// The bound is what every core could do at cached signing's CPU per signature, next
     /// to ping; 0.7 times ping's budget per signature is shown beside a ping's own CPU and
     /// one ed25519 signature; the CPU table shows each process.
     #[test]
     fn the_cached_bound_comes_from_the_cpu_per_request_of_this_run() {
-        let mut report = Report::default();
-        report.set("machine.cores", 2.0);
-        report.set("baseline.ed25519_sign_per_s", 50_000.0);
-        report.set("ping.c64.per_s", 50_000.0);
+        let mut report = two_cores_pinging_50k();
         for (process, ping, cached) in [
             ("client", 7.0, 14.0),
             ("host", 14.0, 50.0),
@@ -347,10 +353,7 @@ mod tests {
     /// Without the CPU figures (a run below 64 clients) no bound is claimed.
     #[test]
     fn no_bound_without_cpu_figures() {
-        let mut report = Report::default();
-        report.set("machine.cores", 2.0);
-        report.set("baseline.ed25519_sign_per_s", 50_000.0);
-        report.set("ping.c64.per_s", 50_000.0);
+        let mut report = two_cores_pinging_50k();
         report.set("cpu_us_per_request.ping.total", 28.0);
         assert!(!report.table().contains("could reach at most"));
     }
