@@ -120,6 +120,7 @@ pub enum Request {
         /// The network the caller means; the enclave refuses any but its own (`wrong_network`).
         network_passphrase: String,
         /// Raw XDR of a TransactionEnvelope.
+        #[serde(with = "serde_bytes")]
         transaction: Vec<u8>,
         /// The keys to sign with, 1 to 20. Each must be a required signer of the
         /// transaction and pass the signing policy, or nothing is signed.
@@ -132,6 +133,7 @@ pub enum Request {
         /// The network the caller means; the enclave refuses any but its own (`wrong_network`).
         network_passphrase: String,
         /// Raw XDR of a SorobanAuthorizationEntry.
+        #[serde(with = "serde_bytes")]
         entry: Vec<u8>,
         /// The last ledger the signature is valid for (above 0); the enclave writes it
         /// into the entry and signs over it.
@@ -168,6 +170,7 @@ pub enum Request {
     /// sees a seed or the passphrase.
     ImportWalletBackend {
         /// The KMS `CiphertextBlob` of the passphrase, made by the operator.
+        #[serde(with = "serde_bytes")]
         passphrase_ciphertext: Vec<u8>,
         /// The keys as wallet-backend stores them.
         channels: Vec<WalletBackendKey>,
@@ -181,6 +184,7 @@ pub enum Request {
     /// decrypt anything to it.
     Attest {
         /// The caller's challenge.
+        #[serde(with = "serde_bytes")]
         nonce: Vec<u8>,
     },
 }
@@ -194,6 +198,7 @@ pub struct WalletBackendKey {
     /// `G...`.
     pub public_key: String,
     /// `encrypted_private_key`, base64-decoded: nonce(12) ‖ AES-128-GCM(`S...`) ‖ tag.
+    #[serde(with = "serde_bytes")]
     pub encrypted: Vec<u8>,
 }
 
@@ -220,6 +225,7 @@ pub enum Response {
     /// The answer to [`Request::Sign`].
     Signed {
         /// Raw XDR of the envelope with the new signatures appended.
+        #[serde(with = "serde_bytes")]
         transaction: Vec<u8>,
         /// The signature payload hash, computed by the enclave.
         hash: [u8; 32],
@@ -229,6 +235,7 @@ pub enum Response {
     /// The answer to [`Request::AuthorizeSoroban`].
     SorobanAuthorized {
         /// Raw XDR of the entry with the expiration ledger and signature filled in.
+        #[serde(with = "serde_bytes")]
         entry: Vec<u8>,
         /// The authorization payload hash the signature signs.
         hash: [u8; 32],
@@ -262,6 +269,7 @@ pub enum Response {
     /// The answer to [`Request::Attest`].
     Attested {
         /// The NSM's COSE_Sign1 attestation document.
+        #[serde(with = "serde_bytes")]
         document: Vec<u8>,
         /// SHA-256 of the enclave's measured settings: the document's `user_data`.
         settings_digest: [u8; 32],
@@ -344,8 +352,10 @@ pub struct KeyMaterial {
     /// The KMS key the enclave names in its `Decrypt` call.
     pub kms_key_id: String,
     /// KMS CiphertextBlob: of the secret (`kms-direct`) or of the data key (`envelope`).
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
     /// `envelope` only.
+    #[serde(with = "serde_bytes")]
     pub sealed_seed: Option<Vec<u8>>,
 }
 
@@ -367,6 +377,7 @@ pub struct SignatureInfo {
     /// The signature hint: the last 4 bytes of the public key.
     pub hint: [u8; 4],
     /// The 64-byte ed25519 signature.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -418,6 +429,52 @@ mod tests {
         let bytes = postcard::to_allocvec(&request).unwrap();
         assert_eq!(peek_hello_version(&bytes), None);
         assert_eq!(peek_hello_version(&[]), None);
+    }
+
+    /// Byte fields are serde bytes (copied whole, not one element at a time), which
+    /// postcard encodes exactly as it encodes a sequence of `u8`: a varint length, then
+    /// the bytes. Builds from either side of that change read each other's frames, so
+    /// it needed no protocol version.
+    #[test]
+    fn byte_fields_encode_as_a_sequence_of_u8_did() {
+        #[derive(Serialize, Deserialize)]
+        struct KeyMaterialAsSequences {
+            public_key: String,
+            format: KeyFormat,
+            kms_key_id: String,
+            ciphertext: Vec<u8>,
+            sealed_seed: Option<Vec<u8>>,
+        }
+        let key = KeyMaterial {
+            public_key: "GKEY".into(),
+            format: KeyFormat::Envelope,
+            kms_key_id: "arn:kms".into(),
+            // Longer than 127 bytes: a two-byte varint length.
+            ciphertext: (0..=255u8).collect(),
+            sealed_seed: Some(vec![0xee; 60]),
+        };
+        let as_sequences = KeyMaterialAsSequences {
+            public_key: key.public_key.clone(),
+            format: key.format,
+            kms_key_id: key.kms_key_id.clone(),
+            ciphertext: key.ciphertext.clone(),
+            sealed_seed: key.sealed_seed.clone(),
+        };
+        let bytes = postcard::to_allocvec(&key).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&as_sequences).unwrap());
+        assert_eq!(postcard::from_bytes::<KeyMaterial>(&bytes).unwrap(), key);
+        let without_seed = KeyMaterial {
+            sealed_seed: None,
+            ..key
+        };
+        let as_sequences = KeyMaterialAsSequences {
+            sealed_seed: None,
+            ..as_sequences
+        };
+        assert_eq!(
+            postcard::to_allocvec(&without_seed).unwrap(),
+            postcard::to_allocvec(&as_sequences).unwrap()
+        );
     }
 
     #[test]
