@@ -6,7 +6,7 @@
 //! The hot path takes only a shared read lock: uses are counted with an atomic, and a
 //! cached key signs in place, so no seed is copied out per signature and callers signing
 //! with different (or the same) keys never wait on one another on a hit. The write lock is taken
-//! to insert, and to drop an entry that has just run out.
+//! to insert, to drop an entry that has just run out, and to put a spare in its place.
 //!
 //! A key that is missing (first use, expired, used up) is decrypted by one caller while
 //! the others asking for it at that moment wait and then sign from the cache: without
@@ -25,6 +25,17 @@
 //! and one of them takes the turn. After [`MAX_REFILL_ROUNDS`] rounds or
 //! [`MAX_REFILL_WAIT`] in all a caller stops waiting for others and decrypts on its own,
 //! so no caller waits for more than a bounded number of decryptions or a bounded time.
+//!
+//! Refresh ahead: the signature that spends half of an entry's uses (with at least four)
+//! asks for the key to be decrypted again in the background ([`Lookup::Signed`]'s
+//! `refresh_due`), into a spare entry that takes over, with all its uses, the moment the
+//! current one runs out. A busy key then makes no request wait for KMS when its entry
+//! runs out (unless more than half its uses are asked for within one KMS call), and
+//! still costs about one decryption per `max_uses` signatures. The refresh holds the
+//! key's turn, so callers that miss while it runs wait for it instead of decrypting
+//! again. Each spare is bounded like any entry (`ttl` from its decryption, `max_uses`);
+//! per key, up to two entries' worth of uses (half of the current one's and all of its
+//! spare's) can be left when KMS stops answering for it, against one without a spare.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,6 +66,8 @@ pub struct KeyCache {
     /// [`MAX_REFILL_WAIT`], shorter in tests.
     max_wait: Duration,
     entries: RwLock<HashMap<CacheKey, Entry>>,
+    /// Refreshed ahead: the entry that replaces a key's current one when it runs out.
+    spares: Mutex<HashMap<CacheKey, Entry>>,
     /// The keys being decrypted now, each with the lock its decrypting caller holds and,
     /// inside, how that decryption ended.
     refills: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<TurnOutcome>>>>,
@@ -99,8 +112,12 @@ enum Refill<'a> {
 
 /// What a caller does after looking in the cache.
 pub enum Lookup<'a> {
-    /// Signed from the cache.
-    Signed(CachedSignature),
+    /// Signed from the cache; when `refresh_due`, this signature spent half the entry's
+    /// uses and the caller should start [`KeyCache::refresh_turn`] in the background.
+    Signed {
+        signed: CachedSignature,
+        refresh_due: bool,
+    },
     /// The decryption this caller waited for failed: answer with its error.
     Failed(WireError),
     /// Decrypt through KMS, holding the turn the others in flight wait for (mark it
@@ -148,8 +165,18 @@ impl KeyCache {
             max_uses: max_uses.max(1),
             max_wait: MAX_REFILL_WAIT,
             entries: RwLock::new(HashMap::new()),
+            spares: Mutex::new(HashMap::new()),
             refills: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Spares waiting to take over, for tests.
+    #[cfg(test)]
+    pub fn spare_count(&self) -> usize {
+        self.spares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The same cache with a shorter total wait for other callers' decryptions.
@@ -166,24 +193,10 @@ impl KeyCache {
             // another caller's decryption would only delay this one.
             return Refill::Alone;
         }
-        let key = Self::key(record);
-        let in_progress = {
-            let mut refills = self.refills.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(lock) = refills.get(&key) {
-                lock.clone()
-            } else {
-                let lock = Arc::new(tokio::sync::Mutex::new(TurnOutcome::Abandoned));
-                // Fresh and not shared yet, so this never waits.
-                let Ok(held) = lock.clone().try_lock_owned() else {
-                    return Refill::Alone;
-                };
-                refills.insert(key, lock);
-                return Refill::Decrypt(RefillTurn {
-                    cache: self,
-                    key,
-                    held,
-                });
-            }
+        let in_progress = match self.take_turn(Self::key(record)) {
+            Ok(Some(turn)) => return Refill::Decrypt(turn),
+            Ok(None) => return Refill::Alone,
+            Err(in_progress) => in_progress,
         };
         match &*in_progress.lock().await {
             TurnOutcome::Cached => Refill::Refilled,
@@ -192,18 +205,58 @@ impl KeyCache {
         }
     }
 
+    /// The turn to decrypt `key` (`None` if it cannot be held, which never happens), or
+    /// the lock of the caller who has it.
+    #[allow(clippy::type_complexity)]
+    fn take_turn(
+        &self,
+        key: CacheKey,
+    ) -> Result<Option<RefillTurn<'_>>, Arc<tokio::sync::Mutex<TurnOutcome>>> {
+        let mut refills = self.refills.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lock) = refills.get(&key) {
+            return Err(lock.clone());
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(TurnOutcome::Abandoned));
+        // Fresh and not shared yet, so this never waits.
+        let Ok(held) = lock.clone().try_lock_owned() else {
+            return Ok(None);
+        };
+        refills.insert(key, lock);
+        Ok(Some(RefillTurn {
+            cache: self,
+            key,
+            held,
+        }))
+    }
+
+    /// For a refresh ahead: the turn to decrypt `record` again, unless a decryption of
+    /// it is under way already (then that one serves). Mark it [`RefillTurn::cached`]
+    /// after [`KeyCache::put_spare`], or [`RefillTurn::failed`].
+    pub fn refresh_turn(&self, record: &KeyMaterial) -> Option<RefillTurn<'_>> {
+        if self.max_uses <= 1 {
+            return None;
+        }
+        self.take_turn(Self::key(record)).ok().flatten()
+    }
+
+    /// A signature from the cache as a [`Lookup`], or `None` on a miss.
+    fn hit(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Option<Lookup<'_>> {
+        self.sign_noting_refresh(record, hash)
+            .map(|(signed, refresh_due)| Lookup::Signed {
+                signed,
+                refresh_due,
+            })
+    }
+
     /// Signs `hash` with the cached key of `record`, waiting if another caller is
     /// decrypting it; else the error that decryption failed with, or what this caller
     /// decrypts with (see [`Lookup`]).
     pub async fn sign_or_take_turn(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Lookup<'_> {
         // A hit, the usual case, signs before any clock is read.
-        if let Some(signed) = self.sign(record, hash) {
-            return Lookup::Signed(signed);
+        if let Some(hit) = self.hit(record, hash) {
+            return hit;
         }
-        let decrypt_alone = || {
-            self.sign(record, hash)
-                .map_or(Lookup::Decrypt(None), Lookup::Signed)
-        };
+        let decrypt_alone = || self.hit(record, hash).unwrap_or(Lookup::Decrypt(None));
         let stop_waiting = tokio::time::Instant::now() + self.max_wait;
         for _ in 0..MAX_REFILL_ROUNDS {
             // Waited long enough for others' decryptions: decrypt on its own.
@@ -215,9 +268,9 @@ impl KeyCache {
                 Refill::Decrypt(mut turn) => {
                     // Another caller's decryption may have landed between the miss and
                     // the turn: use it rather than decrypt again, and so may those waiting.
-                    if let Some(signed) = self.sign(record, hash) {
+                    if let Some(hit) = self.hit(record, hash) {
                         turn.cached();
-                        return Lookup::Signed(signed);
+                        return hit;
                     }
                     return Lookup::Decrypt(Some(turn));
                 }
@@ -226,14 +279,12 @@ impl KeyCache {
                 Refill::Refilled | Refill::Abandoned => {}
                 Refill::Failed(error) => {
                     // Unless a caller decrypting on its own cached the key meanwhile.
-                    return self
-                        .sign(record, hash)
-                        .map_or(Lookup::Failed(error), Lookup::Signed);
+                    return self.hit(record, hash).unwrap_or(Lookup::Failed(error));
                 }
                 Refill::Alone => return decrypt_alone(),
             }
-            if let Some(signed) = self.sign(record, hash) {
-                return Lookup::Signed(signed);
+            if let Some(hit) = self.hit(record, hash) {
+                return hit;
             }
         }
         Lookup::Decrypt(None)
@@ -264,44 +315,94 @@ impl KeyCache {
     }
 
     /// Signs `hash` with the cached key of `record`, counting one use; `None` when it is
-    /// absent, expired or used up (the caller then decrypts through KMS).
+    /// absent, expired or used up and has no spare to take over (the caller then
+    /// decrypts through KMS).
     pub fn sign(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Option<CachedSignature> {
-        let key = Self::key(record);
-        let (signed, ran_out) = {
-            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-            let entry = entries.get(&key)?;
-            if entry.expires <= Instant::now() {
-                (None, true)
-            } else {
-                match entry
-                    .uses_left
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                {
-                    Ok(before) => {
-                        let signing_key = &entry.signing_key;
-                        let signature = signing_key.sign(hash).to_bytes();
-                        let public = signing_key.verifying_key().to_bytes();
-                        (Some((public, signature)), before == 1)
-                    }
-                    Err(_) => (None, true),
-                }
-            }
-        };
-        if ran_out {
-            // Wipe it now rather than at the next sweep.
-            self.remove_if_spent(&key);
-        }
-        signed
+        self.sign_noting_refresh(record, hash)
+            .map(|(signed, _)| signed)
     }
 
-    fn remove_if_spent(&self, key: &CacheKey) {
+    /// [`KeyCache::sign`], and whether this signature spent half the entry's uses (a
+    /// refresh ahead is due). A spent entry gives way to its spare, if it has one.
+    fn sign_noting_refresh(
+        &self,
+        record: &KeyMaterial,
+        hash: &[u8; 32],
+    ) -> Option<(CachedSignature, bool)> {
+        let key = Self::key(record);
+        // Twice at most: the second time with the spare that replaced a spent entry.
+        for _ in 0..2 {
+            let (signed, ran_out) = self.sign_once(&key, hash);
+            if ran_out {
+                // Wipe it now rather than at the next sweep, and let its spare take over.
+                let promoted = self.retire_spent(&key);
+                if signed.is_none() && promoted {
+                    continue;
+                }
+            }
+            return signed;
+        }
+        None
+    }
+
+    /// One use of `key`'s current entry: the signature and whether a refresh is due, and
+    /// whether the entry is spent (expired or used up) now, or absent with a spare.
+    fn sign_once(
+        &self,
+        key: &CacheKey,
+        hash: &[u8; 32],
+    ) -> (Option<(CachedSignature, bool)>, bool) {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = entries.get(key) else {
+            // Absent: worth the write lock only if a spare waits to take its place.
+            let spare_waits = self
+                .spares
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(key);
+            return (None, spare_waits);
+        };
+        if entry.expires <= Instant::now() {
+            return (None, true);
+        }
+        match entry
+            .uses_left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        {
+            Ok(before) => {
+                let signing_key = &entry.signing_key;
+                let signature = signing_key.sign(hash).to_bytes();
+                let public = signing_key.verifying_key().to_bytes();
+                let left = before - 1;
+                // Exactly one signature leaves this many: one refresh per entry.
+                let refresh_due = self.max_uses >= 4 && left == self.max_uses / 2;
+                (Some(((public, signature), refresh_due)), left == 0)
+            }
+            Err(_) => (None, true),
+        }
+    }
+
+    /// Drops `key`'s entry if it is spent (or absent) and moves its spare, if it has an
+    /// unexpired one, into its place; whether `key` has a usable entry now.
+    fn retire_spent(&self, key: &CacheKey) -> bool {
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        if entries
-            .get(key)
-            .is_some_and(|e| e.expires <= now || e.uses_left.load(Ordering::Acquire) == 0)
-        {
-            entries.remove(key);
+        let usable = |e: &Entry| e.expires > now && e.uses_left.load(Ordering::Acquire) > 0;
+        if entries.get(key).is_some_and(usable) {
+            return true;
+        }
+        entries.remove(key);
+        let spare = self
+            .spares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        match spare {
+            Some(spare) if usable(&spare) => {
+                entries.insert(*key, spare);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -310,35 +411,68 @@ impl KeyCache {
     /// (the derived public key is part of the signing key, so this costs nothing).
     /// Whether it was cached.
     pub fn put(&self, record: &KeyMaterial, seed: &[u8; 32]) -> bool {
-        if self.max_uses <= 1 {
+        let Some(entry) = self.entry_for(record, seed, self.max_uses - 1) else {
             return false;
-        }
-        let Ok(expected) = stellar_strkey::ed25519::PublicKey::from_string(&record.public_key)
-        else {
-            return false;
-        };
-        // Built in its heap slot's call: the temporary the compiler may place on the stack
-        // first is enclave memory the host cannot read (docs/design.md §2 invariant 1
-        // concerns the wire, disk and logs); the boxed key is wiped on drop.
-        let signing_key = Box::new(SigningKey::from_bytes(seed));
-        if signing_key.verifying_key().to_bytes() != expected.0 {
-            return false;
-        }
-        let entry = Entry {
-            signing_key,
-            expires: Instant::now() + self.ttl,
-            uses_left: AtomicU32::new(self.max_uses - 1),
         };
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         entries.insert(Self::key(record), entry);
         true
     }
 
-    /// Drops (and so wipes) expired and used-up entries; returns how many remain.
+    /// Caches a seed decrypted by a refresh ahead, with all its uses: as the spare that
+    /// takes over when the current entry runs out, or at once if there is none left.
+    /// Checked against `record.public_key` first; whether it was cached.
+    pub fn put_spare(&self, record: &KeyMaterial, seed: &[u8; 32]) -> bool {
+        let Some(entry) = self.entry_for(record, seed, self.max_uses) else {
+            return false;
+        };
+        let key = Self::key(record);
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let current_usable = entries
+            .get(&key)
+            .is_some_and(|e| e.expires > now && e.uses_left.load(Ordering::Acquire) > 0);
+        if current_usable {
+            self.spares
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, entry);
+        } else {
+            entries.insert(key, entry);
+        }
+        true
+    }
+
+    /// An entry for `seed` with `uses` left, if it is `record`'s key and caching is on.
+    fn entry_for(&self, record: &KeyMaterial, seed: &[u8; 32], uses: u32) -> Option<Entry> {
+        if self.max_uses <= 1 {
+            return None;
+        }
+        let expected = stellar_strkey::ed25519::PublicKey::from_string(&record.public_key).ok()?;
+        // Built in its heap slot's call: the temporary the compiler may place on the stack
+        // first is enclave memory the host cannot read (docs/design.md §2 invariant 1
+        // concerns the wire, disk and logs); the boxed key is wiped on drop.
+        let signing_key = Box::new(SigningKey::from_bytes(seed));
+        if signing_key.verifying_key().to_bytes() != expected.0 {
+            return None;
+        }
+        Some(Entry {
+            signing_key,
+            expires: Instant::now() + self.ttl,
+            uses_left: AtomicU32::new(uses),
+        })
+    }
+
+    /// Drops (and so wipes) expired and used-up entries and expired spares; returns how
+    /// many entries remain in use (spares not counted).
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         entries.retain(|_, e| e.expires > now && e.uses_left.load(Ordering::Acquire) > 0);
+        self.spares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, e| e.expires > now);
         entries.len()
     }
 }
@@ -523,6 +657,128 @@ mod tests {
         let blob = record(&SEED, b"blob");
         assert!(!cache.put(&blob, &SEED));
         assert!(cache.sign(&blob, &[1; 32]).is_none());
+    }
+
+    /// Uses left after each signature from an entry `put` with `max_uses`, and which of
+    /// those signatures said a refresh ahead was due.
+    fn refresh_points(max_uses: u32) -> Vec<u32> {
+        let cache = KeyCache::new(Duration::from_mins(1), max_uses);
+        let blob = record(&SEED, b"blob");
+        assert!(cache.put(&blob, &SEED));
+        let mut due = Vec::new();
+        let mut left = max_uses - 1;
+        while let Some((signed, refresh_due)) = cache.sign_noting_refresh(&blob, &[1; 32]) {
+            assert!(verifies(signed, &[1; 32]));
+            left -= 1;
+            if refresh_due {
+                due.push(left);
+            }
+        }
+        assert_eq!(left, 0, "every use was served");
+        due
+    }
+
+    #[test]
+    fn a_refresh_is_due_once_per_entry_when_half_its_uses_are_spent() {
+        assert_eq!(refresh_points(100), vec![50]);
+        assert_eq!(refresh_points(5), vec![2]);
+        assert_eq!(refresh_points(4), vec![2]);
+        // Too few uses to be worth a second decryption in flight.
+        assert_eq!(refresh_points(3), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_spare_takes_over_with_all_its_uses_when_the_entry_runs_out() {
+        let cache = KeyCache::new(Duration::from_mins(1), 4);
+        let blob = record(&SEED, b"blob");
+        assert!(cache.put(&blob, &SEED));
+        assert!(!cache.put_spare(&blob, &[6; 32]), "another key's seed");
+        assert!(cache.put_spare(&blob, &SEED));
+        assert_eq!(cache.entries.read().unwrap().len(), 1, "kept aside");
+        // Three uses left in the current entry, then all four of the spare's.
+        let served = (0..10)
+            .filter(|i| {
+                cache
+                    .sign(&blob, &[*i; 32])
+                    .is_some_and(|s| verifies(s, &[*i; 32]))
+            })
+            .count();
+        assert_eq!(served, 7);
+        assert!(cache.spares.lock().unwrap().is_empty());
+        // With nothing current left, a refreshed key goes straight into use.
+        assert!(cache.put_spare(&blob, &SEED));
+        assert!(cache.sign(&blob, &[1; 32]).is_some());
+        assert!(cache.spares.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_expired_spare_never_signs_and_is_swept() {
+        let cache = KeyCache::new(Duration::from_millis(30), 4);
+        let blob = record(&SEED, b"blob");
+        assert!(cache.put(&blob, &SEED));
+        assert!(cache.put_spare(&blob, &SEED));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(cache.sign(&blob, &[1; 32]).is_none());
+        assert!(cache.put(&blob, &SEED));
+        assert!(cache.put_spare(&blob, &SEED));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(cache.sweep(), 0);
+        assert!(cache.spares.lock().unwrap().is_empty());
+    }
+
+    /// A refresh ahead holds the key's turn like a refill: none starts while a
+    /// decryption of the key is under way, and callers that miss while the refresh runs
+    /// wait for it and then sign from what it cached.
+    #[tokio::test]
+    async fn a_refresh_holds_the_turn_and_callers_that_miss_wait_for_it() {
+        let cache = KeyCache::new(Duration::from_mins(1), 4);
+        let blob = record(&SEED, b"blob");
+        let Refill::Decrypt(turn) = cache.refill(&blob).await else {
+            panic!("the first caller did not get the turn");
+        };
+        assert!(cache.refresh_turn(&blob).is_none(), "a refill is under way");
+        drop(turn);
+        let mut refresh = cache.refresh_turn(&blob).unwrap();
+        let waiting = cache.sign_or_take_turn(&blob, &[2; 32]);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "a caller that missed did not wait for the refresh"
+        );
+        assert!(cache.put_spare(&blob, &SEED));
+        refresh.cached();
+        drop(refresh);
+        let Lookup::Signed { signed, .. } = waiting.await else {
+            panic!("the waiting caller did not sign from the refreshed key");
+        };
+        assert!(verifies(signed, &[2; 32]));
+        assert!(
+            KeyCache::new(Duration::from_mins(1), 1)
+                .refresh_turn(&blob)
+                .is_none()
+        );
+
+        // A failed refresh answers the callers that waited for it with its error, and
+        // only them: the next caller to miss takes a turn of its own.
+        let cache = KeyCache::new(Duration::from_mins(1), 4);
+        let mut refresh = cache.refresh_turn(&blob).unwrap();
+        let waiting = cache.sign_or_take_turn(&blob, &[3; 32]);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err()
+        );
+        let denied = WireError::new(ErrorCode::KmsAccessDenied, "PCR0 does not match");
+        refresh.failed(&denied);
+        drop(refresh);
+        assert!(matches!(waiting.await, Lookup::Failed(error) if error == denied));
+        assert!(matches!(
+            cache.sign_or_take_turn(&blob, &[4; 32]).await,
+            Lookup::Decrypt(Some(_))
+        ));
     }
 
     #[test]

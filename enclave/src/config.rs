@@ -74,7 +74,8 @@ pub struct Settings {
     #[arg(long, env = "SIGNER_KEY_CACHE_TTL_SECS", default_value_t = 0)]
     pub key_cache_ttl_secs: u64,
 
-    /// With the key cache on: signatures one decryption may serve.
+    /// With the key cache on: signatures one decryption may serve. From 4 up, at half of
+    /// them the key is decrypted again in the background, so its next entry is ready.
     #[arg(long, env = "SIGNER_KEY_CACHE_MAX_USES", default_value_t = 100)]
     pub key_cache_max_uses: u32,
 

@@ -112,7 +112,16 @@ impl SigningContext {
     pub async fn kms_turn(
         &self,
     ) -> Result<(tokio::sync::SemaphorePermit<'_>, Arc<Identity>), WireError> {
-        let slot = tokio::time::timeout(KMS_SLOT_WAIT, self.kms_calls.acquire())
+        self.kms_turn_within(KMS_SLOT_WAIT).await
+    }
+
+    /// [`SigningContext::kms_turn`], waiting at most `slot_wait` for a slot (zero: only a
+    /// free one, for work no request waits on, which must not queue ahead of requests).
+    pub async fn kms_turn_within(
+        &self,
+        slot_wait: std::time::Duration,
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, Arc<Identity>), WireError> {
+        let slot = tokio::time::timeout(slot_wait, self.kms_calls.acquire())
             .await
             .map_err(|_| {
                 WireError::new(
@@ -120,7 +129,7 @@ impl SigningContext {
                     format!(
                         "all {MAX_CONCURRENT_KMS_CALLS} KMS call slots stayed taken for {} s \
                          (a slow KMS, or many signers in flight); retry shortly",
-                        KMS_SLOT_WAIT.as_secs()
+                        slot_wait.as_secs()
                     ),
                 )
             })?

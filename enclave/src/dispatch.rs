@@ -2,6 +2,8 @@
 //! Each request runs in its own task (see [`crate::server`]), so a slow one (a KMS round
 //! trip) never holds up the others.
 
+use std::sync::Arc;
+
 use common::wire::messages::{Request, Response};
 use common::wire::{ErrorCode, WireError};
 
@@ -17,13 +19,16 @@ const MAX_TEST_DELAY_MS: u32 = 30_000;
 /// Answers requests; without a signing context only `Ping` succeeds.
 #[derive(Default)]
 pub struct Dispatcher {
-    context: Option<SigningContext>,
+    /// Shared with the background work a request may start (a key cache's refresh ahead).
+    context: Option<Arc<SigningContext>>,
 }
 
 impl Dispatcher {
     /// A dispatcher that signs with `context`, or only answers pings without one.
     pub fn new(context: Option<SigningContext>) -> Self {
-        Self { context }
+        Self {
+            context: context.map(Arc::new),
+        }
     }
 
     /// The answer to one request.
@@ -82,7 +87,7 @@ impl Dispatcher {
         }
     }
 
-    fn context(&self) -> Result<&SigningContext, WireError> {
+    fn context(&self) -> Result<&Arc<SigningContext>, WireError> {
         self.context.as_ref().ok_or_else(|| {
             WireError::new(
                 ErrorCode::KmsUnavailable,

@@ -1,13 +1,15 @@
 //! One use of one stored key: decrypt it through KMS (or take it from the opt-in cache),
 //! check it is the key the request names, sign the hash, forget the key. Every path
-//! that signs goes through [`sign_with_key`]; nothing else ever holds a seed.
+//! that signs goes through [`sign_with_key`]; nothing else ever holds a seed, except the
+//! key cache's refresh ahead here, which decrypts a cached record again and signs nothing.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use common::stellar::envelope::hex;
 use common::wire::messages::{KeyFormat, KeyMaterial};
 use common::wire::{ErrorCode, WireError};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::{KeyCache, Lookup};
 use crate::context::SigningContext;
@@ -55,13 +57,63 @@ fn check_kms_key<'c>(
 
 /// Decrypts `key`, checks it against its public key (docs/design.md §2 invariant 4),
 /// signs `hash` and drops the seed. Returns the raw public key and the signature. One
-/// log line per signature, with its duration and never a secret.
+/// log line per signature, with its duration and never a secret. With the key cache on,
+/// the signature that spends half a cached entry's uses also starts [`refresh_ahead`].
 pub async fn sign_with_key(
-    context: &SigningContext,
+    context: &Arc<SigningContext>,
     key: &KeyMaterial,
     hash: &[u8; 32],
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
-    sign_logged(context, key, hash, context.cache.as_deref()).await
+    let (signed, refresh_due) = sign_logged(context, key, hash, context.cache.as_deref()).await?;
+    if refresh_due {
+        refresh_ahead(context.clone(), key.clone());
+    }
+    Ok(signed)
+}
+
+/// Decrypts a cached key again in the background, once half its entry's uses are spent,
+/// into the spare that takes over when the entry runs out (see `cache.rs`): requests for
+/// a busy key then need not wait for KMS when its entry runs out (unless more than half
+/// its uses are asked for within one KMS call). A failure is logged and, like a refill's,
+/// given to the callers that missed meanwhile and waited for it.
+///
+/// It takes a KMS slot only if one is free: requests never queue behind a refresh (if
+/// none is free, the entry runs out and is refilled as without one).
+fn refresh_ahead(context: Arc<SigningContext>, mut key: KeyMaterial) {
+    if key.format == KeyFormat::KmsDirect {
+        // Not part of a kms-direct record's cache entry; whatever the host put there
+        // need not be carried along.
+        key.sealed_seed = None;
+    }
+    tokio::spawn(async move {
+        let Some(cache) = context.cache.as_deref() else {
+            return;
+        };
+        let Some(mut turn) = cache.refresh_turn(&key) else {
+            return;
+        };
+        match open_key_within(&context, &key, std::time::Duration::ZERO).await {
+            Ok(seed) if cache.put_spare(&key, &seed) => {
+                turn.cached();
+                debug!(public_key = %key.public_key, "refreshed a cached key ahead of its use");
+            }
+            Ok(_) => {
+                let error = WireError::new(
+                    ErrorCode::PublicKeyMismatch,
+                    format!("the decrypted seed is not the key of {}", key.public_key),
+                );
+                warn!(public_key = %key.public_key, "refresh ahead: the decrypted seed is not this key's");
+                turn.failed(&error);
+            }
+            // No free KMS slot: give up the turn; a caller that misses takes it and waits
+            // for a slot like any request.
+            Err(error) if error.code == ErrorCode::EnclaveBusy => {}
+            Err(error) => {
+                warn!(public_key = %key.public_key, code = %error.code, error = %error.message, "refresh ahead failed");
+                turn.failed(&error);
+            }
+        }
+    });
 }
 
 /// [`sign_with_key`] with a fresh KMS decryption, never the opt-in cache (neither read
@@ -71,7 +123,9 @@ pub async fn sign_with_fresh_key(
     key: &KeyMaterial,
     hash: &[u8; 32],
 ) -> Result<([u8; 32], [u8; 64]), WireError> {
-    sign_logged(context, key, hash, None).await
+    sign_logged(context, key, hash, None)
+        .await
+        .map(|(signed, _)| signed)
 }
 
 async fn sign_logged(
@@ -79,7 +133,7 @@ async fn sign_logged(
     key: &KeyMaterial,
     hash: &[u8; 32],
     cache: Option<&KeyCache>,
-) -> Result<([u8; 32], [u8; 64]), WireError> {
+) -> Result<(([u8; 32], [u8; 64]), bool), WireError> {
     let started = Instant::now();
     let result = decrypt_and_sign(context, key, hash, cache).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -92,19 +146,23 @@ async fn sign_logged(
     result
 }
 
+/// The signature, and whether it came from a cache entry now due for a refresh ahead.
 async fn decrypt_and_sign(
     context: &SigningContext,
     key: &KeyMaterial,
     hash: &[u8; 32],
     cache: Option<&KeyCache>,
-) -> Result<([u8; 32], [u8; 64]), WireError> {
+) -> Result<(([u8; 32], [u8; 64]), bool), WireError> {
     let mut decrypting = None;
     if let Some(cache) = cache {
         // `open_key` checks the KMS key; a cached seed is checked here, so a record
         // naming another KMS key never signs either way.
         check_kms_key(context, key)?;
         match cache.sign_or_take_turn(key, hash).await {
-            Lookup::Signed(signed) => return Ok(signed),
+            Lookup::Signed {
+                signed,
+                refresh_due,
+            } => return Ok((signed, refresh_due)),
             Lookup::Failed(error) => return Err(error),
             Lookup::Decrypt(turn) => decrypting = turn,
         }
@@ -127,17 +185,26 @@ async fn decrypt_and_sign(
         }
     }
     drop(decrypting);
-    outcome.map(|(signed, _)| signed)
+    outcome.map(|(signed, _)| (signed, false))
 }
 
 /// Decrypts `key` through KMS (attested, for the measured key its record names) and
 /// returns its seed, not yet checked against its public key: callers check it (signing
 /// does, and rewrapping signs nothing until it has).
 pub async fn open_key(context: &SigningContext, key: &KeyMaterial) -> Result<Seed, WireError> {
+    open_key_within(context, key, crate::context::KMS_SLOT_WAIT).await
+}
+
+/// [`open_key`], waiting at most `slot_wait` for a KMS slot.
+async fn open_key_within(
+    context: &SigningContext,
+    key: &KeyMaterial,
+    slot_wait: std::time::Duration,
+) -> Result<Seed, WireError> {
     // The callers check every signer before any KMS call; the KMS key is checked again
     // here so no future caller can skip it (the public key is checked after decryption).
     let measured_key = check_kms_key(context, key)?.as_str();
-    let (_slot, identity) = context.kms_turn().await?;
+    let (_slot, identity) = context.kms_turn_within(slot_wait).await?;
     let encryption_context = kms_context(key.format, &key.public_key);
     let answer = context
         .kms

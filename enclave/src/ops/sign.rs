@@ -10,13 +10,15 @@ use futures_util::future::join_all;
 
 use common::stellar::signing_policy::SignatureRequest;
 
+use std::sync::Arc;
+
 use crate::context::SigningContext;
 use crate::key_use::{check_key_material, sign_with_key};
 
 /// Signs `transaction` (raw XDR) with each of `signers`, each of which must be a
 /// required signer that the signing policy admits.
 pub async fn sign_transaction(
-    context: &SigningContext,
+    context: &Arc<SigningContext>,
     network_passphrase: &str,
     transaction: &[u8],
     signers: &[KeyMaterial],

@@ -9,12 +9,14 @@ use common::stellar::soroban::{
 use common::wire::messages::{KeyMaterial, Response, SignatureInfo};
 use common::wire::{ErrorCode, WireError};
 
+use std::sync::Arc;
+
 use crate::context::SigningContext;
 use crate::key_use::{check_key_material, sign_with_key};
 
 /// Signs `entry` (raw XDR) with `signer`, valid through `signature_expiration_ledger`.
 pub async fn authorize_soroban(
-    context: &SigningContext,
+    context: &Arc<SigningContext>,
     network_passphrase: &str,
     entry: &[u8],
     signature_expiration_ledger: u32,
