@@ -230,13 +230,35 @@ impl KeyCache {
     }
 
     /// For a refresh ahead: the turn to decrypt `record` again, unless a decryption of
-    /// it is under way already (then that one serves). Mark it [`RefillTurn::cached`]
-    /// after [`KeyCache::put_spare`], or [`RefillTurn::failed`].
+    /// it is under way already (then that one serves) or its entry needs no successor:
+    /// it has a spare, or it is a fresh entry with more than half its uses left (a refill
+    /// replaced the one whose signature asked, so this refresh would be wasted). Mark it
+    /// [`RefillTurn::cached`] after [`KeyCache::put_spare`], or [`RefillTurn::failed`].
     pub fn refresh_turn(&self, record: &KeyMaterial) -> Option<RefillTurn<'_>> {
         if self.max_uses <= 1 {
             return None;
         }
-        self.take_turn(Self::key(record)).ok().flatten()
+        let key = Self::key(record);
+        // The turn first: no other refresh can store a spare between the check and the
+        // decryption (dropping the turn unused lets any waiters ask again).
+        let turn = self.take_turn(key).ok().flatten()?;
+        self.needs_successor(&key).then_some(turn)
+    }
+
+    /// Whether `key`'s entry has no spare and is spent, absent or past half its uses.
+    fn needs_successor(&self, key: &CacheKey) -> bool {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let has_spare = self
+            .spares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(key);
+        if has_spare {
+            return false;
+        }
+        entries.get(key).is_none_or(|e| {
+            e.expires <= Instant::now() || e.uses_left.load(Ordering::Acquire) <= self.max_uses / 2
+        })
     }
 
     /// A signature from the cache as a [`Lookup`], or `None` on a miss.
@@ -724,6 +746,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.sweep(), 0);
         assert!(cache.spares.lock().unwrap().is_empty());
+    }
+
+    /// A refresh ahead starts only for an entry that needs a successor: not for a fresh
+    /// one (a refill replaced the entry that asked) nor one that has its spare already.
+    #[test]
+    fn a_refresh_is_skipped_when_its_entry_needs_no_successor() {
+        let cache = KeyCache::new(Duration::from_mins(1), 4);
+        let blob = record(&SEED, b"blob");
+        assert!(cache.refresh_turn(&blob).is_some(), "nothing cached yet");
+        assert!(cache.put(&blob, &SEED));
+        assert!(cache.refresh_turn(&blob).is_none(), "3 of 4 uses left");
+        assert!(cache.sign(&blob, &[1; 32]).is_some());
+        let turn = cache.refresh_turn(&blob).expect("2 of 4 uses left");
+        assert!(cache.put_spare(&blob, &SEED));
+        drop(turn);
+        assert!(cache.refresh_turn(&blob).is_none(), "it has its spare");
+        assert_eq!(cache.spare_count(), 1);
     }
 
     /// A refresh ahead holds the key's turn like a refill: none starts while a

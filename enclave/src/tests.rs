@@ -749,7 +749,7 @@ async fn when_the_decrypting_caller_is_cancelled_one_waiter_takes_its_turn() {
 /// callers of a 4-use key make 4 KMS calls that serve them (not one for the first 4 and
 /// one each for the other 12), and every one of them gets a valid signature by the
 /// channel key. The last entry's refresh ahead may add one decryption whose spare
-/// nobody used.
+/// nobody used (a refresh starts only for an entry that needs a successor).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_beyond_an_entrys_uses_wait_for_the_next_decryption() {
     let (enclave, _) = sixteen_cached_payments_at_once(4).await;
