@@ -70,8 +70,11 @@ pub struct KeyCache {
     spares: Mutex<HashMap<CacheKey, Entry>>,
     /// The keys being decrypted now, each with the lock its decrypting caller holds and,
     /// inside, how that decryption ended.
-    refills: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<TurnOutcome>>>>,
+    refills: Mutex<HashMap<CacheKey, TurnLock>>,
 }
+
+/// The lock a decrypting caller holds for its turn, with how the turn ended inside.
+type TurnLock = Arc<tokio::sync::Mutex<TurnOutcome>>;
 
 /// How a decrypting caller's turn ended, as its waiters find it.
 enum TurnOutcome {
@@ -207,11 +210,7 @@ impl KeyCache {
 
     /// The turn to decrypt `key` (`None` if it cannot be held, which never happens), or
     /// the lock of the caller who has it.
-    #[allow(clippy::type_complexity)]
-    fn take_turn(
-        &self,
-        key: CacheKey,
-    ) -> Result<Option<RefillTurn<'_>>, Arc<tokio::sync::Mutex<TurnOutcome>>> {
+    fn take_turn(&self, key: CacheKey) -> Result<Option<RefillTurn<'_>>, TurnLock> {
         let mut refills = self.refills.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(lock) = refills.get(&key) {
             return Err(lock.clone());
