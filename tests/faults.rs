@@ -299,6 +299,18 @@ async fn read_until_closed(stream: &mut UnixStream, limit: Duration) -> Option<S
     }
 }
 
+/// Asserts that `stream` is answered with HTTP `status`, the answer naming `code`, and
+/// closed within 3 s.
+async fn answered_and_closed(stream: &mut UnixStream, status: &str, code: &str) {
+    let answer = read_until_closed(stream, Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|| panic!("not answered {status} and closed within 3 s"));
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status}")) && answer.contains(code),
+        "{answer}"
+    );
+}
+
 /// Whether the host at `socket` answers a store-only route.
 async fn healthy(socket: &std::path::Path) -> bool {
     matches!(
@@ -390,22 +402,10 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
         .write_all(b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let answer = read_until_closed(&mut refused, Duration::from_secs(3))
-        .await
-        .expect("the caller over the cap was answered and closed");
-    assert!(
-        answer.starts_with("HTTP/1.1 503") && answer.contains("\"too_many_connections\""),
-        "{answer}"
-    );
+    answered_and_closed(&mut refused, "503", "\"too_many_connections\"").await;
 
     // The half body is answered request_timeout and closed; the rest are closed.
-    let answer = read_until_closed(&mut half_body, Duration::from_secs(3))
-        .await
-        .expect("the half body was cut off");
-    assert!(
-        answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"),
-        "{answer}"
-    );
+    answered_and_closed(&mut half_body, "408", "request_timeout").await;
     for mut stream in idle.into_iter().chain([filler]) {
         let closed = read_until_closed(&mut stream, Duration::from_secs(3)).await;
         assert!(closed.is_some(), "a slow connection was kept open");

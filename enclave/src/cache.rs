@@ -39,7 +39,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use common::wire::WireError;
@@ -58,6 +58,33 @@ struct Entry {
     signing_key: Box<SigningKey>,
     expires: Instant,
     uses_left: AtomicU32,
+}
+
+impl Entry {
+    /// Whether it may still sign: not expired and not used up.
+    fn usable(&self, now: Instant) -> bool {
+        self.expires > now && self.uses_left.load(Ordering::Acquire) > 0
+    }
+}
+
+/// The fewest `max_uses` for which an entry is refreshed ahead: below it a second
+/// decryption in flight would save too few waits to be worth its KMS call.
+const MIN_USES_TO_REFRESH: u32 = 4;
+
+/// What one use of a key's current entry came to.
+enum Used {
+    /// It signed; `refresh_due` when this signature spent half the entry's uses, `last`
+    /// when it was the entry's last use.
+    Signed {
+        signed: CachedSignature,
+        refresh_due: bool,
+        last: bool,
+    },
+    /// Nothing signed, and the entry is spent (expired or used up) or absent with a spare
+    /// waiting to take its place.
+    Retire,
+    /// Nothing signed and nothing to take its place.
+    Miss,
 }
 
 pub struct KeyCache {
@@ -176,10 +203,11 @@ impl KeyCache {
     /// Spares waiting to take over, for tests.
     #[cfg(test)]
     pub fn spare_count(&self) -> usize {
-        self.spares
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.spares().len()
+    }
+
+    fn spares(&self) -> MutexGuard<'_, HashMap<CacheKey, Entry>> {
+        self.spares.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The same cache with a shorter total wait for other callers' decryptions.
@@ -247,16 +275,12 @@ impl KeyCache {
     /// Whether `key`'s entry has no spare and is spent, absent or past half its uses.
     fn needs_successor(&self, key: &CacheKey) -> bool {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        let has_spare = self
-            .spares
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(key);
-        if has_spare {
+        if self.spares().contains_key(key) {
             return false;
         }
+        let now = Instant::now();
         entries.get(key).is_none_or(|e| {
-            e.expires <= Instant::now() || e.uses_left.load(Ordering::Acquire) <= self.max_uses / 2
+            !e.usable(now) || e.uses_left.load(Ordering::Acquire) <= self.max_uses / 2
         })
     }
 
@@ -353,53 +377,58 @@ impl KeyCache {
         let key = Self::key(record);
         // Twice at most: the second time with the spare that replaced a spent entry.
         for _ in 0..2 {
-            let (signed, ran_out) = self.sign_once(&key, hash);
-            if ran_out {
-                // Wipe it now rather than at the next sweep, and let its spare take over.
-                let promoted = self.retire_spent(&key);
-                if signed.is_none() && promoted {
-                    continue;
+            match self.use_once(&key, hash) {
+                Used::Signed {
+                    signed,
+                    refresh_due,
+                    last,
+                } => {
+                    if last {
+                        // Wipe it now rather than at the next sweep; its spare takes over.
+                        self.retire_spent(&key);
+                    }
+                    return Some((signed, refresh_due));
                 }
+                Used::Retire => {
+                    if !self.retire_spent(&key) {
+                        return None;
+                    }
+                }
+                Used::Miss => return None,
             }
-            return signed;
         }
         None
     }
 
-    /// One use of `key`'s current entry: the signature and whether a refresh is due, and
-    /// whether the entry is spent (expired or used up) now, or absent with a spare.
-    fn sign_once(
-        &self,
-        key: &CacheKey,
-        hash: &[u8; 32],
-    ) -> (Option<(CachedSignature, bool)>, bool) {
+    /// One use of `key`'s current entry.
+    fn use_once(&self, key: &CacheKey, hash: &[u8; 32]) -> Used {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = entries.get(key) else {
             // Absent: worth the write lock only if a spare waits to take its place.
-            let spare_waits = self
-                .spares
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains_key(key);
-            return (None, spare_waits);
+            return if self.spares().contains_key(key) {
+                Used::Retire
+            } else {
+                Used::Miss
+            };
         };
         if entry.expires <= Instant::now() {
-            return (None, true);
+            return Used::Retire;
         }
-        match entry
+        let Ok(before) = entry
             .uses_left
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-        {
-            Ok(before) => {
-                let signing_key = &entry.signing_key;
-                let signature = signing_key.sign(hash).to_bytes();
-                let public = signing_key.verifying_key().to_bytes();
-                let left = before - 1;
-                // Exactly one signature leaves this many: one refresh per entry.
-                let refresh_due = self.max_uses >= 4 && left == self.max_uses / 2;
-                (Some(((public, signature), refresh_due)), left == 0)
-            }
-            Err(_) => (None, true),
+        else {
+            return Used::Retire;
+        };
+        let signing_key = &entry.signing_key;
+        let signature = signing_key.sign(hash).to_bytes();
+        let public = signing_key.verifying_key().to_bytes();
+        let left = before - 1;
+        Used::Signed {
+            signed: (public, signature),
+            // Exactly one signature leaves this many: one refresh per entry.
+            refresh_due: self.max_uses >= MIN_USES_TO_REFRESH && left == self.max_uses / 2,
+            last: left == 0,
         }
     }
 
@@ -408,18 +437,13 @@ impl KeyCache {
     fn retire_spent(&self, key: &CacheKey) -> bool {
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let usable = |e: &Entry| e.expires > now && e.uses_left.load(Ordering::Acquire) > 0;
-        if entries.get(key).is_some_and(usable) {
+        if entries.get(key).is_some_and(|e| e.usable(now)) {
             return true;
         }
         entries.remove(key);
-        let spare = self
-            .spares
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        let spare = self.spares().remove(key);
         match spare {
-            Some(spare) if usable(&spare) => {
+            Some(spare) if spare.usable(now) => {
                 entries.insert(*key, spare);
                 true
             }
@@ -449,15 +473,8 @@ impl KeyCache {
         };
         let key = Self::key(record);
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let current_usable = entries
-            .get(&key)
-            .is_some_and(|e| e.expires > now && e.uses_left.load(Ordering::Acquire) > 0);
-        if current_usable {
-            self.spares
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, entry);
+        if entries.get(&key).is_some_and(|e| e.usable(Instant::now())) {
+            self.spares().insert(key, entry);
         } else {
             entries.insert(key, entry);
         }
@@ -489,11 +506,8 @@ impl KeyCache {
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|_, e| e.expires > now && e.uses_left.load(Ordering::Acquire) > 0);
-        self.spares
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, e| e.expires > now);
+        entries.retain(|_, e| e.usable(now));
+        self.spares().retain(|_, e| e.expires > now);
         entries.len()
     }
 }
@@ -516,6 +530,13 @@ mod tests {
             ciphertext: ciphertext.to_vec(),
             sealed_seed: None,
         }
+    }
+
+    /// Whether `waiting` is still pending after 50 ms (it waits for another's turn).
+    async fn still_waiting(waiting: &mut (impl std::future::Future + Unpin)) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), waiting)
+            .await
+            .is_err()
     }
 
     fn verifies(signed: CachedSignature, hash: &[u8; 32]) -> bool {
@@ -541,9 +562,7 @@ mod tests {
             let waiting = cache.refill(&blob);
             tokio::pin!(waiting);
             assert!(
-                tokio::time::timeout(Duration::from_millis(50), &mut waiting)
-                    .await
-                    .is_err(),
+                still_waiting(&mut waiting).await,
                 "a second caller did not wait for the first"
             );
             match ending {
@@ -725,11 +744,11 @@ mod tests {
             })
             .count();
         assert_eq!(served, 7);
-        assert!(cache.spares.lock().unwrap().is_empty());
+        assert_eq!(cache.spare_count(), 0);
         // With nothing current left, a refreshed key goes straight into use.
         assert!(cache.put_spare(&blob, &SEED));
         assert!(cache.sign(&blob, &[1; 32]).is_some());
-        assert!(cache.spares.lock().unwrap().is_empty());
+        assert_eq!(cache.spare_count(), 0);
     }
 
     #[test]
@@ -744,7 +763,7 @@ mod tests {
         assert!(cache.put_spare(&blob, &SEED));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.sweep(), 0);
-        assert!(cache.spares.lock().unwrap().is_empty());
+        assert_eq!(cache.spare_count(), 0);
     }
 
     /// A refresh ahead starts only for an entry that needs a successor: not for a fresh
@@ -780,9 +799,7 @@ mod tests {
         let waiting = cache.sign_or_take_turn(&blob, &[2; 32]);
         tokio::pin!(waiting);
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
-                .await
-                .is_err(),
+            still_waiting(&mut waiting).await,
             "a caller that missed did not wait for the refresh"
         );
         assert!(cache.put_spare(&blob, &SEED));
@@ -804,11 +821,7 @@ mod tests {
         let mut refresh = cache.refresh_turn(&blob).unwrap();
         let waiting = cache.sign_or_take_turn(&blob, &[3; 32]);
         tokio::pin!(waiting);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
-                .await
-                .is_err()
-        );
+        assert!(still_waiting(&mut waiting).await);
         let denied = WireError::new(ErrorCode::KmsAccessDenied, "PCR0 does not match");
         refresh.failed(&denied);
         drop(refresh);

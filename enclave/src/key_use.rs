@@ -13,7 +13,10 @@ use tracing::{debug, info, warn};
 
 use crate::cache::{KeyCache, Lookup};
 use crate::context::SigningContext;
-use crate::keys::{Seed, kms_context, open_sealed_seed, seed_from_kms_direct, sign_checked};
+use crate::keys::{
+    KeyError, Seed, kms_context, open_sealed_seed, public_key_of, seed_from_kms_direct,
+    sign_checked,
+};
 
 /// A `G...` strkey as raw bytes, or `bad_request`.
 fn parse_public_key(public_key: &str) -> Result<[u8; 32], WireError> {
@@ -92,18 +95,22 @@ fn refresh_ahead(context: Arc<SigningContext>, mut key: KeyMaterial) {
         let Some(mut turn) = cache.refresh_turn(&key) else {
             return;
         };
-        match open_key_within(&context, &key, std::time::Duration::ZERO).await {
-            Ok(seed) if cache.put_spare(&key, &seed) => {
+        let refreshed = open_key_within(&context, &key, std::time::Duration::ZERO)
+            .await
+            .and_then(|seed| {
+                if cache.put_spare(&key, &seed) {
+                    Ok(())
+                } else {
+                    Err(WireError::from(KeyError::PublicKeyMismatch {
+                        expected: key.public_key.clone(),
+                        derived: public_key_of(&seed),
+                    }))
+                }
+            });
+        match refreshed {
+            Ok(()) => {
                 turn.cached();
                 debug!(public_key = %key.public_key, "refreshed a cached key ahead of its use");
-            }
-            Ok(_) => {
-                let error = WireError::new(
-                    ErrorCode::PublicKeyMismatch,
-                    format!("the decrypted seed is not the key of {}", key.public_key),
-                );
-                warn!(public_key = %key.public_key, "refresh ahead: the decrypted seed is not this key's");
-                turn.failed(&error);
             }
             // No free KMS slot: give up the turn; a caller that misses takes it and waits
             // for a slot like any request.

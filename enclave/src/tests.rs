@@ -541,13 +541,19 @@ async fn more_than_twenty_signers_or_none_are_refused_before_any_kms_call() {
 
 /// An enclave with the opt-in key cache on (a minute, `max_uses` signatures per entry).
 fn with_key_cache(kms: FakeKms, max_uses: u32) -> Enclave {
+    with_watched_key_cache(kms, max_uses).0
+}
+
+/// [`with_key_cache`], and that cache, to watch.
+fn with_watched_key_cache(kms: FakeKms, max_uses: u32) -> (Enclave, Arc<crate::cache::KeyCache>) {
     let kms = Arc::new(kms);
-    let mut context = context(kms.clone());
-    context.cache = Some(Arc::new(crate::cache::KeyCache::new(
+    let cache = Arc::new(crate::cache::KeyCache::new(
         std::time::Duration::from_mins(1),
         max_uses,
-    )));
-    Enclave::over(kms, context)
+    ));
+    let mut context = context(kms.clone());
+    context.cache = Some(cache.clone());
+    (Enclave::over(kms, context), cache)
 }
 
 #[tokio::test]
@@ -608,13 +614,7 @@ async fn channel_payments_at_once(
     channel: &KeyMaterial,
     count: usize,
 ) -> Vec<Result<Response, WireError>> {
-    let payments = (0..count).map(|_| {
-        sign(
-            enclave,
-            channel_payment(common::now_unix_secs()),
-            vec![channel.clone()],
-        )
-    });
+    let payments = (0..count).map(|_| channel_payment_by(enclave, channel));
     futures_util::future::join_all(payments).await
 }
 
@@ -768,7 +768,7 @@ async fn callers_beyond_an_entrys_uses_wait_for_the_next_decryption() {
 /// them needs KMS (and gets its refusal).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_key_is_refreshed_ahead_so_its_next_entry_needs_no_kms_call() {
-    let (enclave, cache) = with_watched_key_cache(4);
+    let (enclave, cache) = with_watched_key_cache(FakeKms::default(), 4);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     let pay = || channel_payment_by(&enclave, &channel);
     // The first decrypts (3 uses left), the second leaves 2 and starts the refresh.
@@ -798,7 +798,7 @@ async fn a_busy_key_is_refreshed_ahead_so_its_next_entry_needs_no_kms_call() {
 /// use serves its last uses, and the request after them is refused with the mismatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_that_decrypts_another_key_caches_nothing() {
-    let (enclave, cache) = with_watched_key_cache(4);
+    let (enclave, cache) = with_watched_key_cache(FakeKms::default(), 4);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     let pay = || channel_payment_by(&enclave, &channel);
     assert!(matches!(pay().await, Ok(Response::Signed { .. })));
@@ -822,18 +822,6 @@ async fn channel_payment_by(
 ) -> Result<Response, WireError> {
     let xdr = channel_payment(common::now_unix_secs());
     sign(enclave, xdr, vec![channel.clone()]).await
-}
-
-/// An enclave with a key cache of `max_uses` (a minute), and that cache, to watch.
-fn with_watched_key_cache(max_uses: u32) -> (Enclave, Arc<crate::cache::KeyCache>) {
-    let kms = Arc::new(FakeKms::default());
-    let cache = Arc::new(crate::cache::KeyCache::new(
-        std::time::Duration::from_mins(1),
-        max_uses,
-    ));
-    let mut context = context(kms.clone());
-    context.cache = Some(cache.clone());
-    (Enclave::over(kms, context), cache)
 }
 
 /// Waits (up to 5 s) until background work makes `done` true.
