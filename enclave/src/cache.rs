@@ -26,19 +26,22 @@
 //! [`MAX_REFILL_WAIT`] in all a caller stops waiting for others and decrypts on its own,
 //! so no caller waits for more than a bounded number of decryptions or a bounded time.
 //!
-//! Refresh ahead: the signature that spends half of an entry's uses (with at least four)
-//! asks for the key to be decrypted again in the background ([`Lookup::Signed`]'s
-//! `refresh_due`), into a spare entry that takes over, with all its uses, the moment the
-//! current one runs out. A busy key then makes no request wait for KMS when its entry
-//! runs out (unless more than half its uses are asked for within one KMS call), and
-//! still costs about one decryption per `max_uses` signatures. The refresh holds the
-//! key's turn, so callers that miss while it runs wait for it instead of decrypting
+//! Refresh ahead: the first signature that spends half of an entry's uses (with at
+//! least four), or that comes in the last eighth of its `ttl`, asks for the key to be
+//! decrypted again in the background ([`Lookup::Signed`]'s `refresh_due`), into a spare
+//! entry that takes over, with all its uses, the moment the current one runs out or
+//! expires. A busy key then makes no request wait for KMS when its entry runs out
+//! (unless more than half its uses are asked for within one KMS call) or expires
+//! (unless it goes unused for the last eighth of its `ttl`), and still costs about one
+//! decryption per `max_uses` signatures or per seven eighths of `ttl`. The refresh holds
+//! the key's turn, so callers that miss while it runs wait for it instead of decrypting
 //! again. Each spare is bounded like any entry (`ttl` from its decryption, `max_uses`);
 //! per key, up to two entries' worth of uses (half of the current one's and all of its
-//! spare's) can be left when KMS stops answering for it, against one without a spare.
+//! spare's) can be left when KMS stops answering for it, against one without a spare,
+//! and a key signs at most `ttl` after its last successful decryption, as without.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,6 +61,8 @@ struct Entry {
     signing_key: Box<SigningKey>,
     expires: Instant,
     uses_left: AtomicU32,
+    /// Set by the signature that said a refresh ahead was due: one per entry.
+    refresh_asked: AtomicBool,
 }
 
 impl Entry {
@@ -71,10 +76,15 @@ impl Entry {
 /// decryption in flight would save too few waits to be worth its KMS call.
 const MIN_USES_TO_REFRESH: u32 = 4;
 
+/// An entry is refreshed ahead in the last `1 / REFRESH_BEFORE_EXPIRY` of its `ttl`:
+/// ample time for a KMS call at any sensible `ttl`, and a busy key costs one decryption
+/// per seven eighths of `ttl` instead of one per `ttl`.
+const REFRESH_BEFORE_EXPIRY: u32 = 8;
+
 /// What one use of a key's current entry came to.
 enum Used {
-    /// It signed; `refresh_due` when this signature spent half the entry's uses, `last`
-    /// when it was the entry's last use.
+    /// It signed; `refresh_due` when this is the first signature past the entry's
+    /// refresh point ([`KeyCache::past_refresh_point`]), `last` when it was its last use.
     Signed {
         signed: CachedSignature,
         refresh_due: bool,
@@ -142,8 +152,9 @@ enum Refill<'a> {
 
 /// What a caller does after looking in the cache.
 pub enum Lookup<'a> {
-    /// Signed from the cache; when `refresh_due`, this signature spent half the entry's
-    /// uses and the caller should start [`KeyCache::refresh_turn`] in the background.
+    /// Signed from the cache; when `refresh_due`, this is the first signature past the
+    /// entry's refresh point (half its uses spent, or the last eighth of its `ttl`) and
+    /// the caller should start [`KeyCache::refresh_turn`] in the background.
     Signed {
         signed: CachedSignature,
         refresh_due: bool,
@@ -258,7 +269,7 @@ impl KeyCache {
 
     /// For a refresh ahead: the turn to decrypt `record` again, unless a decryption of
     /// it is under way already (then that one serves) or its entry needs no successor:
-    /// it has a spare, or it is a fresh entry with more than half its uses left (a refill
+    /// it has a spare, or it is a fresh entry short of its refresh point (a refill
     /// replaced the one whose signature asked, so this refresh would be wasted). Mark it
     /// [`RefillTurn::cached`] after [`KeyCache::put_spare`], or [`RefillTurn::failed`].
     pub fn refresh_turn(&self, record: &KeyMaterial) -> Option<RefillTurn<'_>> {
@@ -269,24 +280,31 @@ impl KeyCache {
         // The turn first: no other refresh can store a spare between the check and the
         // decryption (dropping the turn unused lets any waiters ask again).
         let turn = self.take_turn(key).ok().flatten()?;
-        self.needs_successor(&key).then_some(turn)
+        self.needs_successor(&key, Instant::now()).then_some(turn)
     }
 
-    /// Whether `key`'s entry has no spare and is spent, absent or past half its uses.
-    fn needs_successor(&self, key: &CacheKey) -> bool {
+    /// Whether `key`'s entry has no spare and is spent, absent or past its refresh point.
+    fn needs_successor(&self, key: &CacheKey, now: Instant) -> bool {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         if self.spares().contains_key(key) {
             return false;
         }
-        let now = Instant::now();
         entries.get(key).is_none_or(|e| {
-            !e.usable(now) || e.uses_left.load(Ordering::Acquire) <= self.max_uses / 2
+            !e.usable(now)
+                || self.past_refresh_point(e.uses_left.load(Ordering::Acquire), e.expires, now)
         })
+    }
+
+    /// Whether an entry with `uses_left` that expires at `expires` is due a successor:
+    /// half its uses spent, or in the last eighth of its `ttl`.
+    fn past_refresh_point(&self, uses_left: u32, expires: Instant, now: Instant) -> bool {
+        uses_left <= self.max_uses / 2
+            || expires.saturating_duration_since(now) <= self.ttl / REFRESH_BEFORE_EXPIRY
     }
 
     /// A signature from the cache as a [`Lookup`], or `None` on a miss.
     fn hit(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Option<Lookup<'_>> {
-        self.sign_noting_refresh(record, hash)
+        self.sign_noting_refresh(record, hash, Instant::now())
             .map(|(signed, refresh_due)| Lookup::Signed {
                 signed,
                 refresh_due,
@@ -363,21 +381,22 @@ impl KeyCache {
     /// absent, expired or used up and has no spare to take over (the caller then
     /// decrypts through KMS).
     pub fn sign(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Option<CachedSignature> {
-        self.sign_noting_refresh(record, hash)
+        self.sign_noting_refresh(record, hash, Instant::now())
             .map(|(signed, _)| signed)
     }
 
-    /// [`KeyCache::sign`], and whether this signature spent half the entry's uses (a
-    /// refresh ahead is due). A spent entry gives way to its spare, if it has one.
+    /// [`KeyCache::sign`] at `now`, and whether a refresh ahead is due. A spent entry
+    /// gives way to its spare, if it has one.
     fn sign_noting_refresh(
         &self,
         record: &KeyMaterial,
         hash: &[u8; 32],
+        now: Instant,
     ) -> Option<(CachedSignature, bool)> {
         let key = Self::key(record);
         // Twice at most: the second time with the spare that replaced a spent entry.
         for _ in 0..2 {
-            match self.use_once(&key, hash) {
+            match self.use_once(&key, hash, now) {
                 Used::Signed {
                     signed,
                     refresh_due,
@@ -400,8 +419,8 @@ impl KeyCache {
         None
     }
 
-    /// One use of `key`'s current entry.
-    fn use_once(&self, key: &CacheKey, hash: &[u8; 32]) -> Used {
+    /// One use of `key`'s current entry at `now`.
+    fn use_once(&self, key: &CacheKey, hash: &[u8; 32], now: Instant) -> Used {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = entries.get(key) else {
             // Absent: worth the write lock only if a spare waits to take its place.
@@ -411,7 +430,7 @@ impl KeyCache {
                 Used::Miss
             };
         };
-        if entry.expires <= Instant::now() {
+        if entry.expires <= now {
             return Used::Retire;
         }
         let Ok(before) = entry
@@ -424,10 +443,15 @@ impl KeyCache {
         let signature = signing_key.sign(hash).to_bytes();
         let public = signing_key.verifying_key().to_bytes();
         let left = before - 1;
+        let refresh_due = self.max_uses >= MIN_USES_TO_REFRESH
+            && self.past_refresh_point(left, entry.expires, now)
+            // Read first, so the signatures after the first past the point share the
+            // flag's cache line instead of each writing it.
+            && !entry.refresh_asked.load(Ordering::Relaxed)
+            && !entry.refresh_asked.swap(true, Ordering::AcqRel);
         Used::Signed {
             signed: (public, signature),
-            // Exactly one signature leaves this many: one refresh per entry.
-            refresh_due: self.max_uses >= MIN_USES_TO_REFRESH && left == self.max_uses / 2,
+            refresh_due,
             last: left == 0,
         }
     }
@@ -498,6 +522,7 @@ impl KeyCache {
             signing_key,
             expires: Instant::now() + self.ttl,
             uses_left: AtomicU32::new(uses),
+            refresh_asked: AtomicBool::new(false),
         })
     }
 
@@ -707,7 +732,9 @@ mod tests {
         assert!(cache.put(&blob, &SEED));
         let mut due = Vec::new();
         let mut left = max_uses - 1;
-        while let Some((signed, refresh_due)) = cache.sign_noting_refresh(&blob, &[1; 32]) {
+        while let Some((signed, refresh_due)) =
+            cache.sign_noting_refresh(&blob, &[1; 32], Instant::now())
+        {
             assert!(verifies(signed, &[1; 32]));
             left -= 1;
             if refresh_due {
@@ -725,6 +752,40 @@ mod tests {
         assert_eq!(refresh_points(4), vec![2]);
         // Too few uses to be worth a second decryption in flight.
         assert_eq!(refresh_points(3), Vec::<u32>::new());
+    }
+
+    /// Time is the other refresh point: the first signature in the last eighth of an
+    /// entry's `ttl` asks, once, however many uses it has left.
+    #[test]
+    fn a_refresh_is_due_once_per_entry_in_the_last_eighth_of_its_ttl() {
+        let ttl = Duration::from_secs(80);
+        let cache = KeyCache::new(ttl, 1000);
+        let blob = record(&SEED, b"blob");
+        let start = Instant::now();
+        assert!(cache.put(&blob, &SEED));
+        let key = KeyCache::key(&blob);
+        let due_at = |after_s: u64| {
+            let (signed, due) = cache
+                .sign_noting_refresh(&blob, &[1; 32], start + Duration::from_secs(after_s))
+                .unwrap();
+            assert!(verifies(signed, &[1; 32]));
+            due
+        };
+        // The last eighth starts 70 s in (within the second between `start` and `put`).
+        assert!(!due_at(0));
+        assert!(!due_at(69));
+        assert!(!cache.needs_successor(&key, start + Duration::from_secs(69)));
+        assert!(cache.needs_successor(&key, start + Duration::from_secs(71)));
+        assert!(due_at(71));
+        assert!(!due_at(72), "asked once");
+        assert!(!due_at(79));
+        // Fewer than MIN_USES_TO_REFRESH: never.
+        let few = KeyCache::new(ttl, 3);
+        assert!(few.put(&blob, &SEED));
+        let (_, due) = few
+            .sign_noting_refresh(&blob, &[1; 32], start + Duration::from_secs(75))
+            .unwrap();
+        assert!(!due);
     }
 
     #[test]
@@ -748,6 +809,25 @@ mod tests {
         // With nothing current left, a refreshed key goes straight into use.
         assert!(cache.put_spare(&blob, &SEED));
         assert!(cache.sign(&blob, &[1; 32]).is_some());
+        assert_eq!(cache.spare_count(), 0);
+    }
+
+    /// A spare refreshed ahead of its entry's expiry takes over when the entry expires.
+    #[test]
+    fn a_spare_takes_over_when_the_entry_expires() {
+        let cache = KeyCache::new(Duration::from_secs(1), 100);
+        let blob = record(&SEED, b"blob");
+        assert!(cache.put(&blob, &SEED));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(cache.put_spare(&blob, &SEED));
+        assert_eq!(cache.spare_count(), 1, "the entry is still in use");
+        // Past the first entry's expiry, well inside the spare's.
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            cache
+                .sign(&blob, &[1; 32])
+                .is_some_and(|s| verifies(s, &[1; 32]))
+        );
         assert_eq!(cache.spare_count(), 0);
     }
 

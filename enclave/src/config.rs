@@ -70,12 +70,15 @@ pub struct Settings {
     pub signing_policy: SigningPolicySettings,
 
     /// Opt-in key cache: keep a decrypted seed this many seconds (0 = off, the default:
-    /// one KMS call per signature). Trades a bounded exposure window for throughput.
+    /// one KMS call per signature). Trades a bounded exposure window for throughput. A key
+    /// used in the last eighth of this is decrypted again in the background, so its next
+    /// entry is ready when this one expires.
     #[arg(long, env = "SIGNER_KEY_CACHE_TTL_SECS", default_value_t = 0)]
     pub key_cache_ttl_secs: u64,
 
     /// With the key cache on: signatures one decryption may serve. From 4 up, at half of
-    /// them the key is decrypted again in the background, so its next entry is ready.
+    /// them (or in the last eighth of the ttl) the key is decrypted again in the
+    /// background, so its next entry is ready.
     #[arg(long, env = "SIGNER_KEY_CACHE_MAX_USES", default_value_t = 100)]
     pub key_cache_max_uses: u32,
 

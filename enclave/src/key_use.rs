@@ -61,7 +61,8 @@ fn check_kms_key<'c>(
 /// Decrypts `key`, checks it against its public key (docs/design.md §2 invariant 4),
 /// signs `hash` and drops the seed. Returns the raw public key and the signature. One
 /// log line per signature, with its duration and never a secret. With the key cache on,
-/// the signature that spends half a cached entry's uses also starts [`refresh_ahead`].
+/// the signature past a cached entry's refresh point (half its uses spent, or the last
+/// eighth of its ttl) also starts [`refresh_ahead`].
 pub async fn sign_with_key(
     context: &Arc<SigningContext>,
     key: &KeyMaterial,
@@ -74,10 +75,11 @@ pub async fn sign_with_key(
     Ok(signed)
 }
 
-/// Decrypts a cached key again in the background, once half its entry's uses are spent,
-/// into the spare that takes over when the entry runs out (see `cache.rs`): requests for
-/// a busy key then need not wait for KMS when its entry runs out (unless more than half
-/// its uses are asked for within one KMS call). A failure is logged and, like a refill's,
+/// Decrypts a cached key again in the background, once half its entry's uses are spent or
+/// its last eighth of ttl has begun, into the spare that takes over when the entry runs
+/// out or expires (see `cache.rs`): requests for a busy key then need not wait for KMS
+/// then (unless more than half its uses are asked for within one KMS call, or the key
+/// goes unused through that last eighth). A failure is logged and, like a refill's,
 /// given to the callers that missed meanwhile and waited for it.
 ///
 /// It takes a KMS slot only if one is free: requests never queue behind a refresh (if

@@ -546,11 +546,17 @@ fn with_key_cache(kms: FakeKms, max_uses: u32) -> Enclave {
 
 /// [`with_key_cache`], and that cache, to watch.
 fn with_watched_key_cache(kms: FakeKms, max_uses: u32) -> (Enclave, Arc<crate::cache::KeyCache>) {
+    with_watched_key_cache_for(kms, std::time::Duration::from_mins(1), max_uses)
+}
+
+/// [`with_watched_key_cache`] whose entries expire after `ttl`.
+fn with_watched_key_cache_for(
+    kms: FakeKms,
+    ttl: std::time::Duration,
+    max_uses: u32,
+) -> (Enclave, Arc<crate::cache::KeyCache>) {
     let kms = Arc::new(kms);
-    let cache = Arc::new(crate::cache::KeyCache::new(
-        std::time::Duration::from_mins(1),
-        max_uses,
-    ));
+    let cache = Arc::new(crate::cache::KeyCache::new(ttl, max_uses));
     let mut context = context(kms.clone());
     context.cache = Some(cache.clone());
     (Enclave::over(kms, context), cache)
@@ -792,6 +798,37 @@ async fn a_busy_key_is_refreshed_ahead_so_its_next_entry_needs_no_kms_call() {
     }
     let refused = pay().await.unwrap_err();
     assert_eq!(refused.code, ErrorCode::KmsAccessDenied);
+}
+
+/// A key in use through the last eighth of its entry's `ttl` is refreshed ahead, so the
+/// request after the entry expires signs from the spare without a KMS call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_use_is_refreshed_ahead_of_its_expiry() {
+    let ttl = std::time::Duration::from_secs(4);
+    let (enclave, cache) = with_watched_key_cache_for(FakeKms::default(), ttl, 1000);
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let pay = || channel_payment_by(&enclave, &channel);
+    let start = std::time::Instant::now();
+    assert!(matches!(pay().await, Ok(Response::Signed { .. })));
+    assert!(matches!(pay().await, Ok(Response::Signed { .. })));
+    assert_eq!(cache.spare_count(), 0, "not yet in the last eighth");
+    // In the last eighth (from 3.5 s), with 400 ms to spare before the expiry.
+    tokio::time::sleep_until((start + ttl * 9 / 10).into()).await;
+    assert!(matches!(pay().await, Ok(Response::Signed { .. })));
+    until(
+        || cache.spare_count() == 1,
+        "the refresh ahead cached a spare",
+    )
+    .await;
+    assert_eq!(enclave.kms.calls(), 2);
+    enclave.kms.deny.store(true, Ordering::SeqCst);
+    tokio::time::sleep_until((start + ttl).into()).await;
+    let signed = pay().await;
+    assert!(
+        matches!(signed, Ok(Response::Signed { .. })),
+        "past the first entry's expiry: {signed:?}"
+    );
+    assert_eq!(enclave.kms.calls(), 2, "signed from the spare");
 }
 
 /// A refresh ahead whose decryption is not the record's key caches nothing: the entry in
