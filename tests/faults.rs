@@ -319,15 +319,16 @@ async fn healthy(socket: &std::path::Path) -> bool {
     )
 }
 
-/// A host (no enclave) with tight connection limits: 8 connections, 600 ms deadlines.
-async fn limited_host(dir: &std::path::Path) -> (Proc, std::path::PathBuf) {
+/// A host (no enclave) with tight connection limits: 8 connections, `deadline_ms` to
+/// read a request's headers or body.
+async fn limited_host(dir: &std::path::Path, deadline_ms: u64) -> (Proc, std::path::PathBuf) {
     let socket = dir.join("host.sock");
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[api]\nsocket = \"{}\"\nmax_connections = 8\nheader_read_timeout_ms = 600\n\
-             body_read_timeout_ms = 600\n\n[enclave]\nendpoint = \"unix://{}\"\n\n\
+            "[api]\nsocket = \"{}\"\nmax_connections = 8\nheader_read_timeout_ms = {deadline_ms}\n\
+             body_read_timeout_ms = {deadline_ms}\n\n[enclave]\nendpoint = \"unix://{}\"\n\n\
              [store]\npath = \"{}\"\n",
             socket.display(),
             dir.join("no-enclave.sock").display(),
@@ -357,7 +358,7 @@ async fn limited_host(dir: &std::path::Path) -> (Proc, std::path::PathBuf) {
 #[tokio::test]
 async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let (_host, socket) = limited_host(dir.path()).await;
+    let (_host, socket) = limited_host(dir.path(), 600).await;
     let healthy = || healthy(&socket);
 
     // The start-up probes' connections close first.
@@ -394,9 +395,6 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
     tokio::time::sleep(Duration::from_millis(100)).await;
     let filler = UnixStream::connect(&socket).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // Over a raw socket: the host answers on accept, and an HTTP client library may see
-    // that answer arrive before it sent its request and report a closed connection
-    // instead (hyper's ChannelClosed, on a loaded machine).
     let mut refused = UnixStream::connect(&socket).await.unwrap();
     refused
         .write_all(b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -421,13 +419,72 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
     );
 }
 
+/// A caller over the connection cap is answered `too_many_connections` after it sent its
+/// request (an HTTP client that sees an answer before it sent its request reports a
+/// closed connection instead), and a flood of silent connections beyond the refusals the
+/// host answers at once is closed unanswered.
+#[tokio::test]
+async fn callers_over_the_cap_are_answered_after_their_request_and_a_flood_is_closed() {
+    use host::api::connections::MAX_REFUSING;
+    let dir = tempfile::tempdir().unwrap();
+    // Deadlines long enough that the connections filling the cap stay for the test.
+    let (_host, socket) = limited_host(dir.path(), 10_000).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut filling = Vec::new();
+    for _ in 0..8 {
+        filling.push(UnixStream::connect(&socket).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Nothing comes before the request; its answer comes at once after it.
+    let mut raw = UnixStream::connect(&socket).await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(200), raw.read(&mut byte)).await;
+    assert!(early.is_err(), "answered before the request: {early:?}");
+    raw.write_all(b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    answered_and_closed(&mut raw, "503", "\"too_many_connections\"").await;
+    // An HTTP client library gets the answer, not a closed connection.
+    for _ in 0..5 {
+        let (status, body) = request_once(&socket, Method::GET, "/v1/channels", None)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "too_many_connections");
+    }
+
+    // The refusals above end once their callers close.
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Silent connections over the cap: as many as are answered at once wait for their
+    // request; the next one is closed at once.
+    let mut waiting = Vec::new();
+    for _ in 0..MAX_REFUSING {
+        waiting.push(UnixStream::connect(&socket).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut beyond = UnixStream::connect(&socket).await.unwrap();
+    // Told apart by what it reads, not by when: a refusal would answer it within 2 s.
+    let closed = read_until_closed(&mut beyond, Duration::from_secs(3)).await;
+    assert_eq!(closed.as_deref(), Some(""), "closed unanswered");
+    // Those waiting are answered once their wait for a request is over.
+    for mut stream in waiting {
+        answered_and_closed(&mut stream, "503", "\"too_many_connections\"").await;
+    }
+    drop(filling);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(healthy(&socket).await, "served once the cap has room");
+}
+
 /// Pipelined requests a caller sends and never reads the answers of.
 const PIPELINED: usize = 20_000;
 
 #[tokio::test]
 async fn a_caller_that_never_reads_its_answers_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let (_host, socket) = limited_host(dir.path()).await;
+    let (_host, socket) = limited_host(dir.path(), 600).await;
     // Once an answer has waited to be written as long as the deadline, the connection
     // is cut, not held.
     let (mut reader, mut writer) = UnixStream::connect(&socket).await.unwrap().into_split();

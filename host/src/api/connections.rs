@@ -5,7 +5,10 @@
 //! the router reads each body within its own deadline (`gate::run_with_body`), a
 //! caller that stops reading its answers is cut off once a write has waited as long,
 //! and at most `max_connections` are open: the next caller gets `too_many_connections`
-//! and the connection is closed.
+//! once its request's headers are in (an HTTP client that sees an answer before it sent
+//! its request reports a closed connection instead) and the connection is closed. At most
+//! [`MAX_REFUSING`] such connections are answered at once; beyond them a connection is
+//! closed unanswered, so a flood cannot spend the descriptors kept for everything else.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,8 +43,19 @@ pub struct ConnectionLimits {
 /// (bodies are bounded separately), so a large buffer would only be memory to fill.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// How long a refused connection is given to send its request's headers: answered
+/// after them, or after this without them.
+const REFUSAL_HEAD_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a refused connection is given to take its answer.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Refused connections answered at once, each held at most [`REFUSAL_HEAD_WAIT`] +
+/// [`REFUSAL_WRITE_TIMEOUT`].
+pub const MAX_REFUSING: usize = 64;
+
+/// The most of a refused request's headers read before answering.
+const REFUSAL_HEAD_LIMIT: usize = 16 * 1024;
 
 /// Serves `app` on `listener` until `stop_accepting` is cancelled, then lets every open
 /// connection finish its request in flight and waits for them.
@@ -54,6 +68,7 @@ pub async fn serve(
     let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let refusals = std::sync::Arc::new(Refusals::new());
+    let refusing = std::sync::Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
         let stream = tokio::select! {
             () = stop_accepting.cancelled() => break,
@@ -69,7 +84,14 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream, limits.max_connections, refusals.clone()));
+            refusals.count(limits.max_connections);
+            // Beyond the refusals in hand, dropping the stream closes it unanswered.
+            if let Ok(refusing) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream, limits.max_connections).await;
+                    drop(refusing);
+                });
+            }
             continue;
         };
         let caller = Caller::of(&stream);
@@ -100,8 +122,8 @@ pub async fn serve(
 }
 
 /// Descriptors kept for everything but callers: the store's connections, the enclave
-/// link, the KMS relay, logs.
-const RESERVED_DESCRIPTORS: u64 = 128;
+/// link, the KMS relay, logs, and the refused connections being answered.
+const RESERVED_DESCRIPTORS: u64 = 128 + MAX_REFUSING as u64;
 
 /// Raises the open-file limit to its hard maximum and returns how many connections fit
 /// under it: `max_connections`, or fewer (with a warning) when the limit is lower, so
@@ -177,12 +199,9 @@ impl Refusals {
     }
 }
 
-/// Answers a connection over the cap with `too_many_connections` and closes it.
-async fn refuse(
-    mut stream: UnixStream,
-    max_connections: usize,
-    refusals: std::sync::Arc<Refusals>,
-) {
+/// Answers a connection over the cap with `too_many_connections`, once its request's
+/// headers are in (or [`REFUSAL_HEAD_WAIT`] has passed), and closes it.
+async fn refuse(mut stream: UnixStream, max_connections: usize) {
     let code = ErrorCode::TooManyConnections;
     let body = serde_json::json!({
         "error": {
@@ -200,7 +219,7 @@ async fn refuse(
         code.http_status(),
         body.len()
     );
-    refusals.count(max_connections);
+    let _ = tokio::time::timeout(REFUSAL_HEAD_WAIT, read_request_head(&mut stream)).await;
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
@@ -211,6 +230,25 @@ async fn refuse(
         std::io::Result::Ok(())
     })
     .await;
+}
+
+/// Reads until the end of a request's headers (a blank line), the caller's end of
+/// stream, an error or [`REFUSAL_HEAD_LIMIT`] bytes; what it read is not needed.
+async fn read_request_head(stream: &mut UnixStream) {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while head.len() < REFUSAL_HEAD_LIMIT {
+        let read = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        // From just before the new bytes: a blank line may be split across reads.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..read]);
+        if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+    }
 }
 
 /// A connection whose writes fail once one has waited `timeout` for the peer to read:
