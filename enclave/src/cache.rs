@@ -28,17 +28,18 @@
 //!
 //! Refresh ahead: the first signature that spends half of an entry's uses (with at
 //! least four), or that comes in the last eighth of its `ttl`, asks for the key to be
-//! decrypted again in the background ([`Lookup::Signed`]'s `refresh_due`), into a spare
-//! entry that takes over, with all its uses, the moment the current one runs out or
-//! expires. A busy key then makes no request wait for KMS when its entry runs out
-//! (unless more than half its uses are asked for within one KMS call) or expires
-//! (unless it goes unused for the last eighth of its `ttl`), and still costs about one
-//! decryption per `max_uses` signatures or per seven eighths of `ttl`. The refresh holds
-//! the key's turn, so callers that miss while it runs wait for it instead of decrypting
-//! again. Each spare is bounded like any entry (`ttl` from its decryption, `max_uses`);
-//! per key, up to two entries' worth of uses (half of the current one's and all of its
-//! spare's) can be left when KMS stops answering for it, against one without a spare,
-//! and a key signs at most `ttl` after its last successful decryption, as without.
+//! decrypted again in the background ([`Lookup::Signed`]'s `refresh_due`). Behind an
+//! entry with half its uses or fewer left, the new one waits as a spare that takes over,
+//! with all its uses, the moment the current one runs out or expires; an entry with
+//! more left (refreshed for time) is replaced at once. A busy key then makes no request
+//! wait for KMS when its entry runs out (unless more than half its uses are asked for
+//! within one KMS call) or expires (unless it goes unused for the last eighth of its
+//! `ttl`), and still costs about one decryption per `max_uses` signatures or per seven
+//! eighths of `ttl`. The refresh holds the key's turn, so callers that miss while it
+//! runs wait for it instead of decrypting again. Each entry is bounded as before (`ttl`
+//! from its decryption, `max_uses`); per key, up to half an entry's uses and a whole
+//! spare's can be left when KMS stops answering for it, against one entry's without a
+//! spare, and a key signs at most `ttl` after its last successful decryption, as without.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -304,7 +305,7 @@ impl KeyCache {
 
     /// A signature from the cache as a [`Lookup`], or `None` on a miss.
     fn hit(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Option<Lookup<'_>> {
-        self.sign_noting_refresh(record, hash, Instant::now())
+        self.sign_noting_refresh(record, hash, Instant::now)
             .map(|(signed, refresh_due)| Lookup::Signed {
                 signed,
                 refresh_due,
@@ -381,22 +382,23 @@ impl KeyCache {
     /// absent, expired or used up and has no spare to take over (the caller then
     /// decrypts through KMS).
     pub fn sign(&self, record: &KeyMaterial, hash: &[u8; 32]) -> Option<CachedSignature> {
-        self.sign_noting_refresh(record, hash, Instant::now())
+        self.sign_noting_refresh(record, hash, Instant::now)
             .map(|(signed, _)| signed)
     }
 
-    /// [`KeyCache::sign`] at `now`, and whether a refresh ahead is due. A spent entry
-    /// gives way to its spare, if it has one.
+    /// [`KeyCache::sign`], and whether a refresh ahead is due; `now` is the clock
+    /// (another in tests), read at each check. A spent entry gives way to its spare, if
+    /// it has one.
     fn sign_noting_refresh(
         &self,
         record: &KeyMaterial,
         hash: &[u8; 32],
-        now: Instant,
+        now: impl Fn() -> Instant,
     ) -> Option<(CachedSignature, bool)> {
         let key = Self::key(record);
         // Twice at most: the second time with the spare that replaced a spent entry.
         for _ in 0..2 {
-            match self.use_once(&key, hash, now) {
+            match self.use_once(&key, hash, &now) {
                 Used::Signed {
                     signed,
                     refresh_due,
@@ -419,8 +421,8 @@ impl KeyCache {
         None
     }
 
-    /// One use of `key`'s current entry at `now`.
-    fn use_once(&self, key: &CacheKey, hash: &[u8; 32], now: Instant) -> Used {
+    /// One use of `key`'s current entry, its expiry checked against `now()`.
+    fn use_once(&self, key: &CacheKey, hash: &[u8; 32], now: &impl Fn() -> Instant) -> Used {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = entries.get(key) else {
             // Absent: worth the write lock only if a spare waits to take its place.
@@ -430,6 +432,7 @@ impl KeyCache {
                 Used::Miss
             };
         };
+        let now = now();
         if entry.expires <= now {
             return Used::Retire;
         }
@@ -489,17 +492,25 @@ impl KeyCache {
     }
 
     /// Caches a seed decrypted by a refresh ahead, with all its uses: as the spare that
-    /// takes over when the current entry runs out, or at once if there is none left.
-    /// Checked against `record.public_key` first; whether it was cached.
+    /// takes over when the current entry runs out, if that has half its uses or fewer
+    /// left; else at once, in place of the current entry (refreshed for time, it would
+    /// otherwise keep nearly all its uses beside a whole spare's). Checked against
+    /// `record.public_key` first; whether it was cached.
     pub fn put_spare(&self, record: &KeyMaterial, seed: &[u8; 32]) -> bool {
         let Some(entry) = self.entry_for(record, seed, self.max_uses) else {
             return false;
         };
         let key = Self::key(record);
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        if entries.get(&key).is_some_and(|e| e.usable(Instant::now())) {
+        let now = Instant::now();
+        let half_spent = |e: &Entry| e.uses_left.load(Ordering::Acquire) <= self.max_uses / 2;
+        if entries
+            .get(&key)
+            .is_some_and(|e| e.usable(now) && half_spent(e))
+        {
             self.spares().insert(key, entry);
         } else {
+            // Drops (and wipes) the entry it replaces.
             entries.insert(key, entry);
         }
         true
@@ -733,7 +744,7 @@ mod tests {
         let mut due = Vec::new();
         let mut left = max_uses - 1;
         while let Some((signed, refresh_due)) =
-            cache.sign_noting_refresh(&blob, &[1; 32], Instant::now())
+            cache.sign_noting_refresh(&blob, &[1; 32], Instant::now)
         {
             assert!(verifies(signed, &[1; 32]));
             left -= 1;
@@ -766,7 +777,7 @@ mod tests {
         let key = KeyCache::key(&blob);
         let due_at = |after_s: u64| {
             let (signed, due) = cache
-                .sign_noting_refresh(&blob, &[1; 32], start + Duration::from_secs(after_s))
+                .sign_noting_refresh(&blob, &[1; 32], || start + Duration::from_secs(after_s))
                 .unwrap();
             assert!(verifies(signed, &[1; 32]));
             due
@@ -783,7 +794,7 @@ mod tests {
         let few = KeyCache::new(ttl, 3);
         assert!(few.put(&blob, &SEED));
         let (_, due) = few
-            .sign_noting_refresh(&blob, &[1; 32], start + Duration::from_secs(75))
+            .sign_noting_refresh(&blob, &[1; 32], || start + Duration::from_secs(75))
             .unwrap();
         assert!(!due);
     }
@@ -793,10 +804,11 @@ mod tests {
         let cache = KeyCache::new(Duration::from_mins(1), 4);
         let blob = record(&SEED, b"blob");
         assert!(cache.put(&blob, &SEED));
+        assert!(cache.sign(&blob, &[9; 32]).is_some());
         assert!(!cache.put_spare(&blob, &[6; 32]), "another key's seed");
         assert!(cache.put_spare(&blob, &SEED));
-        assert_eq!(cache.entries.read().unwrap().len(), 1, "kept aside");
-        // Three uses left in the current entry, then all four of the spare's.
+        assert_eq!(cache.spare_count(), 1, "kept aside");
+        // Two uses left in the current entry, then all four of the spare's.
         let served = (0..10)
             .filter(|i| {
                 cache
@@ -804,7 +816,7 @@ mod tests {
                     .is_some_and(|s| verifies(s, &[*i; 32]))
             })
             .count();
-        assert_eq!(served, 7);
+        assert_eq!(served, 6);
         assert_eq!(cache.spare_count(), 0);
         // With nothing current left, a refreshed key goes straight into use.
         assert!(cache.put_spare(&blob, &SEED));
@@ -812,12 +824,28 @@ mod tests {
         assert_eq!(cache.spare_count(), 0);
     }
 
-    /// A spare refreshed ahead of its entry's expiry takes over when the entry expires.
+    /// An entry refreshed with more than half its uses left (for time) is replaced at
+    /// once: a key never holds nearly a whole entry's uses beside a whole spare's.
     #[test]
-    fn a_spare_takes_over_when_the_entry_expires() {
-        let cache = KeyCache::new(Duration::from_secs(1), 100);
+    fn a_refresh_replaces_an_entry_with_more_than_half_its_uses_left() {
+        let cache = KeyCache::new(Duration::from_mins(1), 4);
         let blob = record(&SEED, b"blob");
         assert!(cache.put(&blob, &SEED));
+        assert!(cache.put_spare(&blob, &SEED));
+        assert_eq!(cache.spare_count(), 0);
+        let served = (0..10)
+            .filter(|i| cache.sign(&blob, &[*i; 32]).is_some())
+            .count();
+        assert_eq!(served, 4, "the new entry's uses, not 3 + 4");
+    }
+
+    /// A spare waiting behind an entry takes over when the entry expires.
+    #[test]
+    fn a_spare_takes_over_when_the_entry_expires() {
+        let cache = KeyCache::new(Duration::from_secs(1), 4);
+        let blob = record(&SEED, b"blob");
+        assert!(cache.put(&blob, &SEED));
+        assert!(cache.sign(&blob, &[9; 32]).is_some());
         std::thread::sleep(Duration::from_millis(500));
         assert!(cache.put_spare(&blob, &SEED));
         assert_eq!(cache.spare_count(), 1, "the entry is still in use");
@@ -836,10 +864,12 @@ mod tests {
         let cache = KeyCache::new(Duration::from_millis(30), 4);
         let blob = record(&SEED, b"blob");
         assert!(cache.put(&blob, &SEED));
+        assert!(cache.sign(&blob, &[9; 32]).is_some());
         assert!(cache.put_spare(&blob, &SEED));
         std::thread::sleep(Duration::from_millis(40));
         assert!(cache.sign(&blob, &[1; 32]).is_none());
         assert!(cache.put(&blob, &SEED));
+        assert!(cache.sign(&blob, &[9; 32]).is_some());
         assert!(cache.put_spare(&blob, &SEED));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.sweep(), 0);

@@ -800,35 +800,38 @@ async fn a_busy_key_is_refreshed_ahead_so_its_next_entry_needs_no_kms_call() {
     assert_eq!(refused.code, ErrorCode::KmsAccessDenied);
 }
 
-/// A key in use through the last eighth of its entry's `ttl` is refreshed ahead, so the
-/// request after the entry expires signs from the spare without a KMS call.
+/// A key in use through the last eighth of its entry's `ttl` is refreshed ahead, in place
+/// of the entry at once, so the request after that entry would have expired signs
+/// without a KMS call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_in_use_is_refreshed_ahead_of_its_expiry() {
-    let ttl = std::time::Duration::from_secs(4);
+    let ttl = std::time::Duration::from_secs(8);
+    let margin = std::time::Duration::from_millis(100);
     let (enclave, cache) = with_watched_key_cache_for(FakeKms::default(), ttl, 1000);
     let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
     let pay = || channel_payment_by(&enclave, &channel);
-    let start = std::time::Instant::now();
     assert!(matches!(pay().await, Ok(Response::Signed { .. })));
+    // The entry was cached before this, so it expires before `first + ttl`.
+    let first = std::time::Instant::now();
     assert!(matches!(pay().await, Ok(Response::Signed { .. })));
-    assert_eq!(cache.spare_count(), 0, "not yet in the last eighth");
-    // In the last eighth (from 3.5 s), with 400 ms to spare before the expiry.
-    tokio::time::sleep_until((start + ttl * 9 / 10).into()).await;
+    assert_eq!(enclave.kms.calls(), 1, "not yet in the last eighth");
+    // Into the last eighth, with most of it (about 900 ms) left before the expiry.
+    tokio::time::sleep_until((first + ttl * 7 / 8 + margin).into()).await;
     assert!(matches!(pay().await, Ok(Response::Signed { .. })));
-    until(
-        || cache.spare_count() == 1,
-        "the refresh ahead cached a spare",
-    )
-    .await;
-    assert_eq!(enclave.kms.calls(), 2);
+    until(|| enclave.kms.calls() == 2, "the refresh ahead called KMS").await;
+    assert_eq!(
+        cache.spare_count(),
+        0,
+        "replaced at once, not kept as a spare"
+    );
     enclave.kms.deny.store(true, Ordering::SeqCst);
-    tokio::time::sleep_until((start + ttl).into()).await;
+    tokio::time::sleep_until((first + ttl + margin).into()).await;
     let signed = pay().await;
     assert!(
         matches!(signed, Ok(Response::Signed { .. })),
         "past the first entry's expiry: {signed:?}"
     );
-    assert_eq!(enclave.kms.calls(), 2, "signed from the spare");
+    assert_eq!(enclave.kms.calls(), 2, "signed from the refreshed entry");
 }
 
 /// A refresh ahead whose decryption is not the record's key caches nothing: the entry in

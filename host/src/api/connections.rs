@@ -45,13 +45,14 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// How long a refused connection is given to send its request's headers: answered
 /// after them, or after this without them.
-const REFUSAL_HEAD_WAIT: Duration = Duration::from_secs(1);
+const REFUSAL_HEAD_WAIT: Duration = Duration::from_millis(500);
 
-/// How long a refused connection is given to take its answer.
-const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a refused connection is given to take its answer and close.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Refused connections answered at once, each held at most [`REFUSAL_HEAD_WAIT`] +
-/// [`REFUSAL_WRITE_TIMEOUT`].
+/// [`REFUSAL_WRITE_TIMEOUT`]: silent callers must open more than 64 a second to have
+/// the next refused caller closed unanswered.
 pub const MAX_REFUSING: usize = 64;
 
 /// The most of a refused request's headers read before answering.
@@ -233,21 +234,25 @@ async fn refuse(mut stream: UnixStream, max_connections: usize) {
 }
 
 /// Reads until the end of a request's headers (a blank line), the caller's end of
-/// stream, an error or [`REFUSAL_HEAD_LIMIT`] bytes; what it read is not needed.
+/// stream, an error or [`REFUSAL_HEAD_LIMIT`] bytes; what it read is not kept.
 async fn read_request_head(stream: &mut UnixStream) {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while head.len() < REFUSAL_HEAD_LIMIT {
-        let read = match stream.read(&mut chunk).await {
+    // The last three bytes of the previous read, then this read's: a blank line may be
+    // split across reads.
+    let mut window = [0u8; 3 + 1024];
+    let mut carried = 0;
+    let mut total = 0;
+    while total < REFUSAL_HEAD_LIMIT {
+        let read = match stream.read(&mut window[carried..]).await {
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
-        // From just before the new bytes: a blank line may be split across reads.
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&chunk[..read]);
-        if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+        total += read;
+        let filled = carried + read;
+        if window[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
             return;
         }
+        carried = filled.min(3);
+        window.copy_within(filled - carried..filled, 0);
     }
 }
 
@@ -337,5 +342,40 @@ impl AsyncWrite for WriteDeadline {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The end of a refused request's headers is found when it comes, even split
+    /// across reads, and not before.
+    #[tokio::test]
+    async fn a_request_head_ends_at_its_blank_line_even_split_across_reads() {
+        let (mut host_side, mut caller) = UnixStream::pair().unwrap();
+        let reading = tokio::spawn(async move {
+            read_request_head(&mut host_side).await;
+            host_side
+        });
+        caller
+            .write_all(b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!reading.is_finished(), "ended before the blank line");
+        caller.write_all(b"\n").await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(5), reading).await;
+        assert!(done.is_ok(), "the blank line split across reads was missed");
+
+        // Headers that never end: read up to the limit, then given up on.
+        let (mut host_side, mut caller) = UnixStream::pair().unwrap();
+        let reading = tokio::spawn(async move { read_request_head(&mut host_side).await });
+        let endless = vec![b'a'; REFUSAL_HEAD_LIMIT + 1024];
+        caller.write_all(&endless).await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(5), reading).await;
+        assert!(done.is_ok(), "read past the limit");
     }
 }
