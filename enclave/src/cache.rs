@@ -27,8 +27,9 @@
 //! so no caller waits for more than a bounded number of decryptions or a bounded time.
 //!
 //! Refresh ahead: the first signature that spends half of an entry's uses (with at
-//! least four), or that comes in the last eighth of its `ttl`, asks for the key to be
-//! decrypted again in the background ([`Lookup::Signed`]'s `refresh_due`). Behind an
+//! least four), and the first that comes in the last eighth of its `ttl`, ask for the
+//! key to be decrypted again in the background ([`Lookup::Signed`]'s `refresh_due`;
+//! the second finds nothing to do if the first's refresh worked). Behind an
 //! entry with half its uses or fewer left, the new one waits as a spare that takes over,
 //! with all its uses, the moment the current one runs out or expires; an entry with
 //! more left (refreshed for time) is replaced at once. A busy key then makes no request
@@ -62,8 +63,11 @@ struct Entry {
     signing_key: Box<SigningKey>,
     expires: Instant,
     uses_left: AtomicU32,
-    /// Set by the signature that said a refresh ahead was due: one per entry.
-    refresh_asked: AtomicBool,
+    /// Per refresh point (half its uses spent, the last eighth of its `ttl`), set by the
+    /// signature that said a refresh ahead was due there: at most one per point. A
+    /// refresh that found no free KMS slot at the first point gets a second chance at
+    /// the other.
+    refresh_asked: [AtomicBool; 2],
 }
 
 impl Entry {
@@ -84,8 +88,9 @@ const REFRESH_BEFORE_EXPIRY: u32 = 8;
 
 /// What one use of a key's current entry came to.
 enum Used {
-    /// It signed; `refresh_due` when this is the first signature past the entry's
-    /// refresh point ([`KeyCache::past_refresh_point`]), `last` when it was its last use.
+    /// It signed; `refresh_due` when this is the first signature past one of the entry's
+    /// refresh points ([`KeyCache::passed_refresh_points`]), `last` when it was its last
+    /// use.
     Signed {
         signed: CachedSignature,
         refresh_due: bool,
@@ -292,15 +297,19 @@ impl KeyCache {
         }
         entries.get(key).is_none_or(|e| {
             !e.usable(now)
-                || self.past_refresh_point(e.uses_left.load(Ordering::Acquire), e.expires, now)
+                || self
+                    .passed_refresh_points(e.uses_left.load(Ordering::Acquire), e.expires, now)
+                    .contains(&true)
         })
     }
 
-    /// Whether an entry with `uses_left` that expires at `expires` is due a successor:
-    /// half its uses spent, or in the last eighth of its `ttl`.
-    fn past_refresh_point(&self, uses_left: u32, expires: Instant, now: Instant) -> bool {
-        uses_left <= self.max_uses / 2
-            || expires.saturating_duration_since(now) <= self.ttl / REFRESH_BEFORE_EXPIRY
+    /// Which refresh points an entry with `uses_left` that expires at `expires` has
+    /// passed: half its uses spent, and the last eighth of its `ttl`.
+    fn passed_refresh_points(&self, uses_left: u32, expires: Instant, now: Instant) -> [bool; 2] {
+        [
+            uses_left <= self.max_uses / 2,
+            expires.saturating_duration_since(now) <= self.ttl / REFRESH_BEFORE_EXPIRY,
+        ]
     }
 
     /// A signature from the cache as a [`Lookup`], or `None` on a miss.
@@ -447,11 +456,15 @@ impl KeyCache {
         let public = signing_key.verifying_key().to_bytes();
         let left = before - 1;
         let refresh_due = self.max_uses >= MIN_USES_TO_REFRESH
-            && self.past_refresh_point(left, entry.expires, now)
-            // Read first, so the signatures after the first past the point share the
-            // flag's cache line instead of each writing it.
-            && !entry.refresh_asked.load(Ordering::Relaxed)
-            && !entry.refresh_asked.swap(true, Ordering::AcqRel);
+            && self
+                .passed_refresh_points(left, entry.expires, now)
+                .iter()
+                .zip(&entry.refresh_asked)
+                // Read first, so the signatures after the first past a point share the
+                // flag's cache line instead of each writing it.
+                .any(|(passed, asked)| {
+                    *passed && !asked.load(Ordering::Relaxed) && !asked.swap(true, Ordering::AcqRel)
+                });
         Used::Signed {
             signed: (public, signature),
             refresh_due,
@@ -533,7 +546,7 @@ impl KeyCache {
             signing_key,
             expires: Instant::now() + self.ttl,
             uses_left: AtomicU32::new(uses),
-            refresh_asked: AtomicBool::new(false),
+            refresh_asked: [AtomicBool::new(false), AtomicBool::new(false)],
         })
     }
 
@@ -768,7 +781,7 @@ mod tests {
     /// Time is the other refresh point: the first signature in the last eighth of an
     /// entry's `ttl` asks, once, however many uses it has left.
     #[test]
-    fn a_refresh_is_due_once_per_entry_in_the_last_eighth_of_its_ttl() {
+    fn a_refresh_is_due_once_in_the_last_eighth_of_the_ttl_besides_half_the_uses() {
         let ttl = Duration::from_secs(80);
         let cache = KeyCache::new(ttl, 1000);
         let blob = record(&SEED, b"blob");
@@ -790,6 +803,19 @@ mod tests {
         assert!(due_at(71));
         assert!(!due_at(72), "asked once");
         assert!(!due_at(79));
+        // Past both points: asked at each once. The second refresh is skipped if the
+        // first left a spare (`needs_successor`); if the first found no free KMS slot,
+        // the second is its second chance.
+        let both = KeyCache::new(ttl, 4);
+        assert!(both.put(&blob, &SEED));
+        let due = |after_s: u64| {
+            both.sign_noting_refresh(&blob, &[1; 32], || start + Duration::from_secs(after_s))
+                .unwrap()
+                .1
+        };
+        assert!(due(1), "2 of 4 uses left");
+        assert!(due(75), "in the last eighth");
+        assert!(!due(76));
         // Fewer than MIN_USES_TO_REFRESH: never.
         let few = KeyCache::new(ttl, 3);
         assert!(few.put(&blob, &SEED));

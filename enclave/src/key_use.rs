@@ -114,7 +114,8 @@ fn refresh_ahead(context: Arc<SigningContext>, mut key: KeyMaterial) {
                 turn.cached();
                 debug!(public_key = %key.public_key, "refreshed a cached key ahead of its use");
             }
-            // No free KMS slot: give up the turn; a caller that misses takes it and waits
+            // No free KMS slot: give up the turn; the entry's other refresh point, if
+            // still ahead, tries again, and a caller that misses takes the turn and waits
             // for a slot like any request.
             Err(error) if error.code == ErrorCode::EnclaveBusy => {}
             Err(error) => {
