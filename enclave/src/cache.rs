@@ -65,8 +65,8 @@ struct Entry {
     uses_left: AtomicU32,
     /// Per refresh point (half its uses spent, the last eighth of its `ttl`), set by the
     /// signature that said a refresh ahead was due there: at most one per point. A
-    /// refresh that found no free KMS slot at the first point gets a second chance at
-    /// the other.
+    /// refresh that failed or found no free KMS slot at the first point gets a second
+    /// chance at the other (and one that worked makes the second find nothing to do).
     refresh_asked: [AtomicBool; 2],
 }
 
@@ -158,8 +158,8 @@ enum Refill<'a> {
 
 /// What a caller does after looking in the cache.
 pub enum Lookup<'a> {
-    /// Signed from the cache; when `refresh_due`, this is the first signature past the
-    /// entry's refresh point (half its uses spent, or the last eighth of its `ttl`) and
+    /// Signed from the cache; when `refresh_due`, this is the first signature past one of
+    /// the entry's refresh points (half its uses spent, the last eighth of its `ttl`) and
     /// the caller should start [`KeyCache::refresh_turn`] in the background.
     Signed {
         signed: CachedSignature,
@@ -221,6 +221,15 @@ impl KeyCache {
     #[cfg(test)]
     pub fn spare_count(&self) -> usize {
         self.spares().len()
+    }
+
+    /// Decryptions (refills and refreshes) holding a key's turn now, for tests.
+    #[cfg(test)]
+    pub fn turns_held(&self) -> usize {
+        self.refills
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     fn spares(&self) -> MutexGuard<'_, HashMap<CacheKey, Entry>> {
@@ -462,9 +471,12 @@ impl KeyCache {
                 .zip(&entry.refresh_asked)
                 // Read first, so the signatures after the first past a point share the
                 // flag's cache line instead of each writing it.
-                .any(|(passed, asked)| {
+                .map(|(passed, asked)| {
                     *passed && !asked.load(Ordering::Relaxed) && !asked.swap(true, Ordering::AcqRel)
-                });
+                })
+                // Every point passed is marked, not only the first: a signature past
+                // both at once asks for one refresh, not one now and one at the next.
+                .fold(false, |due, newly_asked| due | newly_asked);
         Used::Signed {
             signed: (public, signature),
             refresh_due,
@@ -499,8 +511,12 @@ impl KeyCache {
         let Some(entry) = self.entry_for(record, seed, self.max_uses - 1) else {
             return false;
         };
+        let key = Self::key(record);
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        entries.insert(Self::key(record), entry);
+        entries.insert(key, entry);
+        // A spare refreshed meanwhile (a caller that decrypted on its own, without the
+        // turn, overlapped a refresh) would add a whole entry's uses beside this one's.
+        self.spares().remove(&key);
         true
     }
 
@@ -748,6 +764,17 @@ mod tests {
         assert!(cache.sign(&blob, &[1; 32]).is_none());
     }
 
+    /// How many of ten signatures `cache` makes with `blob`'s key (each checked).
+    fn signatures_served(cache: &KeyCache, blob: &KeyMaterial) -> usize {
+        (0..10)
+            .filter(|i| {
+                cache
+                    .sign(blob, &[*i; 32])
+                    .is_some_and(|s| verifies(s, &[*i; 32]))
+            })
+            .count()
+    }
+
     /// Uses left after each signature from an entry `put` with `max_uses`, and which of
     /// those signatures said a refresh ahead was due.
     fn refresh_points(max_uses: u32) -> Vec<u32> {
@@ -816,6 +843,10 @@ mod tests {
         assert!(due(1), "2 of 4 uses left");
         assert!(due(75), "in the last eighth");
         assert!(!due(76));
+        // Past both at once: one refresh, and none at the next signature.
+        assert!(both.put(&blob, &SEED));
+        assert!(due(75), "2 of 4 uses left, in the last eighth");
+        assert!(!due(76), "1 of 4 left, both points asked already");
         // Fewer than MIN_USES_TO_REFRESH: never.
         let few = KeyCache::new(ttl, 3);
         assert!(few.put(&blob, &SEED));
@@ -835,13 +866,7 @@ mod tests {
         assert!(cache.put_spare(&blob, &SEED));
         assert_eq!(cache.spare_count(), 1, "kept aside");
         // Two uses left in the current entry, then all four of the spare's.
-        let served = (0..10)
-            .filter(|i| {
-                cache
-                    .sign(&blob, &[*i; 32])
-                    .is_some_and(|s| verifies(s, &[*i; 32]))
-            })
-            .count();
+        let served = signatures_served(&cache, &blob);
         assert_eq!(served, 6);
         assert_eq!(cache.spare_count(), 0);
         // With nothing current left, a refreshed key goes straight into use.
@@ -859,24 +884,33 @@ mod tests {
         assert!(cache.put(&blob, &SEED));
         assert!(cache.put_spare(&blob, &SEED));
         assert_eq!(cache.spare_count(), 0);
-        let served = (0..10)
-            .filter(|i| cache.sign(&blob, &[*i; 32]).is_some())
-            .count();
+        let served = signatures_served(&cache, &blob);
         assert_eq!(served, 4, "the new entry's uses, not 3 + 4");
+
+        // A caller that decrypted on its own, overlapping a refresh, replaces the entry
+        // and drops the spare: its uses, not those and a spare's.
+        assert!(cache.put(&blob, &SEED));
+        assert!(cache.sign(&blob, &[9; 32]).is_some());
+        assert!(cache.put_spare(&blob, &SEED));
+        assert_eq!(cache.spare_count(), 1);
+        assert!(cache.put(&blob, &SEED));
+        assert_eq!(cache.spare_count(), 0);
+        let served = signatures_served(&cache, &blob);
+        assert_eq!(served, 3, "the decrypting caller's entry only, not 3 + 4");
     }
 
     /// A spare waiting behind an entry takes over when the entry expires.
     #[test]
     fn a_spare_takes_over_when_the_entry_expires() {
-        let cache = KeyCache::new(Duration::from_secs(1), 4);
+        let cache = KeyCache::new(Duration::from_secs(3), 4);
         let blob = record(&SEED, b"blob");
         assert!(cache.put(&blob, &SEED));
         assert!(cache.sign(&blob, &[9; 32]).is_some());
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(1500));
         assert!(cache.put_spare(&blob, &SEED));
         assert_eq!(cache.spare_count(), 1, "the entry is still in use");
-        // Past the first entry's expiry, well inside the spare's.
-        std::thread::sleep(Duration::from_millis(600));
+        // Past the first entry's expiry, 1.2 s inside the spare's.
+        std::thread::sleep(Duration::from_millis(1800));
         assert!(
             cache
                 .sign(&blob, &[1; 32])

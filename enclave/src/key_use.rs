@@ -76,14 +76,16 @@ pub async fn sign_with_key(
 }
 
 /// Decrypts a cached key again in the background, once half its entry's uses are spent or
-/// its last eighth of ttl has begun, into the spare that takes over when the entry runs
-/// out or expires (see `cache.rs`): requests for a busy key then need not wait for KMS
-/// then (unless more than half its uses are asked for within one KMS call, or the key
-/// goes unused through that last eighth). A failure is logged and, like a refill's,
-/// given to the callers that missed meanwhile and waited for it.
+/// its last eighth of ttl has begun: into the spare that takes over when the entry runs
+/// out or expires, or, for an entry with more than half its uses left, in its place at
+/// once (see `cache.rs`). Requests for a busy key then need not wait for KMS when its
+/// entry runs out or expires (unless more than half its uses are asked for within one
+/// KMS call, or the key goes unused through that last eighth). A failure is logged and,
+/// like a refill's, given to the callers that missed meanwhile and waited for it.
 ///
 /// It takes a KMS slot only if one is free: requests never queue behind a refresh (if
-/// none is free, the entry runs out and is refilled as without one).
+/// none is free, the entry's other refresh point, if still ahead, tries again; else the
+/// entry runs out and is refilled as without one).
 fn refresh_ahead(context: Arc<SigningContext>, mut key: KeyMaterial) {
     if key.format == KeyFormat::KmsDirect {
         // Not part of a kms-direct record's cache entry; whatever the host put there

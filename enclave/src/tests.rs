@@ -819,6 +819,7 @@ async fn a_key_in_use_is_refreshed_ahead_of_its_expiry() {
     tokio::time::sleep_until((first + ttl * 7 / 8 + margin).into()).await;
     assert!(matches!(pay().await, Ok(Response::Signed { .. })));
     until(|| enclave.kms.calls() == 2, "the refresh ahead called KMS").await;
+    until(|| cache.turns_held() == 0, "the refresh ahead finished").await;
     assert_eq!(
         cache.spare_count(),
         0,
@@ -848,6 +849,7 @@ async fn a_refresh_that_decrypts_another_key_caches_nothing() {
         .store(&channel.ciphertext, &channel.public_key, &OTHER_SEED);
     assert!(matches!(pay().await, Ok(Response::Signed { .. })));
     until(|| enclave.kms.calls() == 2, "the refresh ahead called KMS").await;
+    until(|| cache.turns_held() == 0, "the refresh ahead finished").await;
     for _ in 0..2 {
         assert!(matches!(pay().await, Ok(Response::Signed { .. })));
     }
