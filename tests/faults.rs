@@ -343,17 +343,25 @@ async fn limited_host(dir: &std::path::Path, deadline_ms: u64) -> (Proc, std::pa
             .arg(&config),
         dir.join("host.log"),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !healthy(&socket).await {
-        assert!(
-            Instant::now() < deadline,
-            "host did not start: {}",
-            host.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_healthy(&socket, Duration::from_secs(20), || {
+        format!("host did not start: {}", host.log_text())
+    })
+    .await;
     (host, socket)
 }
+
+/// Polls the host at `socket` until it answers a store-only route; fails with `why`
+/// after `within`.
+async fn until_healthy(socket: &std::path::Path, within: Duration, why: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    while !healthy(socket).await {
+        assert!(Instant::now() < deadline, "{}", why());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A whole request of a store-only route, for callers over a raw socket.
+const RAW_GET: &[u8] = b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n";
 
 #[tokio::test]
 async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_served() {
@@ -396,10 +404,7 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
     let filler = UnixStream::connect(&socket).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut refused = UnixStream::connect(&socket).await.unwrap();
-    refused
-        .write_all(b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    refused.write_all(RAW_GET).await.unwrap();
     answered_and_closed(&mut refused, "503", "\"too_many_connections\"").await;
 
     // The half body is answered request_timeout and closed; the rest are closed.
@@ -441,9 +446,7 @@ async fn callers_over_the_cap_are_answered_after_their_request_and_a_flood_is_cl
     let mut byte = [0u8; 1];
     let early = tokio::time::timeout(Duration::from_millis(200), raw.read(&mut byte)).await;
     assert!(early.is_err(), "answered before the request: {early:?}");
-    raw.write_all(b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    raw.write_all(RAW_GET).await.unwrap();
     answered_and_closed(&mut raw, "503", "\"too_many_connections\"").await;
     // An HTTP client library gets the answer, not a closed connection.
     for _ in 0..5 {
@@ -474,14 +477,10 @@ async fn callers_over_the_cap_are_answered_after_their_request_and_a_flood_is_cl
         answered_and_closed(&mut stream, "503", "\"too_many_connections\"").await;
     }
     drop(filling);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !healthy(&socket).await {
-        assert!(
-            Instant::now() < deadline,
-            "not served once the cap had room"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_healthy(&socket, Duration::from_secs(5), || {
+        "not served once the cap had room".into()
+    })
+    .await;
 }
 
 /// Pipelined requests a caller sends and never reads the answers of.
@@ -495,7 +494,7 @@ async fn a_caller_that_never_reads_its_answers_is_cut_off() {
     // is cut, not held.
     let (mut reader, mut writer) = UnixStream::connect(&socket).await.unwrap().into_split();
     let sending = tokio::spawn(async move {
-        let request = b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n".repeat(PIPELINED);
+        let request = RAW_GET.repeat(PIPELINED);
         let _ = writer.write_all(&request).await;
         writer
     });

@@ -316,9 +316,14 @@ impl KeyCache {
     /// passed: half its uses spent, and the last eighth of its `ttl`.
     fn passed_refresh_points(&self, uses_left: u32, expires: Instant, now: Instant) -> [bool; 2] {
         [
-            uses_left <= self.max_uses / 2,
+            self.half_spent(uses_left),
             expires.saturating_duration_since(now) <= self.ttl / REFRESH_BEFORE_EXPIRY,
         ]
+    }
+
+    /// Whether an entry with `uses_left` has spent half its uses or more.
+    fn half_spent(&self, uses_left: u32) -> bool {
+        uses_left <= self.max_uses / 2
     }
 
     /// A signature from the cache as a [`Lookup`], or `None` on a miss.
@@ -532,10 +537,9 @@ impl KeyCache {
         let key = Self::key(record);
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let half_spent = |e: &Entry| e.uses_left.load(Ordering::Acquire) <= self.max_uses / 2;
         if entries
             .get(&key)
-            .is_some_and(|e| e.usable(now) && half_spent(e))
+            .is_some_and(|e| e.usable(now) && self.half_spent(e.uses_left.load(Ordering::Acquire)))
         {
             self.spares().insert(key, entry);
         } else {
@@ -691,9 +695,7 @@ mod tests {
 
     #[test]
     fn uses_are_counted_and_the_entry_leaves_when_used_up() {
-        let cache = KeyCache::new(Duration::from_mins(1), 3);
-        let blob = record(&SEED, b"blob");
-        assert!(cache.put(&blob, &SEED));
+        let (cache, blob) = cached_blob(Duration::from_mins(1), 3);
         assert!(verifies(cache.sign(&blob, &[1; 32]).unwrap(), &[1; 32]));
         assert!(verifies(cache.sign(&blob, &[2; 32]).unwrap(), &[2; 32]));
         // 1 use at decryption + 2 from the cache = 3: gone, and already removed.
@@ -704,9 +706,7 @@ mod tests {
 
     #[test]
     fn entries_expire_and_other_records_miss() {
-        let cache = KeyCache::new(Duration::from_millis(30), 100);
-        let blob = record(&SEED, b"blob");
-        assert!(cache.put(&blob, &SEED));
+        let (cache, blob) = cached_blob(Duration::from_millis(30), 100);
         assert!(
             cache
                 .sign(&record(&SEED, b"other blob"), &[1; 32])
@@ -764,6 +764,15 @@ mod tests {
         assert!(cache.sign(&blob, &[1; 32]).is_none());
     }
 
+    /// A cache with `ttl` and `max_uses` holding the key of a record `blob`, just used
+    /// once (as a decrypting caller leaves it).
+    fn cached_blob(ttl: Duration, max_uses: u32) -> (KeyCache, KeyMaterial) {
+        let cache = KeyCache::new(ttl, max_uses);
+        let blob = record(&SEED, b"blob");
+        assert!(cache.put(&blob, &SEED));
+        (cache, blob)
+    }
+
     /// How many of ten signatures `cache` makes with `blob`'s key (each checked).
     fn signatures_served(cache: &KeyCache, blob: &KeyMaterial) -> usize {
         (0..10)
@@ -778,9 +787,7 @@ mod tests {
     /// Uses left after each signature from an entry `put` with `max_uses`, and which of
     /// those signatures said a refresh ahead was due.
     fn refresh_points(max_uses: u32) -> Vec<u32> {
-        let cache = KeyCache::new(Duration::from_mins(1), max_uses);
-        let blob = record(&SEED, b"blob");
-        assert!(cache.put(&blob, &SEED));
+        let (cache, blob) = cached_blob(Duration::from_mins(1), max_uses);
         let mut due = Vec::new();
         let mut left = max_uses - 1;
         while let Some((signed, refresh_due)) =
@@ -858,9 +865,7 @@ mod tests {
 
     #[test]
     fn a_spare_takes_over_with_all_its_uses_when_the_entry_runs_out() {
-        let cache = KeyCache::new(Duration::from_mins(1), 4);
-        let blob = record(&SEED, b"blob");
-        assert!(cache.put(&blob, &SEED));
+        let (cache, blob) = cached_blob(Duration::from_mins(1), 4);
         assert!(cache.sign(&blob, &[9; 32]).is_some());
         assert!(!cache.put_spare(&blob, &[6; 32]), "another key's seed");
         assert!(cache.put_spare(&blob, &SEED));
@@ -879,9 +884,7 @@ mod tests {
     /// once: a key never holds nearly a whole entry's uses beside a whole spare's.
     #[test]
     fn a_refresh_replaces_an_entry_with_more_than_half_its_uses_left() {
-        let cache = KeyCache::new(Duration::from_mins(1), 4);
-        let blob = record(&SEED, b"blob");
-        assert!(cache.put(&blob, &SEED));
+        let (cache, blob) = cached_blob(Duration::from_mins(1), 4);
         assert!(cache.put_spare(&blob, &SEED));
         assert_eq!(cache.spare_count(), 0);
         let served = signatures_served(&cache, &blob);
@@ -902,9 +905,7 @@ mod tests {
     /// A spare waiting behind an entry takes over when the entry expires.
     #[test]
     fn a_spare_takes_over_when_the_entry_expires() {
-        let cache = KeyCache::new(Duration::from_secs(3), 4);
-        let blob = record(&SEED, b"blob");
-        assert!(cache.put(&blob, &SEED));
+        let (cache, blob) = cached_blob(Duration::from_secs(3), 4);
         assert!(cache.sign(&blob, &[9; 32]).is_some());
         std::thread::sleep(Duration::from_millis(1500));
         assert!(cache.put_spare(&blob, &SEED));
@@ -921,9 +922,7 @@ mod tests {
 
     #[test]
     fn an_expired_spare_never_signs_and_is_swept() {
-        let cache = KeyCache::new(Duration::from_millis(30), 4);
-        let blob = record(&SEED, b"blob");
-        assert!(cache.put(&blob, &SEED));
+        let (cache, blob) = cached_blob(Duration::from_millis(30), 4);
         assert!(cache.sign(&blob, &[9; 32]).is_some());
         assert!(cache.put_spare(&blob, &SEED));
         std::thread::sleep(Duration::from_millis(40));

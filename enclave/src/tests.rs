@@ -818,8 +818,7 @@ async fn a_key_in_use_is_refreshed_ahead_of_its_expiry() {
     // Into the last eighth, with most of it (about 900 ms) left before the expiry.
     tokio::time::sleep_until((first + ttl * 7 / 8 + margin).into()).await;
     assert!(matches!(pay().await, Ok(Response::Signed { .. })));
-    until(|| enclave.kms.calls() == 2, "the refresh ahead called KMS").await;
-    until(|| cache.turns_held() == 0, "the refresh ahead finished").await;
+    refresh_finished(&enclave, &cache).await;
     assert_eq!(
         cache.spare_count(),
         0,
@@ -848,8 +847,7 @@ async fn a_refresh_that_decrypts_another_key_caches_nothing() {
         .kms
         .store(&channel.ciphertext, &channel.public_key, &OTHER_SEED);
     assert!(matches!(pay().await, Ok(Response::Signed { .. })));
-    until(|| enclave.kms.calls() == 2, "the refresh ahead called KMS").await;
-    until(|| cache.turns_held() == 0, "the refresh ahead finished").await;
+    refresh_finished(&enclave, &cache).await;
     for _ in 0..2 {
         assert!(matches!(pay().await, Ok(Response::Signed { .. })));
     }
@@ -864,6 +862,12 @@ async fn channel_payment_by(
 ) -> Result<Response, WireError> {
     let xdr = channel_payment(common::now_unix_secs());
     sign(enclave, xdr, vec![channel.clone()]).await
+}
+
+/// Waits until a refresh ahead has made the second KMS call and finished with it.
+async fn refresh_finished(enclave: &Enclave, cache: &crate::cache::KeyCache) {
+    until(|| enclave.kms.calls() == 2, "the refresh ahead called KMS").await;
+    until(|| cache.turns_held() == 0, "the refresh ahead finished").await;
 }
 
 /// Waits (up to 5 s) until background work makes `done` true.

@@ -373,11 +373,14 @@ mod tests {
 
     use super::*;
 
+    /// A whole request without a body.
+    const HEAD: &[u8] = b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n";
+
     /// The end of a request's headers is found where it is, however the bytes are split
     /// between reads, and nowhere else.
     #[test]
     fn a_request_head_ends_at_its_blank_line_however_it_is_split() {
-        let head = b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n";
+        let head = HEAD;
         for split in 0..=head.len() {
             let mut head_end = HeadEnd::default();
             let (first, second) = head.split_at(split);
@@ -406,10 +409,7 @@ mod tests {
     async fn a_request_head_is_read_to_its_end_or_the_limit() {
         let (mut host_side, mut caller) = UnixStream::pair().unwrap();
         let reading = tokio::spawn(async move { read_request_head(&mut host_side).await });
-        caller
-            .write_all(b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        caller.write_all(HEAD).await.unwrap();
         let done = tokio::time::timeout(Duration::from_secs(5), reading).await;
         assert!(done.is_ok(), "the blank line was missed");
 
