@@ -5,11 +5,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use host::api_client::ApiConnection;
+use super::http::HttpConnection;
 
 /// Throughput and latency of one run at one concurrency.
 #[derive(Debug, Clone, Copy)]
@@ -95,8 +94,8 @@ where
 
 /// A request to the host API whose answer must be 200.
 pub struct ApiClient {
-    connection: ApiConnection,
-    method: Method,
+    connection: HttpConnection,
+    method: &'static str,
     path: &'static str,
     body: Option<String>,
 }
@@ -104,12 +103,12 @@ pub struct ApiClient {
 impl ApiClient {
     pub async fn connect(
         socket: &Path,
-        method: Method,
+        method: &'static str,
         path: &'static str,
         body: Option<String>,
     ) -> anyhow::Result<ApiClient> {
         Ok(ApiClient {
-            connection: ApiConnection::connect(socket).await?,
+            connection: HttpConnection::connect(socket).await?,
             method,
             path,
             body,
@@ -117,31 +116,38 @@ impl ApiClient {
     }
 
     pub async fn ping(socket: &Path) -> anyhow::Result<ApiClient> {
-        ApiClient::connect(socket, Method::GET, "/v1/ping", None).await
+        ApiClient::connect(socket, "GET", "/v1/ping", None).await
     }
 
+    /// The answer's body, if the status is 200.
     async fn call(
         &mut self,
-        method: Method,
+        method: &str,
         path: &str,
-        body: Option<String>,
-    ) -> anyhow::Result<serde_json::Value> {
-        let (status, answer) = self.connection.request_raw(method, path, body).await?;
-        if status != StatusCode::OK {
-            bail!(
-                "{path} answered {status}: {}",
-                String::from_utf8_lossy(&answer)
-            );
-        }
-        Ok(serde_json::from_slice(&answer).unwrap_or_default())
+        body: Option<&str>,
+    ) -> anyhow::Result<&[u8]> {
+        let (status, answer) = self.connection.call(method, path, body).await?;
+        ok_body(path, status, answer)
     }
+}
+
+fn ok_body<'a>(path: &str, status: u16, answer: &'a [u8]) -> anyhow::Result<&'a [u8]> {
+    if status != 200 {
+        bail!(
+            "{path} answered {status}: {}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+    Ok(answer)
 }
 
 impl RoundTrip for ApiClient {
     async fn once(&mut self) -> anyhow::Result<()> {
-        self.call(self.method.clone(), self.path, self.body.clone())
-            .await
-            .map(drop)
+        let (status, answer) = self
+            .connection
+            .call(self.method, self.path, self.body.as_deref())
+            .await?;
+        ok_body(self.path, status, answer).map(drop)
     }
 }
 
@@ -150,7 +156,7 @@ pub struct ChannelPairClient(ApiClient);
 
 impl ChannelPairClient {
     pub async fn connect(socket: &Path) -> anyhow::Result<ChannelPairClient> {
-        ApiClient::connect(socket, Method::POST, "/v1/channels/acquire", None)
+        ApiClient::connect(socket, "POST", "/v1/channels/acquire", None)
             .await
             .map(ChannelPairClient)
     }
@@ -158,20 +164,15 @@ impl ChannelPairClient {
 
 impl RoundTrip for ChannelPairClient {
     async fn once(&mut self) -> anyhow::Result<()> {
-        let lease = self
-            .0
-            .call(Method::POST, "/v1/channels/acquire", None)
-            .await?;
+        let answer = self.0.call("POST", "/v1/channels/acquire", None).await?;
+        let lease: serde_json::Value =
+            serde_json::from_slice(answer).context("the acquire answer is not JSON")?;
         let release = serde_json::json!({
             "account": lease["account"],
             "lock_token": lease["lock_token"],
         });
         self.0
-            .call(
-                Method::POST,
-                "/v1/channels/release",
-                Some(release.to_string()),
-            )
+            .call("POST", "/v1/channels/release", Some(&release.to_string()))
             .await
             .map(drop)
     }

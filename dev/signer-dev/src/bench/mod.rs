@@ -8,6 +8,7 @@
 
 mod baselines;
 mod channels;
+mod http;
 mod load;
 mod report;
 mod stack;
@@ -15,7 +16,6 @@ mod stack;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use hyper::Method;
 
 use load::{ApiClient, Stats, measure};
 use report::Report;
@@ -228,7 +228,7 @@ async fn sign(stack: &Stack, clients: usize, signatures: usize) -> anyhow::Resul
                 "transaction": base64::engine::general_purpose::STANDARD.encode(xdr),
                 "signers": [channel],
             });
-            ApiClient::connect(&socket, Method::POST, "/v1/sign", Some(body.to_string())).await
+            ApiClient::connect(&socket, "POST", "/v1/sign", Some(body.to_string())).await
         }
     })
     .await
