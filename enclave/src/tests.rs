@@ -855,6 +855,82 @@ async fn a_refresh_that_decrypts_another_key_caches_nothing() {
     assert_eq!(pay().await.unwrap_err().code, ErrorCode::PublicKeyMismatch);
 }
 
+/// A caller that gave up waiting for a refresh ahead and decrypted on its own may put
+/// its entry after the key's next entry has already been refreshed into a spare: the
+/// spare goes, so once KMS stops answering the key signs only what is left of that
+/// caller's entry, within the documented `max_uses/2 + max_uses`, not that entry and a
+/// whole spare besides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_decrypted_alone_during_a_refresh_keeps_the_per_key_bound() {
+    let max_uses = 4;
+    let kms = Arc::new(FakeKms::default());
+    let cache = Arc::new(
+        crate::cache::KeyCache::new(std::time::Duration::from_mins(1), max_uses)
+            .waiting_at_most(std::time::Duration::from_millis(100)),
+    );
+    let mut context = context(kms.clone());
+    context.cache = Some(cache.clone());
+    let enclave = Enclave::over(kms, context);
+    let channel = kms_direct(&enclave.kms, &CHANNEL_SEED, &CHANNEL_SEED);
+    let pay = || channel_payment_by(&enclave, &channel);
+    let signs = |answer: Result<Response, WireError>| {
+        assert!(matches!(answer, Ok(Response::Signed { .. })), "{answer:?}");
+    };
+    let latency = |ms| *enclave.kms.latency.lock().unwrap() = std::time::Duration::from_millis(ms);
+    signs(pay().await);
+    // The second signature leaves half the uses and starts a refresh taking 600 ms.
+    latency(600);
+    signs(pay().await);
+    until(|| enclave.kms.calls() == 2, "the first refresh called KMS").await;
+    latency(2_000);
+    for _ in 0..2 {
+        signs(pay().await);
+    }
+    // The entry is used up: the next caller waits 100 ms for the refresh's turn, then
+    // decrypts alone, for 2 s.
+    let alone = pay();
+    let meanwhile = async {
+        until(|| enclave.kms.calls() == 3, "the lone caller called KMS").await;
+        latency(0);
+        // The refresh lands in place of the used-up entry; two more signatures spend
+        // half of it and the next refresh lands as its spare.
+        until(|| cache.turns_held() == 0, "the first refresh finished").await;
+        for _ in 0..2 {
+            signs(pay().await);
+        }
+        until(
+            || cache.spare_count() == 1,
+            "the second refresh left a spare",
+        )
+        .await;
+        enclave.kms.calls()
+    };
+    let (alone, calls_before_it_landed) = tokio::join!(alone, meanwhile);
+    signs(alone);
+    assert_eq!(
+        (calls_before_it_landed, enclave.kms.calls()),
+        (4, 4),
+        "the lone caller's decryption landed after the second refresh"
+    );
+    assert_eq!(
+        cache.spare_count(),
+        0,
+        "the lone caller's entry dropped the spare"
+    );
+    enclave.kms.deny.store(true, Ordering::SeqCst);
+    let mut signed_after_denial = 0;
+    while pay().await.is_ok() {
+        signed_after_denial += 1;
+        assert!(signed_after_denial <= 2 * max_uses, "unbounded");
+    }
+    assert_eq!(
+        signed_after_denial,
+        max_uses - 1,
+        "the rest of the lone caller's entry only (bound {})",
+        max_uses / 2 + max_uses
+    );
+}
+
 /// One payment by `channel`, signed by `enclave`.
 async fn channel_payment_by(
     enclave: &Enclave,
