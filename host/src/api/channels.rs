@@ -11,7 +11,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::state::AppState;
-use crate::store::{ChannelLease, ChannelSummary, UnlockOutcome};
+use crate::store::{ChannelLease, ChannelSummary, Unclaimed, UnlockOutcome};
 use crate::store::{blocking, committed};
 
 /// Most hashes one unlock call may carry.
@@ -39,7 +39,9 @@ pub async fn acquire(
 ) -> Result<axum::Json<ChannelLease>, ApiError> {
     let request: AcquireRequest = optional_body(&body)?;
     let duration = request.lock_seconds.map(Duration::from_secs);
-    let lease = committed(state.store.submit_acquire(duration)).await;
+    let lease = committed(state.store.submit_acquire(duration))
+        .await
+        .map(Unclaimed::claim);
     crate::metrics::global().channel_acquisition(lease.as_ref().err().map(|e| e.code));
     Ok(axum::Json(lease?))
 }

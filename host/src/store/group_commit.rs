@@ -10,8 +10,14 @@
 //! savepoint around each write, so that write alone is undone and the others commit.
 //! Failures are rare, so batches normally pay for no savepoints (which cost SQLite a
 //! journal copy of each page a write touches, and PostgreSQL a round trip per write).
+//!
+//! An acquire matters only to its caller ([`Writer::submit_for_caller`]): one whose
+//! caller has stopped awaiting it (hung up, timed out) before the writer reaches it is
+//! not run, and a lease its caller never claims is released by a write queued at once,
+//! so a caller that leaves does not keep an account locked until the lock expires.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use tracing::{error, warn};
 
@@ -65,10 +71,138 @@ trait QueuedWrite<C>: Send {
     fn run(&mut self, conn: &mut C, now: i64) -> Ran;
     /// Forgets the result of an earlier run: unrun, the write takes the batch's error.
     fn forget(&mut self);
+    /// Whether the write matters only to its caller and the caller has gone: then it
+    /// is not run at all.
+    fn caller_gone(&self) -> bool;
     /// Answers the caller, given the batch's verdict: a write that failed (and was
     /// undone) gets its own error; the others their result if the batch committed, else
     /// the batch's error (a refusal too, as it may rest on a write that was not kept).
     fn answer(self: Box<Self>, committed: Result<(), String>);
+}
+
+/// Where a write's answer goes.
+trait Reply<T>: Send {
+    /// See [`QueuedWrite::caller_gone`].
+    fn caller_gone(&self) -> bool {
+        false
+    }
+    fn deliver(self, result: Result<T, StoreError>);
+}
+
+/// A blocked thread's answer.
+impl<T: Send> Reply<T> for SyncSender<Result<T, StoreError>> {
+    fn deliver(self, result: Result<T, StoreError>) {
+        let _ = self.send(result);
+    }
+}
+
+/// An awaited answer. The write runs and stays whether or not anyone still awaits it
+/// (an audit row, a release).
+impl<T: Send> Reply<T> for tokio::sync::oneshot::Sender<Result<T, StoreError>> {
+    fn deliver(self, result: Result<T, StoreError>) {
+        let _ = self.send(result);
+    }
+}
+
+/// A write nobody awaits (one that undoes another): a failure is logged, and what it
+/// was to undo stays (a lock then lasts until it expires).
+struct Unanswered;
+
+impl<T: Send> Reply<T> for Unanswered {
+    fn deliver(self, result: Result<T, StoreError>) {
+        if let Err(e) = result {
+            warn!(error = %e, "a write undoing another, for a caller who left, failed");
+        }
+    }
+}
+
+/// The answer to a write that matters only to its caller (an acquire). Until the caller
+/// [claims](Unclaimed::claim) it, dropping it (the caller left: hung up, timed out, while
+/// the answer was on its way or waiting to be read) queues the write that undoes it.
+pub struct Unclaimed<T> {
+    value: T,
+    undo: Option<Undo<T>>,
+}
+
+/// Queues the write that undoes what an unclaimed answer says was done.
+type Undo<T> = Box<dyn FnOnce(&T) + Send>;
+
+impl<T: Clone> Unclaimed<T> {
+    /// The answer, now the caller's own: nothing is undone any more.
+    pub fn claim(mut self) -> T {
+        self.undo = None;
+        self.value.clone()
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Unclaimed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Unclaimed").field(&self.value).finish()
+    }
+}
+
+impl<T> Drop for Unclaimed<T> {
+    fn drop(&mut self) {
+        if let Some(undo) = self.undo.take() {
+            undo(&self.value);
+        }
+    }
+}
+
+/// An awaited answer to a write that matters only to its caller: skipped if the caller
+/// has gone before it runs, and delivered [`Unclaimed`], undone by `undo` unless claimed.
+struct ForCaller<C, T, U> {
+    reply: tokio::sync::oneshot::Sender<Result<Unclaimed<T>, StoreError>>,
+    undo: U,
+    queue: UndoQueue<C>,
+}
+
+impl<C, T, U, W> Reply<T> for ForCaller<C, T, U>
+where
+    C: Session,
+    T: Send + 'static,
+    U: FnOnce(&T) -> Option<W> + Send + 'static,
+    W: FnMut(&mut C, i64) -> Result<(), StoreError> + Send + 'static,
+{
+    fn caller_gone(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn deliver(self, result: Result<T, StoreError>) {
+        let ForCaller { reply, undo, queue } = self;
+        let undo = Box::new(move |value: &T| {
+            if let Some(undoing) = undo(value) {
+                queue.push(job(undoing, Unanswered));
+            }
+        });
+        // A failed send drops the answer here, which queues the undoing write.
+        let _ = reply.send(result.map(|value| Unclaimed {
+            value,
+            undo: Some(undo),
+        }));
+    }
+}
+
+/// Where an undoing write goes, from any thread, the writer's own included: never
+/// blocking (the writer must not wait on its own full queue), so past a full queue it
+/// waits in a list the writer takes at its next batch.
+struct UndoQueue<C> {
+    jobs: SyncSender<Job<C>>,
+    overflow: Arc<Mutex<Vec<Job<C>>>>,
+}
+
+impl<C> UndoQueue<C> {
+    fn push(&self, job: Job<C>) {
+        if let Err(TrySendError::Full(job)) = self.jobs.try_send(job) {
+            lock(&self.overflow).push(job);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type Job<C> = Box<dyn QueuedWrite<C>>;
@@ -94,7 +228,7 @@ where
     C: Session,
     F: FnMut(&mut C, i64) -> Result<T, StoreError> + Send,
     T: Send,
-    R: FnOnce(Result<T, StoreError>) + Send,
+    R: Reply<T>,
 {
     fn run(&mut self, conn: &mut C, now: i64) -> Ran {
         let changed_before = conn.rows_changed();
@@ -114,9 +248,13 @@ where
         self.result = None;
     }
 
+    fn caller_gone(&self) -> bool {
+        self.reply.caller_gone()
+    }
+
     fn answer(self: Box<Self>, committed: Result<(), String>) {
         let Queued { result, reply, .. } = *self;
-        reply(match (committed, result) {
+        reply.deliver(match (committed, result) {
             (_, Some(Err(own))) if !own.is_refusal() => Err(own),
             (Ok(()), Some(result)) => result,
             (Err(message), _) => Err(StoreError::Writer(message)),
@@ -128,6 +266,8 @@ where
 /// The handle the store keeps; the thread ends when the last handle is dropped.
 pub struct Writer<C> {
     jobs: SyncSender<Job<C>>,
+    /// Undoing writes that found the queue full.
+    overflow: Arc<Mutex<Vec<Job<C>>>>,
 }
 
 impl<C: Session> Writer<C> {
@@ -136,11 +276,13 @@ impl<C: Session> Writer<C> {
     pub fn start(mut connect: Connect<C>, clock: Clock) -> Result<Writer<C>, StoreError> {
         let conn = connect()?;
         let (jobs, queue) = sync_channel(QUEUE);
+        let overflow = Arc::new(Mutex::new(Vec::new()));
+        let undone = overflow.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(Some(conn), connect, &queue, &clock))
+            .spawn(move || run(Some(conn), connect, &queue, &undone, &clock))
             .map_err(|e| StoreError::Writer(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { jobs })
+        Ok(Writer { jobs, overflow })
     }
 
     /// Runs `write` in the next group commit and returns its result once committed.
@@ -152,9 +294,7 @@ impl<C: Session> Writer<C> {
     ) -> Result<T, StoreError> {
         let (reply, answer) = sync_channel::<Result<T, StoreError>>(1);
         self.jobs
-            .send(job(write, move |result| {
-                let _ = reply.send(result);
-            }))
+            .send(job(write, reply))
             .map_err(|_| StoreError::Writer("the writer thread has stopped".into()))?;
         answer
             .recv()
@@ -162,16 +302,43 @@ impl<C: Session> Writer<C> {
     }
 
     /// Queues `write` for the next group commit without blocking: an async caller
-    /// awaits the answer instead of holding a thread. A full queue is waited on from
-    /// the blocking pool; a stopped writer drops the job, and with it the answer.
+    /// awaits the answer instead of holding a thread. The write runs whether or not
+    /// the answer is still awaited.
     pub fn submit<T: Send + 'static>(
         &self,
         write: impl FnMut(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
     ) -> Pending<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = job(write, move |result| {
-            let _ = reply.send(result);
-        });
+        self.queue(job(write, reply));
+        answer
+    }
+
+    /// [`Writer::submit`] for a write that matters only to its caller (an acquire: a
+    /// lock whose token nobody learns is held until it expires). If the caller has gone
+    /// (stopped awaiting) before it runs, it does not run; its answer is [`Unclaimed`],
+    /// and if the caller never claims it, the write `undo` makes from it runs next.
+    pub fn submit_for_caller<T, W, U>(
+        &self,
+        write: impl FnMut(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
+        undo: U,
+    ) -> Pending<Unclaimed<T>>
+    where
+        T: Send + 'static,
+        U: FnOnce(&T) -> Option<W> + Send + 'static,
+        W: FnMut(&mut C, i64) -> Result<(), StoreError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queue = UndoQueue {
+            jobs: self.jobs.clone(),
+            overflow: self.overflow.clone(),
+        };
+        self.queue(job(write, ForCaller { reply, undo, queue }));
+        answer
+    }
+
+    /// Queues `job` without blocking an async caller: a full queue is waited on from the
+    /// blocking pool; a stopped writer drops the job, and with it the answer.
+    fn queue(&self, job: Job<C>) {
         if let Err(TrySendError::Full(job)) = self.jobs.try_send(job) {
             let jobs = self.jobs.clone();
             let wait_for_room = move || {
@@ -182,14 +349,13 @@ impl<C: Session> Writer<C> {
                 Err(_) => wait_for_room(),
             }
         }
-        answer
     }
 }
 
 /// Wraps a write and where its answer goes into a job for the writer thread.
 fn job<C: Session, T: Send + 'static>(
     write: impl FnMut(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
-    reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    reply: impl Reply<T> + 'static,
 ) -> Job<C> {
     Box::new(Queued {
         write,
@@ -202,15 +368,26 @@ fn run<C: Session>(
     mut conn: Option<C>,
     mut connect: Connect<C>,
     queue: &Receiver<Job<C>>,
+    overflow: &Mutex<Vec<Job<C>>>,
     clock: &Clock,
 ) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
+    loop {
+        let mut batch = std::mem::take(&mut *lock(overflow));
+        if batch.is_empty() {
+            match queue.recv() {
+                Ok(first) => batch.push(first),
+                Err(_) => return,
+            }
+        }
         while batch.len() < C::MAX_BATCH {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        batch.retain(|write| !write.caller_gone());
+        if batch.is_empty() {
+            continue;
         }
         if conn.as_mut().is_none_or(Session::is_broken) {
             conn = None;
@@ -441,18 +618,25 @@ mod tests {
         /// Holds the writer in a batch of its own (which inserts 1) until the returned
         /// sender is used, so that the writes queued meanwhile make one batch.
         fn hold(&self) -> (Pending<()>, mpsc::Sender<()>) {
-            let (started, writer_busy) = mpsc::channel::<()>();
+            let (holding, writer_busy, go) = self.pausing_insert(1);
+            writer_busy.recv().unwrap();
+            (holding, go)
+        }
+
+        /// Queues a write that, the first time it runs, says so and waits for the
+        /// returned sender before it inserts `x`.
+        fn pausing_insert(&self, x: i64) -> (Pending<()>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+            let (started, running) = mpsc::channel::<()>();
             let (go, wait) = mpsc::channel::<()>();
-            let mut hold = Some((started, wait));
-            let holding = self.writer.submit(move |session, _| {
-                if let Some((started, wait)) = hold.take() {
+            let mut pause = Some((started, wait));
+            let pending = self.writer.submit(move |session, _| {
+                if let Some((started, wait)) = pause.take() {
                     started.send(()).unwrap();
                     wait.recv().unwrap();
                 }
-                insert(session, 1)
+                insert(session, x)
             });
-            writer_busy.recv().unwrap();
-            (holding, go)
+            (pending, running, go)
         }
     }
 
@@ -606,6 +790,74 @@ mod tests {
         );
         assert_eq!(f.stored(), [1, 2, 3]);
         assert_eq!(f.faults.connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// A write that matters only to its caller (an acquire) does not run if the caller
+    /// has gone before the writer reaches it. If the caller goes after it ran, or leaves
+    /// its answer unclaimed, the write it names undoes it, queued at once; a caller that
+    /// claims its answer keeps it.
+    #[test]
+    fn a_write_for_a_caller_who_left_is_skipped_or_undone() {
+        let f = Fixture::new();
+        let runs = Arc::new(AtomicU32::new(0));
+        let for_caller = |x: i64| {
+            let runs = runs.clone();
+            f.writer.submit_for_caller(
+                move |session: &mut Faulty, _| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    insert(session, x).map(|()| x)
+                },
+                |inserted: &i64| {
+                    let inserted = *inserted;
+                    Some(move |session: &mut Faulty, _| {
+                        session
+                            .conn
+                            .execute("DELETE FROM t WHERE x = ?1", [inserted])?;
+                        Ok(())
+                    })
+                },
+            )
+        };
+        let insert_now = |x: i64| {
+            f.writer
+                .write(move |session: &mut Faulty, _| insert(session, x))
+                .unwrap();
+        };
+        let (holding, go) = f.hold();
+        drop(for_caller(2));
+        go.send(()).unwrap();
+        holding.blocking_recv().unwrap().unwrap();
+        insert_now(7);
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "run for a caller who left");
+        assert_eq!(f.stored(), [1, 7]);
+
+        // Gone while its batch is still running: committed, then undone.
+        let (holding, go) = f.hold();
+        let leaving = for_caller(3);
+        let (after_it, it_ran, go_on) = f.pausing_insert(5);
+        go.send(()).unwrap();
+        it_ran.recv().unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        drop(leaving);
+        go_on.send(()).unwrap();
+        for pending in [holding, after_it] {
+            pending.blocking_recv().unwrap().unwrap();
+        }
+        // Queued after the undoing write.
+        insert_now(8);
+        assert_eq!(f.stored(), [1, 1, 5, 7, 8], "the undelivered 3 stayed");
+
+        // Delivered, never claimed.
+        let unclaimed = for_caller(4).blocking_recv().unwrap().unwrap();
+        assert_eq!(f.stored(), [1, 1, 4, 5, 7, 8]);
+        drop(unclaimed);
+        insert_now(9);
+        assert_eq!(f.stored(), [1, 1, 5, 7, 8, 9], "the unclaimed 4 stayed");
+
+        let claimed = for_caller(6).blocking_recv().unwrap().unwrap().claim();
+        assert_eq!(claimed, 6);
+        insert_now(10);
+        assert_eq!(f.stored(), [1, 1, 5, 6, 7, 8, 9, 10]);
     }
 
     /// A batch that does not commit answers every write with its error, a refusal too

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 
-use super::group_commit::{Session, Writer};
+use super::group_commit::{Session, Unclaimed, Writer};
 use super::{
     AuditEntry, AuditLog, AuditRow, ChannelLease, ChannelLocks, ChannelSummary, LockLimits,
     Pending, PendingWrite, SignedChannelTx, StoreError, UnlockOutcome, names_an_account, ready,
@@ -94,7 +94,7 @@ fn acquire_write<C: HotSql>(
 fn release_write<C: HotSql>(
     account: &str,
     lock_token: &str,
-) -> Result<impl FnMut(&mut C, i64) -> Result<(), StoreError> + Send + 'static, StoreError> {
+) -> Result<impl FnMut(&mut C, i64) -> Result<(), StoreError> + Send + use<C>, StoreError> {
     if !names_an_account(account) {
         return Err(StoreError::UnknownChannelAccount(account.to_string()));
     }
@@ -173,9 +173,15 @@ impl<B: Backend> ChannelLocks for B {
         self.take_idle(count, caller_uid)
     }
 
-    fn submit_acquire(&self, duration: Option<Duration>) -> Pending<ChannelLease> {
+    fn submit_acquire(&self, duration: Option<Duration>) -> Pending<Unclaimed<ChannelLease>> {
         match acquire_write(self.lock_limits(), duration) {
-            Ok(write) => self.writer().submit(write),
+            // A caller that left (hung up, timed out) never learns the token: its account
+            // is not locked, or is freed at once, rather than held until the lock expires.
+            Ok(write) => self
+                .writer()
+                .submit_for_caller(write, |lease: &ChannelLease| {
+                    release_write(&lease.account, &lease.lock_token).ok()
+                }),
             Err(refused) => ready(Err(refused)),
         }
     }

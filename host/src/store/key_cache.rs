@@ -227,7 +227,10 @@ impl<S: Store> ChannelLocks for KeyCache<S> {
     fn release(&self, account: &str, lock_token: &str) -> Result<(), StoreError> {
         self.inner.release(account, lock_token)
     }
-    fn submit_acquire(&self, duration: Option<Duration>) -> super::Pending<ChannelLease> {
+    fn submit_acquire(
+        &self,
+        duration: Option<Duration>,
+    ) -> super::Pending<super::Unclaimed<ChannelLease>> {
         self.inner.submit_acquire(duration)
     }
     fn submit_release(&self, account: &str, lock_token: &str) -> super::PendingWrite {

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use group_commit::Unclaimed;
 pub use key_cache::KeyCache;
 pub use postgres::{PostgresStore, PostgresTarget};
 pub use records::*;
@@ -157,8 +158,10 @@ pub trait ChannelLocks: Send + Sync {
     /// `channel_withdrawn` for `caller_uid`, durably. A locked account is never taken.
     fn withdraw_idle(&self, count: u32, caller_uid: Option<u32>)
     -> Result<Vec<String>, StoreError>;
-    /// [`acquire`](Self::acquire) queued without blocking the caller.
-    fn submit_acquire(&self, duration: Option<Duration>) -> Pending<ChannelLease>;
+    /// [`acquire`](Self::acquire) queued without blocking the caller. Not run if the
+    /// caller stops awaiting it first; the lease must be [claimed](Unclaimed::claim), or
+    /// it is released again at once (its caller left without learning the token).
+    fn submit_acquire(&self, duration: Option<Duration>) -> Pending<Unclaimed<ChannelLease>>;
     /// [`release`](Self::release) queued without blocking the caller.
     fn submit_release(&self, account: &str, lock_token: &str) -> PendingWrite;
 }

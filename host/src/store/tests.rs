@@ -223,6 +223,7 @@ on_every_backend!(
     text_from_requests_never_fails_a_write_with_a_database_error,
     the_key_cache_sees_its_own_writes_at_once_and_others_within_the_epoch_check,
     queued_writes_answer_as_blocking_ones_do_and_commit_before_answering,
+    an_acquire_whose_caller_left_holds_no_account,
 );
 
 fn keys_are_validated_stored_listed_and_never_duplicated<S: TestBackend>() {
@@ -925,7 +926,7 @@ fn queued_writes_answer_as_blocking_ones_do_and_commit_before_answering<S: TestB
         pending.blocking_recv().unwrap()
     }
     let f = Fixture::<S>::new(1);
-    let lease = answer(f.store.submit_acquire(None)).unwrap();
+    let lease = answer(f.store.submit_acquire(None)).unwrap().claim();
     assert!(matches!(
         answer(f.store.submit_acquire(None)),
         Err(StoreError::NoIdleChannelAccount { .. })
@@ -966,4 +967,50 @@ fn queued_writes_answer_as_blocking_ones_do_and_commit_before_answering<S: TestB
     );
     answer(f.store.submit_release(&lease.account, &lease.lock_token)).unwrap();
     assert_eq!(other.summary(false).unwrap().locked, 0);
+}
+
+/// A caller that stops awaiting its acquire (hung up, timed out) never learns the lock
+/// token: the account is not left locked until the lock expires. However the writer
+/// meets the acquire (before its caller left, or after), and also when the answer came
+/// but was never claimed, the pool ends with nothing locked, and the one account is
+/// acquired again at once.
+fn an_acquire_whose_caller_left_holds_no_account<S: TestBackend>() {
+    let f = Fixture::<S>::new(1);
+    // An acquire undone is undone by a write queued after it.
+    let until_nothing_is_locked = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while f.store.summary(false).unwrap().locked != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an account stays locked for a caller who left"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    for _ in 0..20 {
+        drop(f.store.submit_acquire(None));
+        // Queued after it, so answered once the writer has met it.
+        assert!(matches!(
+            f.store.release(&test_account(0), "no-such-token"),
+            Err(StoreError::LockTokenMismatch { .. })
+        ));
+        until_nothing_is_locked();
+    }
+    let unclaimed = f
+        .store
+        .submit_acquire(None)
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.store.summary(false).unwrap().locked, 1);
+    drop(unclaimed);
+    until_nothing_is_locked();
+    let lease = f
+        .store
+        .submit_acquire(None)
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+        .claim();
+    f.store.release(&lease.account, &lease.lock_token).unwrap();
 }
