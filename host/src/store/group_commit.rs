@@ -16,8 +16,10 @@
 //! not run, and a lease its caller never claims is released by a write queued at once,
 //! so a caller that leaves does not keep an account locked until the lock expires.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tracing::{error, warn};
 
@@ -188,13 +190,13 @@ where
 /// waits in a list the writer takes at its next batch.
 struct UndoQueue<C> {
     jobs: SyncSender<Job<C>>,
-    overflow: Arc<Mutex<Vec<Job<C>>>>,
+    shared: Arc<Shared<C>>,
 }
 
 impl<C> UndoQueue<C> {
     fn push(&self, job: Job<C>) {
         if let Err(TrySendError::Full(job)) = self.jobs.try_send(job) {
-            lock(&self.overflow).push(job);
+            lock(&self.shared.overflow).push(job);
         }
     }
 }
@@ -266,9 +268,12 @@ where
 /// The handle the store keeps; the thread ends when the last handle is dropped.
 pub struct Writer<C> {
     jobs: SyncSender<Job<C>>,
-    /// Undoing writes that found the queue full.
-    overflow: Arc<Mutex<Vec<Job<C>>>>,
+    shared: Arc<Shared<C>>,
 }
+
+/// How long one batch may take before [`Writer::health`] calls the writer stalled: a
+/// batch is normally milliseconds, a reconnection at most its connect timeout.
+pub const STALLED_AFTER: Duration = Duration::from_secs(15);
 
 impl<C: Session> Writer<C> {
     /// Opens the first connection here, so a database that cannot be reached stops
@@ -276,13 +281,13 @@ impl<C: Session> Writer<C> {
     pub fn start(mut connect: Connect<C>, clock: Clock) -> Result<Writer<C>, StoreError> {
         let conn = connect()?;
         let (jobs, queue) = sync_channel(QUEUE);
-        let overflow = Arc::new(Mutex::new(Vec::new()));
-        let undone = overflow.clone();
+        let shared = Arc::new(Shared::new());
+        let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(Some(conn), connect, &queue, &undone, &clock))
+            .spawn(move || run(Some(conn), connect, &queue, &writer_shared, &clock))
             .map_err(|e| StoreError::Writer(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { jobs, overflow })
+        Ok(Writer { jobs, shared })
     }
 
     /// Runs `write` in the next group commit and returns its result once committed.
@@ -330,10 +335,28 @@ impl<C: Session> Writer<C> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let queue = UndoQueue {
             jobs: self.jobs.clone(),
-            overflow: self.overflow.clone(),
+            shared: self.shared.clone(),
         };
         self.queue(job(write, ForCaller { reply, undo, queue }));
         answer
+    }
+
+    /// Whether the writer takes writes: its thread runs, and no batch has taken longer
+    /// than `stalled_after` (a database that accepts connections and reads but not
+    /// writes, or a commit waiting on a replica, holds every write behind it).
+    pub fn health(&self, stalled_after: Duration) -> Result<(), StoreError> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(StoreError::Writer(
+                "the store writer thread has stopped".into(),
+            ));
+        }
+        match self.shared.batch_running_for() {
+            Some(running) if running > stalled_after => Err(StoreError::Writer(format!(
+                "the store writer has been on one batch of writes for {} s",
+                running.as_secs()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Queues `job` without blocking an async caller: a full queue is waited on from the
@@ -368,58 +391,33 @@ fn run<C: Session>(
     mut conn: Option<C>,
     mut connect: Connect<C>,
     queue: &Receiver<Job<C>>,
-    overflow: &Mutex<Vec<Job<C>>>,
+    shared: &Shared<C>,
     clock: &Clock,
 ) {
-    loop {
-        let mut batch = std::mem::take(&mut *lock(overflow));
-        if batch.is_empty() {
-            match queue.recv() {
-                Ok(first) => batch.push(first),
-                Err(_) => return,
-            }
-        }
-        while batch.len() < C::MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    let _stopped = StoppedOnExit(&shared.stopped);
+    while let Some(mut batch) = next_batch(queue, &shared.overflow) {
         batch.retain(|write| !write.caller_gone());
         if batch.is_empty() {
             continue;
         }
+        shared.batch_started();
         if conn.as_mut().is_none_or(Session::is_broken) {
-            conn = None;
-            match connect() {
-                Ok(fresh) => {
-                    warn!("store writer reconnected to the database");
-                    conn = Some(fresh);
-                }
-                Err(e) => error!(error = %e, "store writer cannot reconnect to the database"),
+            conn = reconnect(&mut connect);
+            if conn.is_none() {
+                // Everything waiting now fails at once, not one batch per attempt.
+                batch.extend(queue.try_iter());
             }
         }
-        let attempt = match conn.as_mut() {
-            Some(conn) => match run_batch(conn, &mut batch, clock, Savepoints::None) {
-                Attempt::Redo if !conn.rollback() => {
-                    for write in &mut batch {
-                        write.forget();
-                    }
-                    Attempt::Broken("cannot roll back a failed write".into())
+        let committed = match conn.as_mut() {
+            Some(fit) => {
+                let (verdict, still_fit) = commit(fit, &mut batch, clock);
+                if !still_fit {
+                    // Whatever is left of its transaction must not take the next batch in.
+                    conn = None;
                 }
-                Attempt::Redo => run_batch(conn, &mut batch, clock, Savepoints::EachWrite),
-                finished => finished,
-            },
-            None => Attempt::Finished(Err("the database cannot be reached".to_string())),
-        };
-        let committed = match attempt {
-            Attempt::Finished(verdict) => verdict,
-            Attempt::Redo => Err("a write failed inside its savepoint".to_string()),
-            Attempt::Broken(message) => {
-                // Whatever is left of its transaction must not take the next batch in.
-                conn = None;
-                Err(message)
+                verdict
             }
+            None => Err("the database cannot be reached".to_string()),
         };
         if let Err(message) = &committed {
             error!(writes = batch.len(), %message, "store group commit failed");
@@ -427,6 +425,114 @@ fn run<C: Session>(
         for write in batch {
             write.answer(committed.clone());
         }
+        shared.batch_finished();
+    }
+}
+
+/// The next batch: undoing writes that found the queue full first, then what is
+/// queued, waiting for the first; `None` once every handle is gone.
+fn next_batch<C: Session>(
+    queue: &Receiver<Job<C>>,
+    overflow: &Mutex<Vec<Job<C>>>,
+) -> Option<Vec<Job<C>>> {
+    let mut batch = std::mem::take(&mut *lock(overflow));
+    if batch.is_empty() {
+        batch.push(queue.recv().ok()?);
+    }
+    let room = C::MAX_BATCH.saturating_sub(batch.len());
+    batch.extend(queue.try_iter().take(room));
+    Some(batch)
+}
+
+fn reconnect<C>(connect: &mut Connect<C>) -> Option<C> {
+    match connect() {
+        Ok(fresh) => {
+            warn!("store writer reconnected to the database");
+            Some(fresh)
+        }
+        Err(e) => {
+            error!(error = %e, "store writer cannot reconnect to the database");
+            None
+        }
+    }
+}
+
+/// Runs and commits `batch` (again with savepoints if a write failed): the verdict, and
+/// whether the connection is fit for the next batch. A write that panics fails the batch
+/// and the connection is replaced; the writer goes on.
+fn commit<C: Session>(
+    conn: &mut C,
+    batch: &mut [Job<C>],
+    clock: &Clock,
+) -> (Result<(), String>, bool) {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match run_batch(conn, batch, clock, Savepoints::None) {
+            Attempt::Redo if !conn.rollback() => {
+                for write in batch.iter_mut() {
+                    write.forget();
+                }
+                Attempt::Broken("cannot roll back a failed write".into())
+            }
+            Attempt::Redo => run_batch(conn, batch, clock, Savepoints::EachWrite),
+            finished => finished,
+        }
+    }))
+    .unwrap_or_else(|_| Attempt::Broken("a write panicked".into()));
+    match attempt {
+        Attempt::Finished(verdict) => (verdict, true),
+        Attempt::Redo => (Err("a write failed inside its savepoint".to_string()), true),
+        Attempt::Broken(message) => (Err(message), false),
+    }
+}
+
+/// What the writer thread shares with the store's handles.
+struct Shared<C> {
+    /// Undoing writes that found the queue full.
+    overflow: Mutex<Vec<Job<C>>>,
+    started: std::time::Instant,
+    /// When the batch in hand began, in milliseconds after `started` plus one; 0 between
+    /// batches.
+    batch_since: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl<C> Shared<C> {
+    fn new() -> Shared<C> {
+        Shared {
+            overflow: Mutex::new(Vec::new()),
+            started: std::time::Instant::now(),
+            batch_since: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn batch_started(&self) {
+        let since = self.started.elapsed().as_millis() as u64 + 1;
+        self.batch_since.store(since, Ordering::Release);
+    }
+
+    fn batch_finished(&self) {
+        self.batch_since.store(0, Ordering::Release);
+    }
+
+    /// How long the batch in hand has taken so far; `None` between batches.
+    fn batch_running_for(&self) -> Option<Duration> {
+        match self.batch_since.load(Ordering::Acquire) {
+            0 => None,
+            since => {
+                let now = self.started.elapsed().as_millis() as u64 + 1;
+                Some(Duration::from_millis(now.saturating_sub(since)))
+            }
+        }
+    }
+}
+
+/// Marks the writer stopped when its thread ends, by a panic too.
+struct StoppedOnExit<'a>(&'a AtomicBool);
+
+impl Drop for StoppedOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -532,6 +638,9 @@ mod tests {
     struct Faults {
         commit_fails: AtomicBool,
         rollback_leaves_transaction: AtomicBool,
+        /// The connection says it is gone, and no new one can be opened.
+        database_down: AtomicBool,
+        /// Connections opened, or tried.
         connections: AtomicU32,
     }
 
@@ -562,6 +671,10 @@ mod tests {
         fn outside_transaction(&self) -> bool {
             self.conn.outside_transaction()
         }
+
+        fn is_broken(&mut self) -> bool {
+            self.faults.database_down.load(Ordering::SeqCst)
+        }
     }
 
     struct Fixture {
@@ -584,6 +697,9 @@ mod tests {
             let writer = Writer::start(
                 Box::new(move || {
                     counted.connections.fetch_add(1, Ordering::SeqCst);
+                    if counted.database_down.load(Ordering::SeqCst) {
+                        return Err(StoreError::Writer("connection refused".into()));
+                    }
                     Ok(Faulty {
                         conn: rusqlite::Connection::open(&connect_to)?,
                         faults: counted.clone(),
@@ -858,6 +974,84 @@ mod tests {
         assert_eq!(claimed, 6);
         insert_now(10);
         assert_eq!(f.stored(), [1, 1, 5, 6, 7, 8, 9, 10]);
+    }
+
+    /// A batch that takes too long (a database that takes no writes) fails the writer's
+    /// health check, which readiness reports; it passes again once the batch is done.
+    #[test]
+    fn a_stalled_batch_fails_the_writer_health_check() {
+        let f = Fixture::new();
+        let limit = std::time::Duration::from_millis(100);
+        f.writer.health(limit).unwrap();
+        let (holding, go) = f.hold();
+        std::thread::sleep(limit * 2);
+        let stalled = f.writer.health(limit).unwrap_err().to_string();
+        assert!(stalled.contains("one batch of writes"), "{stalled}");
+        go.send(()).unwrap();
+        holding.blocking_recv().unwrap().unwrap();
+        f.writer
+            .write(|session: &mut Faulty, _| insert(session, 2))
+            .unwrap();
+        f.writer.health(limit).unwrap();
+    }
+
+    /// A write that panics fails its batch, not the writer: the next batch runs on a new
+    /// connection.
+    #[test]
+    fn a_panicking_write_fails_its_batch_and_the_writer_goes_on() {
+        let f = Fixture::new();
+        let (holding, go) = f.hold();
+        let fine = f.submit_insert(2);
+        let panicking = f
+            .writer
+            .submit(|_: &mut Faulty, _| -> Result<(), StoreError> { panic!("a bug in a write") });
+        go.send(()).unwrap();
+        holding.blocking_recv().unwrap().unwrap();
+        for answer in [fine, panicking] {
+            let answer = answer.blocking_recv().unwrap();
+            assert!(
+                matches!(&answer, Err(StoreError::Writer(m)) if m.contains("panicked")),
+                "{answer:?}"
+            );
+        }
+        f.writer
+            .write(|session: &mut Faulty, _| insert(session, 7))
+            .unwrap();
+        assert_eq!(f.stored(), [1, 7], "the panicked batch's 2 was committed");
+        assert_eq!(f.faults.connections.load(Ordering::SeqCst), 2);
+        f.writer.health(STALLED_AFTER).unwrap();
+    }
+
+    /// With the database gone, one failed connection attempt fails every write queued,
+    /// more than a batch holds, instead of one batch per attempt; the writer connects
+    /// again once the database is back.
+    #[test]
+    fn when_the_database_is_gone_everything_queued_fails_at_once() {
+        let f = Fixture::new();
+        let (holding, go) = f.hold();
+        let queued: Vec<_> = (0..Faulty::MAX_BATCH as i64 + 100)
+            .map(|x| f.submit_insert(x + 10))
+            .collect();
+        f.faults.database_down.store(true, Ordering::SeqCst);
+        go.send(()).unwrap();
+        holding.blocking_recv().unwrap().unwrap();
+        for answer in queued {
+            let answer = answer.blocking_recv().unwrap();
+            assert!(
+                matches!(&answer, Err(StoreError::Writer(m)) if m.contains("cannot be reached")),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(
+            f.faults.connections.load(Ordering::SeqCst),
+            2,
+            "the first connection, and one attempt for everything queued"
+        );
+        f.faults.database_down.store(false, Ordering::SeqCst);
+        f.writer
+            .write(|session: &mut Faulty, _| insert(session, 7))
+            .unwrap();
+        assert_eq!(f.stored(), [1, 7]);
     }
 
     /// A batch that does not commit answers every write with its error, a refusal too

@@ -17,7 +17,8 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::{Row, Statement};
 
-use super::group_commit::{Session, Writer};
+use super::group_commit::{STALLED_AFTER, Session, Writer};
+use super::hot_writes::Backend;
 use super::{Clock, LockLimits, Store, StoreError, system_clock};
 pub use connect::PostgresTarget;
 
@@ -299,6 +300,7 @@ impl Session for PgSession {
 
 impl Store for PostgresStore {
     fn check(&self) -> Result<(), StoreError> {
+        self.writer().health(STALLED_AFTER)?;
         let mut client = self.client()?;
         schema::check(&mut client)
     }

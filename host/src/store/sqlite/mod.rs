@@ -15,7 +15,8 @@ use std::time::Duration;
 
 pub use schema::SCHEMA_VERSION;
 
-use super::group_commit::{Session, Writer};
+use super::group_commit::{STALLED_AFTER, Session, Writer};
+use super::hot_writes::Backend;
 use super::{Clock, LockLimits, Store, StoreError, system_clock};
 
 /// Pooled connections for reads and durable key writes. Signing and channel traffic
@@ -147,6 +148,7 @@ impl Session for rusqlite::Connection {
 
 impl Store for SqliteStore {
     fn check(&self) -> Result<(), StoreError> {
+        self.writer().health(STALLED_AFTER)?;
         let conn = self.pool.get()?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         match found.cmp(&schema::SCHEMA_VERSION) {
