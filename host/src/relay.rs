@@ -12,6 +12,20 @@ use tracing::{debug, info, warn};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Relayed connections open at once, at most. The enclave makes at most 64 KMS calls at
+/// a time over connections it reuses; more than twice that is not the enclave's pool,
+/// and each costs two descriptors and a task. Beyond it a connection is closed at once.
+pub const MAX_RELAYED: usize = 128;
+
+/// TCP keepalives on the connection to KMS, as on PostgreSQL's: a KMS endpoint that
+/// vanishes without closing (a network partition) is noticed within about half a
+/// minute, so the relay lets go of both ends instead of holding them forever.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Unacknowledged data is given up on after this.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `host:port` of the KMS endpoint, e.g. `kms.eu-west-1.amazonaws.com:443`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayTarget {
@@ -52,6 +66,7 @@ impl std::fmt::Display for RelayTarget {
 /// Accepts enclave connections until `shutdown`, relaying each to `target`.
 pub async fn run(listener: Listener, target: RelayTarget, shutdown: CancellationToken) {
     info!(%target, "KMS relay listening");
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_RELAYED));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -59,11 +74,17 @@ pub async fn run(listener: Listener, target: RelayTarget, shutdown: Cancellation
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    warn!(%peer, max = MAX_RELAYED, "KMS relay full; connection closed");
+                    drop(stream);
+                    continue;
+                };
                 let target = target.clone();
                 tokio::spawn(async move {
                     if let Err(reason) = relay_one(stream, &target).await {
                         warn!(%peer, %target, %reason, "KMS relay connection failed");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -82,10 +103,7 @@ async fn relay_one(mut enclave: Stream, target: &RelayTarget) -> Result<(), Stri
     .await
     .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))?
     .map_err(|e| format!("connect failed: {e}"))?;
-    // Requests are small and latency-bound: never wait to coalesce segments.
-    upstream
-        .set_nodelay(true)
-        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    tune_upstream(&upstream)?;
     match tokio::io::copy_bidirectional(&mut enclave, &mut upstream).await {
         Ok((up, down)) => {
             debug!(%target, bytes_up = up, bytes_down = down, "KMS relay connection closed");
@@ -97,6 +115,24 @@ async fn relay_one(mut enclave: Stream, target: &RelayTarget) -> Result<(), Stri
             Ok(())
         }
     }
+}
+
+fn tune_upstream(upstream: &TcpStream) -> Result<(), String> {
+    // Requests are small and latency-bound: never wait to coalesce segments.
+    upstream
+        .set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let socket = socket2::SockRef::from(upstream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket
+        .set_tcp_keepalive(&keepalive)
+        .map_err(|e| format!("TCP keepalive: {e}"))?;
+    socket
+        .set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))
+        .map_err(|e| format!("TCP_USER_TIMEOUT: {e}"))
 }
 
 #[cfg(test)]
@@ -156,6 +192,89 @@ mod tests {
         let mut answer = [0u8; 5];
         client.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"HELLO");
+        shutdown.cancel();
+    }
+
+    /// The connection to KMS notices a vanished endpoint: keepalives and a user timeout.
+    #[tokio::test]
+    async fn the_connection_to_kms_notices_a_vanished_endpoint() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune_upstream(&upstream).unwrap();
+        let socket = socket2::SockRef::from(&upstream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(TCP_USER_TIMEOUT));
+        assert!(upstream.nodelay().unwrap());
+    }
+
+    /// At most [`MAX_RELAYED`] connections are relayed at once; the next is closed at
+    /// once, and once one ends a new one is relayed again.
+    #[tokio::test]
+    async fn connections_beyond_the_relays_bound_are_closed() {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        // Holds every upstream connection open, echoing one byte each.
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                tokio::spawn(async move {
+                    let mut byte = [0u8; 1];
+                    while s.read_exact(&mut byte).await.is_ok() {
+                        if s.write_all(&byte).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::Unix(dir.path().join("relay.sock"));
+        let listener = Listener::bind(&endpoint, 0o600).unwrap();
+        let shutdown = CancellationToken::new();
+        let target = RelayTarget {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        tokio::spawn(run(listener, target, shutdown.clone()));
+        let echoes = |mut client: Stream| async move {
+            client.write_all(b"x").await.ok()?;
+            let mut byte = [0u8; 1];
+            client.read_exact(&mut byte).await.ok()?;
+            Some(client)
+        };
+        let mut relayed = Vec::new();
+        for i in 0..MAX_RELAYED {
+            let client = Stream::connect(&endpoint).await.unwrap();
+            relayed.push(
+                echoes(client)
+                    .await
+                    .unwrap_or_else(|| panic!("connection {i}")),
+            );
+        }
+        let mut over = Stream::connect(&endpoint).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), over.read(&mut byte))
+            .await
+            .expect("the connection over the bound is closed, not left waiting");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        drop(relayed.pop());
+        // The freed slot is taken again (the relay notices the close first).
+        let again = async {
+            loop {
+                let client = Stream::connect(&endpoint).await.unwrap();
+                if let Some(client) = echoes(client).await {
+                    return client;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), again)
+            .await
+            .expect("a slot freed is used again");
         shutdown.cancel();
     }
 }

@@ -122,9 +122,12 @@ pub async fn serve(
     Ok(())
 }
 
-/// Descriptors kept for everything but callers: the store's connections, the enclave
-/// link, the KMS relay, logs, and the refused connections being answered.
-const RESERVED_DESCRIPTORS: u64 = 128 + MAX_REFUSING as u64;
+/// Descriptors kept for everything but callers: the store (up to 32 pooled SQLite
+/// connections and the writer's, three each with the journal files), the KMS relay (two
+/// per connection), the enclave link, listeners, logs and the runtime (32), and the
+/// refused connections being answered.
+const RESERVED_DESCRIPTORS: u64 =
+    3 * 33 + 2 * crate::relay::MAX_RELAYED as u64 + 32 + MAX_REFUSING as u64;
 
 /// Raises the open-file limit to its hard maximum and returns how many connections fit
 /// under it: `max_connections`, or fewer (with a warning) when the limit is lower, so
