@@ -291,7 +291,10 @@ async fn the_enclave_killed_under_load_answers_enclave_unavailable_leaks_no_lock
 }
 
 /// Reads what the host sends until it closes the connection (or `limit` passes).
-async fn read_until_closed(stream: &mut UnixStream, limit: Duration) -> Option<String> {
+async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Option<String> {
     let mut answer = Vec::new();
     match tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await {
         Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
@@ -371,11 +374,23 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
 
     // The start-up probes' connections close first.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Seven slow callers: four send nothing, two stop mid-headers, one mid-body.
+    // Seven slow callers: three send nothing, one trickles its headers a byte every
+    // 100 ms (the deadline is for all of them, not for each read), two stop
+    // mid-headers, one mid-body.
     let mut idle = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         idle.push(UnixStream::connect(&socket).await.unwrap());
     }
+    let (mut trickled, mut trickling) = UnixStream::connect(&socket).await.unwrap().into_split();
+    let trickle = tokio::spawn(async move {
+        let head = b"GET /v1/channels HTTP/1.1\r\nx-slow: ".iter();
+        for byte in head.chain(std::iter::repeat(&b'a')).take(100) {
+            if trickling.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     for _ in 0..2 {
         let mut stream = UnixStream::connect(&socket).await.unwrap();
         stream
@@ -413,6 +428,12 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
         let closed = read_until_closed(&mut stream, Duration::from_secs(3)).await;
         assert!(closed.is_some(), "a slow connection was kept open");
     }
+    let closed = read_until_closed(&mut trickled, Duration::from_secs(3)).await;
+    assert!(
+        closed.is_some(),
+        "headers trickled a byte at a time kept the connection"
+    );
+    trickle.abort();
     assert!(
         opened.elapsed() < Duration::from_secs(3),
         "{:?}",
@@ -421,6 +442,52 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
     assert!(
         healthy().await,
         "callers are served once the slow ones are gone"
+    );
+}
+
+/// A body no route reads (on a GET) or one declared over `api.max_body_bytes` is refused
+/// at once, before any of it is read, rather than waited for until the body's deadline;
+/// a path of any length is logged and repeated cut to 128 bytes.
+#[tokio::test]
+async fn bodies_that_cannot_be_taken_are_refused_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, socket) = limited_host(dir.path(), 5_000).await;
+    for (head, status, code) in [
+        (
+            "POST /v1/channels/acquire HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: 100000000\r\n\r\n",
+            "413",
+            "payload_too_large",
+        ),
+        (
+            "GET /v1/channels HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n",
+            "400",
+            "bad_request",
+        ),
+    ] {
+        let mut stream = UnixStream::connect(&socket).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Within 3 s, before the body's 5 s deadline.
+        answered_and_closed(&mut stream, status, code).await;
+    }
+    let long = format!("/v1/{}", "a".repeat(20_000));
+    let (status, answer) = request_once(&socket, Method::GET, &long, None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("(20004 bytes)") && message.len() < 300,
+        "{message}"
+    );
+    let log = host.log_text();
+    assert!(
+        log.contains("(20004 bytes)"),
+        "the request's log line: {log}"
+    );
+    assert!(
+        !log.contains(&"a".repeat(200)),
+        "a whole long path was logged"
     );
 }
 
@@ -499,11 +566,10 @@ async fn a_caller_that_never_reads_its_answers_is_cut_off() {
         writer
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut answers = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answers)).await;
-    let answered = String::from_utf8_lossy(&answers)
-        .matches("HTTP/1.1 200")
-        .count();
+    let answers = read_until_closed(&mut reader, Duration::from_secs(10))
+        .await
+        .expect("the host closed the connection of a caller that did not read");
+    let answered = answers.matches("HTTP/1.1 200").count();
     assert!(
         answered < PIPELINED,
         "a caller that did not read kept its connection: all {answered} answers written"

@@ -180,8 +180,15 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         StatusCode::OK,
         "in-flight request was cut off: {body}"
     );
+    let finished = std::time::Instant::now();
     let exit = stack.host.wait_exit(Duration::from_secs(15));
     assert!(exit.success(), "host exited with {exit}");
+    // Well before the 10 s grace period, which the idle connection would have used up.
+    assert!(
+        finished.elapsed() < Duration::from_secs(5),
+        "exited {:?} after its last request",
+        finished.elapsed()
+    );
     assert!(!stack.host_socket.exists());
     assert!(
         request_once(&stack.host_socket, Method::GET, "/healthz", None)

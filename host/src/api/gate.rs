@@ -69,7 +69,7 @@ pub async fn gate(State(gate): State<Gate>, request: Request, next: Next) -> Res
         uid = %id_text(caller.uid),
         pid = ?caller.pid,
         %method,
-        route,
+        route = %shown_path(&route),
         status = response.status().as_u16(),
         duration_us = started.elapsed().as_micros() as u64,
         "request"
@@ -88,12 +88,13 @@ fn starts_work(method: &Method, route: &str) -> bool {
 
 /// 403 `caller_not_allowed`, with a log line naming who tried what.
 fn refuse_caller(caller: &Caller, method: &Method, route: &str, group: RouteGroup) -> Response {
+    let route = shown_path(route);
     warn!(
         uid = %id_text(caller.uid),
         gid = %id_text(caller.gid),
         pid = ?caller.pid,
         %method,
-        route,
+        %route,
         group = group.as_str(),
         "caller not allowed"
     );
@@ -111,14 +112,43 @@ fn refuse_caller(caller: &Caller, method: &Method, route: &str, group: RouteGrou
     .into_response()
 }
 
+/// The longest request path a log line or an answer repeats: any caller may send a
+/// path of tens of KiB, and each would be written to the log.
+const SHOWN_PATH: usize = 128;
+
+/// `path` as logged and repeated in answers: at most [`SHOWN_PATH`] bytes, marked when
+/// cut.
+pub(super) fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= SHOWN_PATH {
+        return path.into();
+    }
+    let mut end = SHOWN_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &path[..end], path.len()).into()
+}
+
 /// Reads the whole body before the handler runs, within the deadline: a caller that
 /// sends headers and then trickles (or withholds) the body gets `request_timeout` and
 /// loses the connection instead of holding it. Every route takes a small JSON body,
-/// so buffering it here costs nothing.
+/// so buffering it here costs nothing. A body no route reads (on a GET or HEAD) or one
+/// declared larger than the limit is refused before any of it is read.
 async fn run_with_body(limits: BodyLimits, request: Request, next: Next) -> Response {
     // Nothing to wait for (a GET, or an empty body): no deadline, no copy.
     if axum::body::HttpBody::is_end_stream(request.body()) {
         return next.run(request).await;
+    }
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return ApiError::new(
+            ErrorCode::BadRequest,
+            format!("a {} request carries no body", request.method()),
+        )
+        .into_response();
+    }
+    let declared = axum::body::HttpBody::size_hint(request.body()).lower();
+    if declared > limits.max_bytes as u64 {
+        return too_large(limits, Some(declared)).into_response();
     }
     let (parts, body) = request.into_parts();
     match buffer_body(limits, body).await {
@@ -135,13 +165,7 @@ async fn buffer_body(limits: BodyLimits, body: axum::body::Body) -> Result<bytes
         http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limits.max_bytes));
     match tokio::time::timeout(limits.read_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "the request body exceeds {} bytes (api.max_body_bytes)",
-                limits.max_bytes
-            ),
-        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limits, None)),
         Ok(Err(e)) => Err(ApiError::new(
             ErrorCode::BadRequest,
             format!("reading the request body: {e}"),
@@ -154,5 +178,35 @@ async fn buffer_body(limits: BodyLimits, body: axum::body::Body) -> Result<bytes
                 limits.read_timeout.as_millis()
             ),
         )),
+    }
+}
+
+fn too_large(limits: BodyLimits, declared: Option<u64>) -> ApiError {
+    let size = declared.map_or_else(String::new, |bytes| format!(" of {bytes} bytes"));
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the request body{size} exceeds {} bytes (api.max_body_bytes)",
+            limits.max_bytes
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_paths_are_shown_cut_at_a_character_boundary() {
+        assert_eq!(shown_path("/v1/keys"), "/v1/keys");
+        let exact = "a".repeat(SHOWN_PATH);
+        assert_eq!(shown_path(&exact), exact);
+        // A three-byte character across the cut is left out whole.
+        let path = format!("{}€{}", "a".repeat(SHOWN_PATH - 1), "b".repeat(50));
+        let shown = shown_path(&path);
+        assert_eq!(
+            shown,
+            format!("{}… ({} bytes)", "a".repeat(SHOWN_PATH - 1), path.len())
+        );
     }
 }

@@ -58,7 +58,10 @@ pub fn router(state: AppState, body: BodyLimits, callers: CallerPolicy) -> Route
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(ErrorCode::NotFound, format!("no route for {}", uri.path()))
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route for {}", super::gate::shown_path(uri.path())),
+    )
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
