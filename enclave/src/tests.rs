@@ -125,12 +125,14 @@ impl Kms for FakeKms {
         attestation_document: &'a [u8],
     ) -> BoxFuture<'a, Result<RecipientAnswer, KmsError>> {
         Box::pin(async move {
+            // Read before the call is counted: a test that changes the latency once it
+            // sees a call counted changes the next call's, never that one's.
+            let latency = *self.latency.lock().unwrap();
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.requested_key_ids
                 .lock()
                 .unwrap()
                 .push(key_id.to_string());
-            let latency = *self.latency.lock().unwrap();
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
@@ -882,12 +884,12 @@ async fn a_caller_that_decrypted_alone_during_a_refresh_keeps_the_per_key_bound(
     latency(600);
     signs(pay().await);
     until(|| enclave.kms.calls() == 2, "the first refresh called KMS").await;
-    latency(2_000);
+    latency(3_000);
     for _ in 0..2 {
         signs(pay().await);
     }
     // The entry is used up: the next caller waits 100 ms for the refresh's turn, then
-    // decrypts alone, for 2 s.
+    // decrypts alone, for 3 s.
     let alone = pay();
     let meanwhile = async {
         until(|| enclave.kms.calls() == 3, "the lone caller called KMS").await;

@@ -12,6 +12,7 @@ pub mod api;
 pub mod api_client;
 pub mod commands;
 pub mod config;
+pub mod counted_warnings;
 pub mod credentials;
 pub mod enclave_client;
 pub mod key_policy;

@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use common::wire::transport::{Listener, Stream};
+
+use crate::counted_warnings::CountedWarnings;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -63,10 +65,17 @@ impl std::fmt::Display for RelayTarget {
     }
 }
 
-/// Accepts enclave connections until `shutdown`, relaying each to `target`.
-pub async fn run(listener: Listener, target: RelayTarget, shutdown: CancellationToken) {
+/// Accepts enclave connections until `shutdown`, relaying each to `target`, at most
+/// `max_relayed` ([`MAX_RELAYED`]) at once.
+pub async fn run(
+    listener: Listener,
+    target: RelayTarget,
+    max_relayed: usize,
+    shutdown: CancellationToken,
+) {
     info!(%target, "KMS relay listening");
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_RELAYED));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_relayed));
+    let refusals = CountedWarnings::default();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -75,8 +84,15 @@ pub async fn run(listener: Listener, target: RelayTarget, shutdown: Cancellation
         match accepted {
             Ok((stream, peer)) => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    warn!(%peer, max = MAX_RELAYED, "KMS relay full; connection closed");
                     drop(stream);
+                    if let Some(refused) = refusals.count() {
+                        warn!(
+                            %peer,
+                            max_relayed,
+                            refused,
+                            "KMS relay full; connections closed (since the last such line)"
+                        );
+                    }
                     continue;
                 };
                 let target = target.clone();
@@ -185,6 +201,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port,
             },
+            MAX_RELAYED,
             shutdown.clone(),
         ));
         let mut client = Stream::connect(&endpoint).await.unwrap();
@@ -212,7 +229,7 @@ mod tests {
         assert!(upstream.nodelay().unwrap());
     }
 
-    /// At most [`MAX_RELAYED`] connections are relayed at once; the next is closed at
+    /// At most `max_relayed` connections are relayed at once; the next is closed at
     /// once, and once one ends a new one is relayed again.
     #[tokio::test]
     async fn connections_beyond_the_relays_bound_are_closed() {
@@ -239,7 +256,8 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
         };
-        tokio::spawn(run(listener, target, shutdown.clone()));
+        let max_relayed = 4;
+        tokio::spawn(run(listener, target, max_relayed, shutdown.clone()));
         let echoes = |mut client: Stream| async move {
             client.write_all(b"x").await.ok()?;
             let mut byte = [0u8; 1];
@@ -247,7 +265,7 @@ mod tests {
             Some(client)
         };
         let mut relayed = Vec::new();
-        for i in 0..MAX_RELAYED {
+        for i in 0..max_relayed {
             let client = Stream::connect(&endpoint).await.unwrap();
             relayed.push(
                 echoes(client)

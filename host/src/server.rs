@@ -165,7 +165,12 @@ async fn start_kms_relay(
     let target = crate::relay::RelayTarget::from_url(&url).map_err(anyhow::Error::msg)?;
     let relay = common::wire::transport::Listener::bind(&config.kms.relay_listen, 0o600)
         .with_context(|| format!("binding the KMS relay {}", config.kms.relay_listen))?;
-    tokio::spawn(crate::relay::run(relay, target, stop.clone()));
+    tokio::spawn(crate::relay::run(
+        relay,
+        target,
+        crate::relay::MAX_RELAYED,
+        stop.clone(),
+    ));
     let status = crate::credentials::spawn(&config.kms, enclave.clone(), stop.clone()).await?;
     Ok(Some(status))
 }

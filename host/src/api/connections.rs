@@ -11,11 +11,12 @@
 //! closed unanswered, so a flood cannot spend the descriptors kept for everything else.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
+
+use crate::counted_warnings::CountedWarnings;
 use axum::extract::ConnectInfo;
 use common::wire::ErrorCode;
 use hyper::body::Incoming;
@@ -68,7 +69,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let refusals = std::sync::Arc::new(Refusals::new());
+    let refusals = std::sync::Arc::new(CountedWarnings::default());
     let refusing = std::sync::Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
         let stream = tokio::select! {
@@ -85,7 +86,13 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refusals.count(limits.max_connections);
+            if let Some(refused) = refusals.count() {
+                warn!(
+                    max_connections = limits.max_connections,
+                    refused,
+                    "connections refused at the connection limit (since the last such line)"
+                );
+            }
             // Beyond the refusals in hand, dropping the stream closes it unanswered.
             if let Ok(refusing) = refusing.clone().try_acquire_owned() {
                 tokio::spawn(async move {
@@ -165,42 +172,6 @@ fn is_transient(e: &std::io::Error) -> bool {
         e.raw_os_error().map(Errno::from_raw),
         Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)
     ) || e.kind() == std::io::ErrorKind::ConnectionAborted
-}
-
-/// Refusals since the last warning, so a flood of connections logs a line a second.
-struct Refusals {
-    since_warning: AtomicU64,
-    /// Seconds (plus one) after `started` when the last warning was logged.
-    last_warning_s: AtomicU64,
-    started: Instant,
-}
-
-impl Refusals {
-    fn new() -> Refusals {
-        Refusals {
-            since_warning: AtomicU64::new(0),
-            last_warning_s: AtomicU64::new(0),
-            started: Instant::now(),
-        }
-    }
-
-    fn count(&self, max_connections: usize) {
-        self.since_warning.fetch_add(1, Ordering::Relaxed);
-        let now_s = self.started.elapsed().as_secs() + 1;
-        let last = self.last_warning_s.load(Ordering::Relaxed);
-        if now_s > last
-            && self
-                .last_warning_s
-                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let refused = self.since_warning.swap(0, Ordering::Relaxed);
-            warn!(
-                max_connections,
-                refused, "connections refused at the connection limit (since the last such line)"
-            );
-        }
-    }
 }
 
 /// Answers a connection over the cap with `too_many_connections`, once its request's

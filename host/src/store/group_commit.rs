@@ -265,15 +265,24 @@ where
     }
 }
 
-/// The handle the store keeps; the thread ends when the last handle is dropped.
+/// The handle the store keeps; the thread ends when the last handle is dropped and no
+/// queued write or [`Unclaimed`] answer still holds the queue.
 pub struct Writer<C> {
     jobs: SyncSender<Job<C>>,
     shared: Arc<Shared<C>>,
 }
 
-/// How long one batch may take before [`Writer::health`] calls the writer stalled: a
-/// batch is normally milliseconds, a reconnection at most its connect timeout.
+/// How long one batch may take before [`Writer::health`] calls the writer stalled, at
+/// least: a batch is normally milliseconds, but each of its statements may wait the
+/// store's busy timeout for a lock (and again in a redo), so a store passes
+/// [`stalled_after`] of its own.
 pub const STALLED_AFTER: Duration = Duration::from_secs(15);
+
+/// The stall limit for a store whose statements wait up to `busy_timeout` for a lock:
+/// [`STALLED_AFTER`], or four such waits if longer.
+pub fn stalled_after(busy_timeout: Duration) -> Duration {
+    STALLED_AFTER.max(busy_timeout.saturating_mul(4))
+}
 
 impl<C: Session> Writer<C> {
     /// Opens the first connection here, so a database that cannot be reached stops
@@ -321,7 +330,7 @@ impl<C: Session> Writer<C> {
     /// [`Writer::submit`] for a write that matters only to its caller (an acquire: a
     /// lock whose token nobody learns is held until it expires). If the caller has gone
     /// (stopped awaiting) before it runs, it does not run; its answer is [`Unclaimed`],
-    /// and if the caller never claims it, the write `undo` makes from it runs next.
+    /// and if the caller never claims it, the write `undo` makes from it is queued.
     pub fn submit_for_caller<T, W, U>(
         &self,
         write: impl FnMut(&mut C, i64) -> Result<T, StoreError> + Send + 'static,
@@ -400,7 +409,6 @@ fn run<C: Session>(
         if batch.is_empty() {
             continue;
         }
-        shared.batch_started();
         if conn.as_mut().is_none_or(Session::is_broken) {
             conn = reconnect(&mut connect);
             if conn.is_none() {
@@ -408,6 +416,9 @@ fn run<C: Session>(
                 batch.extend(queue.try_iter());
             }
         }
+        // A reconnection is bounded by its connect timeout, and readiness's own check
+        // finds a database it cannot reach: only the batch's statements are timed.
+        shared.batch_started();
         let committed = match conn.as_mut() {
             Some(fit) => {
                 let (verdict, still_fit) = commit(fit, &mut batch, clock);
@@ -419,13 +430,14 @@ fn run<C: Session>(
             }
             None => Err("the database cannot be reached".to_string()),
         };
+        // Answering never blocks: the batch's time ends here.
+        shared.batch_finished();
         if let Err(message) = &committed {
             error!(writes = batch.len(), %message, "store group commit failed");
         }
         for write in batch {
             write.answer(committed.clone());
         }
-        shared.batch_finished();
     }
 }
 
@@ -435,7 +447,11 @@ fn next_batch<C: Session>(
     queue: &Receiver<Job<C>>,
     overflow: &Mutex<Vec<Job<C>>>,
 ) -> Option<Vec<Job<C>>> {
-    let mut batch = std::mem::take(&mut *lock(overflow));
+    let mut batch: Vec<Job<C>> = {
+        let mut spilled = lock(overflow);
+        let taken = spilled.len().min(C::MAX_BATCH);
+        spilled.drain(..taken).collect()
+    };
     if batch.is_empty() {
         batch.push(queue.recv().ok()?);
     }
@@ -1052,6 +1068,25 @@ mod tests {
             .write(|session: &mut Faulty, _| insert(session, 7))
             .unwrap();
         assert_eq!(f.stored(), [1, 7]);
+    }
+
+    /// Undoing writes that spilled past a full queue start the next batches, at most a
+    /// batch's worth at a time, before what is queued.
+    #[test]
+    fn a_batch_takes_at_most_its_size_from_the_spilled_writes_too() {
+        let nothing = || job::<Faulty, ()>(|_: &mut Faulty, _| Ok(()), Unanswered);
+        let (jobs, queue) = sync_channel(QUEUE);
+        let spilled = Mutex::new((0..Faulty::MAX_BATCH + 10).map(|_| nothing()).collect());
+        jobs.send(nothing()).unwrap();
+        let first = next_batch(&queue, &spilled).unwrap();
+        assert_eq!(first.len(), Faulty::MAX_BATCH);
+        let second = next_batch(&queue, &spilled).unwrap();
+        assert_eq!(
+            second.len(),
+            10 + 1,
+            "the rest spilled, then the queued one"
+        );
+        assert!(lock(&spilled).is_empty());
     }
 
     /// A batch that does not commit answers every write with its error, a refusal too

@@ -17,7 +17,7 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::{Row, Statement};
 
-use super::group_commit::{STALLED_AFTER, Session, Writer};
+use super::group_commit::{Session, Writer, stalled_after};
 use super::hot_writes::Backend;
 use super::{Clock, LockLimits, Store, StoreError, system_clock};
 pub use connect::PostgresTarget;
@@ -34,6 +34,8 @@ pub struct PostgresStore {
     pool: Arc<ConnectionPool>,
     /// Lock and audit writes, group-committed.
     writer: Arc<Writer<PgSession>>,
+    /// How long a batch of writes may take before readiness calls the writer stalled.
+    stalled_after: Duration,
     target: Arc<PostgresTarget>,
     clock: Clock,
     limits: LockLimits,
@@ -108,6 +110,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool: Arc::new(ConnectionPool(Some(pool))),
             writer: Arc::new(writer),
+            stalled_after: stalled_after(wait),
             target,
             clock,
             limits,
@@ -300,7 +303,7 @@ impl Session for PgSession {
 
 impl Store for PostgresStore {
     fn check(&self) -> Result<(), StoreError> {
-        self.writer().health(STALLED_AFTER)?;
+        self.writer().health(self.stalled_after)?;
         let mut client = self.client()?;
         schema::check(&mut client)
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use schema::SCHEMA_VERSION;
 
-use super::group_commit::{STALLED_AFTER, Session, Writer};
+use super::group_commit::{Session, Writer, stalled_after};
 use super::hot_writes::Backend;
 use super::{Clock, LockLimits, Store, StoreError, system_clock};
 
@@ -29,6 +29,8 @@ pub struct SqliteStore {
     pool: Arc<pool::Pool>,
     /// Lock and audit writes, group-committed.
     writer: Arc<Writer<rusqlite::Connection>>,
+    /// How long a batch of writes may take before readiness calls the writer stalled.
+    stalled_after: Duration,
     clock: Clock,
     limits: LockLimits,
 }
@@ -76,6 +78,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool: Arc::new(pool),
             writer: Arc::new(writer),
+            stalled_after: stalled_after(busy_timeout),
             clock,
             limits,
         })
@@ -148,7 +151,7 @@ impl Session for rusqlite::Connection {
 
 impl Store for SqliteStore {
     fn check(&self) -> Result<(), StoreError> {
-        self.writer().health(STALLED_AFTER)?;
+        self.writer().health(self.stalled_after)?;
         let conn = self.pool.get()?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         match found.cmp(&schema::SCHEMA_VERSION) {
