@@ -97,6 +97,7 @@ impl BoundHost {
             shutdown: shutdown.clone(),
             credentials,
             canary,
+            readiness: Default::default(),
         });
         let app = router(
             state,

@@ -108,23 +108,56 @@ fn canary_check(state: &AppState) -> Check {
 /// Ready when usable: the database answers at this binary's schema version, the
 /// enclave answers, it holds unexpired credentials pushed on its current connection,
 /// and the canary (when configured) passed within its period.
+/// How long one run of the readiness checks answers `/readyz` for.
+const READINESS_REUSED_FOR: Duration = Duration::from_secs(1);
+
+/// The last run of the readiness checks. `/readyz` is open to every caller and each
+/// run pings the enclave and queries the store: one run at a time, and its answer
+/// reused for [`READINESS_REUSED_FOR`], so callers that ask and hang up cannot pile
+/// probes up beyond the connection cap.
+#[derive(Default)]
+pub struct LastReadiness(tokio::sync::Mutex<Option<(Instant, StatusCode, serde_json::Value)>>);
+
+impl LastReadiness {
+    /// The last answer if it is recent enough, else `run`'s, kept; one run at a time.
+    async fn reuse_or_run<F, Fut>(&self, run: F) -> (StatusCode, serde_json::Value)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = (StatusCode, serde_json::Value)>,
+    {
+        let mut last = self.0.lock().await;
+        if let Some((at, status, body)) = last.as_ref()
+            && at.elapsed() < READINESS_REUSED_FOR
+        {
+            return (*status, body.clone());
+        }
+        let (status, body) = run().await;
+        *last = Some((Instant::now(), status, body.clone()));
+        (status, body)
+    }
+}
+
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let checks = vec![
-        store_check(&state).await,
-        enclave_check(&state).await,
-        credentials_check(&state),
-        canary_check(&state),
-    ];
-    let ready = checks.iter().all(|c| c.ok);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let run = || async {
+        let checks = vec![
+            store_check(&state).await,
+            enclave_check(&state).await,
+            credentials_check(&state),
+            canary_check(&state),
+        ];
+        let ready = checks.iter().all(|c| c.ok);
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": checks,
+        });
+        (status, body)
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": checks,
-    });
+    let (status, body) = state.readiness.reuse_or_run(run).await;
     (status, axum::Json(body)).into_response()
 }
 
@@ -164,5 +197,31 @@ pub async fn ping(
             ErrorCode::Internal,
             format!("unexpected enclave answer to a ping: {other:?}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Callers at once share one run of the checks, callers within a second reuse its
+    /// answer, and the first caller after that runs them again.
+    #[tokio::test]
+    async fn readiness_runs_its_checks_once_at_a_time_and_at_most_once_a_second() {
+        let last = LastReadiness::default();
+        let runs = AtomicU32::new(0);
+        let run = || async {
+            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            (StatusCode::OK, json!({ "run": n }))
+        };
+        let answers = futures_util::future::join_all((0..16).map(|_| last.reuse_or_run(run))).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(answers.iter().all(|(_, body)| body["run"] == 1));
+        assert_eq!(last.reuse_or_run(run).await.1["run"], 1);
+        tokio::time::sleep(READINESS_REUSED_FOR).await;
+        assert_eq!(last.reuse_or_run(run).await.1["run"], 2);
     }
 }

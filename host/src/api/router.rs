@@ -120,6 +120,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             credentials: None,
             canary: None,
+            readiness: Default::default(),
         })
     }
 

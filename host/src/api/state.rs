@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::health::LastReadiness;
 use crate::enclave_client::EnclaveClient;
 use crate::readiness::{Canary, CredentialsStatus};
 use crate::signing::Signing;
@@ -44,4 +45,6 @@ pub struct Shared {
     pub credentials: Option<Arc<CredentialsStatus>>,
     /// The readiness canary, when `readiness.canary_period_secs` is set.
     pub canary: Option<Arc<Canary>>,
+    /// `/readyz`'s last answer, reused for a second.
+    pub readiness: LastReadiness,
 }
