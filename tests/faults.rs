@@ -325,14 +325,24 @@ async fn healthy(socket: &std::path::Path) -> bool {
 /// A host (no enclave) with tight connection limits: 8 connections, `deadline_ms` to
 /// read a request's headers or body.
 async fn limited_host(dir: &std::path::Path, deadline_ms: u64) -> (Proc, std::path::PathBuf) {
+    limited_host_with(dir, deadline_ms, "").await
+}
+
+/// [`limited_host`] with `callers` (an `[api.callers]` table, or nothing for the
+/// default allow-lists).
+async fn limited_host_with(
+    dir: &std::path::Path,
+    deadline_ms: u64,
+    callers: &str,
+) -> (Proc, std::path::PathBuf) {
     let socket = dir.join("host.sock");
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
             "[api]\nsocket = \"{}\"\nmax_connections = 8\nheader_read_timeout_ms = {deadline_ms}\n\
-             body_read_timeout_ms = {deadline_ms}\n\n[enclave]\nendpoint = \"unix://{}\"\n\n\
-             [store]\npath = \"{}\"\n",
+             body_read_timeout_ms = {deadline_ms}\n\n{callers}\n\n\
+             [enclave]\nendpoint = \"unix://{}\"\n\n[store]\npath = \"{}\"\n",
             socket.display(),
             dir.join("no-enclave.sock").display(),
             dir.join("signer.db").display(),
@@ -346,10 +356,19 @@ async fn limited_host(dir: &std::path::Path, deadline_ms: u64) -> (Proc, std::pa
             .arg(&config),
         dir.join("host.log"),
     );
-    until_healthy(&socket, Duration::from_secs(20), || {
-        format!("host did not start: {}", host.log_text())
-    })
-    .await;
+    // `/healthz`: the callers may admit nobody to the store's routes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        request_once(&socket, Method::GET, "/healthz", None).await,
+        Ok((StatusCode::OK, _))
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "host did not start: {}",
+            host.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (host, socket)
 }
 
@@ -443,6 +462,39 @@ async fn slow_and_idle_connections_are_cut_off_and_capped_while_callers_are_serv
         healthy().await,
         "callers are served once the slow ones are gone"
     );
+}
+
+/// A process that may open the socket but is on no allow-list (only the health probes
+/// admit it) holds at most a quarter of the connections: 2 of 8 here, the third is
+/// answered `too_many_connections` while slots remain, and a slot it frees is its again.
+#[tokio::test]
+async fn callers_on_no_allow_list_hold_at_most_a_quarter_of_the_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = "[api.callers]\nsigning = { uids = [4242] }\nchannels = { uids = [4242] }\n\
+                  read_only = { uids = [4242] }\nkey_admin = { uids = [4242] }";
+    let (_host, socket) = limited_host_with(dir.path(), 5_000, nobody).await;
+    let probe = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    // The start-up probe's connection closes first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = UnixStream::connect(&socket).await.unwrap();
+        stream.write_all(probe).await.unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    let mut third = UnixStream::connect(&socket).await.unwrap();
+    third.write_all(probe).await.unwrap();
+    answered_and_closed(&mut third, "503", "too_many_connections").await;
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = UnixStream::connect(&socket).await.unwrap();
+    again.write_all(probe).await.unwrap();
+    let mut answer = [0u8; 12];
+    again.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200", "a freed probe slot is used again");
 }
 
 /// A body no route reads (on a GET) or one declared over `api.max_body_bytes` is refused

@@ -99,13 +99,14 @@ impl BoundHost {
             canary,
             readiness: Default::default(),
         });
+        let callers = CallerPolicy::new(config.api.callers.clone());
         let app = router(
             state,
             BodyLimits {
                 max_bytes: config.api.max_body_bytes,
                 read_timeout: config.api.body_read_timeout(),
             },
-            CallerPolicy::new(config.api.callers.clone()),
+            callers.clone(),
         );
         let limits = ConnectionLimits {
             max_connections: connections::fit_to_open_file_limit(config.api.max_connections),
@@ -121,7 +122,13 @@ impl BoundHost {
             "signer-host listening"
         );
         let stop_accepting = shutdown.clone();
-        let mut serving = tokio::spawn(connections::serve(listener, app, limits, stop_accepting));
+        let mut serving = tokio::spawn(connections::serve(
+            listener,
+            app,
+            limits,
+            callers,
+            stop_accepting,
+        ));
         let early_exit = tokio::select! {
             biased;
             () = shutdown.cancelled() => None,

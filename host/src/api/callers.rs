@@ -76,6 +76,18 @@ impl CallerPolicy {
         }
     }
 
+    /// Whether `caller` may call any route but the health probes.
+    pub fn admits_beyond_health(&self, caller: &Caller) -> bool {
+        [
+            RouteGroup::Signing,
+            RouteGroup::Channels,
+            RouteGroup::ReadOnly,
+            RouteGroup::KeyAdmin,
+        ]
+        .into_iter()
+        .any(|group| self.admits(group, caller))
+    }
+
     /// Whether `caller` may call routes of `group`. A caller whose credentials could not
     /// be read is admitted only where no allow-list applies.
     pub fn admits(&self, group: RouteGroup, caller: &Caller) -> bool {

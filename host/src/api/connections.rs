@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 
+use super::callers::CallerPolicy;
 use crate::counted_warnings::CountedWarnings;
 use axum::extract::ConnectInfo;
 use common::wire::ErrorCode;
@@ -38,6 +39,15 @@ pub struct ConnectionLimits {
     /// A request's headers must arrive within this; an idle keep-alive connection is
     /// closed after it, and so is one whose answer waits this long to be read.
     pub header_read_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// Connections of callers whose uid and gid only the health probes admit, at most:
+    /// a quarter of the cap (at least one), so a process that may open the socket but
+    /// is on no allow-list cannot take every connection from the callers that are.
+    pub fn probe_only_connections(&self) -> usize {
+        (self.max_connections / 4).max(1)
+    }
 }
 
 /// hyper's read buffer per connection: every request of this API has small headers
@@ -65,12 +75,32 @@ pub async fn serve(
     listener: UnixListener,
     app: Router,
     limits: ConnectionLimits,
+    callers: CallerPolicy,
     stop_accepting: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let probe_only_slots = std::sync::Arc::new(Semaphore::new(limits.probe_only_connections()));
     let graceful = GracefulShutdown::new();
-    let refusals = std::sync::Arc::new(CountedWarnings::default());
+    let refusals = CountedWarnings::default();
     let refusing = std::sync::Arc::new(Semaphore::new(MAX_REFUSING));
+    // Beyond the refusals in hand, dropping the stream closes it unanswered.
+    let refuse_over_cap = |stream: UnixStream, cap: &'static str| {
+        if let Some(refused) = refusals.count() {
+            warn!(
+                max_connections = limits.max_connections,
+                probe_only_connections = limits.probe_only_connections(),
+                refused,
+                cap,
+                "connections refused at a connection limit (since the last such line)"
+            );
+        }
+        if let Ok(refusing) = refusing.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                refuse(stream, limits.max_connections).await;
+                drop(refusing);
+            });
+        }
+    };
     loop {
         let stream = tokio::select! {
             () = stop_accepting.cancelled() => break,
@@ -86,23 +116,18 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if let Some(refused) = refusals.count() {
-                warn!(
-                    max_connections = limits.max_connections,
-                    refused,
-                    "connections refused at the connection limit (since the last such line)"
-                );
-            }
-            // Beyond the refusals in hand, dropping the stream closes it unanswered.
-            if let Ok(refusing) = refusing.clone().try_acquire_owned() {
-                tokio::spawn(async move {
-                    refuse(stream, limits.max_connections).await;
-                    drop(refusing);
-                });
-            }
+            refuse_over_cap(stream, "api.max_connections");
             continue;
         };
         let caller = Caller::of(&stream);
+        let probe_only_slot = if callers.admits_beyond_health(&caller) {
+            None
+        } else if let Ok(probe_slot) = probe_only_slots.clone().try_acquire_owned() {
+            Some(probe_slot)
+        } else {
+            refuse_over_cap(stream, "probe-only callers");
+            continue;
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(caller));
@@ -121,7 +146,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 debug!(error = %e, "host API connection ended with an error");
             }
-            drop(slot);
+            drop((slot, probe_only_slot));
         });
     }
     drop(listener);
