@@ -50,6 +50,15 @@ impl ConnectionLimits {
     }
 }
 
+/// Which connection limit refused a connection.
+#[derive(Debug, Clone, Copy)]
+enum Cap {
+    /// `api.max_connections`.
+    All,
+    /// [`ConnectionLimits::probe_only_connections`].
+    ProbeOnly,
+}
+
 /// hyper's read buffer per connection: every request of this API has small headers
 /// (bodies are bounded separately), so a large buffer would only be memory to fill.
 const READ_BUFFER: usize = 64 * 1024;
@@ -84,19 +93,30 @@ pub async fn serve(
     let refusals = CountedWarnings::default();
     let refusing = std::sync::Arc::new(Semaphore::new(MAX_REFUSING));
     // Beyond the refusals in hand, dropping the stream closes it unanswered.
-    let refuse_over_cap = |stream: UnixStream, cap: &'static str| {
+    let refuse_over_cap = |stream: UnixStream, cap: Cap| {
         if let Some(refused) = refusals.count() {
             warn!(
                 max_connections = limits.max_connections,
                 probe_only_connections = limits.probe_only_connections(),
                 refused,
-                cap,
+                cap = ?cap,
                 "connections refused at a connection limit (since the last such line)"
             );
         }
         if let Ok(refusing) = refusing.clone().try_acquire_owned() {
+            let why = match cap {
+                Cap::All => format!(
+                    "signer-host has {} connections open, its limit (api.max_connections)",
+                    limits.max_connections
+                ),
+                Cap::ProbeOnly => format!(
+                    "signer-host has {} connections open from callers on no allow-list, \
+                     their limit (a quarter of api.max_connections)",
+                    limits.probe_only_connections()
+                ),
+            };
             tokio::spawn(async move {
-                refuse(stream, limits.max_connections).await;
+                refuse(stream, why).await;
                 drop(refusing);
             });
         }
@@ -116,7 +136,7 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refuse_over_cap(stream, "api.max_connections");
+            refuse_over_cap(stream, Cap::All);
             continue;
         };
         let caller = Caller::of(&stream);
@@ -125,7 +145,7 @@ pub async fn serve(
         } else if let Ok(probe_slot) = probe_only_slots.clone().try_acquire_owned() {
             Some(probe_slot)
         } else {
-            refuse_over_cap(stream, "probe-only callers");
+            refuse_over_cap(stream, Cap::ProbeOnly);
             continue;
         };
         let app = app.clone();
@@ -201,15 +221,12 @@ fn is_transient(e: &std::io::Error) -> bool {
 
 /// Answers a connection over the cap with `too_many_connections`, once its request's
 /// headers are in (or [`REFUSAL_HEAD_WAIT`] has passed), and closes it.
-async fn refuse(mut stream: UnixStream, max_connections: usize) {
+async fn refuse(mut stream: UnixStream, why: String) {
     let code = ErrorCode::TooManyConnections;
     let body = serde_json::json!({
         "error": {
             "code": code.as_str(),
-            "message": format!(
-                "signer-host has {max_connections} connections open, its limit \
-                 (api.max_connections); retry shortly or reuse a connection"
-            ),
+            "message": format!("{why}; retry shortly or reuse a connection"),
         }
     })
     .to_string();
