@@ -382,6 +382,9 @@ async fn until_healthy(socket: &std::path::Path, within: Duration, why: impl Fn(
     }
 }
 
+/// A health probe, for callers over a raw socket.
+const RAW_HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+
 /// A whole request of a store-only route, for callers over a raw socket.
 const RAW_GET: &[u8] = b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n";
 
@@ -473,28 +476,27 @@ async fn callers_on_no_allow_list_hold_at_most_a_quarter_of_the_connections() {
     let nobody = "[api.callers]\nsigning = { uids = [4242] }\nchannels = { uids = [4242] }\n\
                   read_only = { uids = [4242] }\nkey_admin = { uids = [4242] }";
     let (_host, socket) = limited_host_with(dir.path(), 5_000, nobody).await;
-    let probe = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
-    // The start-up probe's connection closes first.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = UnixStream::connect(&socket).await.unwrap();
-        stream.write_all(probe).await.unwrap();
-        let mut answer = [0u8; 12];
-        stream.read_exact(&mut answer).await.unwrap();
-        assert_eq!(&answer, b"HTTP/1.1 200");
-        held.push(stream);
-    }
+    // A probe connection served, once the host has seen earlier ones (the start-up
+    // probes', a dropped one) close.
+    let served = || async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut stream = UnixStream::connect(&socket).await.unwrap();
+            stream.write_all(RAW_HEALTHZ).await.unwrap();
+            let mut answer = [0u8; 12];
+            if stream.read_exact(&mut answer).await.is_ok() && &answer == b"HTTP/1.1 200" {
+                return stream;
+            }
+            assert!(Instant::now() < deadline, "no probe slot came free");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut held = vec![served().await, served().await];
     let mut third = UnixStream::connect(&socket).await.unwrap();
-    third.write_all(probe).await.unwrap();
+    third.write_all(RAW_HEALTHZ).await.unwrap();
     answered_and_closed(&mut third, "503", "too_many_connections").await;
     drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut again = UnixStream::connect(&socket).await.unwrap();
-    again.write_all(probe).await.unwrap();
-    let mut answer = [0u8; 12];
-    again.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 200", "a freed probe slot is used again");
+    held.push(served().await);
 }
 
 /// A body no route reads (on a GET) or one declared over `api.max_body_bytes` is refused

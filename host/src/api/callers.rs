@@ -127,6 +127,30 @@ mod tests {
         }
     }
 
+    /// Only a caller no group's list admits is probe-only: an open group admits
+    /// everyone, and a caller whose credentials could not be read is admitted by no
+    /// list.
+    #[test]
+    fn probe_only_callers_are_those_no_group_admits() {
+        let listed = |uids: Vec<u32>| Some(AllowList { uids, gids: vec![] });
+        let every_group_listed = CallerPolicy::new(CallerRules {
+            signing: listed(vec![1001]),
+            channels: listed(vec![1002]),
+            read_only: listed(vec![1003]),
+            key_admin: listed(vec![0]),
+        });
+        for uid in [1001, 1002, 1003, 0] {
+            assert!(every_group_listed.admits_beyond_health(&caller(uid, 5)));
+        }
+        assert!(!every_group_listed.admits_beyond_health(&caller(4242, 5)));
+        assert!(!every_group_listed.admits_beyond_health(&Caller::default()));
+        let one_open = CallerPolicy::new(CallerRules {
+            read_only: None,
+            ..every_group_listed.rules.as_ref().clone()
+        });
+        assert!(one_open.admits_beyond_health(&caller(4242, 5)));
+    }
+
     #[test]
     fn every_route_of_the_router_has_the_group_its_purpose_needs() {
         let post = Method::POST;

@@ -9,6 +9,8 @@
 //! its request reports a closed connection instead) and the connection is closed. At most
 //! [`MAX_REFUSING`] such connections are answered at once; beyond them a connection is
 //! closed unanswered, so a flood cannot spend the descriptors kept for everything else.
+//! Callers on no allow-list (only the health probes admit them) hold at most a quarter
+//! of the connections.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};

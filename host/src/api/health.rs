@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::wire::ErrorCode;
 use common::wire::messages::{BuildFlavor, Request, Response as EnclaveResponse};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -33,14 +35,20 @@ struct Check {
 
 async fn store_check(state: &AppState) -> Check {
     let store = state.store.clone();
-    let outcome = blocking(move || store.check()).await;
+    let outcome = tokio::time::timeout(READY_PROBE_TIMEOUT, blocking(move || store.check())).await;
+    let detail = match &outcome {
+        Ok(Ok(())) => format!("{} answers, schema migrated", state.store.describe()),
+        Ok(Err(e)) => e.message.clone(),
+        Err(_) => format!(
+            "{} did not answer within {} ms",
+            state.store.describe(),
+            READY_PROBE_TIMEOUT.as_millis()
+        ),
+    };
     Check {
         name: "store",
-        ok: outcome.is_ok(),
-        detail: match outcome {
-            Ok(()) => format!("{} answers, schema migrated", state.store.describe()),
-            Err(e) => e.message,
-        },
+        ok: matches!(outcome, Ok(Ok(()))),
+        detail,
     }
 }
 
@@ -105,40 +113,84 @@ fn canary_check(state: &AppState) -> Check {
     }
 }
 
-/// Ready when usable: the database answers at this binary's schema version, the
-/// enclave answers, it holds unexpired credentials pushed on its current connection,
-/// and the canary (when configured) passed within its period.
 /// How long one run of the readiness checks answers `/readyz` for.
 const READINESS_REUSED_FOR: Duration = Duration::from_secs(1);
 
-/// The last run of the readiness checks. `/readyz` is open to every caller and each
-/// run pings the enclave and queries the store: one run at a time, and its answer
-/// reused for [`READINESS_REUSED_FOR`], so callers that ask and hang up cannot pile
-/// probes up beyond the connection cap.
+type Answer = (StatusCode, serde_json::Value);
+
+/// The readiness checks' last answer and the run under way. `/readyz` is open to every
+/// caller and each run pings the enclave and queries the store: one run at a time, in
+/// a task of its own (a caller that hangs up does not abandon it, nor make the next
+/// caller start another), and its answer reused for [`READINESS_REUSED_FOR`], so
+/// callers that ask and hang up cannot pile probes up beyond the connection cap.
 #[derive(Default)]
-pub struct LastReadiness(tokio::sync::Mutex<Option<(Instant, StatusCode, serde_json::Value)>>);
+pub struct LastReadiness(std::sync::Mutex<Readiness>);
+
+#[derive(Default)]
+struct Readiness {
+    last: Option<(Instant, Answer)>,
+    /// The run under way, numbered.
+    running: Option<(u64, Shared<BoxFuture<'static, Answer>>)>,
+    runs: u64,
+}
 
 impl LastReadiness {
-    /// The last answer if it is recent enough, else `run`'s, kept; one run at a time.
-    async fn reuse_or_run<F, Fut>(&self, run: F) -> (StatusCode, serde_json::Value)
+    /// The last answer if it is recent enough, else that of the run under way, or of
+    /// `run` started now.
+    async fn reuse_or_run<F, Fut>(&self, run: F) -> Answer
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = (StatusCode, serde_json::Value)>,
+        Fut: std::future::Future<Output = Answer> + Send + 'static,
     {
-        let mut last = self.0.lock().await;
-        if let Some((at, status, body)) = last.as_ref()
-            && at.elapsed() < READINESS_REUSED_FOR
-        {
-            return (*status, body.clone());
+        let (number, running) = {
+            let mut state = self.state();
+            if let Some((at, answer)) = &state.last
+                && at.elapsed() < READINESS_REUSED_FOR
+            {
+                return answer.clone();
+            }
+            if let Some(running) = &state.running {
+                running.clone()
+            } else {
+                let task = tokio::spawn(run());
+                let running = async move {
+                    task.await.unwrap_or_else(|_| {
+                        let checks = "the readiness checks failed to finish";
+                        let body = json!({ "status": "not_ready", "checks": [], "detail": checks });
+                        (StatusCode::SERVICE_UNAVAILABLE, body)
+                    })
+                }
+                .boxed()
+                .shared();
+                state.runs += 1;
+                state.running = Some((state.runs, running.clone()));
+                (state.runs, running)
+            }
+        };
+        let answer = running.await;
+        let mut state = self.state();
+        // The first caller to see this run finish keeps its answer.
+        if state.running.as_ref().is_some_and(|(n, _)| *n == number) {
+            state.running = None;
+            state.last = Some((Instant::now(), answer.clone()));
         }
-        let (status, body) = run().await;
-        *last = Some((Instant::now(), status, body.clone()));
-        (status, body)
+        answer
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Readiness> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
+/// Ready when usable: the database answers at this binary's schema version, the
+/// enclave answers, it holds unexpired credentials pushed on its current connection,
+/// and the canary (when configured) passed within its period.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let run = || async {
+    let checked = state.clone();
+    let run = || async move {
+        let state = checked;
         let checks = vec![
             store_check(&state).await,
             enclave_check(&state).await,
@@ -207,21 +259,29 @@ mod tests {
     use super::*;
 
     /// Callers at once share one run of the checks, callers within a second reuse its
-    /// answer, and the first caller after that runs them again.
+    /// answer, and the first caller after that runs them again; a caller that hangs up
+    /// leaves the run going for the next.
     #[tokio::test]
     async fn readiness_runs_its_checks_once_at_a_time_and_at_most_once_a_second() {
         let last = LastReadiness::default();
-        let runs = AtomicU32::new(0);
-        let run = || async {
-            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            (StatusCode::OK, json!({ "run": n }))
+        let runs = std::sync::Arc::new(AtomicU32::new(0));
+        let run = || {
+            let runs = runs.clone();
+            async move {
+                let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                (StatusCode::OK, json!({ "run": n }))
+            }
         };
         let answers = futures_util::future::join_all((0..16).map(|_| last.reuse_or_run(run))).await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(answers.iter().all(|(_, body)| body["run"] == 1));
         assert_eq!(last.reuse_or_run(run).await.1["run"], 1);
         tokio::time::sleep(READINESS_REUSED_FOR).await;
+        // The first caller of the next run hangs up; the next caller gets that run.
+        let hung_up = tokio::time::timeout(Duration::from_millis(50), last.reuse_or_run(run)).await;
+        assert!(hung_up.is_err());
         assert_eq!(last.reuse_or_run(run).await.1["run"], 2);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }
