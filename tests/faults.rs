@@ -316,8 +316,13 @@ async fn answered_and_closed(stream: &mut UnixStream, status: &str, code: &str) 
 
 /// Whether the host at `socket` answers a store-only route.
 async fn healthy(socket: &std::path::Path) -> bool {
+    answers(socket, "/v1/channels").await
+}
+
+/// Whether the host at `socket` answers `GET path` with 200.
+async fn answers(socket: &std::path::Path, path: &str) -> bool {
     matches!(
-        request_once(socket, Method::GET, "/v1/channels", None).await,
+        request_once(socket, Method::GET, path, None).await,
         Ok((StatusCode::OK, _))
     )
 }
@@ -357,26 +362,23 @@ async fn limited_host_with(
         dir.join("host.log"),
     );
     // `/healthz`: the callers may admit nobody to the store's routes.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        request_once(&socket, Method::GET, "/healthz", None).await,
-        Ok((StatusCode::OK, _))
-    ) {
-        assert!(
-            Instant::now() < deadline,
-            "host did not start: {}",
-            host.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_answered(&socket, "/healthz", Duration::from_secs(20), || {
+        format!("host did not start: {}", host.log_text())
+    })
+    .await;
     (host, socket)
 }
 
-/// Polls the host at `socket` until it answers a store-only route; fails with `why`
+/// Polls the host at `socket` until it answers `GET path` with 200; fails with `why`
 /// after `within`.
-async fn until_healthy(socket: &std::path::Path, within: Duration, why: impl Fn() -> String) {
+async fn until_answered(
+    socket: &std::path::Path,
+    path: &str,
+    within: Duration,
+    why: impl Fn() -> String,
+) {
     let deadline = Instant::now() + within;
-    while !healthy(socket).await {
+    while !answers(socket, path).await {
         assert!(Instant::now() < deadline, "{}", why());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -598,7 +600,7 @@ async fn callers_over_the_cap_are_answered_after_their_request_and_a_flood_is_cl
         answered_and_closed(&mut stream, "503", "\"too_many_connections\"").await;
     }
     drop(filling);
-    until_healthy(&socket, Duration::from_secs(5), || {
+    until_answered(&socket, "/v1/channels", Duration::from_secs(5), || {
         "not served once the cap had room".into()
     })
     .await;

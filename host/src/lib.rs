@@ -23,3 +23,11 @@ pub mod server;
 pub mod signing;
 pub mod stellar_rpc;
 pub mod store;
+
+/// Locks `mutex`, also after a thread panicked holding it: what it guards is kept
+/// consistent by every holder (no invariant spans a panic point).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -17,9 +17,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
-
-use super::callers::CallerPolicy;
-use crate::counted_warnings::CountedWarnings;
 use axum::extract::ConnectInfo;
 use common::wire::ErrorCode;
 use hyper::body::Incoming;
@@ -32,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use super::callers::CallerPolicy;
 use super::extract::Caller;
+use crate::counted_warnings::CountedWarnings;
 
 /// What slow, idle or numerous callers may hold.
 #[derive(Debug, Clone, Copy)]

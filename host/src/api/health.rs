@@ -129,9 +129,7 @@ pub struct LastReadiness(std::sync::Mutex<Readiness>);
 #[derive(Default)]
 struct Readiness {
     last: Option<(Instant, Answer)>,
-    /// The run under way, numbered.
-    running: Option<(u64, Shared<BoxFuture<'static, Answer>>)>,
-    runs: u64,
+    running: Option<Shared<BoxFuture<'static, Answer>>>,
 }
 
 impl LastReadiness {
@@ -142,8 +140,8 @@ impl LastReadiness {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Answer> + Send + 'static,
     {
-        let (number, running) = {
-            let mut state = self.state();
+        let running = {
+            let mut state = crate::lock(&self.0);
             if let Some((at, answer)) = &state.last
                 && at.elapsed() < READINESS_REUSED_FOR
             {
@@ -155,32 +153,25 @@ impl LastReadiness {
                 let task = tokio::spawn(run());
                 let running = async move {
                     task.await.unwrap_or_else(|_| {
-                        let checks = "the readiness checks failed to finish";
-                        let body = json!({ "status": "not_ready", "checks": [], "detail": checks });
+                        let detail = "the readiness checks failed to finish";
+                        let body = json!({ "status": "not_ready", "checks": [], "detail": detail });
                         (StatusCode::SERVICE_UNAVAILABLE, body)
                     })
                 }
                 .boxed()
                 .shared();
-                state.runs += 1;
-                state.running = Some((state.runs, running.clone()));
-                (state.runs, running)
+                state.running = Some(running.clone());
+                running
             }
         };
-        let answer = running.await;
-        let mut state = self.state();
+        let answer = running.clone().await;
+        let mut state = crate::lock(&self.0);
         // The first caller to see this run finish keeps its answer.
-        if state.running.as_ref().is_some_and(|(n, _)| *n == number) {
+        if state.running.as_ref().is_some_and(|r| r.ptr_eq(&running)) {
             state.running = None;
             state.last = Some((Instant::now(), answer.clone()));
         }
         answer
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, Readiness> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use tracing::{error, warn};
 
+use crate::lock;
+
 use crate::store::{Clock, Pending, StoreError};
 
 /// Writes waiting at most; a caller beyond it waits for room.
@@ -199,12 +201,6 @@ impl<C> UndoQueue<C> {
             lock(&self.shared.overflow).push(job);
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type Job<C> = Box<dyn QueuedWrite<C>>;
@@ -777,6 +773,15 @@ mod tests {
         Ok(())
     }
 
+    /// Asserts that `pending` was answered with the writer's error, naming `text`.
+    fn writer_failed(pending: Pending<()>, text: &str) {
+        let answer = pending.blocking_recv().unwrap();
+        assert!(
+            matches!(&answer, Err(StoreError::Writer(m)) if m.contains(text)),
+            "{answer:?}"
+        );
+    }
+
     fn refusal() -> Result<(), StoreError> {
         Err(StoreError::NoIdleChannelAccount {
             total: 1,
@@ -877,11 +882,7 @@ mod tests {
         go.send(()).unwrap();
         holding.blocking_recv().unwrap().unwrap();
         for answer in [stray, after] {
-            let answer = answer.blocking_recv().unwrap();
-            assert!(
-                matches!(&answer, Err(StoreError::Writer(m)) if m.contains("ended the batch's transaction")),
-                "{answer:?}"
-            );
+            writer_failed(answer, "ended the batch's transaction");
         }
         assert_eq!(
             f.stored(),
@@ -1024,11 +1025,7 @@ mod tests {
         go.send(()).unwrap();
         holding.blocking_recv().unwrap().unwrap();
         for answer in [fine, panicking] {
-            let answer = answer.blocking_recv().unwrap();
-            assert!(
-                matches!(&answer, Err(StoreError::Writer(m)) if m.contains("panicked")),
-                "{answer:?}"
-            );
+            writer_failed(answer, "panicked");
         }
         f.writer
             .write(|session: &mut Faulty, _| insert(session, 7))
@@ -1052,11 +1049,7 @@ mod tests {
         go.send(()).unwrap();
         holding.blocking_recv().unwrap().unwrap();
         for answer in queued {
-            let answer = answer.blocking_recv().unwrap();
-            assert!(
-                matches!(&answer, Err(StoreError::Writer(m)) if m.contains("cannot be reached")),
-                "{answer:?}"
-            );
+            writer_failed(answer, "cannot be reached");
         }
         assert_eq!(
             f.faults.connections.load(Ordering::SeqCst),
@@ -1101,11 +1094,7 @@ mod tests {
         let refused = f.writer.submit(|_: &mut Faulty, _| refusal());
         go.send(()).unwrap();
         for answer in [holding, fine, refused] {
-            let answer = answer.blocking_recv().unwrap();
-            assert!(
-                matches!(&answer, Err(StoreError::Writer(m)) if m.contains("COMMIT")),
-                "{answer:?}"
-            );
+            writer_failed(answer, "COMMIT");
         }
         assert!(f.stored().is_empty());
         f.faults.commit_fails.store(false, Ordering::SeqCst);
@@ -1117,11 +1106,7 @@ mod tests {
         let failing = f.writer.submit(failing_midway(true));
         go.send(()).unwrap();
         holding.blocking_recv().unwrap().unwrap();
-        let failed = failing.blocking_recv().unwrap();
-        assert!(
-            matches!(&failed, Err(StoreError::Writer(m)) if m.contains("roll back")),
-            "{failed:?}"
-        );
+        writer_failed(failing, "roll back");
         f.faults
             .rollback_leaves_transaction
             .store(false, Ordering::SeqCst);

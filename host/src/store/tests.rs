@@ -921,10 +921,12 @@ fn the_key_cache_sees_its_own_writes_at_once_and_others_within_the_epoch_check<S
     assert!(cached.key(&test_account(9)).unwrap().is_none());
 }
 
+/// A queued write's answer, waited for.
+fn answer<T>(pending: crate::store::Pending<T>) -> Result<T, StoreError> {
+    pending.blocking_recv().unwrap()
+}
+
 fn queued_writes_answer_as_blocking_ones_do_and_commit_before_answering<S: TestBackend>() {
-    fn answer<T>(pending: crate::store::Pending<T>) -> Result<T, StoreError> {
-        pending.blocking_recv().unwrap()
-    }
     let f = Fixture::<S>::new(1);
     let lease = answer(f.store.submit_acquire(None)).unwrap().claim();
     assert!(matches!(
@@ -976,7 +978,7 @@ fn queued_writes_answer_as_blocking_ones_do_and_commit_before_answering<S: TestB
 /// acquired again at once.
 fn an_acquire_whose_caller_left_holds_no_account<S: TestBackend>() {
     let f = Fixture::<S>::new(1);
-    // An acquire undone is undone by a write queued after it.
+    // An acquire met after its caller left is undone by a write queued after it.
     let until_nothing_is_locked = || {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while f.store.summary(false).unwrap().locked != 0 {
@@ -996,21 +998,10 @@ fn an_acquire_whose_caller_left_holds_no_account<S: TestBackend>() {
         ));
         until_nothing_is_locked();
     }
-    let unclaimed = f
-        .store
-        .submit_acquire(None)
-        .blocking_recv()
-        .unwrap()
-        .unwrap();
+    let unclaimed = answer(f.store.submit_acquire(None)).unwrap();
     assert_eq!(f.store.summary(false).unwrap().locked, 1);
     drop(unclaimed);
     until_nothing_is_locked();
-    let lease = f
-        .store
-        .submit_acquire(None)
-        .blocking_recv()
-        .unwrap()
-        .unwrap()
-        .claim();
+    let lease = answer(f.store.submit_acquire(None)).unwrap().claim();
     f.store.release(&lease.account, &lease.lock_token).unwrap();
 }
