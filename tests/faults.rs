@@ -4,6 +4,7 @@
 //! connections against the host API's limits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -327,17 +328,18 @@ async fn answers(socket: &std::path::Path, path: &str) -> bool {
     )
 }
 
-/// A host (no enclave) with tight connection limits: 8 connections, `deadline_ms` to
-/// read a request's headers or body.
+/// A host (no enclave) with tight connection limits: 8 connections (all of them for
+/// one uid), `deadline_ms` to read a request's headers or body.
 async fn limited_host(dir: &std::path::Path, deadline_ms: u64) -> (Proc, std::path::PathBuf) {
-    limited_host_with(dir, deadline_ms, "").await
+    limited_host_with(dir, deadline_ms, 8, "").await
 }
 
-/// [`limited_host`] with `callers` (an `[api.callers]` table, or nothing for the
-/// default allow-lists).
+/// [`limited_host`] with `per_uid` connections for one uid, and `callers` (an
+/// `[api.callers]` table, or nothing for the default allow-lists).
 async fn limited_host_with(
     dir: &std::path::Path,
     deadline_ms: u64,
+    per_uid: usize,
     callers: &str,
 ) -> (Proc, std::path::PathBuf) {
     let socket = dir.join("host.sock");
@@ -345,7 +347,8 @@ async fn limited_host_with(
     std::fs::write(
         &config,
         format!(
-            "[api]\nsocket = \"{}\"\nmax_connections = 8\nheader_read_timeout_ms = {deadline_ms}\n\
+            "[api]\nsocket = \"{}\"\nsocket_mode = \"0666\"\nmax_connections = 8\n\
+             max_connections_per_uid = {per_uid}\nheader_read_timeout_ms = {deadline_ms}\n\
              body_read_timeout_ms = {deadline_ms}\n\n{callers}\n\n\
              [enclave]\nendpoint = \"unix://{}\"\n\n[store]\npath = \"{}\"\n",
             socket.display(),
@@ -477,28 +480,71 @@ async fn callers_on_no_allow_list_hold_at_most_a_quarter_of_the_connections() {
     let dir = tempfile::tempdir().unwrap();
     let nobody = "[api.callers]\nsigning = { uids = [4242] }\nchannels = { uids = [4242] }\n\
                   read_only = { uids = [4242] }\nkey_admin = { uids = [4242] }";
-    let (_host, socket) = limited_host_with(dir.path(), 5_000, nobody).await;
-    // A probe connection served, once the host has seen earlier ones (the start-up
-    // probes', a dropped one) close.
-    let served = || async {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut stream = UnixStream::connect(&socket).await.unwrap();
-            stream.write_all(RAW_HEALTHZ).await.unwrap();
-            let mut answer = [0u8; 12];
-            if stream.read_exact(&mut answer).await.is_ok() && &answer == b"HTTP/1.1 200" {
-                return stream;
-            }
-            assert!(Instant::now() < deadline, "no probe slot came free");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let (_host, socket) = limited_host_with(dir.path(), 5_000, 8, nobody).await;
+    let served = || held_open(&socket);
     let mut held = vec![served().await, served().await];
     let mut third = UnixStream::connect(&socket).await.unwrap();
     third.write_all(RAW_HEALTHZ).await.unwrap();
     answered_and_closed(&mut third, "503", "too_many_connections").await;
     drop(held.pop());
     held.push(served().await);
+}
+
+/// A connection to the host at `socket` whose health probe was answered 200, kept open;
+/// retried until the host has seen earlier connections (the start-up probes', a dropped
+/// one) close, for up to 5 s.
+async fn held_open(socket: &std::path::Path) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stream = UnixStream::connect(socket).await.unwrap();
+        stream.write_all(RAW_HEALTHZ).await.unwrap();
+        let mut answer = [0u8; 12];
+        if stream.read_exact(&mut answer).await.is_ok() && &answer == b"HTTP/1.1 200" {
+            return stream;
+        }
+        assert!(Instant::now() < deadline, "no connection slot came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One user holds at most its share of the connections (4 of 8 here): its next one is
+/// answered `too_many_connections` naming that limit while slots remain, another user
+/// is served meanwhile, and a slot the first frees is its again.
+#[tokio::test]
+async fn one_user_holds_at_most_its_share_while_other_users_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another user must reach the socket through the directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_host, socket) = limited_host_with(dir.path(), 5_000, 4, "").await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(held_open(&socket).await);
+    }
+    let mut fifth = UnixStream::connect(&socket).await.unwrap();
+    fifth.write_all(RAW_HEALTHZ).await.unwrap();
+    answered_and_closed(&mut fifth, "503", "api.max_connections_per_uid").await;
+    if nix::unistd::geteuid().is_root() {
+        // The client commands, run as uid 4242: answered, although this user is at its
+        // limit.
+        let other_user = tokio::process::Command::new(host_bin())
+            .args(["channels", "--socket"])
+            .arg(&socket)
+            .args(["status", "--json"])
+            .uid(4242)
+            .gid(4242)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            other_user.status.success(),
+            "another user was refused: {}",
+            String::from_utf8_lossy(&other_user.stderr)
+        );
+    } else {
+        eprintln!("not root: another user's connection is not tried");
+    }
+    drop(held.pop());
+    held.push(held_open(&socket).await);
 }
 
 /// A body no route reads (on a GET) or one declared over `api.max_body_bytes` is refused

@@ -120,6 +120,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Connections open at once; the next caller gets `too_many_connections` (503).
     pub max_connections: usize,
+    /// Connections one user (uid) may hold; the next from that uid gets
+    /// `too_many_connections` while others still find room. Unset: half of
+    /// `max_connections`.
+    pub max_connections_per_uid: Option<usize>,
     /// A request's headers must arrive within this, or the connection is closed; a
     /// keep-alive connection idle this long is closed too.
     pub header_read_timeout_ms: u64,
@@ -209,6 +213,7 @@ impl Default for ApiConfig {
             shutdown_grace_ms: 10_000,
             max_body_bytes: 512 * 1024,
             max_connections: 1024,
+            max_connections_per_uid: None,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             socket_owner: None,
@@ -725,6 +730,17 @@ impl Config {
         if self.api.max_connections == 0 {
             return invalid("api.max_connections", "must be greater than 0");
         }
+        if let Some(per_uid) = self.api.max_connections_per_uid
+            && !(1..=self.api.max_connections).contains(&per_uid)
+        {
+            return invalid(
+                "api.max_connections_per_uid",
+                &format!(
+                    "must be 1 to api.max_connections ({}), not {per_uid}",
+                    self.api.max_connections
+                ),
+            );
+        }
         if self.api.header_read_timeout_ms == 0 {
             return invalid("api.header_read_timeout_ms", "must be greater than 0");
         }
@@ -895,6 +911,23 @@ mod tests {
                 ..
             })
         ));
+        // A uid's share is 1 to the whole cap.
+        for per_uid in ["0", "11"] {
+            let config: Config = toml::from_str(&format!(
+                "[api]\nmax_connections = 10\nmax_connections_per_uid = {per_uid}"
+            ))
+            .unwrap();
+            assert!(matches!(
+                config.validate(),
+                Err(ConfigError::Invalid {
+                    field: "api.max_connections_per_uid",
+                    ..
+                })
+            ));
+        }
+        let whole: Config =
+            toml::from_str("[api]\nmax_connections = 10\nmax_connections_per_uid = 10").unwrap();
+        whole.validate().unwrap();
     }
 
     #[test]

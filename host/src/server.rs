@@ -108,10 +108,7 @@ impl BoundHost {
             },
             callers.clone(),
         );
-        let limits = ConnectionLimits {
-            max_connections: connections::fit_to_open_file_limit(config.api.max_connections),
-            header_read_timeout: config.api.header_read_timeout(),
-        };
+        let limits = ConnectionLimits::of(&config.api);
         info!(
             socket = %config.api.socket.display(),
             mode = format!("{:04o}", config.api.socket_mode.0),

@@ -9,10 +9,14 @@
 //! its request reports a closed connection instead) and the connection is closed. At most
 //! [`MAX_REFUSING`] such connections are answered at once; beyond them a connection is
 //! closed unanswered, so a flood cannot spend the descriptors kept for everything else.
-//! Callers on no allow-list (only the health probes admit them) hold at most a quarter
-//! of the connections.
+//! One user (uid) holds at most `max_connections_per_uid`, so a caller whose pool runs
+//! away, or a flood from one local account, leaves room for the other services, the
+//! health probes and the operator. Callers on no allow-list (only the health probes
+//! admit them) hold at most a quarter of the connections.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -37,17 +41,36 @@ use crate::counted_warnings::CountedWarnings;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    /// Connections one uid may hold; `None`: half of `max_connections`.
+    pub max_connections_per_uid: Option<usize>,
     /// A request's headers must arrive within this; an idle keep-alive connection is
     /// closed after it, and so is one whose answer waits this long to be read.
     pub header_read_timeout: Duration,
 }
 
 impl ConnectionLimits {
+    /// The configured limits, the cap fitted under the open-file limit.
+    pub fn of(api: &crate::config::ApiConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: fit_to_open_file_limit(api.max_connections),
+            max_connections_per_uid: api.max_connections_per_uid,
+            header_read_timeout: api.header_read_timeout(),
+        }
+    }
+
     /// Connections of callers whose uid and gid only the health probes admit, at most:
     /// a quarter of the cap (at least one), so a process that may open the socket but
     /// is on no allow-list cannot take every connection from the callers that are.
     pub fn probe_only_connections(&self) -> usize {
         (self.max_connections / 4).max(1)
+    }
+
+    /// Connections one uid may hold: as configured (at most `max_connections`), or half
+    /// of `max_connections` (at least one).
+    pub fn per_uid_connections(&self) -> usize {
+        self.max_connections_per_uid
+            .unwrap_or(self.max_connections / 2)
+            .clamp(1, self.max_connections.max(1))
     }
 }
 
@@ -56,8 +79,84 @@ impl ConnectionLimits {
 enum Cap {
     /// `api.max_connections`.
     All,
+    /// [`ConnectionLimits::per_uid_connections`], for this uid.
+    PerUid(Option<u32>),
     /// [`ConnectionLimits::probe_only_connections`].
     ProbeOnly,
+}
+
+impl Cap {
+    /// Why a connection was refused, for its answer.
+    fn reason(self, limits: &ConnectionLimits) -> String {
+        match self {
+            Cap::All => format!(
+                "signer-host has {} connections open, its limit (api.max_connections)",
+                limits.max_connections
+            ),
+            Cap::PerUid(uid) => format!(
+                "uid {} has {} connections open, the most one user may hold \
+                 (api.max_connections_per_uid)",
+                super::callers::id_text(uid),
+                limits.per_uid_connections()
+            ),
+            Cap::ProbeOnly => format!(
+                "signer-host has {} connections open from callers on no allow-list, \
+                 their limit (a quarter of api.max_connections)",
+                limits.probe_only_connections()
+            ),
+        }
+    }
+}
+
+/// Connections open per uid (a caller whose credentials could not be read counts as
+/// one user), each at most `limit`.
+#[derive(Debug)]
+struct PerUid {
+    limit: usize,
+    open: Mutex<HashMap<Option<u32>, usize>>,
+}
+
+/// One connection of a uid, counted until dropped.
+#[derive(Debug)]
+struct UidSlot {
+    counts: Arc<PerUid>,
+    uid: Option<u32>,
+}
+
+impl PerUid {
+    fn new(limit: usize) -> Arc<PerUid> {
+        Arc::new(PerUid {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for one more connection of `uid`, unless it holds `limit` already.
+    fn try_hold(self: &Arc<Self>, uid: Option<u32>) -> Option<UidSlot> {
+        let mut open = crate::lock(&self.open);
+        let held = open.entry(uid).or_insert(0);
+        if *held >= self.limit {
+            return None;
+        }
+        *held += 1;
+        Some(UidSlot {
+            counts: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut open = crate::lock(&self.counts.open);
+        if let Some(held) = open.get_mut(&self.uid) {
+            *held = held.saturating_sub(1);
+            // Only users with connections open are kept: uids come and go.
+            if *held == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// hyper's read buffer per connection: every request of this API has small headers
@@ -88,16 +187,18 @@ pub async fn serve(
     callers: CallerPolicy,
     stop_accepting: CancellationToken,
 ) -> std::io::Result<()> {
-    let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let probe_only_slots = std::sync::Arc::new(Semaphore::new(limits.probe_only_connections()));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_uid = PerUid::new(limits.per_uid_connections());
+    let probe_only_slots = Arc::new(Semaphore::new(limits.probe_only_connections()));
     let graceful = GracefulShutdown::new();
     let refusals = CountedWarnings::default();
-    let refusing = std::sync::Arc::new(Semaphore::new(MAX_REFUSING));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     // Beyond the refusals in hand, dropping the stream closes it unanswered.
     let refuse_over_cap = |stream: UnixStream, cap: Cap| {
         if let Some(refused) = refusals.count() {
             warn!(
                 max_connections = limits.max_connections,
+                per_uid_connections = limits.per_uid_connections(),
                 probe_only_connections = limits.probe_only_connections(),
                 refused,
                 cap = ?cap,
@@ -105,17 +206,7 @@ pub async fn serve(
             );
         }
         if let Ok(refusing) = refusing.clone().try_acquire_owned() {
-            let why = match cap {
-                Cap::All => format!(
-                    "signer-host has {} connections open, its limit (api.max_connections)",
-                    limits.max_connections
-                ),
-                Cap::ProbeOnly => format!(
-                    "signer-host has {} connections open from callers on no allow-list, \
-                     their limit (a quarter of api.max_connections)",
-                    limits.probe_only_connections()
-                ),
-            };
+            let why = cap.reason(&limits);
             tokio::spawn(async move {
                 refuse(stream, why).await;
                 drop(refusing);
@@ -141,6 +232,10 @@ pub async fn serve(
             continue;
         };
         let caller = Caller::of(&stream);
+        let Some(uid_slot) = per_uid.try_hold(caller.uid) else {
+            refuse_over_cap(stream, Cap::PerUid(caller.uid));
+            continue;
+        };
         let probe_only_slot = if callers.admits_beyond_health(&caller) {
             None
         } else if let Ok(probe_slot) = probe_only_slots.clone().try_acquire_owned() {
@@ -167,7 +262,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 debug!(error = %e, "host API connection ended with an error");
             }
-            drop((slot, probe_only_slot));
+            drop((slot, uid_slot, probe_only_slot));
         });
     }
     drop(listener);
@@ -185,7 +280,7 @@ const RESERVED_DESCRIPTORS: u64 =
 /// Raises the open-file limit to its hard maximum and returns how many connections fit
 /// under it: `max_connections`, or fewer (with a warning) when the limit is lower, so
 /// the cap refuses callers before the process runs out of descriptors.
-pub fn fit_to_open_file_limit(max_connections: usize) -> usize {
+fn fit_to_open_file_limit(max_connections: usize) -> usize {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return max_connections;
@@ -392,6 +487,46 @@ mod tests {
 
     /// A whole request without a body.
     const HEAD: &[u8] = b"GET /v1/channels HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    fn limits(max_connections: usize, per_uid: Option<usize>) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections,
+            max_connections_per_uid: per_uid,
+            header_read_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_uid_holds_half_the_connections_unless_configured() {
+        assert_eq!(limits(1024, None).per_uid_connections(), 512);
+        assert_eq!(limits(1, None).per_uid_connections(), 1);
+        assert_eq!(limits(8, Some(3)).per_uid_connections(), 3);
+        // Over the cap (fitted under the open-file limit at start): the cap.
+        assert_eq!(limits(8, Some(100)).per_uid_connections(), 8);
+    }
+
+    /// Each uid (and the callers whose credentials could not be read, together) holds
+    /// at most the limit; a slot it frees is its again, and a uid with nothing open is
+    /// not kept.
+    #[test]
+    fn each_uid_holds_at_most_its_share_of_the_connections() {
+        let per_uid = PerUid::new(2);
+        let first = per_uid.try_hold(Some(1000)).unwrap();
+        let second = per_uid.try_hold(Some(1000)).unwrap();
+        assert!(per_uid.try_hold(Some(1000)).is_none());
+        // Other users are not held back by it.
+        let other = per_uid.try_hold(Some(1001)).unwrap();
+        let unknown = [
+            per_uid.try_hold(None).unwrap(),
+            per_uid.try_hold(None).unwrap(),
+        ];
+        assert!(per_uid.try_hold(None).is_none());
+        drop(first);
+        let again = per_uid.try_hold(Some(1000)).unwrap();
+        assert!(per_uid.try_hold(Some(1000)).is_none());
+        drop((second, again, other, unknown));
+        assert!(crate::lock(&per_uid.open).is_empty());
+    }
 
     /// The end of a request's headers is found where it is, however the bytes are split
     /// between reads, and nowhere else.
