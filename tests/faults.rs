@@ -331,15 +331,18 @@ async fn answers(socket: &std::path::Path, path: &str) -> bool {
 /// A host (no enclave) with tight connection limits: 8 connections (all of them for
 /// one uid), `deadline_ms` to read a request's headers or body.
 async fn limited_host(dir: &std::path::Path, deadline_ms: u64) -> (Proc, std::path::PathBuf) {
-    limited_host_with(dir, deadline_ms, 8, "").await
+    limited_host_with(dir, deadline_ms, ALL_FOR_ONE_UID, "").await
 }
 
-/// [`limited_host`] with `per_uid` connections for one uid, and `callers` (an
-/// `[api.callers]` table, or nothing for the default allow-lists).
+/// All the connections of [`limited_host_with`] for one uid.
+const ALL_FOR_ONE_UID: &str = "max_connections_per_uid = 8";
+
+/// [`limited_host`] with more `[api]` settings (`api`, lines of that table) and
+/// `callers` (an `[api.callers]` table, or nothing for the default allow-lists).
 async fn limited_host_with(
     dir: &std::path::Path,
     deadline_ms: u64,
-    per_uid: usize,
+    api: &str,
     callers: &str,
 ) -> (Proc, std::path::PathBuf) {
     let socket = dir.join("host.sock");
@@ -348,8 +351,8 @@ async fn limited_host_with(
         &config,
         format!(
             "[api]\nsocket = \"{}\"\nsocket_mode = \"0666\"\nmax_connections = 8\n\
-             max_connections_per_uid = {per_uid}\nheader_read_timeout_ms = {deadline_ms}\n\
-             body_read_timeout_ms = {deadline_ms}\n\n{callers}\n\n\
+             header_read_timeout_ms = {deadline_ms}\nbody_read_timeout_ms = {deadline_ms}\n\
+             {api}\n\n{callers}\n\n\
              [enclave]\nendpoint = \"unix://{}\"\n\n[store]\npath = \"{}\"\n",
             socket.display(),
             dir.join("no-enclave.sock").display(),
@@ -480,7 +483,7 @@ async fn callers_on_no_allow_list_hold_at_most_a_quarter_of_the_connections() {
     let dir = tempfile::tempdir().unwrap();
     let nobody = "[api.callers]\nsigning = { uids = [4242] }\nchannels = { uids = [4242] }\n\
                   read_only = { uids = [4242] }\nkey_admin = { uids = [4242] }";
-    let (_host, socket) = limited_host_with(dir.path(), 5_000, 8, nobody).await;
+    let (_host, socket) = limited_host_with(dir.path(), 5_000, ALL_FOR_ONE_UID, nobody).await;
     let served = || held_open(&socket);
     let mut held = vec![served().await, served().await];
     let mut third = UnixStream::connect(&socket).await.unwrap();
@@ -515,7 +518,8 @@ async fn one_user_holds_at_most_its_share_while_other_users_are_served() {
     let dir = tempfile::tempdir().unwrap();
     // Another user must reach the socket through the directory.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (_host, socket) = limited_host_with(dir.path(), 5_000, 4, "").await;
+    let (_host, socket) =
+        limited_host_with(dir.path(), 5_000, "max_connections_per_uid = 4", "").await;
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(held_open(&socket).await);
@@ -545,6 +549,56 @@ async fn one_user_holds_at_most_its_share_while_other_users_are_served() {
     }
     drop(held.pop());
     held.push(held_open(&socket).await);
+}
+
+/// The host buffers at most `api.max_buffered_body_bytes` of bodies at once: with one
+/// caller's 4 KiB body (all of it) half sent, another's small request waits, unread,
+/// and is served once the first is answered.
+#[tokio::test]
+async fn bodies_beyond_the_buffer_budget_wait_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = "max_body_bytes = 4096\nmax_buffered_body_bytes = 4096\nmax_connections_per_uid = 8";
+    let (_host, socket) = limited_host_with(dir.path(), 5_000, api, "").await;
+    let body = format!(
+        "{{\"account\": \"{}\", \"lock_token\": \"x\"}}",
+        "A".repeat(4062)
+    );
+    assert_eq!(body.len(), 4096);
+    let head = "POST /v1/channels/release HTTP/1.1\r\nhost: x\r\n\
+                content-type: application/json\r\ncontent-length: ";
+    let mut large = UnixStream::connect(&socket).await.unwrap();
+    large
+        .write_all(format!("{head}4096\r\n\r\n{}", &body[..2048]).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let small_body = "{\"account\": \"x\", \"lock_token\": \"x\"}";
+    let mut small = UnixStream::connect(&socket).await.unwrap();
+    small
+        .write_all(format!("{head}{}\r\n\r\n{small_body}", small_body.len()).as_bytes())
+        .await
+        .unwrap();
+    let mut first_bytes = [0u8; 12];
+    let early =
+        tokio::time::timeout(Duration::from_millis(500), small.read(&mut first_bytes)).await;
+    assert!(early.is_err(), "answered while the budget was full");
+    large.write_all(&body.as_bytes()[2048..]).await.unwrap();
+    for (stream, which) in [
+        (&mut large, "the large body"),
+        (&mut small, "the waiting one"),
+    ] {
+        let mut answer = [0u8; 512];
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{which} was not answered"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        // Refused as an unknown account, once read: neither busy nor timed out.
+        assert!(
+            answer.contains("unknown_channel_account"),
+            "{which}: {answer}"
+        );
+    }
 }
 
 /// A body no route reads (on a GET) or one declared over `api.max_body_bytes` is refused

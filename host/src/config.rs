@@ -118,6 +118,10 @@ pub struct ApiConfig {
     pub shutdown_grace_ms: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Request bodies buffered at once, over every connection (each counted at its
+    /// declared length, or `max_body_bytes` without one, until its request is answered):
+    /// a body beyond waits for room until its deadline, then is answered `host_busy`.
+    pub max_buffered_body_bytes: usize,
     /// Connections open at once; the next caller gets `too_many_connections` (503).
     pub max_connections: usize,
     /// Connections one user (uid) may hold; the next from that uid gets
@@ -212,6 +216,7 @@ impl Default for ApiConfig {
             socket_mode: SocketMode(0o660),
             shutdown_grace_ms: 10_000,
             max_body_bytes: 512 * 1024,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
             max_connections: 1024,
             max_connections_per_uid: None,
             header_read_timeout_ms: 10_000,
@@ -727,6 +732,19 @@ impl Config {
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes", "must be at least 1024");
         }
+        // The body limit is counted in u32 permits of the body budget.
+        if self.api.max_body_bytes > 1 << 30 {
+            return invalid("api.max_body_bytes", "must be at most 1 GiB");
+        }
+        if !(self.api.max_body_bytes..=1 << 40).contains(&self.api.max_buffered_body_bytes) {
+            return invalid(
+                "api.max_buffered_body_bytes",
+                &format!(
+                    "must be api.max_body_bytes ({}) to 1 TiB, not {}",
+                    self.api.max_body_bytes, self.api.max_buffered_body_bytes
+                ),
+            );
+        }
         if self.api.max_connections == 0 {
             return invalid("api.max_connections", "must be greater than 0");
         }
@@ -928,6 +946,16 @@ mod tests {
         let whole: Config =
             toml::from_str("[api]\nmax_connections = 10\nmax_connections_per_uid = 10").unwrap();
         whole.validate().unwrap();
+        // Every body must fit in the budget.
+        let below: Config =
+            toml::from_str("[api]\nmax_body_bytes = 4096\nmax_buffered_body_bytes = 4095").unwrap();
+        assert!(matches!(
+            below.validate(),
+            Err(ConfigError::Invalid {
+                field: "api.max_buffered_body_bytes",
+                ..
+            })
+        ));
     }
 
     #[test]

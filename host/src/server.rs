@@ -105,6 +105,7 @@ impl BoundHost {
             BodyLimits {
                 max_bytes: config.api.max_body_bytes,
                 read_timeout: config.api.body_read_timeout(),
+                buffered_max_bytes: config.api.max_buffered_body_bytes,
             },
             callers.clone(),
         );

@@ -83,6 +83,9 @@ pub enum ErrorCode {
     /// The caller's user or group is not on the allow-list of this route's group
     /// (`api.callers`).
     CallerNotAllowed,
+    /// The host holds as many request bodies as it buffers at once, and none was done
+    /// within the body's deadline; retry shortly.
+    HostBusy,
 }
 
 impl ErrorCode {
@@ -123,6 +126,7 @@ impl ErrorCode {
         ErrorCode::RequestTimeout,
         ErrorCode::TooManyConnections,
         ErrorCode::CallerNotAllowed,
+        ErrorCode::HostBusy,
     ];
 
     /// The code's snake_case name, as in the host API's `error.code` and in serde.
@@ -163,6 +167,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::CallerNotAllowed => "caller_not_allowed",
+            ErrorCode::HostBusy => "host_busy",
         }
     }
 
@@ -189,7 +194,7 @@ impl ErrorCode {
             // Retryable: locks expire and get released, KMS quotas refill; back off.
             ErrorCode::NoIdleChannelAccount | ErrorCode::KmsThrottled => 429,
             ErrorCode::RequestTimeout => 408,
-            ErrorCode::TooManyConnections => 503,
+            ErrorCode::TooManyConnections | ErrorCode::HostBusy => 503,
             ErrorCode::StoreError => 500,
             // Not retryable until an operator provisions accounts.
             ErrorCode::NoChannelAccountsConfigured => 503,

@@ -1,13 +1,15 @@
 //! The one gate every request passes before its handler, in this order:
 //! 1. the caller's allow-list ([`CallerPolicy`]): a refused caller has no body read;
 //! 2. the drain: once shutdown has begun, requests that start new work are refused;
-//! 3. the body, read in full within its deadline and size limit;
+//! 3. the body, read in full within its deadline and size limit, once the bodies
+//!    buffered at once leave room for it;
 //!
 //! and, after the handler, the request's metric and its one log line (refused or not).
 //!
 //! One middleware instead of one per step: axum boxes the inner service and the future
 //! of every `from_fn` layer for every request, and this runs on every ping and signature.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -15,6 +17,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use common::wire::ErrorCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -23,18 +26,53 @@ use super::error::ApiError;
 use super::extract::Caller;
 
 /// What a request body may be: at most `max_bytes`, all of it within `read_timeout`
-/// of the headers.
+/// of the headers; and all the bodies buffered at once (read or being read, until
+/// their requests are answered), at most `buffered_max_bytes`.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
     pub max_bytes: usize,
     pub read_timeout: Duration,
+    pub buffered_max_bytes: usize,
 }
 
-/// What the gate checks against; cloned per request (two reference counts).
+/// The bytes of request bodies buffered at once, as permits: a body takes its declared
+/// length (a body without one, `max_bytes`) before any of it is read, and gives it back
+/// once its request is answered.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+}
+
+impl BodyBudget {
+    pub fn new(limits: &BodyLimits) -> BodyBudget {
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(
+                limits.buffered_max_bytes.min(Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// `bytes` of the budget, once they are free, or `None` at `deadline`.
+    async fn reserve(
+        &self,
+        bytes: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<OwnedSemaphorePermit> {
+        // A body is at most `max_bytes`, which the configuration keeps under u32::MAX.
+        let bytes = u32::try_from(bytes).ok()?;
+        tokio::time::timeout_at(deadline, self.bytes.clone().acquire_many_owned(bytes))
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// What the gate checks against; cloned per request (three reference counts).
 #[derive(Debug, Clone)]
 pub struct Gate {
     pub callers: CallerPolicy,
     pub body: BodyLimits,
+    pub budget: BodyBudget,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
 }
@@ -60,7 +98,7 @@ pub async fn gate(State(gate): State<Gate>, request: Request, next: Next) -> Res
         )
         .into_response()
     } else {
-        run_with_body(gate.body, request, next).await
+        run_with_body(gate.body, &gate.budget, request, next).await
     };
     if let Some(kind) = signing_kind(&method, &route) {
         crate::metrics::global().sign_duration(kind, started.elapsed());
@@ -133,8 +171,14 @@ pub(super) fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
 /// sends headers and then trickles (or withholds) the body gets `request_timeout` and
 /// loses the connection instead of holding it. Every route takes a small JSON body,
 /// so buffering it here costs nothing. A body no route reads (on a GET or HEAD) or one
-/// declared larger than the limit is refused before any of it is read.
-async fn run_with_body(limits: BodyLimits, request: Request, next: Next) -> Response {
+/// declared larger than the limit is refused before any of it is read; one the budget
+/// has no room for within the deadline is answered `host_busy`, unread.
+async fn run_with_body(
+    limits: BodyLimits,
+    budget: &BodyBudget,
+    request: Request,
+    next: Next,
+) -> Response {
     // Nothing to wait for (a GET, or an empty body): no deadline, no copy.
     if axum::body::HttpBody::is_end_stream(request.body()) {
         return next.run(request).await;
@@ -146,24 +190,45 @@ async fn run_with_body(limits: BodyLimits, request: Request, next: Next) -> Resp
         )
         .into_response();
     }
-    let declared = axum::body::HttpBody::size_hint(request.body()).lower();
-    if declared > limits.max_bytes as u64 {
-        return too_large(limits, Some(declared)).into_response();
+    let size = axum::body::HttpBody::size_hint(request.body());
+    if size.lower() > limits.max_bytes as u64 {
+        return too_large(limits, Some(size.lower())).into_response();
     }
+    let deadline = tokio::time::Instant::now() + limits.read_timeout;
+    // A declared length is all hyper lets through; without one, the most a body may be.
+    let reserved = size.exact().unwrap_or(limits.max_bytes as u64);
+    let Some(permit) = budget.reserve(reserved, deadline).await else {
+        return ApiError::new(
+            ErrorCode::HostBusy,
+            format!(
+                "signer-host is buffering {} bytes of request bodies, its limit \
+                 (api.max_buffered_body_bytes), and none finished within {} ms; retry shortly",
+                limits.buffered_max_bytes,
+                limits.read_timeout.as_millis()
+            ),
+        )
+        .into_response();
+    };
     let (parts, body) = request.into_parts();
-    match buffer_body(limits, body).await {
+    let answer = match buffer_body(limits, deadline, body).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
         }
         Err(refusal) => refusal.into_response(),
-    }
+    };
+    drop(permit);
+    answer
 }
 
-async fn buffer_body(limits: BodyLimits, body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
+async fn buffer_body(
+    limits: BodyLimits,
+    deadline: tokio::time::Instant,
+    body: axum::body::Body,
+) -> Result<bytes::Bytes, ApiError> {
     let read =
         http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limits.max_bytes));
-    match tokio::time::timeout(limits.read_timeout, read).await {
+    match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limits, None)),
         Ok(Err(e)) => Err(ApiError::new(
@@ -194,7 +259,105 @@ fn too_large(limits: BodyLimits, declared: Option<u64>) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    const MAX_BODY: usize = 1024;
+
+    /// The gate in front of two routes, with a budget of `buffered` bytes (bodies of at
+    /// most [`MAX_BODY`], 100 ms to read one): `/v1/sign` answers the body's length,
+    /// `/v1/fee-bump` answers after 300 ms.
+    fn gated(buffered: usize) -> (axum::Router, BodyBudget) {
+        let limits = BodyLimits {
+            max_bytes: MAX_BODY,
+            read_timeout: Duration::from_millis(100),
+            buffered_max_bytes: buffered,
+        };
+        let budget = BodyBudget::new(&limits);
+        let app = axum::Router::new()
+            .route(
+                "/v1/sign",
+                axum::routing::post(|body: bytes::Bytes| async move { body.len().to_string() }),
+            )
+            .route(
+                "/v1/fee-bump",
+                axum::routing::post(|| tokio::time::sleep(Duration::from_millis(300))),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                Gate {
+                    callers: CallerPolicy::new(crate::config::CallerRules::default()),
+                    body: limits,
+                    budget: budget.clone(),
+                    shutdown: CancellationToken::new(),
+                },
+                gate,
+            ));
+        (app, budget)
+    }
+
+    async fn answer(app: &axum::Router, path: &str, body: Body) -> (u16, String) {
+        let request = axum::http::Request::post(path).body(body).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A body without a declared length, in two chunks.
+    fn chunked(text: &'static str) -> Body {
+        let (first, second) = text.split_at(text.len() / 2);
+        Body::from_stream(futures_util::stream::iter([
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(first.as_bytes())),
+            Ok(bytes::Bytes::from_static(second.as_bytes())),
+        ]))
+    }
+
+    /// A body waits for room in the budget, is answered `host_busy` unread when none
+    /// comes within its deadline, and gives its share back once answered; a body of
+    /// unknown length takes the most a body may be.
+    #[tokio::test]
+    async fn bodies_buffered_at_once_stay_within_the_budget() {
+        let total = MAX_BODY + 10;
+        let (app, budget) = gated(total);
+        let sign = |body| answer(&app, "/v1/sign", body);
+        // Answered bodies give their share back.
+        assert_eq!(sign(Body::from("12345")).await, (200, "5".into()));
+        assert_eq!(sign(chunked("123456")).await, (200, "6".into()));
+        assert_eq!(budget.bytes.available_permits(), total);
+
+        // 11 bytes taken: a declared 5-byte body fits, one of unknown length does not.
+        let held = budget.bytes.clone().acquire_many_owned(11).await.unwrap();
+        assert_eq!(sign(Body::from("12345")).await, (200, "5".into()));
+        let (status, refusal) = sign(chunked("123456")).await;
+        assert_eq!(status, 503, "{refusal}");
+        assert!(
+            refusal.contains("host_busy") && refusal.contains("api.max_buffered_body_bytes"),
+            "{refusal}"
+        );
+        // Room that comes within the deadline is waited for.
+        let waiting = tokio::spawn({
+            let app = app.clone();
+            async move { answer(&app, "/v1/sign", chunked("123456")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(held);
+        assert_eq!(waiting.await.unwrap(), (200, "6".into()));
+        assert_eq!(budget.bytes.available_permits(), total);
+
+        // The share is held until the request is answered, not only while it is read.
+        let running = tokio::spawn({
+            let app = app.clone();
+            async move { answer(&app, "/v1/fee-bump", chunked("123456")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sign(chunked("123456")).await.0, 503);
+        assert_eq!(running.await.unwrap().0, 200);
+    }
 
     #[test]
     fn long_paths_are_shown_cut_at_a_character_boundary() {

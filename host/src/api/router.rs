@@ -6,7 +6,7 @@ use common::wire::ErrorCode;
 
 use super::callers::CallerPolicy;
 use super::error::ApiError;
-use super::gate::{BodyLimits, Gate, gate};
+use super::gate::{BodyBudget, BodyLimits, Gate, gate};
 use super::state::AppState;
 use super::{
     attestation, channels, fee_bump, health, key_import, key_lifecycle, keys, metrics,
@@ -50,6 +50,7 @@ pub fn router(state: AppState, body: BodyLimits, callers: CallerPolicy) -> Route
             Gate {
                 callers,
                 body,
+                budget: BodyBudget::new(&body),
                 shutdown: state.shutdown.clone(),
             },
             gate,
@@ -159,6 +160,7 @@ mod tests {
             crate::api::BodyLimits {
                 max_bytes: 1024,
                 read_timeout: Duration::from_secs(5),
+                buffered_max_bytes: 4096,
             },
             crate::api::callers::CallerPolicy::new(crate::config::CallerRules::default()),
         );
