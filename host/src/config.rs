@@ -119,8 +119,9 @@ pub struct ApiConfig {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Request bodies buffered at once, over every connection (each counted at its
-    /// declared length, or `max_body_bytes` without one, until its request is answered):
-    /// a body beyond waits for room until its deadline, then is answered `host_busy`.
+    /// declared length, or `max_body_bytes` without one, until its request is answered;
+    /// one uid at most half): a body beyond waits for room until its deadline, then is
+    /// answered `host_busy`.
     pub max_buffered_body_bytes: usize,
     /// Connections open at once; the next caller gets `too_many_connections` (503).
     pub max_connections: usize,

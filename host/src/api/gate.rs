@@ -9,6 +9,7 @@
 //! One middleware instead of one per step: axum boxes the inner service and the future
 //! of every `from_fn` layer for every request, and this runs on every ping and signature.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,33 +38,80 @@ pub struct BodyLimits {
 
 /// The bytes of request bodies buffered at once, as permits: a body takes its declared
 /// length (a body without one, `max_bytes`) before any of it is read, and gives it back
-/// once its request is answered.
+/// once its request is answered. One uid holds at most half of it, so a caller that
+/// declares large bodies and withholds them stalls its own requests, not everyone's.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
-    bytes: Arc<Semaphore>,
+    all: Arc<Semaphore>,
+    per_uid: Arc<std::sync::Mutex<HashMap<Option<u32>, Arc<Semaphore>>>>,
+    uid_share: usize,
+}
+
+/// Which part of the budget had no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoom {
+    /// The caller's uid holds its half.
+    UidShare,
+    /// Every caller together holds all of it.
+    All,
+}
+
+/// A body's bytes of the budget, given back when dropped.
+#[derive(Debug)]
+struct Reserved {
+    _uid: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
 }
 
 impl BodyBudget {
     pub fn new(limits: &BodyLimits) -> BodyBudget {
+        let total = limits.buffered_max_bytes.min(Semaphore::MAX_PERMITS);
         BodyBudget {
-            bytes: Arc::new(Semaphore::new(
-                limits.buffered_max_bytes.min(Semaphore::MAX_PERMITS),
-            )),
+            all: Arc::new(Semaphore::new(total)),
+            per_uid: Default::default(),
+            // Every body fits in a share: the configuration keeps the budget at least
+            // `max_bytes`, and a share at least that.
+            uid_share: (total / 2).max(limits.max_bytes).min(total),
         }
     }
 
-    /// `bytes` of the budget, once they are free, or `None` at `deadline`.
+    /// The semaphore of `uid`'s share; uids holding nothing are let go as others come.
+    fn share_of(&self, uid: Option<u32>) -> Arc<Semaphore> {
+        let mut per_uid = crate::lock(&self.per_uid);
+        if per_uid.len() >= 64 && !per_uid.contains_key(&uid) {
+            // Held (by a permit or a waiter) means another reference.
+            per_uid.retain(|_, share| Arc::strong_count(share) > 1);
+        }
+        per_uid
+            .entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.uid_share)))
+            .clone()
+    }
+
+    /// `bytes` of `uid`'s share and of the whole, once they are free, or which had no
+    /// room at `deadline`.
     async fn reserve(
         &self,
+        uid: Option<u32>,
         bytes: u64,
         deadline: tokio::time::Instant,
-    ) -> Option<OwnedSemaphorePermit> {
+    ) -> Result<Reserved, NoRoom> {
         // A body is at most `max_bytes`, which the configuration keeps under u32::MAX.
-        let bytes = u32::try_from(bytes).ok()?;
-        tokio::time::timeout_at(deadline, self.bytes.clone().acquire_many_owned(bytes))
-            .await
-            .ok()?
-            .ok()
+        let bytes = u32::try_from(bytes).map_err(|_| NoRoom::All)?;
+        let share = self.share_of(uid);
+        let until = |semaphore: Arc<Semaphore>| {
+            tokio::time::timeout_at(deadline, semaphore.acquire_many_owned(bytes))
+        };
+        let Ok(Ok(uid_part)) = until(share).await else {
+            return Err(NoRoom::UidShare);
+        };
+        match until(self.all.clone()).await {
+            Ok(Ok(all_part)) => Ok(Reserved {
+                _uid: uid_part,
+                _all: all_part,
+            }),
+            _ => Err(NoRoom::All),
+        }
     }
 }
 
@@ -98,7 +146,7 @@ pub async fn gate(State(gate): State<Gate>, request: Request, next: Next) -> Res
         )
         .into_response()
     } else {
-        run_with_body(gate.body, &gate.budget, request, next).await
+        run_with_body(gate.body, &gate.budget, caller.uid, request, next).await
     };
     if let Some(kind) = signing_kind(&method, &route) {
         crate::metrics::global().sign_duration(kind, started.elapsed());
@@ -176,6 +224,7 @@ pub(super) fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
 async fn run_with_body(
     limits: BodyLimits,
     budget: &BodyBudget,
+    uid: Option<u32>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -197,17 +246,9 @@ async fn run_with_body(
     let deadline = tokio::time::Instant::now() + limits.read_timeout;
     // A declared length is all hyper lets through; without one, the most a body may be.
     let reserved = size.exact().unwrap_or(limits.max_bytes as u64);
-    let Some(permit) = budget.reserve(reserved, deadline).await else {
-        return ApiError::new(
-            ErrorCode::HostBusy,
-            format!(
-                "signer-host is buffering {} bytes of request bodies, its limit \
-                 (api.max_buffered_body_bytes), and none finished within {} ms; retry shortly",
-                limits.buffered_max_bytes,
-                limits.read_timeout.as_millis()
-            ),
-        )
-        .into_response();
+    let permit = match budget.reserve(uid, reserved, deadline).await {
+        Ok(permit) => permit,
+        Err(no_room) => return host_busy(limits, budget, uid, no_room).into_response(),
     };
     let (parts, body) = request.into_parts();
     let answer = match buffer_body(limits, deadline, body).await {
@@ -244,6 +285,35 @@ async fn buffer_body(
             ),
         )),
     }
+}
+
+/// 503 `host_busy`, naming the part of the budget that had no room.
+fn host_busy(
+    limits: BodyLimits,
+    budget: &BodyBudget,
+    uid: Option<u32>,
+    no_room: NoRoom,
+) -> ApiError {
+    let holding = match no_room {
+        NoRoom::UidShare => format!(
+            "uid {} has {} bytes of request bodies held, its half of \
+             api.max_buffered_body_bytes",
+            id_text(uid),
+            budget.uid_share
+        ),
+        NoRoom::All => format!(
+            "signer-host has {} bytes of request bodies held, its limit \
+             (api.max_buffered_body_bytes)",
+            limits.buffered_max_bytes
+        ),
+    };
+    ApiError::new(
+        ErrorCode::HostBusy,
+        format!(
+            "{holding}, and no room came within {} ms; the body was not read; retry shortly",
+            limits.read_timeout.as_millis()
+        ),
+    )
 }
 
 fn too_large(limits: BodyLimits, declared: Option<u64>) -> ApiError {
@@ -299,13 +369,57 @@ mod tests {
     }
 
     async fn answer(app: &axum::Router, path: &str, body: Body) -> (u16, String) {
-        let request = axum::http::Request::post(path).body(body).unwrap();
+        answer_as(app, path, None, body).await
+    }
+
+    /// The status and body of the answer to a caller of `uid` (`None`: credentials not
+    /// read) posting `body` to `path`.
+    async fn answer_as(
+        app: &axum::Router,
+        path: &str,
+        uid: Option<u32>,
+        body: Body,
+    ) -> (u16, String) {
+        let mut request = axum::http::Request::post(path).body(body).unwrap();
+        request.extensions_mut().insert(ConnectInfo(Caller {
+            uid,
+            ..Caller::default()
+        }));
         let response = app.clone().oneshot(request).await.unwrap();
         let status = response.status().as_u16();
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// One uid holds at most half of the budget: with its half held, its next body is
+    /// answered `host_busy` naming its share, while another uid's is read and served.
+    #[tokio::test]
+    async fn one_uid_holds_at_most_half_of_the_body_budget() {
+        let (app, budget) = gated(4 * MAX_BODY);
+        let share = budget.share_of(Some(1000));
+        let held = share.acquire_many_owned(2 * MAX_BODY as u32).await.unwrap();
+        let (status, refusal) = answer_as(&app, "/v1/sign", Some(1000), chunked("123456")).await;
+        assert_eq!(status, 503, "{refusal}");
+        assert!(
+            refusal.contains("uid 1000") && refusal.contains("half"),
+            "{refusal}"
+        );
+        assert_eq!(
+            answer_as(&app, "/v1/sign", Some(1001), chunked("123456")).await,
+            (200, "6".into())
+        );
+        drop(held);
+        assert_eq!(
+            answer_as(&app, "/v1/sign", Some(1000), chunked("123456")).await,
+            (200, "6".into())
+        );
+        // Shares nobody holds are let go as other uids come.
+        for uid in 0..100 {
+            drop(budget.share_of(Some(uid)));
+        }
+        assert!(crate::lock(&budget.per_uid).len() <= 64);
     }
 
     /// A body without a declared length, in two chunks.
@@ -328,10 +442,10 @@ mod tests {
         // Answered bodies give their share back.
         assert_eq!(sign(Body::from("12345")).await, (200, "5".into()));
         assert_eq!(sign(chunked("123456")).await, (200, "6".into()));
-        assert_eq!(budget.bytes.available_permits(), total);
+        assert_eq!(budget.all.available_permits(), total);
 
         // 11 bytes taken: a declared 5-byte body fits, one of unknown length does not.
-        let held = budget.bytes.clone().acquire_many_owned(11).await.unwrap();
+        let held = budget.all.clone().acquire_many_owned(11).await.unwrap();
         assert_eq!(sign(Body::from("12345")).await, (200, "5".into()));
         let (status, refusal) = sign(chunked("123456")).await;
         assert_eq!(status, 503, "{refusal}");
@@ -347,7 +461,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         drop(held);
         assert_eq!(waiting.await.unwrap(), (200, "6".into()));
-        assert_eq!(budget.bytes.available_permits(), total);
+        assert_eq!(budget.all.available_permits(), total);
 
         // The share is held until the request is answered, not only while it is read.
         let running = tokio::spawn({
