@@ -89,7 +89,7 @@ struct Pending {
 
 impl Connection {
     fn register(&self, id: u64, reply: oneshot::Sender<Reply>) -> bool {
-        let mut pending = lock(&self.pending);
+        let mut pending = crate::lock(&self.pending);
         if pending.closed {
             return false;
         }
@@ -98,11 +98,11 @@ impl Connection {
     }
 
     fn forget(&self, id: u64) {
-        lock(&self.pending).waiting.remove(&id);
+        crate::lock(&self.pending).waiting.remove(&id);
     }
 
     fn complete(&self, id: u64, reply: Reply) {
-        let waiter = lock(&self.pending).waiting.remove(&id);
+        let waiter = crate::lock(&self.pending).waiting.remove(&id);
         // The caller may have timed out or gone away; that is fine.
         if let Some(waiter) = waiter {
             let _ = waiter.send(reply);
@@ -113,20 +113,12 @@ impl Connection {
 
     /// Fails every waiting request (their oneshots are dropped) and refuses new ones.
     fn close(&self) -> usize {
-        let mut pending = lock(&self.pending);
+        let mut pending = crate::lock(&self.pending);
         pending.closed = true;
         let failed = pending.waiting.len();
         pending.waiting.clear();
         failed
     }
-}
-
-/// A poisoned lock here only means a panic elsewhere while holding a map; the map is
-/// still consistent (every operation on it is a single insert or remove).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Debug)]
@@ -198,11 +190,7 @@ impl EnclaveClient {
     }
 
     pub fn peer(&self) -> Option<PeerInfo> {
-        let current = self
-            .inner
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = crate::read(&self.inner.current);
         current.as_ref().map(|c| PeerInfo {
             software_version: c.peer.software_version.clone(),
             build: c.peer.build,
@@ -237,15 +225,11 @@ impl EnclaveClient {
         timeout: Duration,
     ) -> Result<Response, CallError> {
         let connection = {
-            let current = self
-                .inner
-                .current
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let current = crate::read(&self.inner.current);
             current.clone()
         };
         let Some(connection) = connection else {
-            let (code, reason) = lock(&self.inner.last_error).clone();
+            let (code, reason) = crate::lock(&self.inner.last_error).clone();
             return Err(self.unavailable_with(code, reason));
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -320,18 +304,12 @@ async fn supervise(inner: Arc<Inner>, max_backoff: Duration, shutdown: Cancellat
                     pending: Mutex::new(Pending::default()),
                     peer,
                 });
-                *inner
-                    .current
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection.clone());
+                *crate::write(&inner.current) = Some(connection.clone());
                 inner.connections.send_modify(|n| *n += 1);
                 let reason = run_connection(&connection, reader, writer, queue, &shutdown).await;
-                *inner
-                    .current
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                *crate::write(&inner.current) = None;
                 let failed = connection.close();
-                *lock(&inner.last_error) = (ErrorCode::EnclaveUnavailable, reason.clone());
+                *crate::lock(&inner.last_error) = (ErrorCode::EnclaveUnavailable, reason.clone());
                 if shutdown.is_cancelled() {
                     return;
                 }
@@ -348,7 +326,7 @@ async fn supervise(inner: Arc<Inner>, max_backoff: Duration, shutdown: Cancellat
                 if failures.is_power_of_two() {
                     warn!(enclave = %inner.endpoint, reason = %failure.1, code = %failure.0, attempts = failures, "cannot reach the enclave");
                 }
-                *lock(&inner.last_error) = failure;
+                *crate::lock(&inner.last_error) = failure;
             }
         }
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);

@@ -4,7 +4,7 @@
 //! decrypts one stored key; the only signature is over its domain-separated key-check
 //! payload, never a Stellar payload) has passed within its period.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -56,39 +56,22 @@ pub struct CredentialsStatus {
 impl CredentialsStatus {
     /// Credentials reached the enclave on connection number `connection`.
     pub fn pushed(&self, connection: u64, expires_unix: Option<u64>) {
-        *self
-            .last_push
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Push {
+        *crate::lock(&self.last_push) = Some(Push {
             connection,
             expires_unix,
         });
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        *crate::lock(&self.last_error) = None;
     }
 
     /// Resolving or pushing failed.
     pub fn failed(&self, error: String) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+        *crate::lock(&self.last_error) = Some(error);
     }
 
     /// Whether the enclave on connection `current` holds credentials valid at `now_unix`.
     pub fn verdict(&self, current: u64, now_unix: u64) -> Verdict {
-        let push = self
-            .last_push
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let push = crate::lock(&self.last_push).clone();
+        let error = crate::lock(&self.last_error).clone();
         let why = |what: &str| match &error {
             Some(e) => format!("{what}; last error: {e}"),
             None => what.to_string(),
@@ -131,11 +114,7 @@ pub struct Canary {
 impl Canary {
     /// Passed, and recently enough: within its period (plus the time one run may take).
     pub fn verdict(&self) -> Verdict {
-        let last = self
-            .last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let last = crate::lock(&self.last).clone();
         let limit = self.period + self.run_limit;
         match last {
             None => Verdict::failed("the canary has not run yet"),
@@ -154,7 +133,7 @@ impl Canary {
     }
 
     fn record(&self, outcome: Result<String, String>) {
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(CanaryRun {
+        *crate::lock(&self.last) = Some(CanaryRun {
             finished: Instant::now(),
             outcome,
         });

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::{
@@ -69,7 +69,7 @@ impl<S: Store> KeyCache<S> {
     }
 
     fn clear(&self) {
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = crate::write(&self.entries);
         entries.keys.clear();
         entries.distribution = None;
         entries.generation = entries.generation.wrapping_add(1);
@@ -80,7 +80,7 @@ impl<S: Store> KeyCache<S> {
         if self.epoch_is_fresh() {
             return Ok(());
         }
-        let mut seen = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = crate::lock(&self.epoch);
         // Another caller may have checked while this one waited for the lock.
         if self.epoch_is_fresh() {
             return Ok(());
@@ -100,7 +100,7 @@ impl<S: Store> KeyCache<S> {
 
     /// Stores what was read, unless a write cleared the cache meanwhile.
     fn keep(&self, read_at: u64, store: impl FnOnce(&mut Entries)) {
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = crate::write(&self.entries);
         if entries.generation != read_at {
             return;
         }
@@ -163,7 +163,7 @@ impl<S: Store> KeyStore for KeyCache<S> {
     fn key(&self, public_key: &str) -> Result<Option<KeyRecord>, StoreError> {
         self.check_epoch()?;
         let read_at = {
-            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            let entries = crate::read(&self.entries);
             if let Some(record) = entries.keys.get(public_key) {
                 return Ok(Some(record.clone()));
             }
@@ -186,7 +186,7 @@ impl<S: Store> KeyStore for KeyCache<S> {
         }
         self.check_epoch()?;
         let read_at = {
-            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            let entries = crate::read(&self.entries);
             if let Some(distribution) = &entries.distribution {
                 return Ok(distribution.clone());
             }
@@ -207,7 +207,7 @@ impl<S: Store> KeyStore for KeyCache<S> {
         if !self.epoch_is_fresh() {
             return None;
         }
-        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let entries = crate::read(&self.entries);
         entries.keys.get(public_key).cloned()
     }
 
@@ -215,7 +215,7 @@ impl<S: Store> KeyStore for KeyCache<S> {
         if !self.epoch_is_fresh() {
             return None;
         }
-        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let entries = crate::read(&self.entries);
         entries.distribution.clone()
     }
 }
