@@ -571,17 +571,25 @@ async fn bodies_beyond_the_buffer_budget_wait_for_room() {
         .write_all(format!("{head}4096\r\n\r\n{}", &body[..2048]).as_bytes())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let small_body = "{\"account\": \"x\", \"lock_token\": \"x\"}";
-    let mut small = UnixStream::connect(&socket).await.unwrap();
-    small
-        .write_all(format!("{head}{}\r\n\r\n{small_body}", small_body.len()).as_bytes())
-        .await
-        .unwrap();
-    let mut first_bytes = [0u8; 12];
-    let early =
-        tokio::time::timeout(Duration::from_millis(500), small.read(&mut first_bytes)).await;
-    assert!(early.is_err(), "answered while the budget was full");
+    let small_request = format!("{head}{}\r\n\r\n{small_body}", small_body.len());
+    // Once the host has taken the large body's room (the first small requests may come
+    // before), a small one waits unanswered.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut small = loop {
+        let mut small = UnixStream::connect(&socket).await.unwrap();
+        small.write_all(small_request.as_bytes()).await.unwrap();
+        let mut first_bytes = [0u8; 12];
+        let waited =
+            tokio::time::timeout(Duration::from_millis(300), small.read(&mut first_bytes)).await;
+        if waited.is_err() {
+            break small;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "small requests were answered while the large body held the budget"
+        );
+    };
     large.write_all(&body.as_bytes()[2048..]).await.unwrap();
     for (stream, which) in [
         (&mut large, "the large body"),
@@ -601,7 +609,7 @@ async fn bodies_beyond_the_buffer_budget_wait_for_room() {
     }
 }
 
-/// A body no route reads (on a GET) or one declared over `api.max_body_bytes` is refused
+/// A body no route reads (on a GET, or a health probe) or one declared over `api.max_body_bytes` is refused
 /// at once, before any of it is read, rather than waited for until the body's deadline;
 /// a path of any length is logged and repeated cut to 128 bytes.
 #[tokio::test]
@@ -617,6 +625,12 @@ async fn bodies_that_cannot_be_taken_are_refused_before_they_are_read() {
         ),
         (
             "GET /v1/channels HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n",
+            "400",
+            "bad_request",
+        ),
+        // Anyone may probe: a probe's body would take room from the listed callers.
+        (
+            "POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n",
             "400",
             "bad_request",
         ),

@@ -737,7 +737,9 @@ impl Config {
         if self.api.max_body_bytes > 1 << 30 {
             return invalid("api.max_body_bytes", "must be at most 1 GiB");
         }
-        if !(self.api.max_body_bytes..=1 << 40).contains(&self.api.max_buffered_body_bytes) {
+        if !(self.api.max_body_bytes as u64..=1 << 40)
+            .contains(&(self.api.max_buffered_body_bytes as u64))
+        {
             return invalid(
                 "api.max_buffered_body_bytes",
                 &format!(

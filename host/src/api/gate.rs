@@ -59,8 +59,19 @@ enum NoRoom {
 /// A body's bytes of the budget, given back when dropped.
 #[derive(Debug)]
 struct Reserved {
-    _uid: OwnedSemaphorePermit,
-    _all: OwnedSemaphorePermit,
+    uid: OwnedSemaphorePermit,
+    all: OwnedSemaphorePermit,
+}
+
+impl Reserved {
+    /// Gives back all but `bytes`, once the body is read: a body without a declared
+    /// length took the most a body may be.
+    fn keep_only(&mut self, bytes: usize) {
+        for permit in [&mut self.uid, &mut self.all] {
+            let extra = permit.num_permits().saturating_sub(bytes);
+            drop(permit.split(extra));
+        }
+    }
 }
 
 impl BodyBudget {
@@ -107,8 +118,8 @@ impl BodyBudget {
         };
         match until(self.all.clone()).await {
             Ok(Ok(all_part)) => Ok(Reserved {
-                _uid: uid_part,
-                _all: all_part,
+                uid: uid_part,
+                all: all_part,
             }),
             _ => Err(NoRoom::All),
         }
@@ -146,7 +157,16 @@ pub async fn gate(State(gate): State<Gate>, request: Request, next: Next) -> Res
         )
         .into_response()
     } else {
-        run_with_body(gate.body, &gate.budget, caller.uid, request, next).await
+        let takes_body =
+            group != RouteGroup::Health && !matches!(method, Method::GET | Method::HEAD);
+        run_with_body(
+            gate.body,
+            &gate.budget,
+            (caller.uid, takes_body),
+            request,
+            next,
+        )
+        .await
     };
     if let Some(kind) = signing_kind(&method, &route) {
         crate::metrics::global().sign_duration(kind, started.elapsed());
@@ -220,11 +240,12 @@ pub(super) fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
 /// loses the connection instead of holding it. Every route takes a small JSON body,
 /// so buffering it here costs nothing. A body no route reads (on a GET or HEAD) or one
 /// declared larger than the limit is refused before any of it is read; one the budget
-/// has no room for within the deadline is answered `host_busy`, unread.
+/// has no room for within the deadline is answered `host_busy`, unread. `takes_body`:
+/// the route reads one (not a GET or HEAD, nor a health probe, which anyone may call).
 async fn run_with_body(
     limits: BodyLimits,
     budget: &BodyBudget,
-    uid: Option<u32>,
+    (uid, takes_body): (Option<u32>, bool),
     request: Request,
     next: Next,
 ) -> Response {
@@ -232,10 +253,14 @@ async fn run_with_body(
     if axum::body::HttpBody::is_end_stream(request.body()) {
         return next.run(request).await;
     }
-    if matches!(*request.method(), Method::GET | Method::HEAD) {
+    if !takes_body {
         return ApiError::new(
             ErrorCode::BadRequest,
-            format!("a {} request carries no body", request.method()),
+            format!(
+                "a {} {} request carries no body",
+                request.method(),
+                shown_path(request.uri().path())
+            ),
         )
         .into_response();
     }
@@ -246,13 +271,16 @@ async fn run_with_body(
     let deadline = tokio::time::Instant::now() + limits.read_timeout;
     // A declared length is all hyper lets through; without one, the most a body may be.
     let reserved = size.exact().unwrap_or(limits.max_bytes as u64);
-    let permit = match budget.reserve(uid, reserved, deadline).await {
+    let mut permit = match budget.reserve(uid, reserved, deadline).await {
         Ok(permit) => permit,
-        Err(no_room) => return host_busy(limits, budget, uid, no_room).into_response(),
+        Err(no_room) => {
+            return host_busy(limits, budget, (uid, reserved), no_room).into_response();
+        }
     };
     let (parts, body) = request.into_parts();
     let answer = match buffer_body(limits, deadline, body).await {
         Ok(bytes) => {
+            permit.keep_only(bytes.len());
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
         }
@@ -287,30 +315,30 @@ async fn buffer_body(
     }
 }
 
-/// 503 `host_busy`, naming the part of the budget that had no room.
+/// 503 `host_busy`, naming the part of the budget that had no room for `bytes` more.
 fn host_busy(
     limits: BodyLimits,
     budget: &BodyBudget,
-    uid: Option<u32>,
+    (uid, bytes): (Option<u32>, u64),
     no_room: NoRoom,
 ) -> ApiError {
-    let holding = match no_room {
+    let within = match no_room {
         NoRoom::UidShare => format!(
-            "uid {} has {} bytes of request bodies held, its half of \
-             api.max_buffered_body_bytes",
+            "uid {}'s share of request bodies held at once ({} bytes, half of \
+             api.max_buffered_body_bytes)",
             id_text(uid),
             budget.uid_share
         ),
         NoRoom::All => format!(
-            "signer-host has {} bytes of request bodies held, its limit \
-             (api.max_buffered_body_bytes)",
+            "the request bodies held at once (api.max_buffered_body_bytes, {} bytes)",
             limits.buffered_max_bytes
         ),
     };
     ApiError::new(
         ErrorCode::HostBusy,
         format!(
-            "{holding}, and no room came within {} ms; the body was not read; retry shortly",
+            "no room for {bytes} more bytes within {within} came within {} ms; the body \
+             was not read; retry shortly",
             limits.read_timeout.as_millis()
         ),
     )
@@ -395,7 +423,7 @@ mod tests {
 
     /// One uid holds at most half of the budget: with its half held, its next body is
     /// answered `host_busy` naming its share, while another uid's is read and served.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn one_uid_holds_at_most_half_of_the_body_budget() {
         let (app, budget) = gated(4 * MAX_BODY);
         let share = budget.share_of(Some(1000));
@@ -434,7 +462,7 @@ mod tests {
     /// A body waits for room in the budget, is answered `host_busy` unread when none
     /// comes within its deadline, and gives its share back once answered; a body of
     /// unknown length takes the most a body may be.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn bodies_buffered_at_once_stay_within_the_budget() {
         let total = MAX_BODY + 10;
         let (app, budget) = gated(total);
@@ -463,14 +491,19 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), (200, "6".into()));
         assert_eq!(budget.all.available_permits(), total);
 
-        // The share is held until the request is answered, not only while it is read.
+        // Once read, a body of unknown length keeps only its length, until answered.
         let running = tokio::spawn({
             let app = app.clone();
             async move { answer(&app, "/v1/fee-bump", chunked("123456")).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(sign(chunked("123456")).await.0, 503);
+        assert_eq!(budget.all.available_permits(), total - 6);
+        assert_eq!(
+            budget.share_of(None).available_permits(),
+            budget.uid_share - 6
+        );
         assert_eq!(running.await.unwrap().0, 200);
+        assert_eq!(budget.all.available_permits(), total);
     }
 
     #[test]
