@@ -555,6 +555,25 @@ async fn one_user_holds_at_most_its_share_while_other_users_are_served() {
     }
     drop(held.pop());
     held.push(held_open(&socket).await);
+    drop(held);
+    // Counted for the operator, by the limit's setting.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let metrics = loop {
+        match host::api_client::get_text(&socket, "/metrics").await {
+            Ok((StatusCode::OK, _, text)) => break text,
+            // The host may not have seen the held connections close yet.
+            other => assert!(Instant::now() < deadline, "no metrics: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("signer_api_limit_refusals_total{limit=\"max_connections_per_uid\"} ")
+        })
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no per-uid refusals counted:\n{metrics}"));
+    assert!(refused >= 1, "{metrics}");
 }
 
 /// The host buffers at most `api.max_buffered_body_bytes` of bodies at once: with one

@@ -48,6 +48,11 @@ struct RuleLabels {
     rule: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
 /// The host's own series.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +61,7 @@ pub struct Metrics {
     enclave_round_trip: Histogram,
     channel_acquisitions: Family<ResultLabels, Counter>,
     policy_refusals: Family<RuleLabels, Counter>,
+    limit_refusals: Family<LimitLabels, Counter>,
 }
 
 /// Latency buckets (seconds) from a cached signature (well under a millisecond) to a
@@ -103,6 +109,14 @@ impl Metrics {
             "Signing-policy refusals by rule, whether the host's pre-check or the enclave refused",
             policy_refusals.clone(),
         );
+        let limit_refusals = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "signer_api_limit_refusals",
+            "Connections and requests the host API refused at one of its limits, by the \
+             limit's setting: max_connections, max_connections_per_uid, probe_only (a quarter \
+             of max_connections), max_buffered_body_bytes, max_buffered_body_bytes_per_uid",
+            limit_refusals.clone(),
+        );
         Metrics {
             registry,
             signatures,
@@ -110,6 +124,7 @@ impl Metrics {
             enclave_round_trip,
             channel_acquisitions,
             policy_refusals,
+            limit_refusals,
         }
     }
 
@@ -130,6 +145,13 @@ impl Metrics {
             .get_or_create(&RuleLabels {
                 rule: rule.to_string(),
             })
+            .inc();
+    }
+
+    /// Counts a connection or request refused at the host API's `limit`.
+    pub fn limit_refusal(&self, limit: &'static str) {
+        self.limit_refusals
+            .get_or_create(&LimitLabels { limit })
             .inc();
     }
 
@@ -328,6 +350,7 @@ mod tests {
         metrics.enclave_round_trip(Duration::from_micros(300));
         metrics.channel_acquisition(None);
         metrics.channel_acquisition(Some(ErrorCode::NoIdleChannelAccount));
+        metrics.limit_refusal("max_connections_per_uid");
         let mut buckets = vec![0; KMS_DURATION_BUCKETS_US.len()];
         buckets[2] = 4;
         let text = metrics
@@ -361,6 +384,7 @@ mod tests {
             "signer_sign_duration_seconds_count{kind=\"sign\"} 1",
             "signer_enclave_round_trip_seconds_count 1",
             "signer_channel_acquisitions_total{result=\"exhausted\"} 1",
+            "signer_api_limit_refusals_total{limit=\"max_connections_per_uid\"} 1",
             "signer_channel_accounts{state=\"idle\"} 2",
             "signer_fee_budget_remaining_stroops 900",
             "signer_kms_requests_total{operation=\"Decrypt\",result=\"ok\"} 5",

@@ -86,6 +86,15 @@ enum Cap {
 }
 
 impl Cap {
+    /// The limit's setting, as the metrics name it.
+    fn setting(self) -> &'static str {
+        match self {
+            Cap::All => "max_connections",
+            Cap::PerUid(_) => "max_connections_per_uid",
+            Cap::ProbeOnly => "probe_only",
+        }
+    }
+
     /// Why a connection was refused, for its answer.
     fn reason(self, limits: &ConnectionLimits) -> String {
         match self {
@@ -195,6 +204,7 @@ pub async fn serve(
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     // Beyond the refusals in hand, dropping the stream closes it unanswered.
     let refuse_over_cap = |stream: UnixStream, cap: Cap| {
+        crate::metrics::global().limit_refusal(cap.setting());
         if let Some(refused) = refusals.count() {
             warn!(
                 max_connections = limits.max_connections,

@@ -322,6 +322,10 @@ fn host_busy(
     (uid, bytes): (Option<u32>, u64),
     no_room: NoRoom,
 ) -> ApiError {
+    crate::metrics::global().limit_refusal(match no_room {
+        NoRoom::UidShare => "max_buffered_body_bytes_per_uid",
+        NoRoom::All => "max_buffered_body_bytes",
+    });
     let within = match no_room {
         NoRoom::UidShare => format!(
             "uid {}'s share of request bodies held at once ({} bytes, half of \
