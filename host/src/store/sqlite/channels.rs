@@ -149,26 +149,31 @@ impl HotSql for Connection {
         until: i64,
         signed: &SignedChannelTx,
     ) -> Result<Option<i64>, StoreError> {
-        // One statement: this runs for every signed channel transaction.
-        Ok(self
+        let conn = &*self;
+        // An UPDATE and a SELECT: one `UPDATE … RETURNING` cost the host about 10 µs more
+        // per cached signature (three alternated benchmark runs each), RETURNING making
+        // SQLite buffer the rows in an ephemeral table.
+        let extended = conn
             .prepare_cached(
                 "UPDATE channel_locks
              SET tx_hash = ?2,
                  locked_at_ms = coalesce(locked_at_ms, ?3),
                  locked_until_ms = max(locked_until_ms, ?4)
-             WHERE public_key = ?1
-             RETURNING locked_until_ms",
+             WHERE public_key = ?1",
             )?
-            .query_row(
-                params![
-                    signed.account,
-                    signed.tx_hash.to_ascii_lowercase(),
-                    now,
-                    until
-                ],
-                |row| row.get(0),
-            )
-            .optional()?)
+            .execute(params![
+                signed.account,
+                signed.tx_hash.to_ascii_lowercase(),
+                now,
+                until
+            ])?;
+        if extended == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            conn.prepare_cached("SELECT locked_until_ms FROM channel_locks WHERE public_key = ?1")?
+                .query_row(params![signed.account], |row| row.get(0))?,
+        ))
     }
 
     fn insert_audit(&mut self, now: i64, entry: &AuditEntry) -> Result<(), StoreError> {
