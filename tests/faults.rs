@@ -543,7 +543,7 @@ async fn one_user_holds_at_most_its_share_while_other_users_are_served() {
             .gid(4242)
             .output()
             .await
-            .unwrap();
+            .expect("python3, for the probe as uid 4242");
         let answer = String::from_utf8_lossy(&other_user.stdout);
         assert!(
             answer.starts_with("HTTP/1.1 200"),
@@ -615,6 +615,13 @@ async fn bodies_beyond_the_buffer_budget_wait_for_room() {
             "small requests were answered while the large body held the budget"
         );
     };
+    // Still waiting a second later: held back by the budget, not merely slow.
+    let mut first_bytes = [0u8; 12];
+    let still = tokio::time::timeout(Duration::from_secs(1), small.read(&mut first_bytes)).await;
+    assert!(
+        still.is_err(),
+        "the small request was answered while the large body held the budget"
+    );
     large.write_all(&body.as_bytes()[2048..]).await.unwrap();
     for (stream, which) in [
         (&mut large, "the large body"),

@@ -118,10 +118,11 @@ pub struct ApiConfig {
     pub shutdown_grace_ms: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
-    /// Request bodies buffered at once, over every connection (each counted at its
-    /// declared length, or `max_body_bytes` without one, until its request is answered;
-    /// one uid at most half): a body beyond waits for room until its deadline, then is
-    /// answered `host_busy`.
+    /// Request bodies buffered at once, over every connection, each counted from before
+    /// it is read until its request is answered (at its declared length; without one, at
+    /// `max_body_bytes` until read, then at its length); one uid at most half, or
+    /// `max_body_bytes` if more. A body beyond waits for room until its deadline, then
+    /// is answered `host_busy`.
     pub max_buffered_body_bytes: usize,
     /// Connections open at once; the next caller gets `too_many_connections` (503).
     pub max_connections: usize,

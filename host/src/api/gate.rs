@@ -274,7 +274,13 @@ async fn run_with_body(
     let mut permit = match budget.reserve(uid, reserved, deadline).await {
         Ok(permit) => permit,
         Err(no_room) => {
-            return host_busy(limits, budget, (uid, reserved), no_room).into_response();
+            // The body was not read: the connection cannot carry another request.
+            let mut refusal = host_busy(limits, budget, (uid, reserved), no_room).into_response();
+            refusal.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return refusal;
         }
     };
     let (parts, body) = request.into_parts();
@@ -508,6 +514,21 @@ mod tests {
         );
         assert_eq!(running.await.unwrap().0, 200);
         assert_eq!(budget.all.available_permits(), total);
+
+        // `host_busy` closes the connection: the body on it was never read.
+        let held = budget
+            .all
+            .clone()
+            .acquire_many_owned(total as u32)
+            .await
+            .unwrap();
+        let request = axum::http::Request::post("/v1/sign")
+            .body(Body::from("12345"))
+            .unwrap();
+        let refused = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(refused.status().as_u16(), 503);
+        assert_eq!(refused.headers()[axum::http::header::CONNECTION], "close");
+        drop(held);
     }
 
     #[test]
