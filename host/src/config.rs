@@ -916,50 +916,38 @@ mod tests {
         assert!(toml::from_str::<Config>("[api]\nsocket_mode = \"0999\"").is_err());
         assert!(toml::from_str::<Config>("[api]\nsocket_mode = \"01777\"").is_err());
         assert!(toml::from_str::<Config>("[enclave]\nendpoint = \"tcp://x\"").is_err());
-        let inverted: Config =
-            toml::from_str("[channels]\ndefault_lock_seconds = 60\nmax_lock_seconds = 30").unwrap();
-        assert!(matches!(
-            inverted.validate(),
-            Err(ConfigError::Invalid {
-                field: "channels.default_lock_seconds",
-                ..
-            })
-        ));
-        let zero: Config = toml::from_str("[enclave]\nrequest_timeout_ms = 0").unwrap();
-        assert!(matches!(
-            zero.validate(),
-            Err(ConfigError::Invalid {
-                field: "enclave.request_timeout_ms",
-                ..
-            })
-        ));
+        assert_invalid(
+            "[channels]\ndefault_lock_seconds = 60\nmax_lock_seconds = 30",
+            "channels.default_lock_seconds",
+        );
+        assert_invalid(
+            "[enclave]\nrequest_timeout_ms = 0",
+            "enclave.request_timeout_ms",
+        );
         // A uid's share is 1 to the whole cap.
         for per_uid in ["0", "11"] {
-            let config: Config = toml::from_str(&format!(
-                "[api]\nmax_connections = 10\nmax_connections_per_uid = {per_uid}"
-            ))
-            .unwrap();
-            assert!(matches!(
-                config.validate(),
-                Err(ConfigError::Invalid {
-                    field: "api.max_connections_per_uid",
-                    ..
-                })
-            ));
+            assert_invalid(
+                &format!("[api]\nmax_connections = 10\nmax_connections_per_uid = {per_uid}"),
+                "api.max_connections_per_uid",
+            );
         }
         let whole: Config =
             toml::from_str("[api]\nmax_connections = 10\nmax_connections_per_uid = 10").unwrap();
         whole.validate().unwrap();
         // Every body must fit in the budget.
-        let below: Config =
-            toml::from_str("[api]\nmax_body_bytes = 4096\nmax_buffered_body_bytes = 4095").unwrap();
-        assert!(matches!(
-            below.validate(),
-            Err(ConfigError::Invalid {
-                field: "api.max_buffered_body_bytes",
-                ..
-            })
-        ));
+        assert_invalid(
+            "[api]\nmax_body_bytes = 4096\nmax_buffered_body_bytes = 4095",
+            "api.max_buffered_body_bytes",
+        );
+    }
+
+    /// `text` parses, and validation names `field` as invalid.
+    fn assert_invalid(text: &str, field: &str) {
+        let config: Config = toml::from_str(text).unwrap();
+        match config.validate() {
+            Err(ConfigError::Invalid { field: named, .. }) => assert_eq!(named, field, "{text}"),
+            other => panic!("{text}: expected {field} invalid, got {other:?}"),
+        }
     }
 
     #[test]

@@ -100,15 +100,7 @@ impl BoundHost {
             readiness: Default::default(),
         });
         let callers = CallerPolicy::new(config.api.callers.clone());
-        let app = router(
-            state,
-            BodyLimits {
-                max_bytes: config.api.max_body_bytes,
-                read_timeout: config.api.body_read_timeout(),
-                buffered_max_bytes: config.api.max_buffered_body_bytes,
-            },
-            callers.clone(),
-        );
+        let app = router(state, BodyLimits::of(&config.api), callers.clone());
         let limits = ConnectionLimits::of(&config.api);
         info!(
             socket = %config.api.socket.display(),

@@ -36,6 +36,17 @@ pub struct BodyLimits {
     pub buffered_max_bytes: usize,
 }
 
+impl BodyLimits {
+    /// The configured limits.
+    pub fn of(api: &crate::config::ApiConfig) -> BodyLimits {
+        BodyLimits {
+            max_bytes: api.max_body_bytes,
+            read_timeout: api.body_read_timeout(),
+            buffered_max_bytes: api.max_buffered_body_bytes,
+        }
+    }
+}
+
 /// The bytes of request bodies buffered at once, as permits: a body takes its declared
 /// length (a body without one, `max_bytes`) before any of it is read, and gives it back
 /// once its request is answered. One uid holds at most half of it, so a caller that
